@@ -1,0 +1,1 @@
+//! Criterion benchmarks of tsmc; run with `cargo xtask bench`.

@@ -1,0 +1,286 @@
+//! Lower and upper bounds on log Z, the single-sample bounds F_q and G_q, and the KL estimates
+//! built from them (spec §4).
+
+use serde::{Deserialize, Serialize};
+
+use smc_core::feynman_kac::Resampling;
+use smc_core::model::{LanguageModel, Potential, Twist};
+use smc_core::resampling::Criterion;
+use smc_core::smc::{Proposal, SmcConfig, run_csmc, run_smc};
+use smc_core::{Result, SmcError};
+
+use crate::estimate::Estimate;
+
+/// A sampler to be measured: base model, prompt, potential, and the proposal with its twist.
+pub struct Sampler<'a, L> {
+    /// The base language model p0.
+    pub lm: &'a L,
+    /// The prompt s0.
+    pub prompt: &'a [u32],
+    /// Number of output tokens T.
+    pub horizon: usize,
+    /// The potential phi.
+    pub potential: &'a dyn Potential,
+    /// The twist, if any.
+    pub twist: Option<&'a dyn Twist>,
+    /// The proposal (p0 or twisted).
+    pub proposal: Proposal,
+    /// Resampling of the SMC bounds (the SIS bounds never resample).
+    pub resampling: Resampling,
+}
+
+impl<L> Clone for Sampler<'_, L> {
+    fn clone(&self) -> Self {
+        Self { ..*self }
+    }
+}
+
+impl<L> Copy for Sampler<'_, L> {}
+
+/// Which estimator of log Z.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Sequential importance sampling (IWAE).
+    Sis,
+    /// SMC with the sampler's resampling.
+    Smc,
+}
+
+impl<'a, L: LanguageModel> Sampler<'a, L> {
+    fn config(&self, method: Method, k: usize, seed: u64) -> SmcConfig {
+        let resampling = match method {
+            Method::Sis => Resampling {
+                criterion: Criterion::Never,
+                ..self.resampling
+            },
+            Method::Smc => self.resampling,
+        };
+        SmcConfig {
+            num_particles: k,
+            horizon: self.horizon,
+            proposal: self.proposal,
+            resampling,
+            seed,
+        }
+    }
+
+    /// The values log Zhat of `seeds.len()` independent runs with K particles: their mean is a
+    /// lower bound on log Z.
+    pub fn lower_bound_values(&self, method: Method, k: usize, seeds: &[u64]) -> Result<Vec<f64>> {
+        seeds
+            .iter()
+            .map(|&seed| {
+                run_smc(
+                    self.lm,
+                    self.twist,
+                    self.potential,
+                    self.prompt,
+                    &self.config(method, k, seed),
+                )
+                .map(|o| o.log_z_hat)
+            })
+            .collect()
+    }
+
+    /// The lower bound E[log Zhat] estimated over `seeds`.
+    pub fn lower_bound(&self, method: Method, k: usize, seeds: &[u64]) -> Result<Estimate> {
+        Ok(Estimate::from_values(
+            &self.lower_bound_values(method, k, seeds)?,
+        ))
+    }
+
+    /// The values log Zhat of conditional runs, one per exact sample (run i uses seed
+    /// `seed + i`): their mean is an upper bound on log Z. With [`Method::Sis`] this is the SIS
+    /// upper bound (K-1 proposals and s* in slot 0), with [`Method::Smc`] conditional SMC.
+    pub fn upper_bound_values(
+        &self,
+        method: Method,
+        k: usize,
+        exact: &[Vec<u32>],
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        exact
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                run_csmc(
+                    self.lm,
+                    self.twist,
+                    self.potential,
+                    self.prompt,
+                    &self.config(method, k, seed.wrapping_add(i as u64)),
+                    s,
+                )
+                .map(|o| o.log_z_hat)
+            })
+            .collect()
+    }
+
+    /// The upper bound E[log Zhat_conditional] estimated over the exact samples.
+    pub fn upper_bound(
+        &self,
+        method: Method,
+        k: usize,
+        exact: &[Vec<u32>],
+        seed: u64,
+    ) -> Result<Estimate> {
+        Ok(Estimate::from_values(
+            &self.upper_bound_values(method, k, exact, seed)?,
+        ))
+    }
+
+    /// Single-sample values log sigma~(s) - log q(s) for `n` draws s ~ q: their mean is
+    /// F_q = log Z - KL(q || sigma).
+    pub fn f_q_values(&self, n: usize, seed: u64) -> Result<Vec<f64>> {
+        // SIS without resampling: each particle is an independent draw from q and its final
+        // log weight is exactly log sigma~ - log q.
+        let out = run_smc(
+            self.lm,
+            self.twist,
+            self.potential,
+            self.prompt,
+            &self.config(Method::Sis, n, seed),
+        )?;
+        Ok(out.log_w)
+    }
+
+    /// F_q = E_q[log sigma~ - log q] (the ELBO).
+    pub fn f_q(&self, n: usize, seed: u64) -> Result<Estimate> {
+        Ok(Estimate::from_values(&self.f_q_values(n, seed)?))
+    }
+
+    /// Single-sample values log sigma~(s*) - log q(s*) at exact samples: their mean is
+    /// G_q = log Z + KL(sigma || q).
+    pub fn g_q_values(&self, exact: &[Vec<u32>]) -> Result<Vec<f64>> {
+        exact
+            .iter()
+            .map(|s| {
+                let out = run_csmc(
+                    self.lm,
+                    self.twist,
+                    self.potential,
+                    self.prompt,
+                    &self.config(Method::Sis, 1, 0),
+                    s,
+                )?;
+                Ok(out.log_w[0])
+            })
+            .collect()
+    }
+
+    /// G_q = E_sigma[log sigma~ - log q] (the EUBO).
+    pub fn g_q(&self, exact: &[Vec<u32>]) -> Result<Estimate> {
+        Ok(Estimate::from_values(&self.g_q_values(exact)?))
+    }
+
+    /// Lower and upper bounds of both methods for each K in `ks`: lower bounds over
+    /// `num_seeds` runs, upper bounds over the exact samples.
+    pub fn bounds_over_k(
+        &self,
+        ks: &[usize],
+        num_seeds: usize,
+        exact: &[Vec<u32>],
+        seed: u64,
+    ) -> Result<Vec<BoundsAtK>> {
+        if exact.is_empty() {
+            return Err(SmcError::InvalidConfig {
+                field: "exact samples for upper bounds",
+                expected: "at least one".into(),
+                found: "none".into(),
+            });
+        }
+        let seeds: Vec<u64> = (0..num_seeds as u64)
+            .map(|i| seed.wrapping_add(i))
+            .collect();
+        ks.iter()
+            .map(|&k| {
+                Ok(BoundsAtK {
+                    k,
+                    sis_lower: self.lower_bound(Method::Sis, k, &seeds)?,
+                    sis_upper: self.upper_bound(Method::Sis, k, exact, seed)?,
+                    smc_lower: self.lower_bound(Method::Smc, k, &seeds)?,
+                    smc_upper: self.upper_bound(Method::Smc, k, exact, seed)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The four bounds on log Z at one K.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoundsAtK {
+    /// Number of particles.
+    pub k: usize,
+    /// E[log Zhat_SIS] <= log Z.
+    pub sis_lower: Estimate,
+    /// E[log Zhat_SIS with s* in slot 0] >= log Z.
+    pub sis_upper: Estimate,
+    /// E[log Zhat_SMC] <= log Z.
+    pub smc_lower: Estimate,
+    /// E[log Zhat_CSMC] >= log Z.
+    pub smc_upper: Estimate,
+}
+
+impl BoundsAtK {
+    /// The tightest pair: the larger lower bound and the smaller upper bound.
+    pub fn tightest(&self) -> (Estimate, Estimate) {
+        let lower = if self.smc_lower.mean >= self.sis_lower.mean {
+            self.smc_lower
+        } else {
+            self.sis_lower
+        };
+        let upper = if self.smc_upper.mean <= self.sis_upper.mean {
+            self.smc_upper
+        } else {
+            self.sis_upper
+        };
+        (lower, upper)
+    }
+}
+
+/// KL estimates of a proposal q from F_q, G_q and bounds on log Z.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KlEstimates {
+    /// The midpoint rule for log Z: (lower + upper) / 2, with its standard error.
+    pub log_z: Estimate,
+    /// Half the gap between the bounds: the most the midpoint can be off (up to noise).
+    pub log_z_half_gap: f64,
+    /// KL(q || sigma) ≈ log Z - F_q.
+    pub kl_q_sigma: Estimate,
+    /// KL(sigma || q) ≈ G_q - log Z.
+    pub kl_sigma_q: Estimate,
+    /// F_q (ELBO).
+    pub f_q: Estimate,
+    /// G_q (EUBO).
+    pub g_q: Estimate,
+}
+
+/// Combines F_q, G_q and a lower/upper pair of log Z bounds into both KL estimates. Standard
+/// errors add in quadrature (the estimates come from independent runs); the n of a combined
+/// estimate is the smallest n that went into it.
+pub fn kl_estimates(f_q: Estimate, g_q: Estimate, lower: Estimate, upper: Estimate) -> KlEstimates {
+    let log_z = Estimate {
+        mean: 0.5 * (lower.mean + upper.mean),
+        se: 0.5 * (lower.se.powi(2) + upper.se.powi(2)).sqrt(),
+        n: lower.n.min(upper.n),
+    };
+    let kl_q_sigma = Estimate {
+        mean: log_z.mean - f_q.mean,
+        se: (log_z.se.powi(2) + f_q.se.powi(2)).sqrt(),
+        n: log_z.n.min(f_q.n),
+    };
+    let kl_sigma_q = Estimate {
+        mean: g_q.mean - log_z.mean,
+        se: (log_z.se.powi(2) + g_q.se.powi(2)).sqrt(),
+        n: log_z.n.min(g_q.n),
+    };
+    KlEstimates {
+        log_z,
+        log_z_half_gap: 0.5 * (upper.mean - lower.mean),
+        kl_q_sigma,
+        kl_sigma_q,
+        f_q,
+        g_q,
+    }
+}

@@ -1,0 +1,193 @@
+//! Collectors of exact target samples s* ~ sigma (spec §4), which the upper bounds and G_q need.
+
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
+
+use smc_core::batch::TokenBuffer;
+use smc_core::logspace::LOG_INDICATOR_FLOOR;
+use smc_core::model::{LanguageModel, Potential};
+use smc_core::smc::sample_base;
+use smc_core::{Result, SmcError};
+
+/// An exact sample of the target, with the conditioning tokens it is exact for (infilling).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactSample {
+    /// The output tokens s_{1:T}.
+    pub tokens: Vec<u32>,
+    /// For infilling: the continuation c whose conditional target s is exact for.
+    pub conditioning: Option<Vec<u32>>,
+}
+
+/// What a rejection collector produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collected {
+    /// The accepted exact samples (fewer than asked for if the draw budget ran out).
+    pub samples: Vec<ExactSample>,
+    /// Number of proposals drawn from p0.
+    pub draws: usize,
+}
+
+impl Collected {
+    /// The acceptance rate, which estimates Z = E_{p0}[phi] for both rejection collectors.
+    pub fn acceptance_rate(&self) -> f64 {
+        self.samples.len() as f64 / self.draws.max(1) as f64
+    }
+}
+
+/// How a draw from p0 is accepted.
+#[derive(Debug, Clone, Copy)]
+enum Acceptance {
+    /// phi is an indicator: keep s when it is on.
+    Indicator,
+    /// phi = p(c | s) <= 1: keep s with probability phi (draw c, keep if it is the target class).
+    Class,
+}
+
+/// Rejection sampling for an indicator potential (log phi is 0 or at most the 1e-16 floor):
+/// draws from p0 in batches of `batch` and keeps those with the indicator on, until `n` are
+/// kept or `max_draws` were drawn.
+#[allow(clippy::too_many_arguments)]
+pub fn rejection_indicator<L: LanguageModel>(
+    lm: &L,
+    prompt: &[u32],
+    horizon: usize,
+    potential: &dyn Potential,
+    n: usize,
+    batch: usize,
+    max_draws: usize,
+    rng: &mut dyn Rng,
+) -> Result<Collected> {
+    collect(
+        lm,
+        prompt,
+        horizon,
+        potential,
+        n,
+        batch,
+        max_draws,
+        rng,
+        Acceptance::Indicator,
+    )
+}
+
+/// Class rejection for a beta = 1 classifier potential phi = p(c | s) <= 1: draws s ~ p0 and
+/// keeps it with probability phi(s), which is an exact draw from sigma.
+#[allow(clippy::too_many_arguments)]
+pub fn rejection_class<L: LanguageModel>(
+    lm: &L,
+    prompt: &[u32],
+    horizon: usize,
+    potential: &dyn Potential,
+    n: usize,
+    batch: usize,
+    max_draws: usize,
+    rng: &mut dyn Rng,
+) -> Result<Collected> {
+    collect(
+        lm,
+        prompt,
+        horizon,
+        potential,
+        n,
+        batch,
+        max_draws,
+        rng,
+        Acceptance::Class,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn collect<L: LanguageModel>(
+    lm: &L,
+    prompt: &[u32],
+    horizon: usize,
+    potential: &dyn Potential,
+    n: usize,
+    batch: usize,
+    max_draws: usize,
+    rng: &mut dyn Rng,
+    acceptance: Acceptance,
+) -> Result<Collected> {
+    if batch == 0 {
+        return Err(SmcError::InvalidConfig {
+            field: "rejection batch size",
+            expected: ">= 1".into(),
+            found: "0".into(),
+        });
+    }
+    let mut samples = Vec::with_capacity(n);
+    let mut draws = 0;
+    while samples.len() < n && draws < max_draws {
+        let size = batch.min(max_draws - draws);
+        let (tokens, _) = sample_base(lm, prompt, horizon, size, rng)?;
+        let log_phi = potential.log_phi(prompt, &TokenBuffer::from_rows(&tokens))?;
+        for (i, (s, lphi)) in tokens.into_iter().zip(log_phi).enumerate() {
+            draws += 1;
+            let keep = match acceptance {
+                Acceptance::Indicator => {
+                    if lphi.abs() <= 1e-9 {
+                        true
+                    } else if lphi <= LOG_INDICATOR_FLOOR + 1e-9 {
+                        false
+                    } else {
+                        return Err(not_in_range(
+                            potential,
+                            i,
+                            lphi,
+                            "0 or <= log 1e-16 (an indicator); use class rejection for a classifier",
+                        ));
+                    }
+                }
+                Acceptance::Class => {
+                    if lphi.is_nan() || lphi > 1e-12 {
+                        return Err(not_in_range(
+                            potential,
+                            i,
+                            lphi,
+                            "<= 0 (phi = p(c | s) <= 1)",
+                        ));
+                    }
+                    rng.random::<f64>() < lphi.exp()
+                }
+            };
+            if keep && samples.len() < n {
+                samples.push(ExactSample {
+                    tokens: s,
+                    conditioning: None,
+                });
+            }
+        }
+    }
+    Ok(Collected { samples, draws })
+}
+
+fn not_in_range(potential: &dyn Potential, i: usize, value: f64, expected: &str) -> SmcError {
+    SmcError::InvalidConfig {
+        field: "log phi for exact sampling",
+        expected: expected.to_string(),
+        found: format!("{value} from {} on draw {i} of a batch", potential.name()),
+    }
+}
+
+/// Joint ancestral draws for infilling: draws T + m tokens from p0; the first T are an exact
+/// sample of sigma(s | c) ∝ p0(s) p0(c | s) for c = the last m tokens.
+pub fn joint_ancestral<L: LanguageModel>(
+    lm: &L,
+    prompt: &[u32],
+    horizon: usize,
+    m: usize,
+    n: usize,
+    rng: &mut dyn Rng,
+) -> Result<Vec<ExactSample>> {
+    let (draws, _) = sample_base(lm, prompt, horizon + m, n, rng)?;
+    Ok(draws
+        .into_iter()
+        .map(|mut s| {
+            let c = s.split_off(horizon);
+            ExactSample {
+                tokens: s,
+                conditioning: Some(c),
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,18 @@
+//! # smc-bounds
+//!
+//! Measures any sampler built on [`smc_core`] with bidirectional bounds on log Z (spec §4):
+//! - lower bounds E[log Zhat] <= log Z from SIS and SMC at any K;
+//! - upper bounds from exact target samples: SIS with s* in slot 0, and conditional SMC;
+//! - the single-sample bounds F_q (ELBO) and G_q (EUBO), and from them
+//!   KL(q || sigma) ≈ log Z - F_q and KL(sigma || q) ≈ G_q - log Z, with log Z the midpoint
+//!   of the tightest bounds;
+//! - collectors of exact target samples: rejection for indicator potentials, class rejection
+//!   for beta = 1 classifiers, joint ancestral draws for infilling.
+
+pub mod bounds;
+pub mod estimate;
+pub mod exact;
+
+pub use bounds::{BoundsAtK, KlEstimates, Method, Sampler, kl_estimates};
+pub use estimate::Estimate;
+pub use exact::{Collected, ExactSample, joint_ancestral, rejection_class, rejection_indicator};

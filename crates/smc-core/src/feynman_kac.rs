@@ -1,0 +1,165 @@
+//! The generic SMC loop over a Feynman–Kac model, in the style of Chopin's `particles`:
+//! a model moves particles and returns the log potentials (incremental log weights); the loop
+//! owns the weights, the resampling decisions, the ESS, the genealogy and log Zhat.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SmcError};
+use crate::logspace::{ess, log_sum_exp, normalized_weights};
+use crate::resampling::{Criterion, Scheme};
+
+/// A Feynman–Kac model over token sequences: M_t moves every particle one token forward and
+/// G_t weighs it. Particle 0 can be clamped to a reference token (conditional SMC).
+pub trait FeynmanKac {
+    /// Number of particles K.
+    fn num_particles(&self) -> usize;
+
+    /// Number of steps T.
+    fn horizon(&self) -> usize;
+
+    /// Step t (1-based): extends every particle by one token drawn from M_t (particle 0 takes
+    /// `clamp` instead when given) and returns log G_t, the incremental log weight, per particle.
+    fn step(&mut self, t: usize, clamp: Option<u32>, rng: &mut dyn Rng) -> Result<Vec<f64>>;
+
+    /// Replaces the particles by their ancestors (particle k continues from `ancestors[k]`).
+    fn reorder(&mut self, ancestors: &[usize]) -> Result<()>;
+}
+
+/// How the loop resamples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Resampling {
+    /// The scheme.
+    pub scheme: Scheme,
+    /// When it fires.
+    pub criterion: Criterion,
+}
+
+/// What the loop records of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step t (1-based).
+    pub step: usize,
+    /// ESS of the weights after step t's reweighting, before any resampling.
+    pub ess: f64,
+    /// log Zhat of the intermediate target after step t.
+    pub log_z_hat: f64,
+    /// Whether the particles were resampled after this step.
+    pub resampled: bool,
+}
+
+/// The result of the SMC loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopOutput {
+    /// Final unnormalised log weights (since the last resampling).
+    pub log_w: Vec<f64>,
+    /// log Zhat of the final target.
+    pub log_z_hat: f64,
+    /// One record per step.
+    pub steps: Vec<StepRecord>,
+    /// The genealogy: `ancestors[t-1][k]` is the index, among the particles after step t, of
+    /// the parent of particle k at step t+1 (the identity where no resampling happened). Has
+    /// T - 1 rows: nothing is resampled after the last step.
+    pub ancestors: Vec<Vec<usize>>,
+}
+
+/// Runs SMC on a Feynman–Kac model. With `reference` given, runs conditional SMC: particle 0
+/// follows the reference tokens and keeps its own lineage; particles 1..K-1 draw ancestors from
+/// the weights of all K particles.
+pub fn run<M: FeynmanKac + ?Sized>(
+    model: &mut M,
+    resampling: Resampling,
+    reference: Option<&[u32]>,
+    rng: &mut dyn Rng,
+) -> Result<LoopOutput> {
+    let k = model.num_particles();
+    let horizon = model.horizon();
+    if k == 0 {
+        return Err(SmcError::config("number of particles K", ">= 1", k));
+    }
+    if horizon == 0 {
+        return Err(SmcError::config("number of steps T", ">= 1", horizon));
+    }
+    resampling.criterion.validate()?;
+    if let Some(r) = reference
+        && r.len() != horizon
+    {
+        return Err(SmcError::Reference(format!(
+            "has {} tokens, expected T = {horizon}",
+            r.len()
+        )));
+    }
+
+    let mut log_w = vec![0.0; k];
+    let mut log_z_hat = 0.0;
+    let mut lse_prev = (k as f64).ln();
+    let mut steps = Vec::with_capacity(horizon);
+    let mut genealogy = Vec::with_capacity(horizon.saturating_sub(1));
+    for t in 1..=horizon {
+        let log_g = model.step(t, reference.map(|r| r[t - 1]), rng)?;
+        if log_g.len() != k {
+            return Err(SmcError::Shape {
+                component: "Feynman-Kac model log potentials".into(),
+                step: t,
+                expected: k,
+                found: log_g.len(),
+            });
+        }
+        for (p, (w, g)) in log_w.iter_mut().zip(&log_g).enumerate() {
+            if g.is_nan() || *g == f64::INFINITY {
+                return Err(SmcError::InvalidValue {
+                    component: "incremental log weight".into(),
+                    step: t,
+                    particle: p,
+                    value: *g,
+                });
+            }
+            *w += g;
+        }
+        let lse = log_sum_exp(&log_w);
+        if lse == f64::NEG_INFINITY {
+            return Err(SmcError::NoPositiveWeight {
+                step: t,
+                horizon,
+                num_particles: k,
+            });
+        }
+        log_z_hat += lse - lse_prev;
+        lse_prev = lse;
+        let step_ess = ess(&log_w);
+        let resample = t < horizon && resampling.criterion.fires(&log_w);
+        if t < horizon {
+            let ancestors = if resample {
+                let weights = normalized_weights(&log_w);
+                let a = match reference {
+                    None => resampling.scheme.resample(&weights, k, rng),
+                    Some(_) => {
+                        let mut a = Vec::with_capacity(k);
+                        a.push(0);
+                        a.extend(resampling.scheme.resample(&weights, k - 1, rng));
+                        a
+                    }
+                };
+                model.reorder(&a)?;
+                log_w.iter_mut().for_each(|w| *w = 0.0);
+                lse_prev = (k as f64).ln();
+                a
+            } else {
+                (0..k).collect()
+            };
+            genealogy.push(ancestors);
+        }
+        steps.push(StepRecord {
+            step: t,
+            ess: step_ess,
+            log_z_hat,
+            resampled: resample,
+        });
+    }
+    Ok(LoopOutput {
+        log_w,
+        log_z_hat,
+        steps,
+        ancestors: genealogy,
+    })
+}

@@ -1,0 +1,144 @@
+//! The traits through which language models, twists and potentials plug into the SMC drivers.
+//!
+//! In the Feynman–Kac reading of twisted SMC, the language model with a twist is the Markov
+//! kernel (the proposal M_t), and the twists and the potential make the potential functions G_t.
+//! The drivers in [`crate::smc`] put them together; nothing here knows about tensors.
+
+use crate::batch::{HiddenStates, LogTable, TokenBuffer};
+use crate::error::Result;
+
+/// What a decoding session returns for one step: the next-token log-probabilities of every
+/// particle, and optionally the hidden states that twist heads read.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// `K x V` table of log p0(v | prompt, s_{<t}); each row is a normalised log-distribution.
+    pub log_probs: LogTable,
+    /// The base model's last hidden state at the position that predicts s_t, if the model has one.
+    pub hidden: Option<HiddenStates>,
+}
+
+/// A base language model p0 that decodes K particles in a batch.
+pub trait LanguageModel {
+    /// Per-run decoding state of K particles (e.g. a KV cache shared over the prompt).
+    type Session<'a>: DecodeSession
+    where
+        Self: 'a;
+
+    /// Vocabulary size V.
+    fn vocab_size(&self) -> usize;
+
+    /// Starts decoding `num_particles` continuations of `prompt` (the prompt is processed once).
+    fn start(&self, prompt: &[u32], num_particles: usize) -> Result<Self::Session<'_>>;
+}
+
+/// The per-run decoding state of K particles.
+pub trait DecodeSession {
+    /// Number of particles K.
+    fn num_particles(&self) -> usize;
+
+    /// log p0(v | prompt, s_{<t}) for every particle and token, for the tokens pushed so far.
+    fn next_log_probs(&mut self) -> Result<StepOutput>;
+
+    /// Appends one token to every particle (`tokens.len() == K`).
+    fn push(&mut self, tokens: &[u32]) -> Result<()>;
+
+    /// Reorders the particles: particle k continues from old particle `ancestors[k]`.
+    /// Implementations should copy only the rows that change.
+    fn reorder(&mut self, ancestors: &[usize]) -> Result<()>;
+}
+
+/// What a twist sees at step t: the particles' tokens s_{1:t-1} and the base model's output.
+#[derive(Debug, Clone, Copy)]
+pub struct TwistInput<'a> {
+    /// The step t (1-based): the twist gives log psi_t(s_{<t}, v) for every token v.
+    pub step: usize,
+    /// The number of steps T.
+    pub horizon: usize,
+    /// The prompt s0.
+    pub prompt: &'a [u32],
+    /// The particles' tokens s_{1:t-1}.
+    pub prefixes: &'a TokenBuffer,
+    /// The base model's hidden states at the position that predicts s_t, if available.
+    pub hidden: Option<&'a HiddenStates>,
+}
+
+/// A twist: log psi_t(s_{1:t-1}, v) for every vocabulary token v, for a batch of particles.
+///
+/// It is queried for t = 1..=T; psi_T approximates phi and is used by the twisted proposal
+/// at the last step (the final target uses phi itself).
+pub trait Twist {
+    /// A short name for error messages and reports.
+    fn name(&self) -> &str {
+        "twist"
+    }
+
+    /// `K x V` table of log psi_t(s_{<t}, v). Values must be finite or `-inf`.
+    fn log_psi(&self, input: &TwistInput<'_>) -> Result<LogTable>;
+}
+
+/// A potential phi >= 0 on complete outputs, in log space.
+pub trait Potential {
+    /// A short name for error messages and reports.
+    fn name(&self) -> &str {
+        "potential"
+    }
+
+    /// log phi(s_{1:T}) for each particle's complete output (`-inf` allowed, NaN is an error).
+    fn log_phi(&self, prompt: &[u32], sequences: &TokenBuffer) -> Result<Vec<f64>>;
+}
+
+impl<T: Twist + ?Sized> Twist for &T {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn log_psi(&self, input: &TwistInput<'_>) -> Result<LogTable> {
+        (**self).log_psi(input)
+    }
+}
+
+impl<P: Potential + ?Sized> Potential for &P {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn log_phi(&self, prompt: &[u32], sequences: &TokenBuffer) -> Result<Vec<f64>> {
+        (**self).log_phi(prompt, sequences)
+    }
+}
+
+/// The potential phi = 1 (the target is p0 itself).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnitPotential;
+
+impl Potential for UnitPotential {
+    fn name(&self) -> &str {
+        "unit potential"
+    }
+    fn log_phi(&self, _prompt: &[u32], sequences: &TokenBuffer) -> Result<Vec<f64>> {
+        Ok(vec![0.0; sequences.num_particles()])
+    }
+}
+
+/// A potential from a closure over one sequence: `log phi(prompt, s)`.
+pub struct FnPotential<F> {
+    name: String,
+    f: F,
+}
+
+impl<F: Fn(&[u32], &[u32]) -> f64> FnPotential<F> {
+    /// Wraps `f(prompt, sequence) -> log phi`.
+    pub fn new(name: impl Into<String>, f: F) -> Self {
+        Self {
+            name: name.into(),
+            f,
+        }
+    }
+}
+
+impl<F: Fn(&[u32], &[u32]) -> f64> Potential for FnPotential<F> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn log_phi(&self, prompt: &[u32], sequences: &TokenBuffer) -> Result<Vec<f64>> {
+        Ok(sequences.iter().map(|s| (self.f)(prompt, s)).collect())
+    }
+}

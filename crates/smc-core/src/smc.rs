@@ -1,0 +1,511 @@
+//! Twisted SMC for language models: the Feynman–Kac model built from a base LM, an optional
+//! twist and a potential, and the drivers (SIS, bootstrap SMC with twisted targets, twisted SMC,
+//! conditional SMC).
+//!
+//! Per particle the model carries log gamma_t = log p0(s_{1:t}) + log psi_t(s_{1:t}) implicitly
+//! through `log_psi_prev` (log psi_{t-1}(s_{1:t-1}), 0 at t = 1) and the incremental weights of
+//! spec §3:
+//! - twisted proposal, t < T: log alpha_t = log Z_t - log psi_{t-1}
+//! - twisted proposal, t = T: log alpha_T = log Z_T + log phi - log psi_{T-1} - log psi_T(s_{1:T})
+//! - base proposal, t < T:    log alpha_t = log psi_t - log psi_{t-1}
+//! - base proposal, t = T:    log alpha_T = log phi - log psi_{T-1}
+
+use rand::{Rng, RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{LogTable, TokenBuffer, gather};
+use crate::error::{Result, SmcError};
+use crate::feynman_kac::{self, FeynmanKac, LoopOutput, Resampling, StepRecord};
+use crate::logspace::{log_sum_exp, log_sum_exp_sum, normalized_weights};
+use crate::model::{DecodeSession, LanguageModel, Potential, Twist, TwistInput};
+use crate::resampling::{Criterion, Scheme};
+
+/// The random number generator of every driver: portable, so a seed gives the same result on
+/// every platform and version of this crate.
+pub type SmcRng = rand::rngs::Xoshiro256PlusPlus;
+
+/// Makes the driver RNG from a seed.
+pub fn rng_from_seed(seed: u64) -> SmcRng {
+    SmcRng::seed_from_u64(seed)
+}
+
+/// Which distribution proposes s_t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Proposal {
+    /// The base model p0 (bootstrap proposal; twists only enter the targets).
+    Base,
+    /// The twisted proposal q_t(v) ∝ p0(v | s_{<t}) psi_t(s_{<t}, v).
+    #[default]
+    Twisted,
+}
+
+/// Configuration of one SMC run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SmcConfig {
+    /// Number of particles K.
+    pub num_particles: usize,
+    /// Number of output tokens T.
+    pub horizon: usize,
+    /// The proposal.
+    pub proposal: Proposal,
+    /// Resampling scheme and criterion.
+    pub resampling: Resampling,
+    /// Seed of the RNG.
+    pub seed: u64,
+}
+
+impl SmcConfig {
+    /// Sequential importance sampling (no resampling) with the given proposal.
+    pub fn sis(num_particles: usize, horizon: usize, proposal: Proposal) -> Self {
+        Self {
+            num_particles,
+            horizon,
+            proposal,
+            resampling: Resampling {
+                scheme: Scheme::Multinomial,
+                criterion: Criterion::Never,
+            },
+            seed: 0,
+        }
+    }
+
+    /// Bootstrap SMC: proposal p0, resampling every step (twists, if any, shape the targets).
+    pub fn bootstrap(num_particles: usize, horizon: usize) -> Self {
+        Self {
+            num_particles,
+            horizon,
+            proposal: Proposal::Base,
+            resampling: Resampling::default(),
+            seed: 0,
+        }
+    }
+
+    /// Twisted SMC: twisted proposal, resampling every step.
+    pub fn twisted(num_particles: usize, horizon: usize) -> Self {
+        Self {
+            num_particles,
+            horizon,
+            proposal: Proposal::Twisted,
+            resampling: Resampling::default(),
+            seed: 0,
+        }
+    }
+
+    /// The same configuration with another seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The same configuration with another scheme.
+    pub fn with_scheme(mut self, scheme: Scheme) -> Self {
+        self.resampling.scheme = scheme;
+        self
+    }
+
+    /// The same configuration with another criterion.
+    pub fn with_criterion(mut self, criterion: Criterion) -> Self {
+        self.resampling.criterion = criterion;
+        self
+    }
+}
+
+/// The result of an SMC run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmcOutput {
+    /// The final particles' tokens s_{1:T}.
+    pub tokens: Vec<Vec<u32>>,
+    /// Final unnormalised log weights.
+    pub log_w: Vec<f64>,
+    /// log p0(s_{1:T} | prompt) of each final particle.
+    pub log_p0: Vec<f64>,
+    /// log q(s_{1:T}) of each final particle under the proposal (the product of the per-step
+    /// proposal probabilities along its lineage).
+    pub log_q: Vec<f64>,
+    /// log phi(s_{1:T}) of each final particle.
+    pub log_phi: Vec<f64>,
+    /// log Zhat.
+    pub log_z_hat: f64,
+    /// Per-step ESS, running log Zhat and resampling events.
+    pub steps: Vec<StepRecord>,
+    /// The genealogy (see [`LoopOutput::ancestors`]).
+    pub ancestors: Vec<Vec<usize>>,
+}
+
+impl SmcOutput {
+    /// Normalised final weights.
+    pub fn weights(&self) -> Vec<f64> {
+        normalized_weights(&self.log_w)
+    }
+
+    /// Per-step ESS.
+    pub fn ess(&self) -> Vec<f64> {
+        self.steps.iter().map(|s| s.ess).collect()
+    }
+
+    /// Number of steps after which the particles were resampled.
+    pub fn num_resamplings(&self) -> usize {
+        self.steps.iter().filter(|s| s.resampled).count()
+    }
+}
+
+/// The Feynman–Kac model of twisted SMC on a language model.
+pub struct TwistedLm<'a, S: DecodeSession> {
+    session: S,
+    twist: Option<&'a dyn Twist>,
+    potential: &'a dyn Potential,
+    proposal: Proposal,
+    prompt: &'a [u32],
+    horizon: usize,
+    vocab: usize,
+    tokens: TokenBuffer,
+    log_psi_prev: Vec<f64>,
+    log_p0: Vec<f64>,
+    log_q: Vec<f64>,
+    log_phi: Vec<f64>,
+}
+
+impl<'a, S: DecodeSession> TwistedLm<'a, S> {
+    /// Builds the model from a started session.
+    pub fn new(
+        session: S,
+        vocab: usize,
+        twist: Option<&'a dyn Twist>,
+        potential: &'a dyn Potential,
+        proposal: Proposal,
+        prompt: &'a [u32],
+        horizon: usize,
+    ) -> Self {
+        let k = session.num_particles();
+        Self {
+            session,
+            twist,
+            potential,
+            proposal,
+            prompt,
+            horizon,
+            vocab,
+            tokens: TokenBuffer::new(k, horizon),
+            log_psi_prev: vec![0.0; k],
+            log_p0: vec![0.0; k],
+            log_q: vec![0.0; k],
+            log_phi: vec![0.0; k],
+        }
+    }
+
+    fn check_table(&self, table: &LogTable, component: &str, step: usize) -> Result<()> {
+        let k = self.tokens.num_particles();
+        if table.rows() != k || table.cols() != self.vocab {
+            return Err(SmcError::Shape {
+                component: component.to_string(),
+                step,
+                expected: k * self.vocab,
+                found: table.rows() * table.cols(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Consumes the model into the run's output.
+    fn into_output(self, out: LoopOutput) -> SmcOutput {
+        SmcOutput {
+            tokens: self.tokens.to_rows(),
+            log_w: out.log_w,
+            log_p0: self.log_p0,
+            log_q: self.log_q,
+            log_phi: self.log_phi,
+            log_z_hat: out.log_z_hat,
+            steps: out.steps,
+            ancestors: out.ancestors,
+        }
+    }
+}
+
+fn invalid(component: &str, step: usize, particle: usize, value: f64) -> SmcError {
+    SmcError::InvalidValue {
+        component: component.to_string(),
+        step,
+        particle,
+        value,
+    }
+}
+
+/// Draws an index from an unnormalised log-distribution with log normaliser `lse`.
+fn sample_categorical(
+    log_p: impl Iterator<Item = f64>,
+    lse: f64,
+    rng: &mut dyn Rng,
+) -> Option<usize> {
+    let u: f64 = rng.random();
+    let mut cum = 0.0;
+    let mut last_positive = None;
+    for (i, lp) in log_p.enumerate() {
+        let p = (lp - lse).exp();
+        if p > 0.0 {
+            cum += p;
+            last_positive = Some(i);
+            if u < cum {
+                return Some(i);
+            }
+        }
+    }
+    last_positive
+}
+
+impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
+    fn num_particles(&self) -> usize {
+        self.tokens.num_particles()
+    }
+
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    fn step(&mut self, t: usize, clamp: Option<u32>, rng: &mut dyn Rng) -> Result<Vec<f64>> {
+        let k = self.num_particles();
+        let out = self.session.next_log_probs()?;
+        self.check_table(&out.log_probs, "language model", t)?;
+        let log_psi = match self.twist {
+            Some(twist) => {
+                let table = twist.log_psi(&TwistInput {
+                    step: t,
+                    horizon: self.horizon,
+                    prompt: self.prompt,
+                    prefixes: &self.tokens,
+                    hidden: out.hidden.as_ref(),
+                })?;
+                self.check_table(&table, twist.name(), t)?;
+                Some(table)
+            }
+            None => None,
+        };
+        let twist_name = self.twist.map_or("twist", |tw| tw.name());
+
+        let mut next = vec![0u32; k];
+        let mut log_alpha = vec![0.0; k];
+        let mut log_psi_now = vec![0.0; k];
+        for p in 0..k {
+            let row_p0 = out.log_probs.row(p);
+            let row_psi = log_psi.as_ref().map(|tab| tab.row(p));
+            // The proposal's log normaliser: log Z_t for the twisted proposal, 0 for p0.
+            let log_norm = match (self.proposal, row_psi) {
+                (Proposal::Twisted, Some(psi)) => log_sum_exp_sum(row_p0, psi),
+                _ => log_sum_exp(row_p0),
+            };
+            if log_norm.is_nan() || log_norm == f64::INFINITY {
+                let component = if row_psi.is_some() && self.proposal == Proposal::Twisted {
+                    twist_name
+                } else {
+                    "language model"
+                };
+                return Err(invalid(component, t, p, log_norm));
+            }
+            if log_norm == f64::NEG_INFINITY {
+                return Err(SmcError::NoPositiveWeight {
+                    step: t,
+                    horizon: self.horizon,
+                    num_particles: k,
+                });
+            }
+            let token = match (p, clamp) {
+                (0, Some(tok)) => {
+                    if tok as usize >= self.vocab {
+                        return Err(SmcError::Reference(format!(
+                            "token {tok} at step {t} is outside the vocabulary of size {}",
+                            self.vocab
+                        )));
+                    }
+                    tok as usize
+                }
+                _ => {
+                    let drawn = match (self.proposal, row_psi) {
+                        (Proposal::Twisted, Some(psi)) => sample_categorical(
+                            row_p0.iter().zip(psi).map(|(a, b)| a + b),
+                            log_norm,
+                            rng,
+                        ),
+                        _ => sample_categorical(row_p0.iter().copied(), log_norm, rng),
+                    };
+                    drawn.ok_or(SmcError::NoPositiveWeight {
+                        step: t,
+                        horizon: self.horizon,
+                        num_particles: k,
+                    })?
+                }
+            };
+            let lp0 = row_p0[token];
+            let lpsi = row_psi.map_or(0.0, |psi| psi[token]);
+            if lpsi.is_nan() || lpsi == f64::INFINITY {
+                return Err(invalid(twist_name, t, p, lpsi));
+            }
+            if clamp.is_some()
+                && p == 0
+                && self.proposal == Proposal::Twisted
+                && lpsi == f64::NEG_INFINITY
+            {
+                return Err(SmcError::Reference(format!(
+                    "token {token} at step {t} has zero probability under the twisted proposal \
+                     ({twist_name} gives log psi = -inf): the twist must be positive wherever the \
+                     target is"
+                )));
+            }
+            let log_q_token = match (self.proposal, row_psi) {
+                (Proposal::Twisted, Some(_)) => lp0 + lpsi - log_norm,
+                _ => lp0 - log_norm,
+            };
+            self.log_p0[p] += lp0;
+            self.log_q[p] += log_q_token;
+            next[p] = token as u32;
+            log_psi_now[p] = lpsi;
+            log_alpha[p] = match self.proposal {
+                Proposal::Twisted if t < self.horizon => log_norm - self.log_psi_prev[p],
+                Proposal::Twisted => log_norm - self.log_psi_prev[p] - lpsi,
+                Proposal::Base if t < self.horizon => lpsi - self.log_psi_prev[p],
+                Proposal::Base => -self.log_psi_prev[p],
+            };
+            // A particle whose p0 or twist weight is zero stays at weight zero (never NaN).
+            if lp0 == f64::NEG_INFINITY || self.log_psi_prev[p] == f64::NEG_INFINITY {
+                log_alpha[p] = f64::NEG_INFINITY;
+            }
+        }
+        self.tokens.push(&next);
+        self.session.push(&next)?;
+        self.log_psi_prev = log_psi_now;
+
+        if t == self.horizon {
+            let log_phi = self.potential.log_phi(self.prompt, &self.tokens)?;
+            if log_phi.len() != k {
+                return Err(SmcError::Shape {
+                    component: self.potential.name().to_string(),
+                    step: t,
+                    expected: k,
+                    found: log_phi.len(),
+                });
+            }
+            for (p, (&lphi, a)) in log_phi.iter().zip(log_alpha.iter_mut()).enumerate() {
+                if lphi.is_nan() || lphi == f64::INFINITY {
+                    return Err(invalid(self.potential.name(), t, p, lphi));
+                }
+                if *a != f64::NEG_INFINITY {
+                    // For the twisted proposal the sampled token's psi_T cancels only where it
+                    // is finite; a particle with psi_T = 0 cannot have been proposed.
+                    *a = if lphi == f64::NEG_INFINITY {
+                        f64::NEG_INFINITY
+                    } else {
+                        *a + lphi
+                    };
+                }
+            }
+            self.log_phi = log_phi;
+        }
+        Ok(log_alpha)
+    }
+
+    fn reorder(&mut self, ancestors: &[usize]) -> Result<()> {
+        self.tokens.gather(ancestors);
+        gather(&mut self.log_psi_prev, ancestors);
+        gather(&mut self.log_p0, ancestors);
+        gather(&mut self.log_q, ancestors);
+        self.session.reorder(ancestors)
+    }
+}
+
+/// Runs SMC (or SIS, with [`Criterion::Never`]) for the target p0(s | prompt) phi(s) / Z,
+/// with intermediate targets p0 psi_t when a twist is given.
+pub fn run_smc<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    config: &SmcConfig,
+) -> Result<SmcOutput> {
+    run_inner(lm, twist, potential, prompt, config, None)
+}
+
+/// Conditional SMC: particle 0 is clamped to `reference` (an exact target sample gives the SMC
+/// upper bound E[log Zhat] >= log Z; with [`Criterion::Never`] this is the SIS upper bound).
+pub fn run_csmc<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    config: &SmcConfig,
+    reference: &[u32],
+) -> Result<SmcOutput> {
+    run_inner(lm, twist, potential, prompt, config, Some(reference))
+}
+
+fn run_inner<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    config: &SmcConfig,
+    reference: Option<&[u32]>,
+) -> Result<SmcOutput> {
+    if config.num_particles == 0 {
+        return Err(SmcError::config("number of particles K", ">= 1", 0));
+    }
+    if config.horizon == 0 {
+        return Err(SmcError::config("number of steps T", ">= 1", 0));
+    }
+    let session = lm.start(prompt, config.num_particles)?;
+    if session.num_particles() != config.num_particles {
+        return Err(SmcError::Shape {
+            component: "language model session particles".into(),
+            step: 0,
+            expected: config.num_particles,
+            found: session.num_particles(),
+        });
+    }
+    let mut model = TwistedLm::new(
+        session,
+        lm.vocab_size(),
+        twist,
+        potential,
+        config.proposal,
+        prompt,
+        config.horizon,
+    );
+    let mut rng = rng_from_seed(config.seed);
+    let out = feynman_kac::run(&mut model, config.resampling, reference, &mut rng)?;
+    Ok(model.into_output(out))
+}
+
+/// Draws `n` independent sequences of `horizon` tokens from p0(. | prompt) by ancestral
+/// sampling, returning the tokens and their log p0.
+pub fn sample_base<L: LanguageModel>(
+    lm: &L,
+    prompt: &[u32],
+    horizon: usize,
+    n: usize,
+    rng: &mut dyn Rng,
+) -> Result<(Vec<Vec<u32>>, Vec<f64>)> {
+    if n == 0 || horizon == 0 {
+        return Ok((vec![Vec::new(); n], vec![0.0; n]));
+    }
+    let mut session = lm.start(prompt, n)?;
+    let mut tokens = TokenBuffer::new(n, horizon);
+    let mut log_p0 = vec![0.0; n];
+    for t in 1..=horizon {
+        let out = session.next_log_probs()?;
+        let mut next = vec![0u32; n];
+        for (p, tok) in next.iter_mut().enumerate() {
+            let row = out.log_probs.row(p);
+            let lse = log_sum_exp(row);
+            let i = sample_categorical(row.iter().copied(), lse, rng).ok_or(
+                SmcError::NoPositiveWeight {
+                    step: t,
+                    horizon,
+                    num_particles: n,
+                },
+            )?;
+            log_p0[p] += row[i] - lse;
+            *tok = i as u32;
+        }
+        tokens.push(&next);
+        session.push(&next)?;
+    }
+    Ok((tokens.to_rows(), log_p0))
+}
