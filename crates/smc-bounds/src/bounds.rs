@@ -31,7 +31,7 @@ pub struct Sampler<'a, L> {
 
 impl<L> Clone for Sampler<'_, L> {
     fn clone(&self) -> Self {
-        Self { ..*self }
+        *self
     }
 }
 
