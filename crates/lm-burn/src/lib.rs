@@ -1,5 +1,27 @@
 //! # lm-burn
 //!
-//! Transformer language models and twist heads on burn, implementing
-//! [`smc_core::model::LanguageModel`]. This crate is a placeholder until the model code lands
-//! (see docs/architecture.md); it compiles so the workspace layout is final.
+//! Transformer language models on burn 0.22 for twisted SMC: the particles are the batch.
+//! - architectures, one file each, configured from Hugging Face `config.json`: [`llama`]
+//!   (Llama 2/3, SmolLM2, TinyLlama, Qwen2);
+//! - weights from Hugging Face safetensors directories ([`weights`]) and GGUF files;
+//! - [`model::BurnLm`] implements [`smc_core::model::LanguageModel`]: the prompt is prefilled
+//!   once and its keys/values shared by all K particles, each step is one forward pass for the
+//!   K new tokens, and resampling reorders the per-particle cache rows in place ([`cache`]);
+//! - backends by feature ([`device`]): CPU (flex) by default, `wgpu`, `cuda`.
+
+pub mod cache;
+pub mod config;
+pub mod default_model;
+pub mod device;
+pub mod error;
+pub mod gguf;
+pub mod llama;
+pub mod model;
+pub mod ops;
+pub mod tokenizer;
+pub mod weights;
+
+pub use device::{Backend, default_device};
+pub use error::{LmError, Result};
+pub use model::{Architecture, BurnLm, BurnSession};
+pub use tokenizer::Tokenizer;

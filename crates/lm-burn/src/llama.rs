@@ -1,0 +1,265 @@
+//! The Llama family: Llama 2/3, SmolLM2, TinyLlama, Qwen2 (q/k/v biases). Grouped-query and
+//! multi-query attention, RMSNorm, SwiGLU, rotary embeddings (Hugging Face half-split layout),
+//! tied or untied output head.
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::cache::{LayerKv, ParticleCache, PromptCache};
+use crate::config::JsonConfig;
+use crate::error::{LmError, Result};
+use crate::ops::{
+    AttentionWindow, apply_rope, causal_attention, decode_attention, rms_norm, rope_tables,
+};
+use crate::weights::Loader;
+
+/// Hyper-parameters of a Llama-family model, from `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size d.
+    pub hidden_size: usize,
+    /// MLP inner size.
+    pub intermediate_size: usize,
+    /// Number of layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (equal to `num_heads` without grouped-query attention).
+    pub num_kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    pub rope_theta: f64,
+    /// Output head tied to the embeddings.
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections have biases (Qwen2).
+    pub attention_bias: bool,
+    /// Maximum positions.
+    pub max_position_embeddings: usize,
+}
+
+impl LlamaConfig {
+    /// Reads the config; `qwen2` implies q/k/v biases.
+    pub fn from_json(cfg: &JsonConfig) -> Result<Self> {
+        let model_type = cfg.model_type().unwrap_or_default().to_ascii_lowercase();
+        let hidden_size = cfg.usize("hidden_size")?;
+        let num_heads = cfg.usize("num_attention_heads")?;
+        let num_kv_heads = cfg.usize_or("num_key_value_heads", num_heads)?;
+        let head_dim = cfg.usize_or("head_dim", hidden_size / num_heads)?;
+        if !num_heads.is_multiple_of(num_kv_heads) {
+            return Err(LmError::Config {
+                path: cfg.path().to_path_buf(),
+                field: "num_key_value_heads".into(),
+                expected: format!("a divisor of num_attention_heads = {num_heads}"),
+                found: num_kv_heads.to_string(),
+            });
+        }
+        Ok(Self {
+            vocab_size: cfg.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: cfg.usize("intermediate_size")?,
+            num_layers: cfg.usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: cfg.f64_any(&["rms_norm_eps"], 1e-6)?,
+            rope_theta: cfg.f64_any(&["rope_theta", "rope_parameters.rope_theta"], 10_000.0)?,
+            tie_word_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
+            attention_bias: cfg.bool_or("attention_bias", model_type.contains("qwen2"))?,
+            max_position_embeddings: cfg.usize_or("max_position_embeddings", 4096)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    bq: Option<Tensor<1>>,
+    bk: Option<Tensor<1>>,
+    bv: Option<Tensor<1>>,
+    wo: Tensor<2>,
+    post_norm: Tensor<1>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+}
+
+/// A Llama-family model with weights on a device.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    embed: Tensor<2>,
+    layers: Vec<Layer>,
+    norm: Tensor<1>,
+    /// [d, V] (the transposed embeddings when tied).
+    lm_head: Tensor<2>,
+    device: Device,
+}
+
+fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: &Option<Tensor<1>>) -> Tensor<D> {
+    burn::tensor::module::linear(x, w.clone(), b.clone())
+}
+
+impl Llama {
+    /// Loads the weights by their Hugging Face names.
+    pub fn load(config: LlamaConfig, loader: &mut Loader<'_>) -> Result<Self> {
+        let c = &config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let embed = loader.tensor("model.embed_tokens.weight", [c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let bias =
+                |loader: &mut Loader<'_>, name: &str, n: usize| -> Result<Option<Tensor<1>>> {
+                    if c.attention_bias {
+                        loader
+                            .tensor(&format!("{p}.self_attn.{name}.bias"), [n])
+                            .map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+            layers.push(Layer {
+                input_norm: loader.tensor(&format!("{p}.input_layernorm.weight"), [d])?,
+                wq: loader.linear(&format!("{p}.self_attn.q_proj.weight"), q_out, d)?,
+                wk: loader.linear(&format!("{p}.self_attn.k_proj.weight"), kv_out, d)?,
+                wv: loader.linear(&format!("{p}.self_attn.v_proj.weight"), kv_out, d)?,
+                bq: bias(loader, "q_proj", q_out)?,
+                bk: bias(loader, "k_proj", kv_out)?,
+                bv: bias(loader, "v_proj", kv_out)?,
+                wo: loader.linear(&format!("{p}.self_attn.o_proj.weight"), d, q_out)?,
+                post_norm: loader.tensor(&format!("{p}.post_attention_layernorm.weight"), [d])?,
+                w_gate: loader.linear(
+                    &format!("{p}.mlp.gate_proj.weight"),
+                    c.intermediate_size,
+                    d,
+                )?,
+                w_up: loader.linear(&format!("{p}.mlp.up_proj.weight"), c.intermediate_size, d)?,
+                w_down: loader.linear(
+                    &format!("{p}.mlp.down_proj.weight"),
+                    d,
+                    c.intermediate_size,
+                )?,
+            });
+        }
+        let norm = loader.tensor("model.norm.weight", [d])?;
+        let lm_head = if c.tie_word_embeddings && !loader.has("lm_head.weight") {
+            embed.clone().transpose()
+        } else {
+            loader.linear("lm_head.weight", c.vocab_size, d)?
+        };
+        loader.ignore(|n| n.ends_with("rotary_emb.inv_freq"));
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            device: loader.device().clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn embed(&self, tokens: &[u32], shape: [usize; 2]) -> Result<Tensor<3>> {
+        let v = self.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
+            return Err(LmError::Input(format!(
+                "token id {bad} is outside the vocabulary of size {v}"
+            )));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);
+        Ok(burn::tensor::module::embedding(self.embed.clone(), ids))
+    }
+
+    fn mlp<const D: usize>(&self, layer: &Layer, x: Tensor<D>) -> Tensor<D> {
+        let gate = silu(linear(x.clone(), &layer.w_gate, &None));
+        let up = linear(x, &layer.w_up, &None);
+        linear(gate * up, &layer.w_down, &None)
+    }
+
+    /// Full forward over `batch` sequences of `seq` tokens from position 0: the final-norm
+    /// hidden states [B, S, d] and every layer's keys and values [B, Hkv, S, hd].
+    pub fn forward_seq(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<(Tensor<3>, Vec<LayerKv>)> {
+        let c = &self.config;
+        let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let mut h = self.embed(tokens, [batch, seq])?;
+        let (cos, sin) = rope_tables(0..seq, hd, c.rope_theta, &self.device);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut kvs = Vec::with_capacity(c.num_layers);
+        for layer in &self.layers {
+            let x = rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps);
+            let heads = |w, b, n| {
+                linear(x.clone(), w, b)
+                    .reshape([batch, seq, n, hd])
+                    .swap_dims(1, 2)
+            };
+            let q = apply_rope(heads(&layer.wq, &layer.bq, hq), &cos, &sin);
+            let k = apply_rope(heads(&layer.wk, &layer.bk, hkv), &cos, &sin);
+            let v = heads(&layer.wv, &layer.bv, hkv);
+            let att = causal_attention(q, k.clone(), v.clone(), scale, AttentionWindow::Global);
+            let att = att.swap_dims(1, 2).reshape([batch, seq, hq * hd]);
+            h = h + linear(att, &layer.wo, &None);
+            let x = rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);
+            h = h.clone() + self.mlp(layer, x);
+            kvs.push(LayerKv { k, v });
+        }
+        Ok((rms_norm(h, &self.norm, c.rms_norm_eps), kvs))
+    }
+
+    /// One decoding step for K particles whose new tokens sit at absolute position `pos`:
+    /// writes their keys and values into `cache` and returns the final-norm hidden states [K, d].
+    pub fn decode(
+        &self,
+        tokens: &[u32],
+        pos: usize,
+        prompt: Option<&PromptCache>,
+        cache: &mut ParticleCache,
+    ) -> Result<Tensor<2>> {
+        let c = &self.config;
+        let k = tokens.len();
+        let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let mut h = self.embed(tokens, [k, 1])?.reshape([k, c.hidden_size]);
+        let (cos, sin) = rope_tables(pos..pos + 1, hd, c.rope_theta, &self.device);
+        let scale = 1.0 / (hd as f64).sqrt();
+        cache.reserve_one();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let x = rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps);
+            // [K, n*hd] -> [K, n, 1, hd] so that rotary tables [1, hd] broadcast.
+            let heads = |w, b, n| linear(x.clone(), w, b).reshape([k, n, 1, hd]);
+            let q = apply_rope(heads(&layer.wq, &layer.bq, hq), &cos, &sin).reshape([k, hq, hd]);
+            let kk = apply_rope(heads(&layer.wk, &layer.bk, hkv), &cos, &sin);
+            let vv = heads(&layer.wv, &layer.bv, hkv);
+            let (own_k, own_v) = cache.write(i, kk, vv);
+            let prompt_kv = prompt.map(|p| (&p.layers[i].k, &p.layers[i].v));
+            let att = decode_attention(q, prompt_kv, own_k, own_v, scale, 0, 0);
+            h = h + linear(att, &layer.wo, &None);
+            let x = rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);
+            h = h.clone() + self.mlp(layer, x);
+        }
+        cache.advance();
+        Ok(rms_norm(h, &self.norm, c.rms_norm_eps))
+    }
+
+    /// Logits from final-norm hidden states (last dimension d -> V).
+    pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+        hidden.matmul(self.lm_head.clone().unsqueeze())
+    }
+}

