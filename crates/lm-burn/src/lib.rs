@@ -2,7 +2,8 @@
 //!
 //! Transformer language models on burn 0.22 for twisted SMC: the particles are the batch.
 //! - architectures, one file each, configured from Hugging Face `config.json`: [`llama`]
-//!   (Llama 2/3, SmolLM2, TinyLlama, Qwen2);
+//!   (Llama 2/3, SmolLM2, TinyLlama, Qwen2), [`gpt2`], [`gpt_neo`] (alternating global/local
+//!   attention), the latter two on the shared body of [`gpt_block`];
 //! - weights from Hugging Face safetensors directories ([`weights`]) and GGUF files;
 //! - [`model::BurnLm`] implements [`smc_core::model::LanguageModel`]: the prompt is prefilled
 //!   once and its keys/values shared by all K particles, each step is one forward pass for the
@@ -15,6 +16,9 @@ pub mod default_model;
 pub mod device;
 pub mod error;
 pub mod gguf;
+pub mod gpt2;
+pub mod gpt_block;
+pub mod gpt_neo;
 pub mod llama;
 pub mod model;
 pub mod ops;

@@ -11,6 +11,9 @@ use smc_core::model::{DecodeSession, LanguageModel, StepOutput};
 use crate::cache::{ParticleCache, PromptCache};
 use crate::config::JsonConfig;
 use crate::error::{LmError, Result};
+use crate::gpt_block::GptBody;
+use crate::gpt_neo::GptNeoConfig;
+use crate::gpt2::Gpt2Config;
 use crate::llama::{Llama, LlamaConfig};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Loader, SafetensorsDir, WeightSource};
@@ -20,6 +23,10 @@ use crate::weights::{Loader, SafetensorsDir, WeightSource};
 pub enum Architecture {
     /// Llama, SmolLM2, TinyLlama, Qwen2.
     Llama(Llama),
+    /// GPT-2.
+    Gpt2(GptBody),
+    /// GPT-Neo.
+    GptNeo(GptBody),
 }
 
 /// Sizes every architecture shares.
@@ -51,6 +58,13 @@ impl Architecture {
                     head_dim: c.head_dim,
                 }
             }
+            Architecture::Gpt2(m) | Architecture::GptNeo(m) => Dims {
+                vocab: m.vocab(),
+                hidden: m.hidden(),
+                layers: m.blocks.len(),
+                kv_heads: m.num_heads,
+                head_dim: m.head_dim(),
+            },
         }
     }
 
@@ -62,6 +76,7 @@ impl Architecture {
     ) -> Result<(Tensor<3>, PromptCache)> {
         let (h, layers) = match self {
             Architecture::Llama(m) => m.forward_seq(tokens, batch, seq)?,
+            Architecture::Gpt2(m) | Architecture::GptNeo(m) => m.forward_seq(tokens, batch, seq)?,
         };
         Ok((h, PromptCache { layers, len: seq }))
     }
@@ -75,12 +90,14 @@ impl Architecture {
     ) -> Result<Tensor<2>> {
         match self {
             Architecture::Llama(m) => m.decode(tokens, pos, prompt, cache),
+            Architecture::Gpt2(m) | Architecture::GptNeo(m) => m.decode(tokens, pos, prompt, cache),
         }
     }
 
     fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match self {
             Architecture::Llama(m) => m.logits(hidden),
+            Architecture::Gpt2(m) | Architecture::GptNeo(m) => m.logits(hidden),
         }
     }
 
@@ -92,11 +109,19 @@ impl Architecture {
             "llama" | "qwen2" | "mistral" | "llamaforcausallm" | "qwen2forcausallm" => {
                 Architecture::Llama(Llama::load(LlamaConfig::from_json(cfg)?, &mut loader)?)
             }
+            "gpt2" | "gpt2lmheadmodel" => Architecture::Gpt2(crate::gpt2::load(
+                &Gpt2Config::from_json(cfg)?,
+                &mut loader,
+            )?),
+            "gpt_neo" | "gptneoforcausallm" => Architecture::GptNeo(crate::gpt_neo::load(
+                &GptNeoConfig::from_json(cfg)?,
+                &mut loader,
+            )?),
             _ => {
                 return Err(LmError::UnsupportedArchitecture {
                     path: cfg.path().to_path_buf(),
                     found: model_type,
-                    supported: "llama, qwen2",
+                    supported: "llama, qwen2, gpt2, gpt_neo",
                 });
             }
         };

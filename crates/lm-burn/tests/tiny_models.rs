@@ -7,7 +7,7 @@ use common::{max_abs_diff, read_tensor, reference_dir};
 use lm_burn::{BurnLm, default_device};
 use smc_core::model::{DecodeSession, LanguageModel};
 
-const ARCHS: &[&str] = &["llama", "llama-tied", "qwen2"];
+const ARCHS: &[&str] = &["llama", "llama-tied", "qwen2", "gpt2", "gpt-neo"];
 
 fn load(name: &str) -> (BurnLm, Vec<u32>, Vec<f64>) {
     let dir = reference_dir().join("tiny-models").join(name);
