@@ -82,7 +82,7 @@ pub fn load(config: &Gpt2Config, loader: &mut Loader<'_>) -> Result<GptBody> {
         let split = |j: usize| {
             (
                 w_attn.clone().slice([0..d, j * d..(j + 1) * d]),
-                Some(b_attn.clone().slice([j * d..(j + 1) * d])),
+                Some(b_attn.clone().narrow(0, j * d, d)),
             )
         };
         let mut scale = if c.scale_attn_weights {
