@@ -209,13 +209,13 @@ fn write_gguf(path: &Path, tensors: &[(&str, Vec<u64>, u32, Vec<u8>)], truncate_
         b.extend(offset.to_le_bytes());
         offset += (data.len() as u64).div_ceil(32) * 32;
     }
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     for (_, _, _, data) in tensors {
         let start = b.len();
         b.extend(data);
-        while (b.len() - start) % 32 != 0 {
+        while !(b.len() - start).is_multiple_of(32) {
             b.push(0);
         }
     }
