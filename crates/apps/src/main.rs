@@ -1,12 +1,14 @@
 //! The `tsmc` command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod demo;
 mod output;
+mod potentials;
+mod progress;
+mod sample;
 
 /// Twisted sequential Monte Carlo for language models.
 #[derive(Debug, Parser)]
@@ -21,12 +23,16 @@ enum Command {
     /// Twisted SMC on an enumerable tabular language model, where log Z, sigma and the optimal
     /// twists are exact: bounds on log Z against K and KL estimates next to the exact values.
     Demo(demo::DemoArgs),
+    /// Sample continuations of a prompt from the target p0(s | prompt) phi(s) / Z with SMC on a
+    /// language model (the default model unless --model is given); JSONL output.
+    Sample(sample::SampleArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Sample(args) => sample::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -34,15 +40,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Parses an output path argument.
-#[allow(dead_code)]
-fn path_arg(s: &str) -> Result<PathBuf, String> {
-    if s.is_empty() {
-        Err("empty path".into())
-    } else {
-        Ok(PathBuf::from(s))
     }
 }

@@ -10,8 +10,10 @@ pub enum Backend {
     /// burn's flex CPU backend (AVX-512 matmul kernels chosen at run time).
     #[default]
     Cpu,
-    /// wgpu (Vulkan/Metal/DX12, or Mesa's software Vulkan); needs the `wgpu` feature.
+    /// wgpu's best adapter (Vulkan/Metal/DX12); needs the `wgpu` feature.
     Wgpu,
+    /// wgpu on a CPU adapter, e.g. Mesa's software Vulkan (lavapipe); needs the `wgpu` feature.
+    WgpuCpu,
     /// CUDA device 0; needs the `cuda` feature.
     Cuda,
 }
@@ -22,9 +24,10 @@ impl FromStr for Backend {
         match s.to_ascii_lowercase().as_str() {
             "cpu" | "flex" => Ok(Backend::Cpu),
             "wgpu" => Ok(Backend::Wgpu),
+            "wgpu-cpu" => Ok(Backend::WgpuCpu),
             "cuda" => Ok(Backend::Cuda),
             other => Err(format!(
-                "unknown backend {other:?}: expected cpu, wgpu or cuda"
+                "unknown backend {other:?}: expected cpu, wgpu, wgpu-cpu or cuda"
             )),
         }
     }
@@ -37,8 +40,10 @@ impl Backend {
             Backend::Cpu => Ok(Device::flex()),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(feature = "wgpu")]
+            Backend::WgpuCpu => Ok(Device::wgpu(burn::tensor::DeviceKind::Cpu)),
             #[cfg(not(feature = "wgpu"))]
-            Backend::Wgpu => Err(
+            Backend::Wgpu | Backend::WgpuCpu => Err(
                 "the wgpu backend needs lm-burn's `wgpu` feature (cargo build --features wgpu)"
                     .into(),
             ),

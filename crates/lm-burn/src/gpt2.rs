@@ -81,7 +81,7 @@ pub fn load(config: &Gpt2Config, loader: &mut Loader<'_>) -> Result<GptBody> {
         let b_attn = b_attn.expect("bias");
         let split = |j: usize| {
             (
-                w_attn.clone().slice([0..d, j * d..(j + 1) * d]),
+                w_attn.clone().narrow(1, j * d, d),
                 Some(b_attn.clone().narrow(0, j * d, d)),
             )
         };

@@ -54,7 +54,7 @@ pub struct GptBody {
 }
 
 fn linear<const D: usize>(x: Tensor<D>, w: &(Tensor<2>, Option<Tensor<1>>)) -> Tensor<D> {
-    burn::tensor::module::linear(x, w.0.clone(), w.1.clone())
+    crate::ops::linear(x, &w.0, w.1.as_ref())
 }
 
 impl GptBody {
@@ -176,6 +176,6 @@ impl GptBody {
 
     /// Logits from hidden states (tied head).
     pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
-        hidden.matmul(self.wte.clone().transpose().unsqueeze())
+        crate::ops::linear(hidden, &self.wte.clone().transpose(), None)
     }
 }

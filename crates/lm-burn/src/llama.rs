@@ -104,7 +104,7 @@ pub struct Llama {
 }
 
 fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: &Option<Tensor<1>>) -> Tensor<D> {
-    burn::tensor::module::linear(x, w.clone(), b.clone())
+    crate::ops::linear(x, w, b.as_ref())
 }
 
 impl Llama {
@@ -260,6 +260,6 @@ impl Llama {
 
     /// Logits from final-norm hidden states (last dimension d -> V).
     pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
-        hidden.matmul(self.lm_head.clone().unsqueeze())
+        crate::ops::linear(hidden, &self.lm_head, None)
     }
 }

@@ -4,6 +4,24 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
+/// `x @ w + b` over the last dimension of x, for a weight `w` of shape [in, out] (usually a
+/// transposed view of a row-major [out, in] matrix, the layout the CPU GEMM reads fastest).
+/// Leading dimensions are folded into rows first so that `w` is never reshaped, which would
+/// copy a strided view on every call.
+pub fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<D> {
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let d_out = w.dims()[1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let mut y = x.reshape([rows, d_in]).matmul(w.clone());
+    if let Some(b) = b {
+        y = y + b.clone().unsqueeze::<2>();
+    }
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
+}
+
 /// RMSNorm: x / sqrt(mean(x^2) + eps) * weight, over the last dimension.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
     let var = x.clone().square().mean_dim(D - 1);

@@ -250,6 +250,19 @@ impl<'a> Loader<'a> {
         Ok(self.tensor(name, [out_dim, in_dim])?.transpose())
     }
 
+    /// A [in, out] weight stored as such (GPT-2's Conv1D), returned as a transposed view of a
+    /// row-major [out, in] copy: the layout every other linear weight has.
+    pub fn conv1d(&mut self, name: &str, in_dim: usize, out_dim: usize) -> Result<Tensor<2>> {
+        let raw = self.raw(name, &[in_dim, out_dim])?;
+        let mut t = vec![0.0f32; raw.data.len()];
+        for i in 0..in_dim {
+            for o in 0..out_dim {
+                t[o * in_dim + i] = raw.data[i * out_dim + o];
+            }
+        }
+        Ok(Tensor::<2>::from_data(TensorData::new(t, [out_dim, in_dim]), &self.device).transpose())
+    }
+
     /// An optional tensor: `None` when absent.
     pub fn optional<const D: usize>(
         &mut self,

@@ -1,0 +1,192 @@
+//! `tsmc sample`: SMC from a prompt on a language model with a potential; JSONL output.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+
+use lm_burn::{Backend, BurnLm};
+use smc_core::feynman_kac::{Resampling, StepRecord};
+use smc_core::prelude::*;
+
+use crate::output::JsonlWriter;
+use crate::progress::WithProgress;
+
+/// Arguments of `tsmc sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// `default` (SmolLM2-135M-Instruct, fetched once), a Hugging Face model directory or a .gguf file.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// The prompt text.
+    #[arg(long, default_value = "Once upon a time, there was a")]
+    prompt: String,
+    /// The potential: keyword:WORD or regex:PATTERN (on the decoded continuation).
+    #[arg(long, default_value = r"regex:(?i)\b(dragon|princess|castle|king)\b")]
+    potential: String,
+    /// Number of output tokens T.
+    #[arg(long, short = 't', default_value_t = 15)]
+    tokens: usize,
+    /// Number of particles K.
+    #[arg(long, short = 'k', default_value_t = 64)]
+    particles: usize,
+    /// Sampler: smc (bootstrap SMC, resampling by --criterion) or sis (no resampling).
+    #[arg(long, default_value = "smc")]
+    method: String,
+    /// Resampling scheme: multinomial, systematic, stratified or residual.
+    #[arg(long, default_value = "multinomial")]
+    scheme: Scheme,
+    /// Resampling criterion: always, never or ess:FRACTION.
+    #[arg(long, default_value = "ess:0.5")]
+    criterion: Criterion,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, wgpu, wgpu-cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: Backend,
+    /// Write the particles and the run summary as JSON lines to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How many particles to print, heaviest first.
+    #[arg(long, default_value_t = 5)]
+    show: usize,
+}
+
+#[derive(Serialize)]
+struct ParticleRecord<'a> {
+    r#type: &'static str,
+    particle: usize,
+    text: &'a str,
+    tokens: &'a [u32],
+    log_weight: f64,
+    weight: f64,
+    log_p0: f64,
+    log_phi: f64,
+}
+
+#[derive(Serialize)]
+struct RunRecord<'a> {
+    r#type: &'static str,
+    model: &'a str,
+    prompt: &'a str,
+    prompt_tokens: &'a [u32],
+    potential: &'a str,
+    method: &'a str,
+    num_particles: usize,
+    num_tokens: usize,
+    seed: u64,
+    resampling: Resampling,
+    log_z_hat: f64,
+    final_ess: f64,
+    steps: &'a [StepRecord],
+    ancestors: &'a [Vec<usize>],
+}
+
+/// Runs `tsmc sample`.
+pub fn run(args: &SampleArgs) -> Result<()> {
+    if args.prompt.is_empty() {
+        bail!("--prompt is empty: SMC needs a prompt to condition on");
+    }
+    if args.tokens == 0 {
+        bail!("--tokens must be at least 1, found 0");
+    }
+    if args.particles == 0 {
+        bail!("--particles must be at least 1, found 0");
+    }
+    let criterion = match args.method.as_str() {
+        "smc" => args.criterion,
+        "sis" => Criterion::Never,
+        other => bail!("unknown --method {other:?}: expected smc or sis"),
+    };
+    // Create the output first so that an unwritable path fails before minutes of sampling.
+    let writer = args.out.as_deref().map(JsonlWriter::create).transpose()?;
+    let device = args.backend.device().map_err(anyhow::Error::msg)?;
+    let lm = BurnLm::load(&args.model, &device)
+        .with_context(|| format!("loading model {:?}", args.model))?;
+    let tokenizer = lm.tokenizer()?;
+    let potential = crate::potentials::parse(&args.potential, tokenizer)?;
+    let prompt = tokenizer.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        bail!("the prompt {:?} has no tokens", args.prompt);
+    }
+    let config = SmcConfig {
+        num_particles: args.particles,
+        horizon: args.tokens,
+        proposal: Proposal::Base,
+        resampling: Resampling {
+            scheme: args.scheme,
+            criterion,
+        },
+        seed: args.seed,
+    };
+    let with_bar = WithProgress::new(
+        &lm,
+        args.tokens as u64,
+        &format!("{} x {} particles", args.method, args.particles),
+    );
+    let out = run_smc(&with_bar, None, potential.as_ref(), &prompt, &config)?;
+    with_bar.finish();
+
+    let weights = out.weights();
+    let texts: Vec<String> = out
+        .tokens
+        .iter()
+        .map(|t| tokenizer.decode(t))
+        .collect::<Result<_, _>>()?;
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]));
+    let final_ess = ess(&out.log_w);
+    println!(
+        "model {} | potential {} | K = {}, T = {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
+        lm.name(),
+        potential.name(),
+        args.particles,
+        args.tokens,
+        out.log_z_hat,
+        final_ess,
+        out.num_resamplings()
+    );
+    for &k in order.iter().take(args.show) {
+        println!(
+            "  w = {:.3}  log phi = {:>7.2}  {}{}",
+            weights[k], out.log_phi[k], args.prompt, texts[k]
+        );
+    }
+    if let Some(mut w) = writer {
+        for &k in &order {
+            w.write(&ParticleRecord {
+                r#type: "particle",
+                particle: k,
+                text: &texts[k],
+                tokens: &out.tokens[k],
+                log_weight: out.log_w[k],
+                weight: weights[k],
+                log_p0: out.log_p0[k],
+                log_phi: out.log_phi[k],
+            })?;
+        }
+        w.write(&RunRecord {
+            r#type: "run",
+            model: lm.name(),
+            prompt: &args.prompt,
+            prompt_tokens: &prompt,
+            potential: potential.name(),
+            method: &args.method,
+            num_particles: args.particles,
+            num_tokens: args.tokens,
+            seed: args.seed,
+            resampling: config.resampling,
+            log_z_hat: out.log_z_hat,
+            final_ess,
+            steps: &out.steps,
+            ancestors: &out.ancestors,
+        })?;
+        w.finish()?;
+        if let Some(p) = &args.out {
+            println!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The `tsmc` binary as a user runs it: outputs, and bad input giving a clear error, a non-zero
+//! exit and no partial output file.
+
+use std::process::Command;
+
+fn tsmc(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tsmc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_prints_bounds_next_to_exact_values_and_writes_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.jsonl");
+    let (ok, stdout, stderr) = tsmc(&[
+        "demo",
+        "--horizon",
+        "3",
+        "--particles",
+        "4,16",
+        "--seeds",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("exact log Z") && stdout.contains("KL(q||sigma)"),
+        "{stdout}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3 * 2);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["log_z_exact"].is_f64() && l["smc_lower"]["mean"].is_f64())
+    );
+}
+
+#[test]
+fn sample_on_the_default_model_writes_particles_and_a_run_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.jsonl");
+    let (ok, stdout, stderr) = tsmc(&[
+        "sample",
+        "-k",
+        "4",
+        "-t",
+        "3",
+        "--potential",
+        "keyword:the",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("log Zhat"), "{stdout}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().filter(|l| l["type"] == "particle").count(), 4);
+    let run = lines.iter().find(|l| l["type"] == "run").unwrap();
+    assert_eq!(run["steps"].as_array().unwrap().len(), 3);
+    assert!(run["log_z_hat"].is_f64());
+}
+
+#[test]
+fn bad_input_is_a_clear_error_with_no_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never.jsonl");
+    let o = out.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["sample", "--prompt", "", "--out", o],
+            "--prompt is empty",
+        ),
+        (
+            vec!["sample", "-t", "0", "--out", o],
+            "--tokens must be at least 1",
+        ),
+        (
+            vec!["sample", "-k", "0", "--out", o],
+            "--particles must be at least 1",
+        ),
+        (
+            vec![
+                "sample",
+                "-k",
+                "2",
+                "-t",
+                "1",
+                "--potential",
+                "toxicity",
+                "--out",
+                o,
+            ],
+            "unknown potential",
+        ),
+        (
+            vec!["sample", "--model", "/no/such/model", "--out", o],
+            "/no/such/model",
+        ),
+        (vec!["sample", "--criterion", "ess:3", "--out", o], "ess"),
+        (vec!["demo", "--particles", "0", "--out", o], "--particles"),
+    ] {
+        let (ok, _, stderr) = tsmc(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} left {o}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{args:?} left {leftovers:?}");
+    }
+}
