@@ -360,9 +360,16 @@ impl DecodeSession for BurnSession<'_> {
     }
 
     fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
-        let logp = log_softmax(self.lm.arch.logits(self.hidden.clone()), 1);
         let v = self.lm.dims().vocab;
-        let data: Vec<f64> = to_vec(logp)?.into_iter().map(f64::from).collect();
+        let logits = to_vec(self.lm.arch.logits(self.hidden.clone()))?;
+        // Log-softmax in f64 on the host: one pass for the max, one for the sum, one to write.
+        let mut data = Vec::with_capacity(logits.len());
+        for row in logits.chunks_exact(v) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            let lse = max + sum.ln();
+            data.extend(row.iter().map(|&x| x as f64 - lse));
+        }
         let hidden = to_vec(self.hidden.clone())?;
         let dim = self.hidden.dims()[1];
         Ok(StepOutput {
