@@ -277,3 +277,52 @@ fn gguf_types_dequantise_and_bad_gguf_files_are_named_errors() {
         .unwrap();
     assert!(matches!(e, LmError::Format { .. }), "{e}");
 }
+
+#[test]
+fn sharded_checkpoints_load_like_a_single_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let all = tiny_llama();
+    let names: Vec<String> = all.keys().cloned().collect();
+    let (first, second) = names.split_at(names.len() / 2);
+    let dir = tmp.path();
+    std::fs::copy(
+        reference_dir().join("tiny-models/llama/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let views: Vec<(String, TensorView<'_>)> = part
+            .iter()
+            .map(|n| {
+                let (dt, shape, data) = &all[n];
+                (
+                    n.clone(),
+                    TensorView::new(*dt, shape.clone(), data).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join(shard)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), serde_json::Value::String(shard.into()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ids = [5u32, 17, 250, 3];
+    let sharded = BurnLm::from_hf_dir(dir, &default_device())
+        .unwrap()
+        .forward_logits(&ids)
+        .unwrap();
+    let single = BurnLm::from_hf_dir(
+        &reference_dir().join("tiny-models/llama"),
+        &default_device(),
+    )
+    .unwrap()
+    .forward_logits(&ids)
+    .unwrap();
+    assert_eq!(sharded, single);
+}
