@@ -1,4 +1,18 @@
 //! # twist-learn
 //!
-//! Twist losses (CTL, soft-Q RL, SIXO, FUDGE, DPG) and the training loop. A placeholder until
-//! the training code lands (see docs/architecture.md).
+//! Learning twists for twisted SMC (spec §5): contrastive twist learning (CTL, the paper's
+//! method), soft Q-learning (RL), SIXO, FUDGE and DPG, written once as functions of a batch's
+//! raw twist outputs ([`losses`]) so that every method trains any [`twist::TrainableTwist`]:
+//! the tabular twist of the enumerable model (exact checks) and twist heads on a transformer.
+
+pub mod adam;
+pub mod batch;
+pub mod losses;
+pub mod train;
+pub mod twist;
+
+pub use adam::AdamConfig;
+pub use batch::{Batch, Parameterization};
+pub use losses::{Method, Roles, Targets, loss_and_grads, targets};
+pub use train::{TrainConfig, TrainRecord, train};
+pub use twist::{TabularTrainable, TrainableTwist};

@@ -1,0 +1,242 @@
+//! The twist-learning losses of spec §5 as functions of a batch's raw twist outputs, with
+//! their gradients. Every importance weight and every RL target is computed once, at sampling
+//! time, into [`Targets`] and treated as a constant (stop-gradient); time averages are means
+//! over T.
+
+use serde::{Deserialize, Serialize};
+use smc_core::batch::LogTable;
+use smc_core::logspace::{log_sigmoid, log_sum_exp, log_sum_exp_sum, normalized_weights};
+use smc_core::smc::Proposal;
+
+use crate::batch::Batch;
+
+/// A twist-learning method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Contrastive twist learning (the paper's method).
+    Ctl,
+    /// Soft Q-learning: squared error in log space against the one-step look-ahead.
+    Rl,
+    /// SIXO: density-ratio classification of sigma against p0.
+    Sixo,
+    /// FUDGE: binary cross-entropy of psi = sigmoid(head) against phi, samples from p0.
+    Fudge,
+    /// DPG: proposal learning by forward KL (maximum likelihood on weighted samples).
+    Dpg,
+}
+
+impl Method {
+    /// All methods.
+    pub const ALL: [Method; 5] = [
+        Method::Ctl,
+        Method::Rl,
+        Method::Sixo,
+        Method::Fudge,
+        Method::Dpg,
+    ];
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "ctl" => Ok(Method::Ctl),
+            "rl" | "soft-q" => Ok(Method::Rl),
+            "sixo" => Ok(Method::Sixo),
+            "fudge" => Ok(Method::Fudge),
+            "dpg" => Ok(Method::Dpg),
+            other => Err(format!(
+                "unknown method {other:?}: expected ctl, rl, sixo, fudge or dpg"
+            )),
+        }
+    }
+}
+
+/// Stop-gradient quantities of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targets {
+    /// Weights of the positive (target) term per sequence (Wbar^phi; zero for negatives).
+    pub w_pos: Vec<f64>,
+    /// Weights of the negative term per sequence (SIXO's samples from p0; zero for positives).
+    pub w_neg: Vec<f64>,
+    /// Wbar_t^psi per step (index t-1) and sequence, normalised over the positives.
+    pub w_psi: Vec<Vec<f64>>,
+    /// RL targets y_t per step and sequence.
+    pub rl_target: Vec<Vec<f64>>,
+    /// FUDGE labels phi(s) in [0, 1].
+    pub label: Vec<f64>,
+}
+
+/// Which sequences of a batch are what.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Roles {
+    /// All sequences were drawn from the proposal (`proposal`) and are importance-weighted.
+    Proposal(Proposal),
+    /// All sequences are exact target samples (uniform weights).
+    Exact,
+    /// All sequences were drawn from p0 with uniform weights (RL reference, FUDGE).
+    Uniform,
+    /// The first `positives` sequences were drawn from the proposal (weighted), the rest from
+    /// p0 (SIXO's negatives, uniform).
+    Contrast {
+        /// The proposal of the positives.
+        proposal: Proposal,
+        /// Number of positives.
+        positives: usize,
+    },
+}
+
+/// Computes the stop-gradient targets of a batch from its current raw outputs.
+pub fn targets(batch: &Batch, roles: Roles) -> Targets {
+    let k = batch.num_sequences();
+    let horizon = batch.horizon();
+    let (positives, proposal) = match roles {
+        Roles::Proposal(p) => (k, Some(p)),
+        Roles::Exact | Roles::Uniform => (k, None),
+        Roles::Contrast {
+            proposal,
+            positives,
+        } => (positives.min(k), Some(proposal)),
+    };
+    // Per sequence and step: log p0(s_{1:t}) - log q(s_{1:t}) (0 for uniform roles).
+    let mut log_ratio = vec![vec![0.0; k]; horizon];
+    #[allow(clippy::needless_range_loop)] // fills a step-major table sequence by sequence
+    for s in 0..k {
+        let mut acc = 0.0;
+        for t in 1..=horizon {
+            let tok = batch.token(s, t);
+            let lp0 = batch.log_p0[t - 1].row(s)[tok];
+            let log_q = match proposal {
+                Some(Proposal::Twisted) => lp0 + batch.log_psi_at(s, t) - batch.log_z_t(s, t),
+                Some(Proposal::Base) | None => lp0,
+            };
+            acc += lp0 - log_q;
+            log_ratio[t - 1][s] = acc;
+        }
+    }
+    let weighted = proposal.is_some() && !matches!(roles, Roles::Exact | Roles::Uniform);
+    let normalise_pos = |log_w: Vec<f64>| -> Vec<f64> {
+        let mut w = normalized_weights(&log_w[..positives]);
+        w.resize(k, 0.0);
+        w
+    };
+    let w_pos = if weighted {
+        normalise_pos(
+            (0..k)
+                .map(|s| log_ratio[horizon - 1][s] + batch.log_phi[s])
+                .collect(),
+        )
+    } else {
+        normalise_pos(vec![0.0; k])
+    };
+    let w_psi = (1..=horizon)
+        .map(|t| {
+            if weighted {
+                normalise_pos(
+                    (0..k)
+                        .map(|s| log_ratio[t - 1][s] + batch.log_psi_at(s, t))
+                        .collect(),
+                )
+            } else {
+                normalise_pos((0..k).map(|s| batch.log_psi_at(s, t)).collect())
+            }
+        })
+        .collect();
+    let mut w_neg = vec![0.0; k];
+    if positives < k {
+        let n = (k - positives) as f64;
+        w_neg[positives..].iter_mut().for_each(|w| *w = 1.0 / n);
+    }
+    let rl_target = (1..=horizon)
+        .map(|t| {
+            (0..k)
+                .map(|s| {
+                    if t < horizon {
+                        log_sum_exp_sum(batch.log_p0[t].row(s), &batch.log_psi_row(s, t + 1))
+                    } else {
+                        batch.log_phi[s]
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let label = batch
+        .log_phi
+        .iter()
+        .map(|l| l.exp().clamp(0.0, 1.0))
+        .collect();
+    Targets {
+        w_pos,
+        w_neg,
+        w_psi,
+        rl_target,
+        label,
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    log_sigmoid(x).exp()
+}
+
+/// The loss of `method` on `batch` with stop-gradient `targets`, and its gradient with respect
+/// to every raw output (one K x V table per step).
+pub fn loss_and_grads(method: Method, batch: &Batch, targets: &Targets) -> (f64, Vec<LogTable>) {
+    let k = batch.num_sequences();
+    let horizon = batch.horizon();
+    let inv_t = 1.0 / horizon as f64;
+    let v = batch.raw[0].cols();
+    let mut loss = 0.0;
+    let mut grads: Vec<LogTable> = (0..horizon).map(|_| LogTable::filled(k, v, 0.0)).collect();
+    for t in 1..=horizon {
+        for s in 0..k {
+            let tok = batch.token(s, t);
+            let raw = batch.raw[t - 1].row(s)[tok];
+            let lpsi = batch.param.log_psi(raw);
+            let dlpsi = batch.param.dlog_psi(raw);
+            let g = grads[t - 1].row_mut(s);
+            match method {
+                Method::Ctl => {
+                    let c = -(targets.w_pos[s] - targets.w_psi[t - 1][s]) * inv_t;
+                    loss += c * lpsi;
+                    g[tok] += c * dlpsi;
+                }
+                Method::Rl => {
+                    let diff = lpsi - targets.rl_target[t - 1][s];
+                    loss += targets.w_pos[s] * inv_t * diff * diff;
+                    g[tok] += 2.0 * targets.w_pos[s] * inv_t * diff * dlpsi;
+                }
+                Method::Sixo => {
+                    let (wp, wn) = (targets.w_pos[s] * inv_t, targets.w_neg[s] * inv_t);
+                    loss -= wp * log_sigmoid(lpsi) + wn * log_sigmoid(-lpsi);
+                    g[tok] += (-wp * sigmoid(-lpsi) + wn * sigmoid(lpsi)) * dlpsi;
+                }
+                Method::Fudge => {
+                    // psi = sigmoid(raw): cross-entropy in log_sigmoid form, gradient w.r.t. raw.
+                    let (w, y) = (targets.w_pos[s] * inv_t, targets.label[s]);
+                    loss -= w * (y * log_sigmoid(raw) + (1.0 - y) * log_sigmoid(-raw));
+                    g[tok] += w * (sigmoid(raw) - y);
+                }
+                Method::Dpg => {
+                    let w = targets.w_pos[s] * inv_t;
+                    let p0 = batch.log_p0[t - 1].row(s);
+                    let lrow = batch.log_psi_row(s, t);
+                    let log_z = log_sum_exp_sum(p0, &lrow);
+                    loss -= w * (p0[tok] + lpsi - log_z);
+                    let raw_row = batch.raw[t - 1].row(s);
+                    for x in 0..v {
+                        let q = (p0[x] + lrow[x] - log_z).exp();
+                        let ind = if x == tok { 1.0 } else { 0.0 };
+                        g[x] += -w * (ind - q) * batch.param.dlog_psi(raw_row[x]);
+                    }
+                }
+            }
+        }
+    }
+    (loss, grads)
+}
+
+/// log-sum-exp of a slice (re-exported for the trainer's diagnostics).
+pub fn lse(xs: &[f64]) -> f64 {
+    log_sum_exp(xs)
+}
