@@ -4,6 +4,7 @@
 use smc_core::prelude::*;
 use twist_learn::*;
 
+#[allow(clippy::type_complexity)]
 fn problem() -> (
     TabularLm,
     FnPotential<impl Fn(&[u32], &[u32]) -> f64>,
