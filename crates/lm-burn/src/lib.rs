@@ -19,6 +19,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod gpt_block;
 pub mod gpt_neo;
+pub mod heads;
 pub mod llama;
 pub mod model;
 pub mod ops;

@@ -247,6 +247,20 @@ impl BurnLm {
         to_vec(self.arch.logits(h))
     }
 
+    /// The final-norm hidden state at the last position of `tokens` encoded alone ([d]): the
+    /// conditioning vector of conditional twist heads.
+    pub fn encode_last_hidden(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(LmError::Input(
+                "cannot encode an empty conditioning sequence".into(),
+            ));
+        }
+        let (h, _) = self.arch.forward_seq(tokens, 1, tokens.len())?;
+        let d = h.dims()[2];
+        let n = tokens.len();
+        to_vec(h.slice([0..1, n - 1..n, 0..d]))
+    }
+
     /// log p0(continuation | prefix) for each (prefix, continuation) pair, in one batched pass
     /// per distinct shape (the infilling potential's scoring pass).
     pub fn score(&self, prefixes: &[Vec<u32>], continuations: &[Vec<u32>]) -> Result<Vec<f64>> {

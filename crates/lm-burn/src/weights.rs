@@ -167,6 +167,47 @@ impl WeightSource for SafetensorsDir {
     }
 }
 
+/// A single safetensors file as a weight source (twist-head checkpoints).
+pub struct SafetensorsFile(SafetensorsDir);
+
+impl SafetensorsFile {
+    /// Opens one safetensors file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mmap = map_file(path)?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+            LmError::format(
+                path,
+                format!("not a valid safetensors file (truncated?): {e}"),
+            )
+        })?;
+        let index = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, (0, v.shape().to_vec())))
+            .collect();
+        Ok(Self(SafetensorsDir {
+            dir: path.to_path_buf(),
+            files: vec![(path.to_path_buf(), mmap)],
+            index,
+        }))
+    }
+}
+
+impl WeightSource for SafetensorsFile {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.0.shape(name)
+    }
+    fn read(&self, name: &str) -> Result<RawTensor> {
+        self.0.read(name)
+    }
+}
+
 /// Hands tensors to an architecture, checking shapes, and remembers which were used so that
 /// [`Loader::finish`] can report tensors the architecture did not expect.
 pub struct Loader<'a> {

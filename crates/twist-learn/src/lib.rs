@@ -7,12 +7,14 @@
 
 pub mod adam;
 pub mod batch;
+pub mod head;
 pub mod losses;
 pub mod train;
 pub mod twist;
 
 pub use adam::AdamConfig;
 pub use batch::{Batch, Parameterization};
+pub use head::HeadTrainable;
 pub use losses::{Method, Roles, Targets, loss_and_grads, targets};
 pub use train::{TrainConfig, TrainRecord, train};
 pub use twist::{TabularTrainable, TrainableTwist};

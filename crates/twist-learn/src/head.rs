@@ -1,0 +1,99 @@
+//! Training twist heads on a burn language model: the loss gradients with respect to the raw
+//! outputs are pushed through the head with burn's autodiff (no gradient reaches the frozen
+//! base model, whose hidden states enter as constants) and Adam updates the head.
+
+use burn::optim::{AdamConfig as BurnAdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Tensor, TensorData};
+use lm_burn::heads::TwistHead;
+use smc_core::batch::LogTable;
+use smc_core::model::{Twist, TwistInput};
+use smc_core::{Result, SmcError};
+
+use crate::adam::AdamConfig;
+use crate::batch::{Batch, Parameterization};
+use crate::twist::TrainableTwist;
+
+/// A twist head with its optimiser.
+pub struct HeadTrainable {
+    head: TwistHead,
+    optim: ModuleOptimizer,
+    param: Parameterization,
+}
+
+impl HeadTrainable {
+    /// Wraps a head whose parameters live on an autodiff device.
+    pub fn new(head: TwistHead, param: Parameterization, adam: AdamConfig) -> Self {
+        let optim = BurnAdamConfig::new()
+            .with_beta_1(adam.beta1 as f32)
+            .with_beta_2(adam.beta2 as f32)
+            .with_epsilon(adam.eps as f32)
+            .init();
+        Self { head, optim, param }
+    }
+
+    /// The head.
+    pub fn head(&self) -> &TwistHead {
+        &self.head
+    }
+}
+
+fn backend_err(e: impl std::fmt::Display) -> SmcError {
+    SmcError::backend("twist head", std::io::Error::other(e.to_string()))
+}
+
+impl Twist for HeadTrainable {
+    fn name(&self) -> &str {
+        "twist head"
+    }
+
+    fn log_psi(&self, input: &TwistInput<'_>) -> Result<LogTable> {
+        let mut t = self.raw(input)?;
+        for k in 0..t.rows() {
+            for x in t.row_mut(k) {
+                *x = self.param.log_psi(*x);
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl TrainableTwist for HeadTrainable {
+    fn parameterization(&self) -> Parameterization {
+        self.param
+    }
+
+    fn raw(&self, input: &TwistInput<'_>) -> Result<LogTable> {
+        self.head.log_psi(input)
+    }
+
+    fn apply_gradient(
+        &mut self,
+        _prompt: &[u32],
+        batch: &Batch,
+        grads: &[LogTable],
+        learning_rate: f64,
+    ) -> Result<()> {
+        let device = self.head.device().clone();
+        let mut inputs = Vec::with_capacity(batch.horizon());
+        let mut g = Vec::new();
+        for (t, grad) in grads.iter().enumerate() {
+            let hidden = batch.hidden[t]
+                .as_ref()
+                .ok_or_else(|| backend_err("the batch has no hidden states"))?;
+            inputs.push(self.head.input(hidden, &device));
+            g.extend(grad.as_slice().iter().map(|&x| x as f32));
+        }
+        let x = Tensor::cat(inputs, 0);
+        let rows = x.dims()[0];
+        let v = self.head.config.vocab_size;
+        let out = self.head.module.forward(x);
+        let g = Tensor::<2>::from_data(TensorData::new(g, [rows, v]), &device);
+        // d/dθ sum(out * g) = sum_{rows, v} g * d out / dθ: the loss gradient by the chain rule.
+        let surrogate = (out * g).sum();
+        let gradients = surrogate.backward();
+        let params = GradientsParams::from_grads(gradients, &self.head.module);
+        let module = self.head.module.clone();
+        self.head.module = self.optim.step(learning_rate, module, params);
+        Ok(())
+    }
+}
