@@ -9,6 +9,7 @@ mod output;
 mod potentials;
 mod progress;
 mod sample;
+mod train;
 
 /// Twisted sequential Monte Carlo for language models.
 #[derive(Debug, Parser)]
@@ -26,6 +27,9 @@ enum Command {
     /// Sample continuations of a prompt from the target p0(s | prompt) phi(s) / Z with SMC on a
     /// language model (the default model unless --model is given); JSONL output.
     Sample(sample::SampleArgs),
+    /// Learn twists (contrastive twist learning on the infilling task) with evaluation by both
+    /// KL estimates, checkpoints and a training curve.
+    Train(train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Sample(args) => sample::run(&args),
+        Command::Train(args) => train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -157,6 +157,16 @@ impl TwistHead {
         })
     }
 
+    /// Re-targets a conditional head to new conditioning tokens (encoded alone with `lm`).
+    pub fn set_conditioning(&mut self, lm: &BurnLm, conditioning: &[u32]) -> Result<()> {
+        if self.config.conditioning.is_none() {
+            return Err(LmError::Input("this twist head is not conditional".into()));
+        }
+        self.cond_hidden = Some(lm.encode_last_hidden(conditioning)?);
+        self.config.conditioning = Some(conditioning.to_vec());
+        Ok(())
+    }
+
     /// The device of the parameters.
     pub fn device(&self) -> &Device {
         &self.device

@@ -20,6 +20,7 @@ pub mod gpt2;
 pub mod gpt_block;
 pub mod gpt_neo;
 pub mod heads;
+pub mod infilling;
 pub mod llama;
 pub mod model;
 pub mod ops;

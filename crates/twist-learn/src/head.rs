@@ -35,6 +35,11 @@ impl HeadTrainable {
     pub fn head(&self) -> &TwistHead {
         &self.head
     }
+
+    /// The head, mutable (e.g. to change a conditional head's conditioning tokens).
+    pub fn head_mut(&mut self) -> &mut TwistHead {
+        &mut self.head
+    }
 }
 
 fn backend_err(e: impl std::fmt::Display) -> SmcError {

@@ -8,6 +8,7 @@
 pub mod adam;
 pub mod batch;
 pub mod head;
+pub mod infilling;
 pub mod losses;
 pub mod train;
 pub mod twist;
@@ -15,6 +16,7 @@ pub mod twist;
 pub use adam::AdamConfig;
 pub use batch::{Batch, Parameterization};
 pub use head::HeadTrainable;
+pub use infilling::{InfillingConfig, InfillingEval, evaluate_infilling, train_infilling_ctl};
 pub use losses::{Method, Roles, Targets, loss_and_grads, targets};
 pub use train::{TrainConfig, TrainRecord, train};
 pub use twist::{TabularTrainable, TrainableTwist};
