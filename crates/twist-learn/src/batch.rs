@@ -27,6 +27,18 @@ impl Parameterization {
         }
     }
 
+    /// Maps a table of raw outputs to log psi in place.
+    pub fn apply(self, mut table: LogTable) -> LogTable {
+        if self != Parameterization::Identity {
+            for k in 0..table.rows() {
+                for x in table.row_mut(k) {
+                    *x = self.log_psi(*x);
+                }
+            }
+        }
+        table
+    }
+
     /// d log psi / d r.
     pub fn dlog_psi(self, r: f64) -> f64 {
         match self {

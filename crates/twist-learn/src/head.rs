@@ -52,13 +52,7 @@ impl Twist for HeadTrainable {
     }
 
     fn log_psi(&self, input: &TwistInput<'_>) -> Result<LogTable> {
-        let mut t = self.raw(input)?;
-        for k in 0..t.rows() {
-            for x in t.row_mut(k) {
-                *x = self.param.log_psi(*x);
-            }
-        }
-        Ok(t)
+        Ok(self.param.apply(self.raw(input)?))
     }
 }
 
