@@ -92,10 +92,16 @@ fn gemm_roofline(c: &mut Criterion) {
             ("576x49152", 576, 49152),
         ] {
             let a = Tensor::<2>::random([k, m], Distribution::Default, &device);
+            // Both layouts of the weight: row-major [in, out], and the transposed view of a
+            // row-major [out, in] matrix (the layout the models use). The roofline is the faster.
             let w = Tensor::<2>::random([m, n], Distribution::Default, &device);
+            let wt = Tensor::<2>::random([n, m], Distribution::Default, &device).transpose();
             group.throughput(Throughput::Elements((2 * k * m * n) as u64));
-            group.bench_with_input(BenchmarkId::new(name, k), &k, |b, _| {
+            group.bench_with_input(BenchmarkId::new(format!("{name}/in_out"), k), &k, |b, _| {
                 b.iter(|| black_box(a.clone().matmul(w.clone()).into_data()))
+            });
+            group.bench_with_input(BenchmarkId::new(format!("{name}/out_in_transposed"), k), &k, |b, _| {
+                b.iter(|| black_box(a.clone().matmul(wt.clone()).into_data()))
             });
         }
     }
