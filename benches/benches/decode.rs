@@ -100,9 +100,11 @@ fn gemm_roofline(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(format!("{name}/in_out"), k), &k, |b, _| {
                 b.iter(|| black_box(a.clone().matmul(w.clone()).into_data()))
             });
-            group.bench_with_input(BenchmarkId::new(format!("{name}/out_in_transposed"), k), &k, |b, _| {
-                b.iter(|| black_box(a.clone().matmul(wt.clone()).into_data()))
-            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/out_in_transposed"), k),
+                &k,
+                |b, _| b.iter(|| black_box(a.clone().matmul(wt.clone()).into_data())),
+            );
         }
     }
     group.finish();

@@ -64,7 +64,7 @@ pub struct TrainArgs {
     /// Where to write the head (safetensors; metadata beside it as .json), after every evaluation.
     #[arg(long, default_value = "twist-head.safetensors")]
     checkpoint: PathBuf,
-    /// Continue from this checkpoint (its step count is kept; Adam's moments restart).
+    /// Continue from this checkpoint (head, Adam's state and step count).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Training curve (JSON lines).
@@ -114,26 +114,27 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         bail!("the prompt {:?} has no tokens", args.prompt);
     }
     let ad = device.clone().autodiff();
-    let (head, start_step) = match &args.resume {
+    let (mut twist, start_step) = match &args.resume {
         Some(path) => {
-            let (head, meta) = TwistHead::load(path, &ad)
-                .with_context(|| format!("resuming from {}", path.display()))?;
-            (head, meta["step"].as_u64().unwrap_or(0) as usize)
+            let (twist, meta) =
+                HeadTrainable::resume(path, &ad, Parameterization::Identity, AdamConfig::default())
+                    .with_context(|| format!("resuming from {}", path.display()))?;
+            (twist, meta["step"].as_u64().unwrap_or(0) as usize)
         }
         None => {
             let placeholder = vec![prompt[0]; args.cond_tokens];
+            let head = TwistHead::new(
+                &lm,
+                HeadConfig::for_model(&lm, kind, Some(placeholder)),
+                args.seed,
+                &ad,
+            )?;
             (
-                TwistHead::new(
-                    &lm,
-                    HeadConfig::for_model(&lm, kind, Some(placeholder)),
-                    args.seed,
-                    &ad,
-                )?,
+                HeadTrainable::new(head, Parameterization::Identity, AdamConfig::default()),
                 0,
             )
         }
     };
-    let mut twist = HeadTrainable::new(head, Parameterization::Identity, AdamConfig::default());
     let mut eval_at = args.eval_at.clone();
     if eval_at.is_empty() {
         eval_at = std::iter::once(0)
@@ -164,8 +165,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             eval: e,
         })?;
         eprintln!(
-            "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  (bound half-gap {:.3})",
-            e.kl_q_sigma, e.kl_sigma_q, e.half_gap
+            "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  log Z in [{:.2}, {:.2}]  F_q = {:.2}  G_q = {:.2}",
+            e.kl_q_sigma,
+            e.kl_sigma_q,
+            e.log_z_lower.mean,
+            e.log_z_upper.mean,
+            e.f_q.mean,
+            e.g_q.mean
         );
         Ok(e)
     };
@@ -200,7 +206,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         if eval_at.contains(&i) {
             bar.suspend(|| -> Result<()> {
                 evaluate(Some(tw), step, "twisted", &mut curve)?;
-                tw.head().save(&args.checkpoint, &meta(step))?;
+                tw.save_checkpoint(&args.checkpoint, &meta(step))?;
                 Ok(())
             })
             .map_err(|e| {
@@ -210,9 +216,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Ok(())
     })?;
     bar.finish_and_clear();
-    twist
-        .head()
-        .save(&args.checkpoint, &meta(start_step + args.steps))?;
+    twist.save_checkpoint(&args.checkpoint, &meta(start_step + args.steps))?;
     curve.finish()?;
     println!(
         "trained {} CTL updates in {:.0} s; head in {}, curve in {}",

@@ -241,7 +241,24 @@ impl TwistHead {
             .collect();
         let bytes = safetensors::serialize(views, None)
             .map_err(|e| LmError::format(path, e.to_string()))?;
-        let meta = serde_json::json!({ "head": self.config, "cond_hidden": self.cond_hidden, "metadata": metadata });
+        let param_ids: BTreeMap<String, u64> = self
+            .module
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                [
+                    (format!("layers.{i}.weight"), l.weight.id.val()),
+                    (format!("layers.{i}.bias"), l.bias.id.val()),
+                ]
+            })
+            .collect();
+        let meta = serde_json::json!({
+            "head": self.config,
+            "cond_hidden": self.cond_hidden,
+            "param_ids": param_ids,
+            "metadata": metadata,
+        });
         write_atomic(path, &bytes)?;
         write_atomic(
             &path.with_extension("json"),
@@ -265,13 +282,21 @@ impl TwistHead {
         let source = crate::weights::SafetensorsFile::open(path)?;
         let mut loader = crate::weights::Loader::new(&source, device);
         let mut layers = Vec::new();
+        // Parameter ids are kept so that a saved optimiser state matches the reloaded head.
+        let id_of = |name: &str| {
+            meta["param_ids"][name]
+                .as_u64()
+                .map(burn::module::ParamId::from)
+        };
         for (i, (fan_in, fan_out)) in config.layer_sizes().into_iter().enumerate() {
-            layers.push(Dense {
-                weight: Param::from_tensor(
-                    loader.tensor(&format!("layers.{i}.weight"), [fan_in, fan_out])?,
-                ),
-                bias: Param::from_tensor(loader.tensor(&format!("layers.{i}.bias"), [fan_out])?),
-            });
+            let (wn, bn) = (format!("layers.{i}.weight"), format!("layers.{i}.bias"));
+            let mut weight = Param::from_tensor(loader.tensor(&wn, [fan_in, fan_out])?);
+            let mut bias = Param::from_tensor(loader.tensor(&bn, [fan_out])?);
+            if let (Some(w), Some(b)) = (id_of(&wn), id_of(&bn)) {
+                weight.id = w;
+                bias.id = b;
+            }
+            layers.push(Dense { weight, bias });
         }
         loader.finish()?;
         Ok((

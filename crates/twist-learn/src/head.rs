@@ -36,6 +36,42 @@ impl HeadTrainable {
         &self.head
     }
 
+    /// Writes a checkpoint: the head (safetensors + JSON metadata, see `TwistHead::save`) and
+    /// Adam's state beside it (`.optim`), every file through a temporary renamed into place.
+    pub fn save_checkpoint(
+        &self,
+        path: &std::path::Path,
+        metadata: &serde_json::Value,
+    ) -> Result<()> {
+        self.head.save(path, metadata)?;
+        let bytes = self.optim.into_bytes().map_err(backend_err)?;
+        lm_burn::heads::write_atomic(&path.with_extension("optim"), &bytes)?;
+        Ok(())
+    }
+
+    /// Resumes from a checkpoint written by [`HeadTrainable::save_checkpoint`], on `device`
+    /// (an autodiff device), restoring Adam's state when its file is present. Returns the
+    /// trainable twist and the stored metadata.
+    pub fn resume(
+        path: &std::path::Path,
+        device: &burn::tensor::Device,
+        param: Parameterization,
+        adam: AdamConfig,
+    ) -> Result<(Self, serde_json::Value)> {
+        let (head, meta) = TwistHead::load(path, device)?;
+        let mut me = Self::new(head, param, adam);
+        let optim_path = path.with_extension("optim");
+        if optim_path.exists() {
+            let bytes = std::fs::read(&optim_path)
+                .map_err(|e| SmcError::backend(format!("reading {}", optim_path.display()), e))?;
+            let optim = std::mem::replace(&mut me.optim, BurnAdamConfig::new().init());
+            me.optim = optim
+                .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                .map_err(|e| backend_err(format!("{}: {e}", optim_path.display())))?;
+        }
+        Ok((me, meta))
+    }
+
     /// The head, mutable (e.g. to change a conditional head's conditioning tokens).
     pub fn head_mut(&mut self) -> &mut TwistHead {
         &mut self.head

@@ -118,6 +118,14 @@ pub struct InfillingEval {
     pub kl_sigma_q: Estimate,
     /// Mean half-gap of the log Z_c bounds (the midpoint's largest bias).
     pub half_gap: f64,
+    /// SIS lower bound on log Z_c, mean over c.
+    pub log_z_lower: Estimate,
+    /// Conditional-SMC upper bound on log Z_c, mean over c.
+    pub log_z_upper: Estimate,
+    /// F_q = E_q[log sigma~_c - log q], mean over c.
+    pub f_q: Estimate,
+    /// G_q = E_sigma_c[log sigma~_c - log q], mean over c.
+    pub g_q: Estimate,
 }
 
 /// Evaluates the head (or, with `twist = None`, the base model as proposal) on `tasks` fresh
@@ -138,6 +146,7 @@ pub fn evaluate_infilling(
     let mut rng = rng_from_seed(seed);
     let pairs = joint_ancestral(lm, prompt, horizon, cond_len, tasks, &mut rng)?;
     let (mut qs, mut sq, mut gap) = (Vec::new(), Vec::new(), 0.0);
+    let (mut lows, mut ups, mut fqs, mut gqs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, pair) in pairs.iter().enumerate() {
         let c = pair.conditioning.clone().unwrap_or_default();
         if let Some(t) = twist.as_deref_mut() {
@@ -168,6 +177,10 @@ pub fn evaluate_infilling(
         let f_q = sampler.f_q(particles, s + 2)?;
         let g_q = sampler.g_q(std::slice::from_ref(&pair.tokens))?;
         let mid = 0.5 * (lower.mean + upper.mean);
+        lows.push(lower.mean);
+        ups.push(upper.mean);
+        fqs.push(f_q.mean);
+        gqs.push(g_q.mean);
         qs.push(mid - f_q.mean);
         sq.push(g_q.mean - mid);
         gap += 0.5 * (upper.mean - lower.mean) / pairs.len() as f64;
@@ -176,5 +189,9 @@ pub fn evaluate_infilling(
         kl_q_sigma: Estimate::from_values(&qs),
         kl_sigma_q: Estimate::from_values(&sq),
         half_gap: gap,
+        log_z_lower: Estimate::from_values(&lows),
+        log_z_upper: Estimate::from_values(&ups),
+        f_q: Estimate::from_values(&fqs),
+        g_q: Estimate::from_values(&gqs),
     })
 }

@@ -134,3 +134,73 @@ fn a_trained_mlp_head_saves_loads_and_drives_twisted_smc_identically() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
+    let lm = tiny_llama();
+    let phi = potential();
+    let dev = default_device().autodiff();
+    let cfg = |steps, seed| TrainConfig {
+        method: Method::Ctl,
+        steps,
+        batch_size: 8,
+        horizon: T,
+        learning_rate: 1e-2,
+        seed,
+    };
+    // Straight through: 6 updates.
+    let mut straight = HeadTrainable::new(
+        head(&lm, HeadKind::Linear, 4),
+        Parameterization::Identity,
+        AdamConfig::default(),
+    );
+    train(&lm, &mut straight, &phi, &PROMPT, &cfg(3, 0), |_, _, _| {
+        Ok(())
+    })
+    .unwrap();
+    train(&lm, &mut straight, &phi, &PROMPT, &cfg(3, 3), |_, _, _| {
+        Ok(())
+    })
+    .unwrap();
+    // 3 updates, checkpoint, resume, 3 more.
+    let mut first = HeadTrainable::new(
+        head(&lm, HeadKind::Linear, 4),
+        Parameterization::Identity,
+        AdamConfig::default(),
+    );
+    train(&lm, &mut first, &phi, &PROMPT, &cfg(3, 0), |_, _, _| Ok(())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.safetensors");
+    first
+        .save_checkpoint(&path, &serde_json::json!({ "step": 3 }))
+        .unwrap();
+    let (mut resumed, meta) = HeadTrainable::resume(
+        &path,
+        &dev,
+        Parameterization::Identity,
+        AdamConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(meta["step"], 3);
+    train(&lm, &mut resumed, &phi, &PROMPT, &cfg(3, 3), |_, _, _| {
+        Ok(())
+    })
+    .unwrap();
+    let run = |tw: &dyn Twist| {
+        run_smc(
+            &lm,
+            Some(tw),
+            &phi,
+            &PROMPT,
+            &SmcConfig::twisted(16, T).with_seed(1),
+        )
+        .unwrap()
+        .log_z_hat
+    };
+    assert!(
+        (run(&straight) - run(&resumed)).abs() < 1e-4,
+        "{} vs {}",
+        run(&straight),
+        run(&resumed)
+    );
+}
