@@ -102,7 +102,7 @@ fn bad_input_is_a_clear_error_with_no_partial_output() {
                 "-t",
                 "1",
                 "--potential",
-                "toxicity",
+                "bogus:1",
                 "--out",
                 o,
             ],

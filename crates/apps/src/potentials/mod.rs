@@ -1,6 +1,7 @@
 //! Potentials of the applications: each implements [`smc_core::model::Potential`], so users
 //! can add their own next to them.
 
+pub mod classifier;
 pub mod text;
 
 pub use text::{KeywordPotential, RegexPotential};
@@ -9,15 +10,72 @@ use anyhow::{Result, bail};
 use lm_burn::Tokenizer;
 use smc_core::model::Potential;
 
-/// Parses a potential specification: `keyword:WORD` or `regex:PATTERN`.
+/// Parses a potential specification:
+/// - `keyword:WORD`, `regex:PATTERN` (hard constraints on the continuation);
+/// - `toxicity:threshold=0.5` or `toxicity:beta=1` (the shipped toxicity classifier, class toxic);
+/// - `sentiment:positive:beta=1`, `sentiment:negative:threshold=0.9` (the shipped sentiment
+///   classifier); `classifier=PATH` after the form uses another classifier file.
 pub fn parse(spec: &str, tokenizer: &Tokenizer) -> Result<Box<dyn Potential>> {
     let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
+        "toxicity" | "sentiment" => classifier_potential(kind, arg, spec, tokenizer),
         "keyword" if !arg.is_empty() => Ok(Box::new(KeywordPotential::new(tokenizer.clone(), arg))),
         "regex" if !arg.is_empty() => Ok(Box::new(RegexPotential::new(tokenizer.clone(), arg)?)),
         "keyword" | "regex" => {
             bail!("potential {spec:?}: {kind} needs an argument, e.g. {kind}:dragon")
         }
-        _ => bail!("unknown potential {spec:?}: expected keyword:WORD or regex:PATTERN"),
+        _ => bail!(
+            "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:... or sentiment:..."
+        ),
     }
+}
+
+fn classifier_potential(
+    kind: &str,
+    arg: &str,
+    spec: &str,
+    tokenizer: &Tokenizer,
+) -> Result<Box<dyn Potential>> {
+    use classifier::{ClassifierForm, ClassifierPotential, LinearTextClassifier};
+    let mut positive = true;
+    let mut form = ClassifierForm::Power(1.0);
+    let mut file = None;
+    for part in arg.split(':').filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("beta", v)) => {
+                form = ClassifierForm::Power(v.parse().map_err(|_| {
+                    anyhow::anyhow!("potential {spec:?}: beta {v:?} is not a number")
+                })?)
+            }
+            Some(("threshold", v)) => {
+                let t: f64 = v.parse().map_err(|_| {
+                    anyhow::anyhow!("potential {spec:?}: threshold {v:?} is not a number")
+                })?;
+                if !(0.0..=1.0).contains(&t) {
+                    bail!("potential {spec:?}: threshold must be in [0, 1], found {t}");
+                }
+                form = ClassifierForm::Threshold(t);
+            }
+            Some(("classifier", path)) => file = Some(path.to_string()),
+            None if kind == "sentiment" && part == "positive" => positive = true,
+            None if kind == "sentiment" && part == "negative" => positive = false,
+            None if kind == "toxicity" && part == "toxic" => positive = true,
+            None if kind == "toxicity" && part == "nontoxic" => positive = false,
+            _ => bail!(
+                "potential {spec:?}: unknown part {part:?} (expected beta=B, threshold=T, classifier=PATH or a class)"
+            ),
+        }
+    }
+    let classifier = match (&file, kind) {
+        (Some(path), _) => LinearTextClassifier::from_file(std::path::Path::new(path))?,
+        (None, "toxicity") => LinearTextClassifier::toxicity(),
+        (None, _) => LinearTextClassifier::sentiment(),
+    };
+    Ok(Box::new(ClassifierPotential::new(
+        classifier,
+        tokenizer.clone(),
+        positive,
+        form,
+        spec.to_string(),
+    )))
 }
