@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod exact;
 mod output;
 mod potentials;
 mod progress;
@@ -30,6 +31,8 @@ enum Command {
     /// Learn twists (contrastive twist learning on the infilling task) with evaluation by both
     /// KL estimates, checkpoints and a training curve.
     Train(train::TrainArgs),
+    /// Collect exact target samples (rejection, class rejection or joint ancestral draws).
+    Exact(exact::ExactArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::Exact(args) => exact::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,7 +31,11 @@ pub struct SampleArgs {
     /// Number of particles K.
     #[arg(long, short = 'k', default_value_t = 64)]
     particles: usize,
-    /// Sampler: smc (bootstrap SMC, resampling by --criterion) or sis (no resampling).
+    /// A twist head checkpoint (from `tsmc train`): twisted SMC with its twisted proposal. A
+    /// conditional head is conditioned on the continuation of an `infilling:TEXT` potential.
+    #[arg(long)]
+    twist: Option<PathBuf>,
+    /// Sampler: smc (resampling by --criterion; twisted when --twist is given) or sis.
     #[arg(long, default_value = "smc")]
     method: String,
     /// Resampling scheme: multinomial, systematic, stratified or residual.
@@ -106,7 +110,32 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let lm = BurnLm::load(&args.model, &device)
         .with_context(|| format!("loading model {:?}", args.model))?;
     let tokenizer = lm.tokenizer()?;
-    let potential = crate::potentials::parse(&args.potential, tokenizer)?;
+    let potential = crate::potentials::parse(&args.potential, &lm)?;
+    let head = match &args.twist {
+        None => None,
+        Some(path) => {
+            let (mut head, _) = lm_burn::heads::TwistHead::load(path, &device)
+                .with_context(|| format!("loading twist {}", path.display()))?;
+            if head.config.conditioning.is_some() {
+                let text = args.potential.strip_prefix("infilling:").with_context(|| {
+                    format!(
+                        "{} is a conditional (infilling) twist: use --potential infilling:TEXT",
+                        path.display()
+                    )
+                })?;
+                head.set_conditioning(&lm, &tokenizer.encode(text)?)?;
+            }
+            if head.config.vocab_size != lm.dims().vocab {
+                bail!(
+                    "twist {} has {} outputs, the model's vocabulary has {}",
+                    path.display(),
+                    head.config.vocab_size,
+                    lm.dims().vocab
+                );
+            }
+            Some(head)
+        }
+    };
     let prompt = tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt {:?} has no tokens", args.prompt);
@@ -114,7 +143,11 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let config = SmcConfig {
         num_particles: args.particles,
         horizon: args.tokens,
-        proposal: Proposal::Base,
+        proposal: if head.is_some() {
+            Proposal::Twisted
+        } else {
+            Proposal::Base
+        },
         resampling: Resampling {
             scheme: args.scheme,
             criterion,
@@ -126,7 +159,8 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         args.tokens as u64,
         &format!("{} x {} particles", args.method, args.particles),
     );
-    let out = run_smc(&with_bar, None, potential.as_ref(), &prompt, &config)?;
+    let twist = head.as_ref().map(|h| h as &dyn Twist);
+    let out = run_smc(&with_bar, twist, potential.as_ref(), &prompt, &config)?;
     with_bar.finish();
 
     let weights = out.weights();

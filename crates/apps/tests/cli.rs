@@ -123,3 +123,43 @@ fn bad_input_is_a_clear_error_with_no_partial_output() {
         assert!(leftovers.is_empty(), "{args:?} left {leftovers:?}");
     }
 }
+
+#[test]
+fn exact_collects_rejection_and_joint_ancestral_samples_as_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exact.jsonl");
+    let o = out.to_str().unwrap();
+    let (ok, stdout, stderr) = tsmc(&[
+        "exact",
+        "-t",
+        "3",
+        "-n",
+        "2",
+        "--potential",
+        "regex:.",
+        "--out",
+        o,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("rejection: 2 exact samples"), "{stdout}");
+    let (ok, _, stderr) = tsmc(&[
+        "exact",
+        "-t",
+        "3",
+        "-n",
+        "2",
+        "--infilling",
+        "2",
+        "--out",
+        o,
+    ]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["conditioning"].as_array().unwrap().len(), 2);
+    assert_eq!(lines[2]["method"], "joint ancestral");
+}

@@ -25,12 +25,15 @@ pub struct Collected {
     pub samples: Vec<ExactSample>,
     /// Number of proposals drawn from p0.
     pub draws: usize,
+    /// Number of draws accepted (can exceed `samples.len()`: a batch is finished once
+    /// started, and its surplus acceptances still count for the acceptance rate).
+    pub accepted: usize,
 }
 
 impl Collected {
     /// The acceptance rate, which estimates Z = E_{p0}[phi] for both rejection collectors.
     pub fn acceptance_rate(&self) -> f64 {
-        self.samples.len() as f64 / self.draws.max(1) as f64
+        self.accepted as f64 / self.draws.max(1) as f64
     }
 }
 
@@ -116,7 +119,7 @@ fn collect<L: LanguageModel>(
         });
     }
     let mut samples = Vec::with_capacity(n);
-    let mut draws = 0;
+    let (mut draws, mut accepted) = (0, 0);
     while samples.len() < n && draws < max_draws {
         let size = batch.min(max_draws - draws);
         let (tokens, _) = sample_base(lm, prompt, horizon, size, rng)?;
@@ -150,6 +153,7 @@ fn collect<L: LanguageModel>(
                     rng.random::<f64>() < lphi.exp()
                 }
             };
+            accepted += usize::from(keep);
             if keep && samples.len() < n {
                 samples.push(ExactSample {
                     tokens: s,
@@ -158,7 +162,11 @@ fn collect<L: LanguageModel>(
             }
         }
     }
-    Ok(Collected { samples, draws })
+    Ok(Collected {
+        samples,
+        draws,
+        accepted,
+    })
 }
 
 fn not_in_range(potential: &dyn Potential, i: usize, value: f64, expected: &str) -> SmcError {

@@ -2,22 +2,34 @@
 //! can add their own next to them.
 
 pub mod classifier;
+pub mod judge;
 pub mod text;
 
 pub use text::{KeywordPotential, RegexPotential};
 
 use anyhow::{Result, bail};
-use lm_burn::Tokenizer;
+use lm_burn::{BurnLm, Tokenizer};
 use smc_core::model::Potential;
 
 /// Parses a potential specification:
 /// - `keyword:WORD`, `regex:PATTERN` (hard constraints on the continuation);
 /// - `toxicity:threshold=0.5` or `toxicity:beta=1` (the shipped toxicity classifier, class toxic);
 /// - `sentiment:positive:beta=1`, `sentiment:negative:threshold=0.9` (the shipped sentiment
-///   classifier); `classifier=PATH` after the form uses another classifier file.
-pub fn parse(spec: &str, tokenizer: &Tokenizer) -> Result<Box<dyn Potential>> {
+///   classifier); `classifier=PATH` after the form uses another classifier file;
+/// - `infilling:TEXT`: log p0(TEXT | prompt, s), the continuation TEXT after the sample;
+/// - `judge:QUESTION`: log p0(" yes" | a template asking QUESTION about prompt + s).
+pub fn parse<'a>(spec: &str, lm: &'a BurnLm) -> Result<Box<dyn Potential + 'a>> {
+    let tokenizer = lm.tokenizer()?;
     let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
+        "infilling" if !arg.is_empty() => {
+            let c = tokenizer.encode(arg)?;
+            if c.is_empty() {
+                bail!("potential {spec:?}: the continuation has no tokens");
+            }
+            Ok(Box::new(lm_burn::infilling::InfillingPotential::new(lm, c)))
+        }
+        "judge" if !arg.is_empty() => Ok(Box::new(judge::JudgePotential::new(lm, arg)?)),
         "toxicity" | "sentiment" => classifier_potential(kind, arg, spec, tokenizer),
         "keyword" if !arg.is_empty() => Ok(Box::new(KeywordPotential::new(tokenizer.clone(), arg))),
         "regex" if !arg.is_empty() => Ok(Box::new(RegexPotential::new(tokenizer.clone(), arg)?)),
@@ -25,7 +37,7 @@ pub fn parse(spec: &str, tokenizer: &Tokenizer) -> Result<Box<dyn Potential>> {
             bail!("potential {spec:?}: {kind} needs an argument, e.g. {kind}:dragon")
         }
         _ => bail!(
-            "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:... or sentiment:..."
+            "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:..., sentiment:..., infilling:TEXT or judge:QUESTION"
         ),
     }
 }
