@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bounds;
 mod demo;
 mod exact;
 mod output;
@@ -33,6 +34,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Collect exact target samples (rejection, class rejection or joint ancestral draws).
     Exact(exact::ExactArgs),
+    /// Bounds on log Z against K, F_q, G_q and both KL estimates for a proposal or twist.
+    Bounds(bounds::BoundsArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Exact(args) => exact::run(&args),
+        Command::Bounds(args) => bounds::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
