@@ -10,6 +10,7 @@ mod exact;
 mod output;
 mod potentials;
 mod progress;
+mod report;
 mod sample;
 mod train;
 
@@ -36,6 +37,8 @@ enum Command {
     Exact(exact::ExactArgs),
     /// Bounds on log Z against K, F_q, G_q and both KL estimates for a proposal or twist.
     Bounds(bounds::BoundsArgs),
+    /// A self-contained HTML report (SVG plots) of sample, bounds and training outputs.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(&args),
         Command::Exact(args) => exact::run(&args),
         Command::Bounds(args) => bounds::run(&args),
+        Command::Report(args) => report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

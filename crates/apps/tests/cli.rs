@@ -74,6 +74,22 @@ fn sample_on_the_default_model_writes_particles_and_a_run_record() {
     let run = lines.iter().find(|l| l["type"] == "run").unwrap();
     assert_eq!(run["steps"].as_array().unwrap().len(), 3);
     assert!(run["log_z_hat"].is_f64());
+    // The report renders it as a self-contained page: inline SVG, nothing fetched.
+    let html = dir.path().join("r.html");
+    let (ok, _, stderr) = tsmc(&[
+        "report",
+        "--sample",
+        out.to_str().unwrap(),
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("Genealogy") && page.contains("ESS per step"));
+    assert!(
+        !page.contains("<script") && !page.contains("src=\"http"),
+        "not self-contained"
+    );
 }
 
 #[test]
