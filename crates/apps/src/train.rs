@@ -22,12 +22,16 @@ use crate::output::JsonlWriter;
 /// Arguments of `tsmc train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The task: infilling (conditional twists; each update draws T + m tokens from p0).
+    /// The task: infilling (conditional twists; each update draws T + m tokens from p0), or
+    /// potential (a fixed --potential such as toxicity:beta=1; evaluate with `tsmc bounds --twist`).
     #[arg(long, default_value = "infilling")]
     task: String,
-    /// The method: ctl (the others train through twist-learn's API on fixed potentials).
+    /// The method: ctl, rl, sixo, fudge or dpg (infilling: ctl).
     #[arg(long, default_value = "ctl")]
     method: String,
+    /// The potential of the `potential` task (as for `tsmc sample`).
+    #[arg(long, default_value = "toxicity:beta=1")]
+    potential: String,
     /// `default`, a Hugging Face model directory or a .gguf file.
     #[arg(long, default_value = "default")]
     model: String,
@@ -85,17 +89,17 @@ struct CurvePoint<'a> {
 
 /// Runs `tsmc train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    if args.task != "infilling" {
-        bail!(
-            "unknown --task {:?}: `tsmc train` supports infilling",
-            args.task
-        );
-    }
-    if args.method != "ctl" {
-        bail!(
-            "--method {:?} is not wired to the command line yet (the twist-learn API trains ctl, rl, sixo, fudge and dpg); use ctl",
+    let method: twist_learn::Method = args.method.parse().map_err(anyhow::Error::msg)?;
+    match args.task.as_str() {
+        "infilling" if method == twist_learn::Method::Ctl => {}
+        "infilling" => bail!(
+            "the infilling task trains with --method ctl (conditional-SMC positives); found {:?}",
             args.method
-        );
+        ),
+        "potential" => return train_on_potential(args, method),
+        other => {
+            bail!("unknown --task {other:?}: expected infilling or potential (with --potential)")
+        }
     }
     if args.prompt.is_empty() || args.tokens == 0 || args.cond_tokens == 0 || args.particles < 2 {
         bail!("need a non-empty --prompt, --tokens >= 1, --cond-tokens >= 1 and --particles >= 2");
@@ -221,6 +225,107 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     println!(
         "trained {} CTL updates in {:.0} s; head in {}, curve in {}",
         args.steps,
+        started.elapsed().as_secs_f64(),
+        args.checkpoint.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Trains a head for a fixed potential with any method through twist-learn's loop; the curve
+/// records the loss of every update; checkpoints at the evaluation steps and at the end.
+fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<()> {
+    use twist_learn::{Method, TrainConfig, train};
+    if args.prompt.is_empty() || args.tokens == 0 || args.particles < 2 {
+        bail!("need a non-empty --prompt, --tokens >= 1 and --particles >= 2");
+    }
+    let kind = match args.head.as_str() {
+        "linear" => HeadKind::Linear,
+        "mlp" => HeadKind::Mlp,
+        other => bail!("unknown --head {other:?}: expected linear or mlp"),
+    };
+    let param = if method == Method::Fudge {
+        Parameterization::LogSigmoid
+    } else {
+        Parameterization::Identity
+    };
+    let mut curve = JsonlWriter::create(&args.out)?;
+    let device = args.backend.device().map_err(anyhow::Error::msg)?;
+    let lm = BurnLm::load(&args.model, &device)
+        .with_context(|| format!("loading model {:?}", args.model))?;
+    let prompt = lm.tokenizer()?.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        bail!("the prompt {:?} has no tokens", args.prompt);
+    }
+    let phi = crate::potentials::parse(&args.potential, &lm)?;
+    let ad = device.clone().autodiff();
+    let (mut twist, start_step) = match &args.resume {
+        Some(path) => {
+            let (t, meta) = HeadTrainable::resume(path, &ad, param, AdamConfig::default())
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            (t, meta["step"].as_u64().unwrap_or(0) as usize)
+        }
+        None => (
+            HeadTrainable::new(
+                TwistHead::new(&lm, HeadConfig::for_model(&lm, kind, None), args.seed, &ad)?,
+                param,
+                AdamConfig::default(),
+            ),
+            0,
+        ),
+    };
+    let eval_at: Vec<usize> = if args.eval_at.is_empty() {
+        twist_learn::train::exponential_schedule(args.steps)
+    } else {
+        args.eval_at.clone()
+    };
+    let cfg = TrainConfig {
+        method,
+        steps: args.steps,
+        batch_size: args.particles,
+        horizon: args.tokens,
+        learning_rate: args.lr,
+        seed: args.seed.wrapping_add(start_step as u64),
+    };
+    let meta = |step: usize| {
+        serde_json::json!({
+            "method": args.method, "task": "potential", "potential": args.potential, "base_model": lm.name(),
+            "step": step, "seed": args.seed, "prompt": args.prompt, "tokens": args.tokens, "lr": args.lr,
+        })
+    };
+    let started = Instant::now();
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("train {pos}/{len} [{bar:30}] loss {msg} {elapsed}/{eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let mut io_error: Option<anyhow::Error> = None;
+    train(&lm, &mut twist, phi.as_ref(), &prompt, &cfg, |i, tw, loss| {
+        bar.inc(1);
+        bar.set_message(format!("{loss:.4}"));
+        let step = start_step + i;
+        let mut record = || -> Result<()> {
+            curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }))?;
+            if eval_at.contains(&i) {
+                tw.save_checkpoint(&args.checkpoint, &meta(step))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = record() {
+            io_error = Some(e);
+            return Err(smc_core::SmcError::backend("writing training outputs", std::io::Error::other("see below")));
+        }
+        Ok(())
+    })
+    .map_err(|e| io_error.take().unwrap_or_else(|| e.into()))?;
+    bar.finish_and_clear();
+    twist.save_checkpoint(&args.checkpoint, &meta(start_step + args.steps))?;
+    curve.finish()?;
+    println!(
+        "trained {} {} updates in {:.0} s; head in {} (evaluate with `tsmc bounds --twist`), curve in {}",
+        args.steps,
+        args.method,
         started.elapsed().as_secs_f64(),
         args.checkpoint.display(),
         args.out.display()

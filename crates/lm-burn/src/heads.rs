@@ -41,6 +41,9 @@ pub struct HeadConfig {
     pub vocab_size: usize,
     /// Conditioning tokens (infilling): the head input is [h_t, h_c] of size 2d.
     pub conditioning: Option<Vec<u32>>,
+    /// log psi = log sigmoid(output) (FUDGE's psi in (0, 1)) instead of log psi = output.
+    #[serde(default)]
+    pub log_sigmoid: bool,
 }
 
 impl HeadConfig {
@@ -53,6 +56,7 @@ impl HeadConfig {
             mlp_width: d.hidden,
             vocab_size: d.vocab,
             conditioning,
+            log_sigmoid: false,
         }
     }
 
@@ -338,6 +342,14 @@ impl Twist for TwistHead {
                 LmError::Input("the language model gives no hidden states".into()),
             )
         })?;
-        Ok(self.raw(hidden)?)
+        let mut table = self.raw(hidden)?;
+        if self.config.log_sigmoid {
+            for k in 0..table.rows() {
+                for x in table.row_mut(k) {
+                    *x = smc_core::logspace::log_sigmoid(*x);
+                }
+            }
+        }
+        Ok(table)
     }
 }

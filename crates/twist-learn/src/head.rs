@@ -22,7 +22,9 @@ pub struct HeadTrainable {
 
 impl HeadTrainable {
     /// Wraps a head whose parameters live on an autodiff device.
-    pub fn new(head: TwistHead, param: Parameterization, adam: AdamConfig) -> Self {
+    pub fn new(mut head: TwistHead, param: Parameterization, adam: AdamConfig) -> Self {
+        // The head itself applies the parameterisation when it drives SMC on its own.
+        head.config.log_sigmoid = param == Parameterization::LogSigmoid;
         let optim = BurnAdamConfig::new()
             .with_beta_1(adam.beta1 as f32)
             .with_beta_2(adam.beta2 as f32)
@@ -98,7 +100,10 @@ impl TrainableTwist for HeadTrainable {
     }
 
     fn raw(&self, input: &TwistInput<'_>) -> Result<LogTable> {
-        self.head.log_psi(input)
+        let hidden = input
+            .hidden
+            .ok_or_else(|| backend_err("the language model gives no hidden states"))?;
+        Ok(self.head.raw(hidden)?)
     }
 
     fn apply_gradient(

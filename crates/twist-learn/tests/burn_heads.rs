@@ -204,3 +204,41 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
         run(&resumed)
     );
 }
+
+#[test]
+fn a_saved_fudge_head_keeps_its_log_sigmoid_parameterisation() {
+    let lm = tiny_llama();
+    let phi = potential();
+    let mut twist = HeadTrainable::new(
+        head(&lm, HeadKind::Linear, 6),
+        Parameterization::LogSigmoid,
+        AdamConfig::default(),
+    );
+    let cfg = TrainConfig {
+        method: Method::Fudge,
+        steps: 5,
+        batch_size: 8,
+        horizon: T,
+        learning_rate: 1e-2,
+        seed: 2,
+    };
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fudge.safetensors");
+    twist
+        .save_checkpoint(&path, &serde_json::json!({}))
+        .unwrap();
+    let (loaded, _) = TwistHead::load(&path, &default_device()).unwrap();
+    let run = |tw: &dyn Twist| {
+        run_smc(
+            &lm,
+            Some(tw),
+            &phi,
+            &PROMPT,
+            &SmcConfig::twisted(8, T).with_seed(3),
+        )
+        .unwrap()
+        .log_z_hat
+    };
+    assert!((run(&twist) - run(&loaded)).abs() < 1e-9);
+}
