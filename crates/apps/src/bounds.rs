@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use lm_burn::{Backend, BurnLm};
+use lm_burn::Backend;
 use smc_bounds::{Sampler, kl_estimates};
 use smc_core::feynman_kac::Resampling;
 use smc_core::prelude::*;
@@ -99,10 +99,8 @@ pub fn run(args: &BoundsArgs) -> Result<()> {
     }
     let exact = read_exact(&args.exact, args.tokens)?;
     let mut out = JsonlWriter::create(&args.out)?;
-    let device = args.backend.device().map_err(anyhow::Error::msg)?;
-    let lm = BurnLm::load(&args.model, &device)
-        .with_context(|| format!("loading model {:?}", args.model))?;
-    let prompt = lm.tokenizer()?.encode(&args.prompt)?;
+    let (lm, prompt, device) =
+        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
     let phi = crate::potentials::parse(&args.potential, &lm)?;
     let head = match &args.twist {
         Some(p) => Some(

@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use lm_burn::{Backend, BurnLm};
+use lm_burn::Backend;
 use smc_bounds::{Collected, joint_ancestral, rejection_class, rejection_indicator};
 use smc_core::smc::rng_from_seed;
 
@@ -70,11 +70,9 @@ pub fn run(args: &ExactArgs) -> Result<()> {
         bail!("need a non-empty --prompt, --tokens >= 1 and --samples >= 1");
     }
     let mut out = JsonlWriter::create(&args.out)?;
-    let device = args.backend.device().map_err(anyhow::Error::msg)?;
-    let lm = BurnLm::load(&args.model, &device)
-        .with_context(|| format!("loading model {:?}", args.model))?;
+    let (lm, prompt, _device) =
+        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
     let tok = lm.tokenizer()?;
-    let prompt = tok.encode(&args.prompt)?;
     let mut rng = rng_from_seed(args.seed);
     let (collected, method) = match args.infilling {
         Some(m) => {

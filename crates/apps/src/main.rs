@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bounds;
+mod common;
 mod demo;
 mod exact;
 mod output;

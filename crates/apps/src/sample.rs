@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use lm_burn::{Backend, BurnLm};
+use lm_burn::Backend;
 use smc_core::feynman_kac::{Resampling, StepRecord};
 use smc_core::prelude::*;
 
@@ -106,9 +106,8 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     };
     // Create the output first so that an unwritable path fails before minutes of sampling.
     let writer = args.out.as_deref().map(JsonlWriter::create).transpose()?;
-    let device = args.backend.device().map_err(anyhow::Error::msg)?;
-    let lm = BurnLm::load(&args.model, &device)
-        .with_context(|| format!("loading model {:?}", args.model))?;
+    let (lm, prompt, device) =
+        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
     let tokenizer = lm.tokenizer()?;
     let potential = crate::potentials::parse(&args.potential, &lm)?;
     let head = match &args.twist {
@@ -136,10 +135,6 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             Some(head)
         }
     };
-    let prompt = tokenizer.encode(&args.prompt)?;
-    if prompt.is_empty() {
-        bail!("the prompt {:?} has no tokens", args.prompt);
-    }
     let config = SmcConfig {
         num_particles: args.particles,
         horizon: args.tokens,

@@ -10,8 +10,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use lm_burn::Backend;
 use lm_burn::heads::{HeadConfig, HeadKind, TwistHead};
-use lm_burn::{Backend, BurnLm};
 use twist_learn::{
     AdamConfig, HeadTrainable, InfillingConfig, InfillingEval, Parameterization,
     evaluate_infilling, train_infilling_ctl,
@@ -110,13 +110,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         other => bail!("unknown --head {other:?}: expected linear or mlp"),
     };
     let mut curve = JsonlWriter::create(&args.out)?;
-    let device = args.backend.device().map_err(anyhow::Error::msg)?;
-    let lm = BurnLm::load(&args.model, &device)
-        .with_context(|| format!("loading model {:?}", args.model))?;
-    let prompt = lm.tokenizer()?.encode(&args.prompt)?;
-    if prompt.is_empty() {
-        bail!("the prompt {:?} has no tokens", args.prompt);
-    }
+    let (lm, prompt, device) =
+        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
     let ad = device.clone().autodiff();
     let (mut twist, start_step) = match &args.resume {
         Some(path) => {
@@ -250,13 +245,8 @@ fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<(
         Parameterization::Identity
     };
     let mut curve = JsonlWriter::create(&args.out)?;
-    let device = args.backend.device().map_err(anyhow::Error::msg)?;
-    let lm = BurnLm::load(&args.model, &device)
-        .with_context(|| format!("loading model {:?}", args.model))?;
-    let prompt = lm.tokenizer()?.encode(&args.prompt)?;
-    if prompt.is_empty() {
-        bail!("the prompt {:?} has no tokens", args.prompt);
-    }
+    let (lm, prompt, device) =
+        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
     let phi = crate::potentials::parse(&args.potential, &lm)?;
     let ad = device.clone().autodiff();
     let (mut twist, start_step) = match &args.resume {

@@ -27,6 +27,7 @@ pub mod ops;
 pub mod tokenizer;
 pub mod weights;
 
+pub use burn::tensor::Device;
 pub use device::{Backend, default_device};
 pub use error::{LmError, Result};
 pub use model::{Architecture, BurnLm, BurnSession};
