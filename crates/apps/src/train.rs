@@ -50,8 +50,9 @@ pub struct TrainArgs {
     /// Number of updates.
     #[arg(long, default_value_t = 32)]
     steps: usize,
-    /// Adam learning rate (constant).
-    #[arg(long, default_value_t = 1e-3)]
+    /// Adam learning rate (constant; 1e-3 overshoots with the default model's heads, see
+    /// docs/training.md).
+    #[arg(long, default_value_t = 1e-4)]
     lr: f64,
     /// Head: linear or mlp.
     #[arg(long, default_value = "linear")]
