@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use lm_burn::Backend;
+use lm_burn::{Backend, BurnLm};
 use smc_bounds::{Collected, joint_ancestral, rejection_class, rejection_indicator};
 use smc_core::smc::rng_from_seed;
 
@@ -90,29 +90,21 @@ pub fn run(args: &ExactArgs) -> Result<()> {
         None => {
             let phi = crate::potentials::parse(&args.potential, &lm)?;
             let class = args.potential.contains("beta=1") && !args.potential.contains("threshold");
-            let collected = if class {
-                rejection_class(
-                    &lm,
-                    &prompt,
-                    args.tokens,
-                    phi.as_ref(),
-                    args.samples,
-                    args.batch,
-                    args.max_draws,
-                    &mut rng,
-                )?
+            let collect = if class {
+                rejection_class::<BurnLm>
             } else {
-                rejection_indicator(
-                    &lm,
-                    &prompt,
-                    args.tokens,
-                    phi.as_ref(),
-                    args.samples,
-                    args.batch,
-                    args.max_draws,
-                    &mut rng,
-                )?
+                rejection_indicator::<BurnLm>
             };
+            let collected = collect(
+                &lm,
+                &prompt,
+                args.tokens,
+                phi.as_ref(),
+                args.samples,
+                args.batch,
+                args.max_draws,
+                &mut rng,
+            )?;
             (
                 collected,
                 if class {
