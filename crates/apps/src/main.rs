@@ -12,7 +12,9 @@ mod output;
 mod potentials;
 mod progress;
 mod report;
+mod reproduce;
 mod sample;
+mod tasks;
 mod train;
 
 /// Twisted sequential Monte Carlo for language models.
@@ -40,6 +42,11 @@ enum Command {
     Bounds(bounds::BoundsArgs),
     /// A self-contained HTML report (SVG plots) of sample, bounds and training outputs.
     Report(report::ReportArgs),
+    /// The paper's KL table for a task preset: exact samples, p0 and every method's trained
+    /// twist evaluated by F_q, G_q and log Z bounds, mean ± 1.96 SE over seeds.
+    Reproduce(reproduce::ReproduceArgs),
+    /// List the task presets (the paper's tasks: prompt, T, potential, exact samples, methods).
+    Tasks,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +58,11 @@ fn main() -> ExitCode {
         Command::Exact(args) => exact::run(&args),
         Command::Bounds(args) => bounds::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
+        Command::Tasks => {
+            print!("{}", tasks::describe());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,14 @@ impl<L: LanguageModel> LanguageModel for WithProgress<'_, L> {
             bar: self.bar.clone(),
         })
     }
+
+    fn teacher_forced(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<u32>],
+    ) -> smc_core::Result<Vec<smc_core::model::StepOutput>> {
+        self.lm.teacher_forced(prompt, sequences)
+    }
 }
 
 impl<S: DecodeSession> DecodeSession for ProgressSession<S> {

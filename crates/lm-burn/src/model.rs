@@ -307,6 +307,15 @@ impl BurnLm {
     }
 }
 
+/// Appends the log-softmax of one row of logits, in f64 (one pass for the max, one for the
+/// sum, one to write).
+fn push_log_softmax(row: &[f32], out: &mut Vec<f64>) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    out.extend(row.iter().map(|&x| x as f64 - lse));
+}
+
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.try_into_vec_as::<f32>()
         .map_err(|e| LmError::Input(format!("cannot read a tensor back from the device: {e:?}")))
@@ -366,6 +375,74 @@ impl LanguageModel for BurnLm {
             hidden: last.repeat_dim(0, num_particles),
         })
     }
+
+    fn teacher_forced(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<u32>],
+    ) -> smc_core::Result<Vec<StepOutput>> {
+        Ok(self.teacher_forced_batched(prompt, sequences)?)
+    }
+}
+
+impl BurnLm {
+    /// Teacher forcing in full forward passes over prompt + s_{1:T-1} (chunks of sequences
+    /// sized so that one chunk's logits stay near 256 MiB).
+    fn teacher_forced_batched(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<u32>],
+    ) -> Result<Vec<StepOutput>> {
+        if prompt.is_empty() {
+            return Err(LmError::Input(
+                "the prompt is empty: the model needs at least one token to condition on".into(),
+            ));
+        }
+        let horizon = sequences.first().map_or(0, Vec::len);
+        if let Some(i) = sequences.iter().position(|s| s.len() != horizon) {
+            return Err(LmError::Input(format!(
+                "teacher forcing: sequence {i} has {} tokens, the first has {horizon}",
+                sequences[i].len()
+            )));
+        }
+        let k = sequences.len();
+        if horizon == 0 || k == 0 {
+            return Ok(Vec::new());
+        }
+        let Dims { vocab: v, hidden: d, .. } = self.dims();
+        let p = prompt.len();
+        let seq = p + horizon - 1;
+        let mut log_probs: Vec<Vec<f64>> = (0..horizon).map(|_| Vec::with_capacity(k * v)).collect();
+        let mut hidden: Vec<Vec<f32>> = (0..horizon).map(|_| Vec::with_capacity(k * d)).collect();
+        let chunk = ((64usize << 20) / (horizon * v)).max(1);
+        for group in sequences.chunks(chunk) {
+            let b = group.len();
+            let mut tokens = Vec::with_capacity(b * seq);
+            for s in group {
+                tokens.extend_from_slice(prompt);
+                tokens.extend_from_slice(&s[..horizon - 1]);
+            }
+            let (h, _) = self.arch.forward_seq(&tokens, b, seq)?;
+            let h = h.slice([0..b, p - 1..seq, 0..d]);
+            let hv = to_vec(h.clone())?;
+            let logits = to_vec(self.arch.logits(h))?;
+            for bi in 0..b {
+                for t in 0..horizon {
+                    let r = bi * horizon + t;
+                    push_log_softmax(&logits[r * v..(r + 1) * v], &mut log_probs[t]);
+                    hidden[t].extend_from_slice(&hv[r * d..(r + 1) * d]);
+                }
+            }
+        }
+        Ok(log_probs
+            .into_iter()
+            .zip(hidden)
+            .map(|(lp, h)| StepOutput {
+                log_probs: LogTable::from_vec(k, v, lp).expect("shape"),
+                hidden: Some(HiddenStates { rows: k, dim: d, data: h }),
+            })
+            .collect())
+    }
 }
 
 impl DecodeSession for BurnSession<'_> {
@@ -376,13 +453,9 @@ impl DecodeSession for BurnSession<'_> {
     fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
         let v = self.lm.dims().vocab;
         let logits = to_vec(self.lm.arch.logits(self.hidden.clone()))?;
-        // Log-softmax in f64 on the host: one pass for the max, one for the sum, one to write.
         let mut data = Vec::with_capacity(logits.len());
         for row in logits.chunks_exact(v) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-            let lse = max + sum.ln();
-            data.extend(row.iter().map(|&x| x as f64 - lse));
+            push_log_softmax(row, &mut data);
         }
         let hidden = to_vec(self.hidden.clone())?;
         let dim = self.hidden.dims()[1];

@@ -122,3 +122,29 @@ fn batched_scoring_equals_sum_of_full_forward_log_probs() {
         );
     }
 }
+
+#[test]
+fn batched_teacher_forcing_equals_replaying_a_decoding_session() {
+    for name in ARCHS {
+        let (lm, ids, _) = load(name);
+        let prompt = &ids[..3];
+        let seqs = vec![vec![7u32, 8, 9, 10], vec![100, 200, 300, 1], vec![42, 42, 42, 42]];
+        let fast = lm.teacher_forced(prompt, &seqs).unwrap();
+        let mut session = lm.start(prompt, 3).unwrap();
+        assert_eq!(fast.len(), 4);
+        for (t, out) in fast.iter().enumerate() {
+            let want = session.next_log_probs().unwrap();
+            let diff = max_abs_diff(out.log_probs.as_slice(), want.log_probs.as_slice());
+            assert!(diff < 1e-4, "{name}: step {t}: log-prob diff {diff}");
+            let (h, hw) = (out.hidden.as_ref().unwrap(), want.hidden.as_ref().unwrap());
+            assert_eq!((h.rows, h.dim), (hw.rows, hw.dim));
+            let hd: Vec<f64> = h.data.iter().map(|&x| x as f64).collect();
+            let hwd: Vec<f64> = hw.data.iter().map(|&x| x as f64).collect();
+            let diff = max_abs_diff(&hd, &hwd);
+            assert!(diff < 1e-4, "{name}: step {t}: hidden diff {diff}");
+            let column: Vec<u32> = seqs.iter().map(|s| s[t]).collect();
+            session.push(&column).unwrap();
+        }
+        assert!(lm.teacher_forced(prompt, &[vec![1, 2], vec![3]]).is_err());
+    }
+}

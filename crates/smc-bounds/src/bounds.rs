@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Criterion;
-use smc_core::smc::{Proposal, SmcConfig, run_csmc, run_smc};
+use smc_core::smc::{Proposal, SmcConfig, log_weights_of, run_csmc, run_smc};
 use smc_core::{Result, SmcError};
 
 use crate::estimate::Estimate;
@@ -152,21 +152,22 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
 
     /// Single-sample values log sigma~(s*) - log q(s*) at exact samples: their mean is
     /// G_q = log Z + KL(sigma || q).
+    /// One teacher-forced pass over all of them ([`log_weights_of`]).
     pub fn g_q_values(&self, exact: &[Vec<u32>]) -> Result<Vec<f64>> {
-        exact
-            .iter()
-            .map(|s| {
-                let out = run_csmc(
-                    self.lm,
-                    self.twist,
-                    self.potential,
-                    self.prompt,
-                    &self.config(Method::Sis, 1, 0),
-                    s,
-                )?;
-                Ok(out.log_w[0])
-            })
-            .collect()
+        if exact.iter().any(|s| s.len() != self.horizon) {
+            return Err(SmcError::Reference(format!(
+                "every exact sample must have T = {} tokens",
+                self.horizon
+            )));
+        }
+        log_weights_of(
+            self.lm,
+            self.twist,
+            self.potential,
+            self.prompt,
+            self.proposal,
+            exact,
+        )
     }
 
     /// G_q = E_sigma[log sigma~ - log q] (the EUBO).

@@ -44,7 +44,8 @@ pub mod prelude {
     };
     pub use crate::resampling::{Criterion, Scheme};
     pub use crate::smc::{
-        Proposal, SmcConfig, SmcOutput, SmcRng, rng_from_seed, run_csmc, run_smc, sample_base,
+        Proposal, SmcConfig, SmcOutput, SmcRng, log_weights_of, rng_from_seed, run_csmc, run_smc,
+        sample_base,
     };
     pub use crate::tabular::{Enumeration, TabularLm, TabularTwist};
 }

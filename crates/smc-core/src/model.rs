@@ -29,6 +29,29 @@ pub trait LanguageModel {
 
     /// Starts decoding `num_particles` continuations of `prompt` (the prompt is processed once).
     fn start(&self, prompt: &[u32], num_particles: usize) -> Result<Self::Session<'_>>;
+
+    /// Teacher forcing: for K given sequences of T tokens (all the same length), the T step
+    /// outputs a decoding session returns when it is fed these tokens (element t-1 predicts
+    /// s_t). The default replays a session step by step; a model with a full forward pass
+    /// should override it with one batched pass, which is much faster.
+    fn teacher_forced(&self, prompt: &[u32], sequences: &[Vec<u32>]) -> Result<Vec<StepOutput>> {
+        let horizon = sequences.first().map_or(0, Vec::len);
+        if sequences.iter().any(|s| s.len() != horizon) {
+            return Err(crate::error::SmcError::InvalidConfig {
+                field: "teacher-forced sequences",
+                expected: format!("all of length {horizon}"),
+                found: "sequences of different lengths".into(),
+            });
+        }
+        let mut session = self.start(prompt, sequences.len())?;
+        let mut outputs = Vec::with_capacity(horizon);
+        for t in 0..horizon {
+            outputs.push(session.next_log_probs()?);
+            let column: Vec<u32> = sequences.iter().map(|s| s[t]).collect();
+            session.push(&column)?;
+        }
+        Ok(outputs)
+    }
 }
 
 /// The per-run decoding state of K particles.

@@ -473,6 +473,98 @@ fn run_inner<L: LanguageModel>(
     Ok(model.into_output(out))
 }
 
+/// The importance log weights log sigma~(s) - log q(s) of given sequences (all of the same
+/// length T) under a proposal: q = p0 for [`Proposal::Base`] or without a twist, the twisted
+/// proposal otherwise. These are the single-sample values whose means are F_q (s ~ q) and G_q
+/// (s ~ sigma); one teacher-forced pass ([`LanguageModel::teacher_forced`]) instead of a
+/// conditional-SMC run per sequence. Equal to what a one-particle SIS run clamped to `s` returns.
+pub fn log_weights_of<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    proposal: Proposal,
+    sequences: &[Vec<u32>],
+) -> Result<Vec<f64>> {
+    let n = sequences.len();
+    let horizon = sequences.first().map_or(0, Vec::len);
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if horizon == 0 {
+        return Err(SmcError::config("number of steps T", ">= 1", 0));
+    }
+    let vocab = lm.vocab_size();
+    let outputs = lm.teacher_forced(prompt, sequences)?;
+    let mut log_w = vec![0.0; n];
+    let mut prefixes = TokenBuffer::new(n, horizon);
+    let twisted = match twist {
+        Some(tw) if proposal == Proposal::Twisted => Some(tw),
+        _ => None,
+    };
+    for (t, out) in (1..=horizon).zip(&outputs) {
+        let column: Vec<u32> = sequences.iter().map(|s| s[t - 1]).collect();
+        if let Some(&tok) = column.iter().find(|&&tok| tok as usize >= vocab) {
+            return Err(SmcError::Reference(format!(
+                "token {tok} at step {t} is outside the vocabulary of size {vocab}"
+            )));
+        }
+        let psi = match twisted {
+            Some(tw) => Some(tw.log_psi(&TwistInput {
+                step: t,
+                horizon,
+                prompt,
+                prefixes: &prefixes,
+                hidden: out.hidden.as_ref(),
+            })?),
+            None => None,
+        };
+        for (p, &tok) in column.iter().enumerate() {
+            let row_p0 = out.log_probs.row(p);
+            if row_p0[tok as usize] == f64::NEG_INFINITY {
+                log_w[p] = f64::NEG_INFINITY;
+            }
+            let (Some(tw), Some(table)) = (twisted, psi.as_ref()) else {
+                continue;
+            };
+            let row_psi = table.row(p);
+            let log_norm = log_sum_exp_sum(row_p0, row_psi);
+            let lpsi = row_psi[tok as usize];
+            if log_norm.is_nan() || log_norm == f64::INFINITY {
+                return Err(invalid(tw.name(), t, p, log_norm));
+            }
+            if lpsi.is_nan() || lpsi == f64::INFINITY {
+                return Err(invalid(tw.name(), t, p, lpsi));
+            }
+            if lpsi == f64::NEG_INFINITY {
+                return Err(SmcError::Reference(format!(
+                    "token {tok} at step {t} of sequence {p} has zero probability under the \
+                     twisted proposal ({} gives log psi = -inf)",
+                    tw.name()
+                )));
+            }
+            log_w[p] += log_norm - lpsi;
+        }
+        prefixes.push(&column);
+    }
+    let log_phi = potential.log_phi(prompt, &prefixes)?;
+    if log_phi.len() != n {
+        return Err(SmcError::Shape {
+            component: potential.name().to_string(),
+            step: horizon,
+            expected: n,
+            found: log_phi.len(),
+        });
+    }
+    for (p, (w, &lphi)) in log_w.iter_mut().zip(&log_phi).enumerate() {
+        if lphi.is_nan() || lphi == f64::INFINITY {
+            return Err(invalid(potential.name(), horizon, p, lphi));
+        }
+        *w += lphi;
+    }
+    Ok(log_w)
+}
+
 /// Draws `n` independent sequences of `horizon` tokens from p0(. | prompt) by ancestral
 /// sampling, returning the tokens and their log p0.
 pub fn sample_base<L: LanguageModel>(

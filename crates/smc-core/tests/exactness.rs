@@ -118,6 +118,48 @@ fn sis_log_weights_are_log_sigma_tilde_minus_log_q_of_each_particle() {
 }
 
 #[test]
+fn teacher_forced_log_weights_equal_one_particle_clamped_sis_for_both_proposals() {
+    for problem in problems() {
+        let exact = problem.exact();
+        let psi = exact.optimal_twist().perturbed(0.7, 4);
+        let seqs: Vec<Vec<u32>> = (0..exact.len()).step_by(3).map(|i| exact.sequence(i)).collect();
+        for (twist, proposal) in [
+            (None, Proposal::Base),
+            (Some(&psi as &dyn Twist), Proposal::Base),
+            (Some(&psi as &dyn Twist), Proposal::Twisted),
+        ] {
+            let got = log_weights_of(
+                &problem.lm,
+                twist,
+                problem.potential.as_ref(),
+                &problem.prompt,
+                proposal,
+                &seqs,
+            )
+            .unwrap();
+            for (s, &w) in seqs.iter().zip(&got) {
+                let cfg = SmcConfig::sis(1, problem.horizon, proposal);
+                let out = run_csmc(
+                    &problem.lm,
+                    twist,
+                    problem.potential.as_ref(),
+                    &problem.prompt,
+                    &cfg,
+                    s,
+                )
+                .unwrap();
+                let want = out.log_w[0];
+                assert!(
+                    w == want || (w - want).abs() < 1e-9,
+                    "{}: {proposal:?} {s:?}: {w} vs {want}",
+                    problem.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn same_seed_gives_same_result_and_different_seeds_differ() {
     let problem = &problems()[0];
     let psi = problem.exact().optimal_twist().perturbed(0.3, 2);

@@ -3,7 +3,7 @@
 
 use smc_core::batch::{HiddenStates, LogTable, TokenBuffer};
 use smc_core::logspace::{log_sigmoid, log_sum_exp_sum};
-use smc_core::model::{DecodeSession, LanguageModel, TwistInput};
+use smc_core::model::{LanguageModel, TwistInput};
 use smc_core::{Result, SmcError};
 
 use crate::twist::TrainableTwist;
@@ -129,11 +129,10 @@ impl Batch {
             });
         }
         let tokens = TokenBuffer::from_rows(sequences);
-        let mut session = lm.start(prompt, k)?;
+        let outputs = lm.teacher_forced(prompt, sequences)?;
         let (mut log_p0, mut raw, mut hidden) = (Vec::new(), Vec::new(), Vec::new());
         let mut prefixes = TokenBuffer::new(k, horizon);
-        for t in 1..=horizon {
-            let out = session.next_log_probs()?;
+        for (t, out) in (1..=horizon).zip(outputs) {
             let r = twist.raw(&TwistInput {
                 step: t,
                 horizon,
@@ -145,7 +144,6 @@ impl Batch {
             raw.push(r);
             hidden.push(out.hidden);
             let column: Vec<u32> = sequences.iter().map(|s| s[t - 1]).collect();
-            session.push(&column)?;
             prefixes.push(&column);
         }
         let log_phi = potential.log_phi(prompt, &tokens)?;
