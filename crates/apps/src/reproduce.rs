@@ -147,9 +147,16 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     let horizon = args.tokens.unwrap_or(preset.tokens);
     let cond_len = args.cond_tokens.or(preset.cond_tokens);
     let methods: Vec<Method> = if args.methods.is_empty() {
-        preset.methods.iter().map(|m| m.parse()).collect::<Result<_, _>>()
+        preset
+            .methods
+            .iter()
+            .map(|m| m.parse())
+            .collect::<Result<_, _>>()
     } else {
-        args.methods.iter().map(|m| m.parse()).collect::<Result<_, _>>()
+        args.methods
+            .iter()
+            .map(|m| m.parse())
+            .collect::<Result<_, _>>()
     }
     .map_err(anyhow::Error::msg)?;
     if horizon == 0 || args.particles < 2 || args.seeds == 0 || args.steps == 0 {
@@ -158,9 +165,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     if args.eval_particles < 2 || args.fq_samples == 0 || args.exact_samples == 0 {
         bail!("need --eval-particles >= 2, --fq-samples >= 1 and --exact-samples >= 1");
     }
-    if preset.exact == ExactMethod::JointAncestral
-        && methods.iter().any(|&m| m != Method::Ctl)
-    {
+    if preset.exact == ExactMethod::JointAncestral && methods.iter().any(|&m| m != Method::Ctl) {
         bail!("the infilling tasks train with ctl only (conditional-SMC positives)");
     }
     let kind = match args.head.as_str() {
@@ -306,7 +311,16 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     let (log_z, rows) = table(&records);
     let rejection_log_z = (rejection.1 > 0 && rejection.0 > 0)
         .then(|| (rejection.0 as f64 / rejection.1 as f64).ln());
-    let md = markdown(preset, args, horizon, cond_len, &log_z, rejection_log_z, &rows, started.elapsed().as_secs_f64());
+    let md = markdown(
+        preset,
+        args,
+        horizon,
+        cond_len,
+        &log_z,
+        rejection_log_z,
+        &rows,
+        started.elapsed().as_secs_f64(),
+    );
     lm_burn::heads::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
     let summary = serde_json::json!({
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
@@ -405,7 +419,11 @@ fn evaluate(
         let upper = sampler
             .upper_bound(BoundMethod::Sis, k, refs, s + 101)?
             .mean
-            .min(sampler.upper_bound(BoundMethod::Smc, k, refs, s + 202)?.mean);
+            .min(
+                sampler
+                    .upper_bound(BoundMethod::Smc, k, refs, s + 202)?
+                    .mean,
+            );
         out.push(TaskEval {
             f_q: sampler.f_q(a.fq_samples, s + 303)?,
             g_q: sampler.g_q(&task.exact)?,
@@ -463,18 +481,38 @@ fn table(records: &[Record]) -> (Vec<LogZ>, Vec<Row>) {
                 })
                 .collect()
         };
-        let lower = per_sampler(&|t| t.lower).into_iter().fold(f64::NEG_INFINITY, f64::max);
-        let upper = per_sampler(&|t| t.upper).into_iter().fold(f64::INFINITY, f64::min);
+        let lower = per_sampler(&|t| t.lower)
+            .into_iter()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let upper = per_sampler(&|t| t.upper)
+            .into_iter()
+            .fold(f64::INFINITY, f64::min);
         for &seed in &seeds {
-            log_z.push(LogZ { seed, task: 0, lower, upper });
+            log_z.push(LogZ {
+                seed,
+                task: 0,
+                lower,
+                upper,
+            });
         }
     } else {
         for &seed in &seeds {
             let recs: Vec<&Record> = records.iter().filter(|r| r.seed == seed).collect();
             for task in 0..recs[0].tasks.len() {
-                let lower = recs.iter().map(|r| r.tasks[task].lower).fold(f64::NEG_INFINITY, f64::max);
-                let upper = recs.iter().map(|r| r.tasks[task].upper).fold(f64::INFINITY, f64::min);
-                log_z.push(LogZ { seed, task, lower, upper });
+                let lower = recs
+                    .iter()
+                    .map(|r| r.tasks[task].lower)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let upper = recs
+                    .iter()
+                    .map(|r| r.tasks[task].upper)
+                    .fold(f64::INFINITY, f64::min);
+                log_z.push(LogZ {
+                    seed,
+                    task,
+                    lower,
+                    upper,
+                });
             }
         }
     }
@@ -578,7 +616,9 @@ fn markdown(
             ));
         }
         if let Some(r) = rejection_log_z {
-            s.push_str(&format!("; rejection estimate log(accepted / draws) = {r:.3}"));
+            s.push_str(&format!(
+                "; rejection estimate log(accepted / draws) = {r:.3}"
+            ));
         }
         s.push_str(".\n\n");
     } else {
@@ -587,7 +627,9 @@ fn markdown(
              mean half-gap {mean_gap:.3} nats (the KL estimates' largest bias).\n\n"
         ));
     }
-    s.push_str("| sampler | KL(q‖σ) | KL(σ‖q) | F_q | G_q | train s/seed |\n|---|---|---|---|---|---|\n");
+    s.push_str(
+        "| sampler | KL(q‖σ) | KL(σ‖q) | F_q | G_q | train s/seed |\n|---|---|---|---|---|---|\n",
+    );
     for r in rows {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {:.0} |\n",

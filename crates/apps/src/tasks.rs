@@ -109,21 +109,31 @@ pub fn preset(name: &str) -> Result<&'static Preset> {
         Some(p) => Ok(p),
         None => bail!(
             "unknown task {name:?}: expected one of {}",
-            PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+            PRESETS
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
 
 /// A table of the presets for `tsmc tasks`.
 pub fn describe() -> String {
-    let mut out = String::from("task                T   m   potential                  exact samples    methods           paper model\n");
+    let mut out = String::from(
+        "task                T   m   potential                  exact samples    methods           paper model\n",
+    );
     for p in PRESETS {
         out.push_str(&format!(
             "{:<19} {:<3} {:<3} {:<26} {:<16} {:<17} {}\n    {}; prompt {:?}\n",
             p.name,
             p.tokens,
             p.cond_tokens.map_or("-".to_string(), |m| m.to_string()),
-            if p.potential.is_empty() { "p0(c | s0, s)" } else { p.potential },
+            if p.potential.is_empty() {
+                "p0(c | s0, s)"
+            } else {
+                p.potential
+            },
             match p.exact {
                 ExactMethod::Rejection => "rejection",
                 ExactMethod::ClassRejection => "class rejection",

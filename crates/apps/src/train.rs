@@ -165,9 +165,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             eval: e,
         })?;
         eprintln!(
-            "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  log Z in [{:.2}, {:.2}]  F_q = {:.2}  G_q = {:.2}",
+            "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  sum (G_q - F_q) = {}  log Z in [{:.2}, {:.2}]  F_q = {:.2}  G_q = {:.2}",
             e.kl_q_sigma,
             e.kl_sigma_q,
+            e.kl_sum,
             e.log_z_lower.mean,
             e.log_z_upper.mean,
             e.f_q.mean,

@@ -179,3 +179,109 @@ fn exact_collects_rejection_and_joint_ancestral_samples_as_jsonl() {
     assert_eq!(lines[0]["conditioning"].as_array().unwrap().len(), 2);
     assert_eq!(lines[2]["method"], "joint ancestral");
 }
+
+#[test]
+fn tasks_lists_the_paper_presets() {
+    let (ok, stdout, stderr) = tsmc(&["tasks"]);
+    assert!(ok, "{stderr}");
+    for name in [
+        "toxicity-threshold",
+        "toxicity",
+        "sentiment",
+        "infilling",
+        "infilling-short",
+    ] {
+        assert!(stdout.contains(name), "{name} missing from {stdout}");
+    }
+}
+
+fn reproduce_small(task: &str, dir: &std::path::Path) -> (bool, String, String) {
+    tsmc(&[
+        "reproduce",
+        "--task",
+        task,
+        "--tokens",
+        "2",
+        "--seeds",
+        "2",
+        "--steps",
+        "1",
+        "--methods",
+        "ctl",
+        "-k",
+        "4",
+        "--exact-samples",
+        "2",
+        "--eval-particles",
+        "4",
+        "--fq-samples",
+        "4",
+        "--upper-samples",
+        "1",
+        "--lower-runs",
+        "1",
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn reproduce_writes_a_kl_table_over_seeds_for_a_classifier_and_an_infilling_task() {
+    for task in ["toxicity", "infilling-short"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, stdout, stderr) = reproduce_small(task, dir.path());
+        assert!(ok, "{task}: {stderr}");
+        let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+        assert!(
+            stdout.contains("| p0 |") && table.contains("| ctl |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("KL(q‖σ)") && table.contains(" ± "),
+            "{table}"
+        );
+        let records: Vec<serde_json::Value> =
+            std::fs::read_to_string(dir.path().join("records.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        // Two seeds x (p0, ctl); infilling keeps one entry per conditioning sequence.
+        assert_eq!(records.len(), 4, "{task}");
+        let tasks_per_seed = if task == "toxicity" { 1 } else { 2 };
+        assert!(
+            records
+                .iter()
+                .all(|r| r["tasks"].as_array().unwrap().len() == tasks_per_seed)
+        );
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        for row in summary["rows"].as_array().unwrap() {
+            assert_eq!(row["kl_q_sigma"]["n"], 2, "{task}: {row}");
+            assert!(row["kl_sigma_q"]["mean"].is_f64(), "{task}: {row}");
+        }
+    }
+}
+
+#[test]
+fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = tsmc(&["reproduce", "--task", "toxic"]);
+    assert!(
+        !ok && stderr.contains("unknown task") && stderr.contains("toxicity-threshold"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = tsmc(&[
+        "reproduce",
+        "--task",
+        "infilling",
+        "--methods",
+        "rl",
+        "--out-dir",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("ctl only"), "{stderr}");
+    assert!(!dir.path().join("x").exists());
+}

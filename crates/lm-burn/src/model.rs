@@ -409,10 +409,15 @@ impl BurnLm {
         if horizon == 0 || k == 0 {
             return Ok(Vec::new());
         }
-        let Dims { vocab: v, hidden: d, .. } = self.dims();
+        let Dims {
+            vocab: v,
+            hidden: d,
+            ..
+        } = self.dims();
         let p = prompt.len();
         let seq = p + horizon - 1;
-        let mut log_probs: Vec<Vec<f64>> = (0..horizon).map(|_| Vec::with_capacity(k * v)).collect();
+        let mut log_probs: Vec<Vec<f64>> =
+            (0..horizon).map(|_| Vec::with_capacity(k * v)).collect();
         let mut hidden: Vec<Vec<f32>> = (0..horizon).map(|_| Vec::with_capacity(k * d)).collect();
         let chunk = ((64usize << 20) / (horizon * v)).max(1);
         for group in sequences.chunks(chunk) {
@@ -439,7 +444,11 @@ impl BurnLm {
             .zip(hidden)
             .map(|(lp, h)| StepOutput {
                 log_probs: LogTable::from_vec(k, v, lp).expect("shape"),
-                hidden: Some(HiddenStates { rows: k, dim: d, data: h }),
+                hidden: Some(HiddenStates {
+                    rows: k,
+                    dim: d,
+                    data: h,
+                }),
             })
             .collect())
     }

@@ -128,7 +128,11 @@ fn batched_teacher_forcing_equals_replaying_a_decoding_session() {
     for name in ARCHS {
         let (lm, ids, _) = load(name);
         let prompt = &ids[..3];
-        let seqs = vec![vec![7u32, 8, 9, 10], vec![100, 200, 300, 1], vec![42, 42, 42, 42]];
+        let seqs = vec![
+            vec![7u32, 8, 9, 10],
+            vec![100, 200, 300, 1],
+            vec![42, 42, 42, 42],
+        ];
         let fast = lm.teacher_forced(prompt, &seqs).unwrap();
         let mut session = lm.start(prompt, 3).unwrap();
         assert_eq!(fast.len(), 4);

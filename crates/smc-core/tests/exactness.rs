@@ -122,7 +122,10 @@ fn teacher_forced_log_weights_equal_one_particle_clamped_sis_for_both_proposals(
     for problem in problems() {
         let exact = problem.exact();
         let psi = exact.optimal_twist().perturbed(0.7, 4);
-        let seqs: Vec<Vec<u32>> = (0..exact.len()).step_by(3).map(|i| exact.sequence(i)).collect();
+        let seqs: Vec<Vec<u32>> = (0..exact.len())
+            .step_by(3)
+            .map(|i| exact.sequence(i))
+            .collect();
         for (twist, proposal) in [
             (None, Proposal::Base),
             (Some(&psi as &dyn Twist), Proposal::Base),

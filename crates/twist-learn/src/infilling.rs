@@ -126,6 +126,9 @@ pub struct InfillingEval {
     pub f_q: Estimate,
     /// G_q = E_sigma_c[log sigma~_c - log q], mean over c.
     pub g_q: Estimate,
+    /// G_q - F_q = KL(q || sigma_c) + KL(sigma_c || q), mean over c: free of log Z_c, so it
+    /// compares proposals without the bounds' bias (paired over the same c at a fixed seed).
+    pub kl_sum: Estimate,
 }
 
 /// Evaluates the head (or, with `twist = None`, the base model as proposal) on `tasks` fresh
@@ -147,6 +150,7 @@ pub fn evaluate_infilling(
     let pairs = joint_ancestral(lm, prompt, horizon, cond_len, tasks, &mut rng)?;
     let (mut qs, mut sq, mut gap) = (Vec::new(), Vec::new(), 0.0);
     let (mut lows, mut ups, mut fqs, mut gqs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut sums = Vec::new();
     for (i, pair) in pairs.iter().enumerate() {
         let c = pair.conditioning.clone().unwrap_or_default();
         if let Some(t) = twist.as_deref_mut() {
@@ -181,6 +185,7 @@ pub fn evaluate_infilling(
         ups.push(upper.mean);
         fqs.push(f_q.mean);
         gqs.push(g_q.mean);
+        sums.push(g_q.mean - f_q.mean);
         qs.push(mid - f_q.mean);
         sq.push(g_q.mean - mid);
         gap += 0.5 * (upper.mean - lower.mean) / pairs.len() as f64;
@@ -193,5 +198,6 @@ pub fn evaluate_infilling(
         log_z_upper: Estimate::from_values(&ups),
         f_q: Estimate::from_values(&fqs),
         g_q: Estimate::from_values(&gqs),
+        kl_sum: Estimate::from_values(&sums),
     })
 }
