@@ -56,7 +56,8 @@ pub struct BoundsArgs {
     out: PathBuf,
 }
 
-fn read_exact(path: &std::path::Path, horizon: usize) -> Result<Vec<Vec<u32>>> {
+/// Reads the exact samples of a `tsmc exact` JSONL file, each of `horizon` tokens.
+pub fn read_exact(path: &std::path::Path, horizon: usize) -> Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read exact samples {}", path.display()))?;
     let mut out = Vec::new();

@@ -285,3 +285,81 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
     assert!(!ok && stderr.contains("ctl only"), "{stderr}");
     assert!(!dir.path().join("x").exists());
 }
+
+#[test]
+fn train_on_a_potential_writes_checkpoints_and_a_curve_with_kl_estimates_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let common = ["--potential", "toxicity:beta=1", "-t", "2"];
+    let mut args = vec!["exact", "-n", "3", "--out"];
+    let exact = p("exact.jsonl");
+    args.push(&exact);
+    args.extend(common);
+    let (ok, _, stderr) = tsmc(&args);
+    assert!(ok, "{stderr}");
+    let (ckpt, curve) = (p("head.safetensors"), p("curve.jsonl"));
+    let mut args = vec![
+        "train",
+        "--task",
+        "potential",
+        "--method",
+        "ctl",
+        "--steps",
+        "2",
+        "-k",
+        "4",
+        "--exact",
+        &exact,
+        "--fq-samples",
+        "4",
+        "--checkpoint",
+        &ckpt,
+        "--out",
+        &curve,
+    ];
+    args.extend(common);
+    let (ok, _, stderr) = tsmc(&args);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&curve)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // p0 and the initial head, then per update a loss line and an evaluation (steps 1, 2).
+    let evals: Vec<&serde_json::Value> = lines.iter().filter(|l| l["eval"].is_object()).collect();
+    assert_eq!(evals.len(), 4, "{lines:?}");
+    assert_eq!(evals[0]["sampler"], "p0 (no twist)");
+    for e in &evals {
+        for key in ["kl_q_sigma", "kl_sigma_q", "kl_sum", "f_q", "g_q"] {
+            assert!(e["eval"][key]["mean"].is_f64(), "{key}: {e}");
+        }
+    }
+    assert_eq!(lines.iter().filter(|l| l["loss"].is_f64()).count(), 2);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("head.json")).unwrap()).unwrap();
+    assert_eq!(meta["metadata"]["step"], 2);
+    let curve2 = p("curve2.jsonl");
+    let mut args = vec![
+        "train",
+        "--task",
+        "potential",
+        "--method",
+        "ctl",
+        "--steps",
+        "1",
+        "-k",
+        "4",
+        "--resume",
+        &ckpt,
+        "--checkpoint",
+        &ckpt,
+        "--out",
+        &curve2,
+    ];
+    args.extend(common);
+    let (ok, _, stderr) = tsmc(&args);
+    assert!(ok, "{stderr}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("head.json")).unwrap()).unwrap();
+    assert_eq!(meta["metadata"]["step"], 3);
+}
