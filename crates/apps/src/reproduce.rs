@@ -84,6 +84,10 @@ pub struct ReproduceArgs {
     /// Output directory (records.jsonl, table.md, summary.json).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Only rebuild table.md and summary.json from the output directory's records.jsonl (e.g.
+    /// after a run was stopped part-way); the other options should be those of the run.
+    #[arg(long)]
+    table_only: bool,
 }
 
 /// One sampler's evaluation for one seed (infilling: averaged over the seed's tasks, with the
@@ -177,9 +181,35 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name)));
+    let records_path = out_dir.join("records.jsonl");
+    if args.table_only {
+        let text = std::fs::read_to_string(&records_path)
+            .with_context(|| format!("reading {}", records_path.display()))?;
+        let records: Vec<Record> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}: line {}", records_path.display(), i + 1))
+            })
+            .collect::<Result<_>>()?;
+        if records.is_empty() {
+            bail!("{}: no records", records_path.display());
+        }
+        return finish(
+            preset,
+            args,
+            horizon,
+            cond_len,
+            &out_dir,
+            &records,
+            None,
+            0.0,
+            &args.model,
+        );
+    }
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
-    let records_path = out_dir.join("records.jsonl");
     let mut records_out = Appender(std::io::BufWriter::new(
         std::fs::File::create(&records_path)
             .with_context(|| format!("creating {}", records_path.display()))?,
@@ -308,9 +338,35 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let (log_z, rows) = table(&records);
     let rejection_log_z = (rejection.1 > 0 && rejection.0 > 0)
         .then(|| (rejection.0 as f64 / rejection.1 as f64).ln());
+    finish(
+        preset,
+        args,
+        horizon,
+        cond_len,
+        &out_dir,
+        &records,
+        rejection_log_z,
+        started.elapsed().as_secs_f64(),
+        lm.name(),
+    )
+}
+
+/// Writes table.md and summary.json from the records and prints the table.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    preset: &Preset,
+    args: &ReproduceArgs,
+    horizon: usize,
+    cond_len: Option<usize>,
+    out_dir: &std::path::Path,
+    records: &[Record],
+    rejection_log_z: Option<f64>,
+    seconds: f64,
+    model: &str,
+) -> Result<()> {
+    let (log_z, rows) = table(records, cond_len.is_none());
     let md = markdown(
         preset,
         args,
@@ -319,7 +375,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         &log_z,
         rejection_log_z,
         &rows,
-        started.elapsed().as_secs_f64(),
+        seconds,
     );
     lm_burn::heads::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
     let summary = serde_json::json!({
@@ -328,7 +384,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
         "exact_samples": args.exact_samples, "log_z_per_task": log_z,
         "rejection_log_z": rejection_log_z, "rows": rows,
-        "seconds": started.elapsed().as_secs_f64(), "model": lm.name(),
+        "seconds": seconds, "model": model,
     });
     lm_burn::heads::write_atomic(
         &out_dir.join("summary.json"),
@@ -452,7 +508,7 @@ fn print_record(rec: &Record) {
 /// log Z per (seed, task) for infilling, or one value for a fixed potential (the tightest pair
 /// over every sampler and seed: the largest lower and the smallest upper bound, each a mean over
 /// seeds of one sampler's bounds), then the rows.
-fn table(records: &[Record]) -> (Vec<LogZ>, Vec<Row>) {
+fn table(records: &[Record], fixed: bool) -> (Vec<LogZ>, Vec<Row>) {
     let mut samplers: Vec<String> = Vec::new();
     for r in records {
         if !samplers.contains(&r.sampler) {
@@ -464,7 +520,6 @@ fn table(records: &[Record]) -> (Vec<LogZ>, Vec<Row>) {
         s.dedup();
         s
     };
-    let fixed = records.iter().all(|r| r.tasks.len() == 1);
     // log Z for each (seed, task): fixed potential -> one value shared by every seed.
     let mut log_z: Vec<LogZ> = Vec::new();
     if fixed {
