@@ -130,6 +130,10 @@ pub struct Row {
     pub f_q: Estimate,
     /// G_q over seeds.
     pub g_q: Estimate,
+    /// KL(q‖σ) minus p0's, paired by seed (= F_q of p0 - F_q; free of log Z).
+    pub delta_kl_q_sigma: Estimate,
+    /// KL(σ‖q) minus p0's, paired by seed (= G_q - G_q of p0, on the same exact samples).
+    pub delta_kl_sigma_q: Estimate,
     /// Mean training time per seed.
     pub train_seconds: f64,
 }
@@ -196,6 +200,11 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         if records.is_empty() {
             bail!("{}: no records", records_path.display());
         }
+        // Keep the run's time and rejection estimate if an earlier summary has them.
+        let previous: serde_json::Value = std::fs::read_to_string(out_dir.join("summary.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
         return finish(
             preset,
             args,
@@ -203,8 +212,8 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             cond_len,
             &out_dir,
             &records,
-            None,
-            0.0,
+            previous["rejection_log_z"].as_f64(),
+            previous["seconds"].as_f64().unwrap_or(0.0),
             &args.model,
         );
     }
@@ -577,6 +586,29 @@ fn table(records: &[Record], fixed: bool) -> (Vec<LogZ>, Vec<Row>) {
             .find(|z| z.seed == seed && (fixed || z.task == task))
             .map_or(f64::NAN, LogZ::midpoint)
     };
+    // Per seed, the sampler's mean F_q and G_q over tasks (for differences against p0).
+    let means = |s: &str, f: &dyn Fn(&TaskEval) -> f64| -> Vec<(u64, f64)> {
+        records
+            .iter()
+            .filter(|r| r.sampler == s)
+            .map(|r| {
+                let n = r.tasks.len() as f64;
+                (r.seed, r.tasks.iter().map(f).sum::<f64>() / n)
+            })
+            .collect()
+    };
+    let paired = |a: &[(u64, f64)], b: &[(u64, f64)], sign: f64| -> Estimate {
+        let d: Vec<f64> = a
+            .iter()
+            .filter_map(|&(seed, x)| {
+                b.iter()
+                    .find(|&&(s, _)| s == seed)
+                    .map(|&(_, y)| sign * (x - y))
+            })
+            .collect();
+        Estimate::from_values(&d)
+    };
+    let (p0_f, p0_g) = (means("p0", &|t| t.f_q.mean), means("p0", &|t| t.g_q.mean));
     let rows = samplers
         .iter()
         .map(|s| {
@@ -600,6 +632,8 @@ fn table(records: &[Record], fixed: bool) -> (Vec<LogZ>, Vec<Row>) {
                 kl_sigma_q: Estimate::from_values(&per_seed(&|t, z| t.g_q.mean - z)),
                 f_q: Estimate::from_values(&per_seed(&|t, _| t.f_q.mean)),
                 g_q: Estimate::from_values(&per_seed(&|t, _| t.g_q.mean)),
+                delta_kl_q_sigma: paired(&means(s, &|t| t.f_q.mean), &p0_f, -1.0),
+                delta_kl_sigma_q: paired(&means(s, &|t| t.g_q.mean), &p0_g, 1.0),
                 train_seconds: recs.iter().map(|r| r.train_seconds).sum::<f64>()
                     / recs.len() as f64,
             }
@@ -682,20 +716,24 @@ fn markdown(
              mean half-gap {mean_gap:.3} nats (the KL estimates' largest bias).\n\n"
         ));
     }
-    s.push_str(
-        "| sampler | KL(q‖σ) | KL(σ‖q) | F_q | G_q | train s/seed |\n|---|---|---|---|---|---|\n",
-    );
+    s.push_str("| sampler | KL(q‖σ) | KL(σ‖q) | ΔKL(q‖σ) vs p0 | ΔKL(σ‖q) vs p0 | F_q | G_q | train s/seed |\n|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
             r.sampler,
             pm(&r.kl_q_sigma),
             pm(&r.kl_sigma_q),
+            pm(&r.delta_kl_q_sigma),
+            pm(&r.delta_kl_sigma_q),
             pm(&r.f_q),
             pm(&r.g_q),
             r.train_seconds
         ));
     }
-    s.push_str("\nmean ± 1.96 SE over seeds; p0 = the base model as proposal (no twist).\n");
+    s.push_str(
+        "\nmean ± 1.96 SE over seeds; p0 = the base model as proposal (no twist). The Δ columns \
+         are paired by seed (same exact samples, same log Z), so they are free of log Z and of \
+         the seed-to-seed spread of the exact samples; negative = better than p0.\n",
+    );
     s
 }
