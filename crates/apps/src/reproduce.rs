@@ -16,7 +16,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use lm_burn::heads::{HeadConfig, HeadKind, TwistHead};
+use lm_burn::heads::{HeadKind, TwistHead};
 use lm_burn::infilling::InfillingPotential;
 use lm_burn::{Backend, BurnLm};
 use smc_bounds::{Estimate, Method as BoundMethod, Sampler, joint_ancestral};
@@ -57,6 +57,9 @@ pub struct ReproduceArgs {
     /// Head: linear or mlp.
     #[arg(long, default_value = "linear")]
     head: String,
+    /// Initialisation: `xavier` (the spec's) or `zero-output` (output layer at 0: q starts at p0).
+    #[arg(long, default_value = "xavier")]
+    init: String,
     /// Particles K of the bounds on log Z.
     #[arg(long, default_value_t = 64)]
     eval_particles: usize,
@@ -290,7 +293,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             let placeholder = cond_len.map(|m| vec![prompt[0]; m]);
             let head = TwistHead::new(
                 &lm,
-                HeadConfig::for_model(&lm, kind, placeholder),
+                crate::train::head_config(&lm, kind, placeholder, &args.init)?,
                 seed.wrapping_mul(1000).wrapping_add(method as u64),
                 &ad,
             )?;
@@ -389,7 +392,7 @@ fn finish(
     lm_burn::heads::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
     let summary = serde_json::json!({
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
-        "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head,
+        "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head, "init": args.init,
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
         "exact_samples": args.exact_samples, "log_z_per_task": log_z,
         "rejection_log_z": rejection_log_z, "rows": rows,
@@ -678,7 +681,7 @@ fn markdown(
 ) -> String {
     let mut s = format!(
         "Task `{}` ({}): prompt {:?}, T = {horizon}{}, {} seeds, {} updates of K = {} per method, \
-         lr {}, {} head; bounds at K = {}, F_q from {} draws, {} exact samples per seed. {:.0} s.\n\n",
+         lr {}, {} head ({} init); bounds at K = {}, F_q from {} draws, {} exact samples per seed. {:.0} s.\n\n",
         preset.name,
         preset.summary,
         preset.prompt,
@@ -688,6 +691,7 @@ fn markdown(
         args.particles,
         args.lr,
         args.head,
+        args.init,
         args.eval_particles,
         args.fq_samples,
         args.exact_samples,

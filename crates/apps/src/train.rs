@@ -57,6 +57,10 @@ pub struct TrainArgs {
     /// Head: linear or mlp.
     #[arg(long, default_value = "linear")]
     head: String,
+    /// Initialisation: `xavier` (every layer N(0, 2/(fan_in + fan_out)), the spec's) or
+    /// `zero-output` (the output layer at 0, so the twisted proposal starts at p0).
+    #[arg(long, default_value = "xavier")]
+    init: String,
     /// Evaluate at these updates (comma-separated; default: 0, 1, 2, 4, 8, ... and the last).
     #[arg(long, value_delimiter = ',')]
     eval_at: Vec<usize>,
@@ -93,6 +97,22 @@ struct CurvePoint<'a> {
     seconds: f64,
     sampler: &'a str,
     eval: InfillingEval,
+}
+
+/// The head configuration for `lm` with the `--init` choice.
+pub fn head_config(
+    lm: &lm_burn::BurnLm,
+    kind: HeadKind,
+    conditioning: Option<Vec<u32>>,
+    init: &str,
+) -> Result<HeadConfig> {
+    let mut config = HeadConfig::for_model(lm, kind, conditioning);
+    config.zero_output = match init {
+        "xavier" => false,
+        "zero-output" => true,
+        other => bail!("unknown --init {other:?}: expected xavier or zero-output"),
+    };
+    Ok(config)
 }
 
 /// Runs `tsmc train`.
@@ -132,7 +152,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             let placeholder = vec![prompt[0]; args.cond_tokens];
             let head = TwistHead::new(
                 &lm,
-                HeadConfig::for_model(&lm, kind, Some(placeholder)),
+                head_config(&lm, kind, Some(placeholder), &args.init)?,
                 args.seed,
                 &ad,
             )?;
@@ -266,7 +286,12 @@ fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<(
         }
         None => (
             HeadTrainable::new(
-                TwistHead::new(&lm, HeadConfig::for_model(&lm, kind, None), args.seed, &ad)?,
+                TwistHead::new(
+                    &lm,
+                    head_config(&lm, kind, None, &args.init)?,
+                    args.seed,
+                    &ad,
+                )?,
                 param,
                 AdamConfig::default(),
             ),

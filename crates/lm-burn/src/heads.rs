@@ -44,6 +44,12 @@ pub struct HeadConfig {
     /// log psi = log sigmoid(output) (FUDGE's psi in (0, 1)) instead of log psi = output.
     #[serde(default)]
     pub log_sigmoid: bool,
+    /// Start the output layer at zero instead of N(0, 2/(fan_in + fan_out)) (the other layers
+    /// keep that initialisation): every log psi starts at 0 (1/2 under log_sigmoid, a constant),
+    /// so the twisted proposal starts exactly at p0 instead of p0 with random per-token offsets
+    /// of standard deviation about sqrt(2/(fan_in + fan_out))·‖h‖ (docs/training.md).
+    #[serde(default)]
+    pub zero_output: bool,
 }
 
 impl HeadConfig {
@@ -57,6 +63,7 @@ impl HeadConfig {
             vocab_size: d.vocab,
             conditioning,
             log_sigmoid: false,
+            zero_output: false,
         }
     }
 
@@ -128,15 +135,23 @@ fn normal(rng: &mut impl rand::Rng) -> f64 {
 }
 
 impl TwistHead {
-    /// A freshly initialised head: weights N(0, 2/(fan_in + fan_out)), biases 0, from `seed`.
+    /// A freshly initialised head: weights N(0, 2/(fan_in + fan_out)), biases 0, from `seed`
+    /// (with `config.zero_output`, the output layer's weights start at 0).
     /// A conditional head encodes its conditioning tokens with `lm` once.
     pub fn new(lm: &BurnLm, config: HeadConfig, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
-        let layers = config
-            .layer_sizes()
+        let sizes = config.layer_sizes();
+        let last = sizes.len() - 1;
+        let layers = sizes
             .into_iter()
-            .map(|(fan_in, fan_out)| {
-                let std = (2.0 / (fan_in + fan_out) as f64).sqrt();
+            .enumerate()
+            .map(|(i, (fan_in, fan_out))| {
+                let zero = config.zero_output && i == last;
+                let std = if zero {
+                    0.0
+                } else {
+                    (2.0 / (fan_in + fan_out) as f64).sqrt()
+                };
                 let w: Vec<f32> = (0..fan_in * fan_out)
                     .map(|_| (std * normal(&mut rng)) as f32)
                     .collect();

@@ -242,3 +242,35 @@ fn a_saved_fudge_head_keeps_its_log_sigmoid_parameterisation() {
     };
     assert!((run(&twist) - run(&loaded)).abs() < 1e-9);
 }
+
+#[test]
+fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
+    let lm = tiny_llama();
+    let phi = potential();
+    let exact = Enumeration::new(&lm, &PROMPT, T, &phi).unwrap();
+    let (base_qs, base_sq) = exact_kls(&lm, &exact, None, Proposal::Base);
+    let mut config = HeadConfig::for_model(&lm, HeadKind::Mlp, None);
+    config.zero_output = true;
+    let head = TwistHead::new(&lm, config, 1, &default_device().autodiff()).unwrap();
+    let mut twist = HeadTrainable::new(head, Parameterization::Identity, AdamConfig::default());
+    let (qs, sq) = exact_kls(&lm, &exact, Some(&twist), Proposal::Twisted);
+    assert!(
+        (qs - base_qs).abs() < 1e-6 && (sq - base_sq).abs() < 1e-6,
+        "{qs} {sq}"
+    );
+    let cfg = TrainConfig {
+        method: Method::Ctl,
+        steps: 20,
+        batch_size: 32,
+        horizon: T,
+        learning_rate: 1e-3,
+        seed: 3,
+    };
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    let (qs, sq) = exact_kls(&lm, &exact, Some(&twist), Proposal::Twisted);
+    println!("20 CTL updates from zero: {qs:.4} / {sq:.4} (p0 {base_qs:.4} / {base_sq:.4})");
+    assert!(
+        qs < base_qs && sq < base_sq,
+        "{qs} {sq} vs {base_qs} {base_sq}"
+    );
+}
