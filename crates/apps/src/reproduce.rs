@@ -16,7 +16,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use lm_burn::heads::{HeadKind, TwistHead};
+use lm_burn::heads::TwistHead;
 use lm_burn::infilling::InfillingPotential;
 use lm_burn::{Backend, BurnLm};
 use smc_bounds::{Estimate, Method as BoundMethod, Sampler, joint_ancestral};
@@ -179,11 +179,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     if preset.exact == ExactMethod::JointAncestral && methods.iter().any(|&m| m != Method::Ctl) {
         bail!("the infilling tasks train with ctl only (conditional-SMC positives)");
     }
-    let kind = match args.head.as_str() {
-        "linear" => HeadKind::Linear,
-        "mlp" => HeadKind::Mlp,
-        other => bail!("unknown --head {other:?}: expected linear or mlp"),
-    };
+    let kind = crate::train::head_kind(&args.head)?;
     let out_dir = args
         .out_dir
         .clone()

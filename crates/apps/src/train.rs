@@ -99,6 +99,15 @@ struct CurvePoint<'a> {
     eval: InfillingEval,
 }
 
+/// The head kind named by `--head`.
+pub fn head_kind(name: &str) -> Result<HeadKind> {
+    Ok(match name {
+        "linear" => HeadKind::Linear,
+        "mlp" => HeadKind::Mlp,
+        other => bail!("unknown --head {other:?}: expected linear or mlp"),
+    })
+}
+
 /// The head configuration for `lm` with the `--init` choice.
 pub fn head_config(
     lm: &lm_burn::BurnLm,
@@ -132,11 +141,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if args.prompt.is_empty() || args.tokens == 0 || args.cond_tokens == 0 || args.particles < 2 {
         bail!("need a non-empty --prompt, --tokens >= 1, --cond-tokens >= 1 and --particles >= 2");
     }
-    let kind = match args.head.as_str() {
-        "linear" => HeadKind::Linear,
-        "mlp" => HeadKind::Mlp,
-        other => bail!("unknown --head {other:?}: expected linear or mlp"),
-    };
+    let kind = head_kind(&args.head)?;
     let mut curve = JsonlWriter::create(&args.out)?;
     let (lm, prompt, device) =
         crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
@@ -263,11 +268,7 @@ fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<(
     if args.prompt.is_empty() || args.tokens == 0 || args.particles < 2 {
         bail!("need a non-empty --prompt, --tokens >= 1 and --particles >= 2");
     }
-    let kind = match args.head.as_str() {
-        "linear" => HeadKind::Linear,
-        "mlp" => HeadKind::Mlp,
-        other => bail!("unknown --head {other:?}: expected linear or mlp"),
-    };
+    let kind = head_kind(&args.head)?;
     let param = if method == Method::Fudge {
         Parameterization::LogSigmoid
     } else {
