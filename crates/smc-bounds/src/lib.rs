@@ -7,7 +7,8 @@
 //!   KL(q || sigma) ≈ log Z - F_q and KL(sigma || q) ≈ G_q - log Z, with log Z the midpoint
 //!   of the tightest bounds;
 //! - collectors of exact target samples: rejection for indicator potentials, class rejection
-//!   for beta = 1 classifiers, joint ancestral draws for infilling.
+//!   for beta = 1 classifiers, joint ancestral draws for infilling, and particle Gibbs chains
+//!   that turn one exact sample into many (each marginally exact).
 
 pub mod bounds;
 pub mod estimate;
@@ -15,4 +16,7 @@ pub mod exact;
 
 pub use bounds::{BoundsAtK, KlEstimates, Method, Sampler, kl_estimates};
 pub use estimate::Estimate;
-pub use exact::{Collected, ExactSample, joint_ancestral, rejection_class, rejection_indicator};
+pub use exact::{
+    Collected, ExactSample, GibbsChain, joint_ancestral, particle_gibbs, rejection_class,
+    rejection_indicator,
+};

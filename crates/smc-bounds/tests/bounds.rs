@@ -332,3 +332,45 @@ fn collectors_reject_potentials_outside_their_range_with_a_clear_error() {
     let e = sampler.bounds_over_k(&[4], 2, &[], 0).unwrap_err();
     assert!(e.to_string().contains("exact samples"), "{e}");
 }
+
+#[test]
+fn particle_gibbs_started_at_exact_samples_stays_exact() {
+    // One sweep of the kernel from s* ~ sigma must again give sigma (invariance), with and
+    // without a twist; two sweeps of many chains, each from its own exact start, fit sigma.
+    let lm = TabularLm::random(3, 2, 1.5, 71);
+    let phi = classifier();
+    let horizon = 3;
+    let exact = Enumeration::new(&lm, &[1], horizon, &phi).unwrap();
+    let starts = exact_samples(&exact, 3000, 4);
+    let twist = exact.optimal_twist().perturbed(1.0, 9);
+    let cases: [(&str, Option<&dyn Twist>, Proposal); 2] = [
+        ("bootstrap", None, Proposal::Base),
+        ("twisted", Some(&twist), Proposal::Twisted),
+    ];
+    for (name, tw, proposal) in cases {
+        let mut config = SmcConfig::twisted(3, horizon);
+        config.proposal = proposal;
+        let mut counts = vec![0; exact.len()];
+        let mut moves = 0;
+        for (i, s) in starts.iter().enumerate() {
+            let chain =
+                particle_gibbs(&lm, tw, &phi, &[1], &config, s, 2, 1000 * i as u64).unwrap();
+            assert_eq!(chain.states.len(), 2);
+            counts[exact.index_of(&chain.states[1])] += 1;
+            moves += chain.moves;
+        }
+        assert_fits(&counts, &exact.sigma(), name);
+        // The kernel is not the identity (which would pass the fit trivially).
+        assert!(moves > 0, "{name}: the chains never moved");
+    }
+}
+
+#[test]
+fn particle_gibbs_rejects_schemes_without_a_conditional_form() {
+    let lm = TabularLm::random(3, 2, 1.5, 71);
+    let phi = classifier();
+    let mut config = SmcConfig::twisted(4, 2);
+    config.resampling.scheme = Scheme::Systematic;
+    let err = particle_gibbs(&lm, None, &phi, &[1], &config, &[0, 1], 1, 0).unwrap_err();
+    assert!(err.to_string().contains("multinomial"), "{err}");
+}
