@@ -16,6 +16,7 @@ mod reproduce;
 mod sample;
 mod tasks;
 mod train;
+mod train_fixed;
 
 /// Twisted sequential Monte Carlo for language models.
 #[derive(Debug, Parser)]

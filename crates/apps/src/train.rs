@@ -22,73 +22,84 @@ use crate::output::JsonlWriter;
 /// Arguments of `tsmc train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The task: infilling (conditional twists; each update draws T + m tokens from p0), or
-    /// potential (a fixed --potential such as toxicity:beta=1; evaluate with `tsmc bounds --twist`).
+    /// The task: infilling (conditional twists; each update draws T + m tokens from p0),
+    /// infilling-fixed (one continuation c drawn with --task-seed, its exact sample s* held out
+    /// and measured after training through a particle Gibbs chain), or potential (a fixed
+    /// --potential such as toxicity:beta=1; evaluate with `tsmc bounds --twist`).
     #[arg(long, default_value = "infilling")]
-    task: String,
+    pub(crate) task: String,
     /// The method: ctl, rl, sixo, fudge or dpg (infilling: ctl).
     #[arg(long, default_value = "ctl")]
-    method: String,
+    pub(crate) method: String,
     /// The potential of the `potential` task (as for `tsmc sample`).
     #[arg(long, default_value = "toxicity:beta=1")]
-    potential: String,
+    pub(crate) potential: String,
     /// `default`, a Hugging Face model directory or a .gguf file.
     #[arg(long, default_value = "default")]
-    model: String,
+    pub(crate) model: String,
     /// The prompt.
     #[arg(long, default_value = "Once upon a time, there was a")]
-    prompt: String,
+    pub(crate) prompt: String,
     /// Output tokens T.
     #[arg(long, short = 't', default_value_t = 10)]
-    tokens: usize,
+    pub(crate) tokens: usize,
     /// Conditioning tokens m.
     #[arg(long, default_value_t = 5)]
-    cond_tokens: usize,
+    pub(crate) cond_tokens: usize,
     /// Particles per update.
     #[arg(long, short = 'k', default_value_t = 16)]
-    particles: usize,
+    pub(crate) particles: usize,
     /// Number of updates.
     #[arg(long, default_value_t = 32)]
-    steps: usize,
+    pub(crate) steps: usize,
     /// Adam learning rate (constant; 1e-3 overshoots with the default model's heads, see
     /// docs/training.md).
     #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
+    pub(crate) lr: f64,
     /// Head: linear or mlp.
     #[arg(long, default_value = "linear")]
-    head: String,
+    pub(crate) head: String,
     /// Initialisation: `xavier` (every layer N(0, 2/(fan_in + fan_out)), the spec's) or
     /// `zero-output` (the output layer at 0, so the twisted proposal starts at p0).
     #[arg(long, default_value = "xavier")]
-    init: String,
+    pub(crate) init: String,
     /// Evaluate at these updates (comma-separated; default: 0, 1, 2, 4, 8, ... and the last).
     #[arg(long, value_delimiter = ',')]
-    eval_at: Vec<usize>,
+    pub(crate) eval_at: Vec<usize>,
     /// Conditioning sequences per evaluation.
     #[arg(long, default_value_t = 8)]
-    eval_tasks: usize,
+    pub(crate) eval_tasks: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Where to write the head (safetensors; metadata beside it as .json), after every evaluation.
     #[arg(long, default_value = "twist-head.safetensors")]
-    checkpoint: PathBuf,
+    pub(crate) checkpoint: PathBuf,
     /// Continue from this checkpoint (head, Adam's state and step count).
     #[arg(long)]
-    resume: Option<PathBuf>,
+    pub(crate) resume: Option<PathBuf>,
     /// Training curve (JSON lines).
     #[arg(long, default_value = "train-curve.jsonl")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Exact samples (`tsmc exact`) for the `potential` task: evaluates p0 and the twist at the
     /// evaluation steps by F_q, G_q, G_q - F_q and both KL estimates (log Z from p0's bounds).
     #[arg(long)]
-    exact: Option<PathBuf>,
+    pub(crate) exact: Option<PathBuf>,
     /// Draws from q for F_q at each evaluation (`potential` task with --exact).
     #[arg(long, default_value_t = 64)]
-    fq_samples: usize,
+    pub(crate) fq_samples: usize,
+    /// `infilling-fixed`: which (s*, c) pair to draw (default: --seed).
+    #[arg(long)]
+    pub(crate) task_seed: Option<u64>,
+    /// `infilling-fixed`: particle Gibbs sweeps from the held-out s* (exact samples for G_q).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) gibbs_sweeps: usize,
+    /// `infilling-fixed`: particles of the evaluation's bounds and particle Gibbs sweeps.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) eval_particles: usize,
     /// cpu, wgpu, wgpu-cpu or cuda.
     #[arg(long, default_value = "cpu")]
-    backend: Backend,
+    pub(crate) backend: Backend,
 }
 
 #[derive(Serialize)]
@@ -134,8 +145,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.method
         ),
         "potential" => return train_on_potential(args, method),
+        "infilling-fixed" => return crate::train_fixed::run(args, method),
         other => {
-            bail!("unknown --task {other:?}: expected infilling or potential (with --potential)")
+            bail!(
+                "unknown --task {other:?}: expected infilling, infilling-fixed or potential (with --potential)"
+            )
         }
     }
     if args.prompt.is_empty() || args.tokens == 0 || args.cond_tokens == 0 || args.particles < 2 {

@@ -363,3 +363,75 @@ fn train_on_a_potential_writes_checkpoints_and_a_curve_with_kl_estimates_and_res
         serde_json::from_str(&std::fs::read_to_string(p("head.json")).unwrap()).unwrap();
     assert_eq!(meta["metadata"]["step"], 3);
 }
+
+#[test]
+fn train_on_one_infilling_task_measures_every_snapshot_on_a_particle_gibbs_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (ckpt, curve) = (p("head.safetensors"), p("curve.jsonl"));
+    let args = [
+        "train",
+        "--task",
+        "infilling-fixed",
+        "-t",
+        "2",
+        "--cond-tokens",
+        "1",
+        "--steps",
+        "2",
+        "-k",
+        "4",
+        "--gibbs-sweeps",
+        "3",
+        "--eval-particles",
+        "4",
+        "--fq-samples",
+        "4",
+        "--task-seed",
+        "5",
+        "--checkpoint",
+        &ckpt,
+        "--out",
+        &curve,
+    ];
+    let (ok, stdout, stderr) = tsmc(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| update | sampler |"), "{stdout}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&curve)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().filter(|l| l["loss"].is_f64()).count(), 2);
+    assert_eq!(lines.iter().filter(|l| l["type"] == "bounds").count(), 2);
+    // p0, then the initial head and the heads after updates 1 and 2, on the same samples.
+    let evals: Vec<&serde_json::Value> = lines.iter().filter(|l| l["eval"].is_object()).collect();
+    let steps: Vec<u64> = evals.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 0, 1, 2], "{lines:?}");
+    assert_eq!(evals[0]["sampler"], "p0 (no twist)");
+    assert_eq!(evals[0]["eval"]["g_q_minus_p0"]["mean"], 0.0);
+    for e in &evals {
+        assert_eq!(e["eval"]["g_q"]["n"], 4, "s* and three sweeps: {e}");
+        for key in ["kl_q_sigma", "kl_sigma_q", "kl_sum", "f_q"] {
+            assert!(e["eval"][key]["mean"].is_f64(), "{key}: {e}");
+        }
+    }
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["held_out_exact"].as_array().unwrap().len(), 2);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("head.json")).unwrap()).unwrap();
+    assert_eq!(meta["metadata"]["task"], "infilling-fixed");
+    assert_eq!(meta["metadata"]["conditioning"], summary["conditioning"]);
+    // A checkpoint trained for another continuation does not resume silently.
+    let mut other = args.to_vec();
+    let seed_at = other.iter().position(|a| *a == "5").unwrap();
+    other[seed_at] = "6";
+    other.extend(["--resume", &ckpt]);
+    let (ok, _, stderr) = tsmc(&other);
+    assert!(!ok);
+    assert!(
+        stderr.contains("trained for conditioning tokens"),
+        "{stderr}"
+    );
+}

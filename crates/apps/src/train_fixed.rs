@@ -1,0 +1,363 @@
+//! `tsmc train --task infilling-fixed`: a twist for one infilling task, i.e. one continuation
+//! c drawn jointly with an exact sample s* ~ sigma_c(s) ∝ p0(s | prompt) p0(c | prompt, s).
+//!
+//! Training sees c only (phi(s) = p0(c | prompt, s), any method through twist-learn's loop);
+//! s* is held out. Afterwards a particle Gibbs chain started at s* and driven by the trained
+//! twist (which does not depend on s*) turns the one exact sample into many, each marginally
+//! exact, and every snapshot of the head (and p0) is measured on the same samples: F_q from
+//! fresh draws, G_q on the chain's states, log Z from the tightest bounds, both KL estimates.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use lm_burn::BurnLm;
+use lm_burn::heads::TwistHead;
+use lm_burn::infilling::InfillingPotential;
+use smc_bounds::{Estimate, KlEstimates, Method as BoundMethod, Sampler, kl_estimates};
+use smc_core::feynman_kac::Resampling;
+use smc_core::model::{Potential, Twist};
+use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
+use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig, train};
+
+use crate::output::JsonlWriter;
+use crate::train::{TrainArgs, head_config, head_kind};
+
+/// Runs `tsmc train --task infilling-fixed`.
+pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
+    if args.tokens == 0 || args.cond_tokens == 0 || args.particles < 2 {
+        bail!("need --tokens >= 1, --cond-tokens >= 1 and --particles >= 2");
+    }
+    if args.gibbs_sweeps == 0 || args.eval_particles < 2 {
+        bail!(
+            "need --gibbs-sweeps >= 1 and --eval-particles >= 2 (found {} and {})",
+            args.gibbs_sweeps,
+            args.eval_particles
+        );
+    }
+    let kind = head_kind(&args.head)?;
+    let param = if method == Method::Fudge {
+        Parameterization::LogSigmoid
+    } else {
+        Parameterization::Identity
+    };
+    let mut curve = JsonlWriter::create(&args.out)?;
+    let (lm, prompt, device) =
+        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
+    let tokenizer = lm.tokenizer()?;
+    let task_seed = args.task_seed.unwrap_or(args.seed);
+    let pair = smc_bounds::joint_ancestral(
+        &lm,
+        &prompt,
+        args.tokens,
+        args.cond_tokens,
+        1,
+        &mut rng_from_seed(task_seed),
+    )?
+    .remove(0);
+    let c = pair.conditioning.clone().unwrap_or_default();
+    let s_star = pair.tokens.clone();
+    let c_text = tokenizer.decode(&c)?;
+    eprintln!(
+        "task (seed {task_seed}): {:?} + [{} tokens] + {:?}; the exact sample s* = {:?} is held out for evaluation",
+        args.prompt,
+        args.tokens,
+        c_text,
+        tokenizer.decode(&s_star)?
+    );
+    let phi = InfillingPotential::new(&lm, c.clone());
+
+    let ad = device.clone().autodiff();
+    let (mut twist, start_step) = match &args.resume {
+        Some(path) => {
+            let (t, meta) = HeadTrainable::resume(path, &ad, param, AdamConfig::default())
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            if meta["conditioning"] != json!(c) {
+                bail!(
+                    "{}: the checkpoint was trained for conditioning tokens {}, but --task-seed {task_seed} draws {:?}",
+                    path.display(),
+                    meta["conditioning"],
+                    c
+                );
+            }
+            (t, meta["step"].as_u64().unwrap_or(0) as usize)
+        }
+        None => (
+            HeadTrainable::new(
+                TwistHead::new(
+                    &lm,
+                    head_config(&lm, kind, None, &args.init)?,
+                    args.seed,
+                    &ad,
+                )?,
+                param,
+                AdamConfig::default(),
+            ),
+            0,
+        ),
+    };
+    let eval_at: Vec<usize> = if args.eval_at.is_empty() {
+        twist_learn::train::exponential_schedule(args.steps)
+    } else {
+        args.eval_at.clone()
+    };
+    let meta = |step: usize| {
+        json!({
+            "method": args.method, "task": "infilling-fixed", "base_model": lm.name(), "step": step,
+            "seed": args.seed, "task_seed": task_seed, "prompt": args.prompt, "tokens": args.tokens,
+            "conditioning": c, "conditioning_text": c_text, "lr": args.lr, "init": args.init,
+        })
+    };
+    let cfg = TrainConfig {
+        method,
+        steps: args.steps,
+        batch_size: args.particles,
+        horizon: args.tokens,
+        learning_rate: args.lr,
+        seed: args.seed.wrapping_add(start_step as u64),
+    };
+    let started = Instant::now();
+    let mut snapshots: Vec<(usize, TwistHead)> = vec![(start_step, twist.head().clone())];
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("train {pos}/{len} [{bar:30}] loss {msg} {elapsed}/{eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let mut io_error: Option<anyhow::Error> = None;
+    train(&lm, &mut twist, &phi, &prompt, &cfg, |i, tw, loss| {
+        bar.inc(1);
+        bar.set_message(format!("{loss:.4}"));
+        let step = start_step + i;
+        let mut record = || -> Result<()> {
+            curve.write(
+                &json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }),
+            )?;
+            if eval_at.contains(&i) || i == args.steps {
+                tw.save_checkpoint(&args.checkpoint, &meta(step))?;
+                snapshots.push((step, tw.head().clone()));
+            }
+            Ok(())
+        };
+        if let Err(e) = record() {
+            io_error = Some(e);
+            return Err(smc_core::SmcError::backend(
+                "writing training outputs",
+                std::io::Error::other("see below"),
+            ));
+        }
+        Ok(())
+    })
+    .map_err(|e| io_error.take().unwrap_or_else(|| e.into()))?;
+    bar.finish_and_clear();
+    let train_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "trained {} {} updates in {train_seconds:.0} s; evaluating {} heads and p0",
+        args.steps,
+        args.method,
+        snapshots.len()
+    );
+
+    // Exact samples: a particle Gibbs chain from s*, driven by the last head.
+    let last = &snapshots.last().expect("the initial head is a snapshot").1;
+    let eval_cfg = SmcConfig {
+        num_particles: args.eval_particles,
+        horizon: args.tokens,
+        proposal: Proposal::Twisted,
+        resampling: Resampling::default(),
+        seed: 0,
+    };
+    let gibbs_started = Instant::now();
+    let chain = smc_bounds::particle_gibbs(
+        &lm,
+        Some(last as &dyn Twist),
+        &phi,
+        &prompt,
+        &eval_cfg,
+        &s_star,
+        args.gibbs_sweeps,
+        args.seed.wrapping_add(5_000_011),
+    )?;
+    let mut exact = vec![s_star.clone()];
+    exact.extend(chain.states.iter().cloned());
+    eprintln!(
+        "particle Gibbs: {} sweeps of K = {} in {:.0} s, {} moves, {} distinct states among {}",
+        args.gibbs_sweeps,
+        args.eval_particles,
+        gibbs_started.elapsed().as_secs_f64(),
+        chain.moves,
+        {
+            let mut all = exact.clone();
+            all.sort();
+            all.dedup();
+            all.len()
+        },
+        exact.len()
+    );
+
+    // log Z: the tightest bounds of p0 and the last head.
+    let sampler = |twist| sampler_of(&lm, &prompt, args.tokens, &phi, twist);
+    let bound_seed = args.seed.wrapping_add(7_000_003);
+    let seeds: Vec<u64> = (0..4).map(|i| bound_seed + i).collect();
+    let mut refs = exact.clone();
+    refs.sort();
+    refs.dedup();
+    refs.truncate(4);
+    let k = args.eval_particles;
+    let bounds = [
+        ("p0 SIS", sampler(None), BoundMethod::Sis),
+        ("twisted SMC", sampler(Some(last)), BoundMethod::Smc),
+    ];
+    let (mut lower, mut upper): (Option<Estimate>, Option<Estimate>) = (None, None);
+    for (name, s, method) in &bounds {
+        let lo = s.lower_bound(*method, k, &seeds)?;
+        let up = s.upper_bound(*method, k, &refs, bound_seed)?;
+        eprintln!(
+            "bounds at K = {k}, {name}: lower {:.3} ± {:.3}, upper {:.3} ± {:.3}",
+            lo.mean, lo.se, up.mean, up.se
+        );
+        curve.write(
+            &json!({ "type": "bounds", "sampler": name, "k": k, "lower": lo, "upper": up }),
+        )?;
+        if lower.is_none_or(|l| lo.mean > l.mean) {
+            lower = Some(lo);
+        }
+        if upper.is_none_or(|u| up.mean < u.mean) {
+            upper = Some(up);
+        }
+    }
+    let (lower, upper) = (lower.expect("two samplers"), upper.expect("two samplers"));
+
+    // Every sampler on the same exact samples and the same F_q seed.
+    let fq_seed = args.seed.wrapping_add(9_000_017);
+    let p0_sampler = sampler_of(&lm, &prompt, args.tokens, &phi, None);
+    let p0_g = p0_sampler.g_q_values(&exact)?;
+    // Draw i of every sampler uses the same random numbers, so the per-draw differences from
+    // p0 are i.i.d. pairs: their mean and standard error compare F_q more sharply.
+    let p0_f = p0_sampler.f_q_values(args.fq_samples.max(2), fq_seed)?;
+    let mut rows: Vec<(String, usize, KlEstimates, Estimate)> = Vec::new();
+    let mut measure = |label: &str, step: usize, twist: Option<&dyn Twist>| -> Result<()> {
+        let s = sampler_of(&lm, &prompt, args.tokens, &phi, twist);
+        let f_values = s.f_q_values(args.fq_samples.max(2), fq_seed)?;
+        let f_q = Estimate::from_values(&f_values);
+        let g_values = s.g_q_values(&exact)?;
+        let g_q = Estimate::from_values(&g_values);
+        let paired = |a: &[f64], b: &[f64]| {
+            let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+            Estimate::from_values(&d)
+        };
+        let g_vs_p0 = paired(&g_values, &p0_g);
+        let f_vs_p0 = paired(&f_values, &p0_f);
+        // Δ(G_q - F_q) against p0 = Δ KL(q||sigma) + Δ KL(sigma||q), free of log Z.
+        let sum_vs_p0 = Estimate {
+            mean: g_vs_p0.mean - f_vs_p0.mean,
+            se: (g_vs_p0.se.powi(2) + f_vs_p0.se.powi(2)).sqrt(),
+            n: g_vs_p0.n.min(f_vs_p0.n),
+        };
+        let e = kl_estimates(f_q, g_q, lower, upper);
+        let kl_sum = Estimate {
+            mean: g_q.mean - f_q.mean,
+            se: (g_q.se.powi(2) + f_q.se.powi(2)).sqrt(),
+            n: f_q.n.min(g_q.n),
+        };
+        curve.write(&json!({
+            "step": step, "seconds": started.elapsed().as_secs_f64(), "sampler": label,
+            "eval": { "kl_q_sigma": e.kl_q_sigma, "kl_sigma_q": e.kl_sigma_q, "kl_sum": kl_sum,
+                      "f_q": e.f_q, "g_q": e.g_q, "f_q_minus_p0": f_vs_p0, "g_q_minus_p0": g_vs_p0,
+                      "kl_sum_minus_p0": sum_vs_p0, "log_z": e.log_z,
+                      "half_gap": e.log_z_half_gap },
+        }))?;
+        eprintln!(
+            "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  G_q - F_q = {}  F_q = {:.3}  G_q = {:.3}  paired vs p0: F_q {:+.3} ± {:.3}, G_q {:+.3} ± {:.3}",
+            e.kl_q_sigma,
+            e.kl_sigma_q,
+            kl_sum,
+            e.f_q.mean,
+            e.g_q.mean,
+            f_vs_p0.mean,
+            1.96 * f_vs_p0.se,
+            g_vs_p0.mean,
+            1.96 * g_vs_p0.se
+        );
+        rows.push((label.to_string(), step, e, sum_vs_p0));
+        Ok(())
+    };
+    measure("p0 (no twist)", start_step, None)?;
+    for (step, head) in &snapshots {
+        measure("twisted", *step, Some(head))?;
+    }
+    curve.write(&json!({
+        "type": "summary", "method": args.method, "task_seed": task_seed, "conditioning": c,
+        "conditioning_text": c_text, "held_out_exact": s_star, "gibbs_sweeps": args.gibbs_sweeps,
+        "gibbs_moves": chain.moves, "exact_samples": exact.len(), "log_z_lower": lower,
+        "log_z_upper": upper, "train_seconds": train_seconds,
+        "seconds": started.elapsed().as_secs_f64(),
+    }))?;
+    curve.finish()?;
+    print_table(&rows, &lower, &upper);
+    println!(
+        "{} {} updates for c = {:?} in {:.0} s (training {train_seconds:.0} s); head in {}, curve in {}",
+        args.steps,
+        args.method,
+        c_text,
+        started.elapsed().as_secs_f64(),
+        args.checkpoint.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn sampler_of<'a>(
+    lm: &'a BurnLm,
+    prompt: &'a [u32],
+    horizon: usize,
+    potential: &'a dyn Potential,
+    twist: Option<&'a dyn Twist>,
+) -> Sampler<'a, BurnLm> {
+    Sampler {
+        lm,
+        prompt,
+        horizon,
+        potential,
+        twist,
+        proposal: if twist.is_some() {
+            Proposal::Twisted
+        } else {
+            Proposal::Base
+        },
+        resampling: Resampling::default(),
+    }
+}
+
+fn print_table(
+    rows: &[(String, usize, KlEstimates, Estimate)],
+    lower: &Estimate,
+    upper: &Estimate,
+) {
+    println!(
+        "log Z in [{:.3}, {:.3}] (midpoint {:.3}); ± is 1.96 SE",
+        lower.mean,
+        upper.mean,
+        0.5 * (lower.mean + upper.mean)
+    );
+    println!(
+        "| update | sampler | KL(q‖σ) | KL(σ‖q) | G_q − F_q | Δ(G_q − F_q) vs p0, paired | F_q | G_q |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, step, e, delta) in rows {
+        println!(
+            "| {step} | {label} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2} | {:+.2} ± {:.2} | {:.3} | {:.3} |",
+            e.kl_q_sigma.mean,
+            1.96 * e.kl_q_sigma.se,
+            e.kl_sigma_q.mean,
+            1.96 * e.kl_sigma_q.se,
+            e.g_q.mean - e.f_q.mean,
+            delta.mean,
+            1.96 * delta.se,
+            e.f_q.mean,
+            e.g_q.mean
+        );
+    }
+}
