@@ -88,6 +88,11 @@ pub struct TrainArgs {
     /// Draws from q for F_q at each evaluation (`potential` task with --exact).
     #[arg(long, default_value_t = 64)]
     pub(crate) fq_samples: usize,
+    /// CTL's positives for `potential` and `infilling-fixed`: `sis` (the one-sample form:
+    /// draws from q weighted by sigma~/q) or `gibbs` (conditional SMC around the state of a
+    /// particle Gibbs chain carried across updates, started at a draw from q).
+    #[arg(long, default_value = "sis")]
+    pub(crate) positives: String,
     /// `infilling-fixed`: which (s*, c) pair to draw (default: --seed).
     #[arg(long)]
     pub(crate) task_seed: Option<u64>,
@@ -135,6 +140,36 @@ pub fn head_config(
     Ok(config)
 }
 
+/// Checks `--positives` against the method.
+pub fn check_positives(args: &TrainArgs, method: twist_learn::Method) -> Result<()> {
+    match args.positives.as_str() {
+        "sis" => Ok(()),
+        "gibbs" if method == twist_learn::Method::Ctl => Ok(()),
+        "gibbs" => bail!(
+            "--positives gibbs is for --method ctl (conditional-SMC positives); found {:?}",
+            args.method
+        ),
+        other => bail!("unknown --positives {other:?}: expected sis or gibbs"),
+    }
+}
+
+/// Trains `twist` with `cfg.method`, CTL's positives as `--positives` says.
+pub fn train_with<W: twist_learn::TrainableTwist>(
+    positives: &str,
+    lm: &lm_burn::BurnLm,
+    twist: &mut W,
+    potential: &dyn smc_core::model::Potential,
+    prompt: &[u32],
+    cfg: &twist_learn::TrainConfig,
+    on_step: impl FnMut(usize, &W, f64) -> smc_core::Result<()>,
+) -> smc_core::Result<Vec<twist_learn::TrainRecord>> {
+    if positives == "gibbs" {
+        twist_learn::train_ctl_particle_gibbs(lm, twist, potential, prompt, cfg, None, on_step)
+    } else {
+        twist_learn::train(lm, twist, potential, prompt, cfg, on_step)
+    }
+}
+
 /// Runs `tsmc train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let method: twist_learn::Method = args.method.parse().map_err(anyhow::Error::msg)?;
@@ -144,8 +179,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             "the infilling task trains with --method ctl (conditional-SMC positives); found {:?}",
             args.method
         ),
-        "potential" => return train_on_potential(args, method),
-        "infilling-fixed" => return crate::train_fixed::run(args, method),
+        "potential" => {
+            check_positives(args, method)?;
+            return train_on_potential(args, method);
+        }
+        "infilling-fixed" => {
+            check_positives(args, method)?;
+            return crate::train_fixed::run(args, method);
+        }
         other => {
             bail!(
                 "unknown --task {other:?}: expected infilling, infilling-fixed or potential (with --potential)"
@@ -278,7 +319,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 /// Trains a head for a fixed potential with any method through twist-learn's loop; the curve
 /// records the loss of every update; checkpoints at the evaluation steps and at the end.
 fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<()> {
-    use twist_learn::{Method, TrainConfig, train};
+    use twist_learn::{Method, TrainConfig};
     if args.prompt.is_empty() || args.tokens == 0 || args.particles < 2 {
         bail!("need a non-empty --prompt, --tokens >= 1 and --particles >= 2");
     }
@@ -328,7 +369,7 @@ fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<(
     };
     let meta = |step: usize| {
         serde_json::json!({
-            "method": args.method, "task": "potential", "potential": args.potential, "base_model": lm.name(),
+            "method": args.method, "positives": args.positives, "task": "potential", "potential": args.potential, "base_model": lm.name(),
             "step": step, "seed": args.seed, "prompt": args.prompt, "tokens": args.tokens, "lr": args.lr,
         })
     };
@@ -352,7 +393,7 @@ fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<(
             .progress_chars("=> "),
     );
     let mut io_error: Option<anyhow::Error> = None;
-    train(&lm, &mut twist, phi.as_ref(), &prompt, &cfg, |i, tw, loss| {
+    train_with(&args.positives, &lm, &mut twist, phi.as_ref(), &prompt, &cfg, |i, tw, loss| {
         bar.inc(1);
         bar.set_message(format!("{loss:.4}"));
         let step = start_step + i;

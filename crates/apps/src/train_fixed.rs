@@ -20,7 +20,7 @@ use smc_bounds::{Estimate, KlEstimates, Method as BoundMethod, Sampler, kl_estim
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{Potential, Twist};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
-use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig, train};
+use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig};
 
 use crate::output::JsonlWriter;
 use crate::train::{TrainArgs, head_config, head_kind};
@@ -105,7 +105,7 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     };
     let meta = |step: usize| {
         json!({
-            "method": args.method, "task": "infilling-fixed", "base_model": lm.name(), "step": step,
+            "method": args.method, "positives": args.positives, "task": "infilling-fixed", "base_model": lm.name(), "step": step,
             "seed": args.seed, "task_seed": task_seed, "prompt": args.prompt, "tokens": args.tokens,
             "conditioning": c, "conditioning_text": c_text, "lr": args.lr, "init": args.init,
         })
@@ -127,29 +127,37 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut io_error: Option<anyhow::Error> = None;
-    train(&lm, &mut twist, &phi, &prompt, &cfg, |i, tw, loss| {
-        bar.inc(1);
-        bar.set_message(format!("{loss:.4}"));
-        let step = start_step + i;
-        let mut record = || -> Result<()> {
-            curve.write(
+    crate::train::train_with(
+        &args.positives,
+        &lm,
+        &mut twist,
+        &phi,
+        &prompt,
+        &cfg,
+        |i, tw, loss| {
+            bar.inc(1);
+            bar.set_message(format!("{loss:.4}"));
+            let step = start_step + i;
+            let mut record = || -> Result<()> {
+                curve.write(
                 &json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }),
             )?;
-            if eval_at.contains(&i) || i == args.steps {
-                tw.save_checkpoint(&args.checkpoint, &meta(step))?;
-                snapshots.push((step, tw.head().clone()));
+                if eval_at.contains(&i) || i == args.steps {
+                    tw.save_checkpoint(&args.checkpoint, &meta(step))?;
+                    snapshots.push((step, tw.head().clone()));
+                }
+                Ok(())
+            };
+            if let Err(e) = record() {
+                io_error = Some(e);
+                return Err(smc_core::SmcError::backend(
+                    "writing training outputs",
+                    std::io::Error::other("see below"),
+                ));
             }
             Ok(())
-        };
-        if let Err(e) = record() {
-            io_error = Some(e);
-            return Err(smc_core::SmcError::backend(
-                "writing training outputs",
-                std::io::Error::other("see below"),
-            ));
-        }
-        Ok(())
-    })
+        },
+    )
     .map_err(|e| io_error.take().unwrap_or_else(|| e.into()))?;
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
@@ -289,7 +297,7 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
         measure("twisted", *step, Some(head))?;
     }
     curve.write(&json!({
-        "type": "summary", "method": args.method, "task_seed": task_seed, "conditioning": c,
+        "type": "summary", "method": args.method, "positives": args.positives, "task_seed": task_seed, "conditioning": c,
         "conditioning_text": c_text, "held_out_exact": s_star, "gibbs_sweeps": args.gibbs_sweeps,
         "gibbs_moves": chain.moves, "exact_samples": exact.len(), "log_z_lower": lower,
         "log_z_upper": upper, "train_seconds": train_seconds,

@@ -435,3 +435,24 @@ fn train_on_one_infilling_task_measures_every_snapshot_on_a_particle_gibbs_chain
         "{stderr}"
     );
 }
+
+#[test]
+fn train_rejects_unknown_positives_and_gibbs_positives_for_other_methods() {
+    let (ok, _, stderr) = tsmc(&["train", "--task", "potential", "--positives", "exact"]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown --positives \"exact\""), "{stderr}");
+    let (ok, _, stderr) = tsmc(&[
+        "train",
+        "--task",
+        "infilling-fixed",
+        "--method",
+        "rl",
+        "--positives",
+        "gibbs",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--positives gibbs is for --method ctl"),
+        "{stderr}"
+    );
+}

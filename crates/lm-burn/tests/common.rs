@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub fn reference_dir() -> PathBuf {
     let shared = std::env::var_os("TSMC_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+        .unwrap_or_else(|| manifest_dir().join("../../../shared"));
     shared.join("reference")
 }
 
@@ -39,4 +39,13 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
+}
+
+/// This crate's directory, read when the test runs (cargo sets CARGO_MANIFEST_DIR for test
+/// binaries): a binary reused from a shared target directory that another checkout built must
+/// not look for `../shared` beside that other checkout.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

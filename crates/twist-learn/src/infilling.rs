@@ -9,16 +9,13 @@ use lm_burn::infilling::InfillingPotential;
 use serde::{Deserialize, Serialize};
 use smc_bounds::{Estimate, Method as BoundMethod, Sampler, joint_ancestral};
 use smc_core::feynman_kac::Resampling;
-use smc_core::logspace::normalized_weights;
 use smc_core::model::Twist;
-use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
+use smc_core::smc::{Proposal, rng_from_seed};
 use smc_core::{Result, SmcError};
 
-use crate::batch::Batch;
+use crate::gibbs::ctl_csmc_update;
 use crate::head::HeadTrainable;
-use crate::losses::{Method, Roles, loss_and_grads, targets};
 use crate::train::TrainRecord;
-use crate::twist::TrainableTwist;
 
 /// An infilling task and its training settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -54,42 +51,18 @@ fn ctl_update(
     let c = pair.conditioning.clone().unwrap_or_default();
     twist.head_mut().set_conditioning(lm, &c).map_err(lm_err)?;
     let phi = InfillingPotential::new(lm, c);
-    let k = cfg.batch_size;
-    // Positives: conditional SMC seeded with the exact sample, weighted by its final weights.
-    let csmc = run_csmc(
+    // Positives: conditional SMC seeded with the exact sample; negatives: draws from q.
+    let update = ctl_csmc_update(
         lm,
-        Some(&*twist as &dyn Twist),
+        twist,
         &phi,
         prompt,
-        &SmcConfig::twisted(k, cfg.horizon).with_seed(seed),
+        cfg.batch_size,
+        cfg.learning_rate,
+        seed,
         &pair.tokens,
     )?;
-    // Negatives: samples from the twisted proposal, weighted by the intermediate weights.
-    let sis = run_smc(
-        lm,
-        Some(&*twist as &dyn Twist),
-        &phi,
-        prompt,
-        &SmcConfig::sis(k, cfg.horizon, Proposal::Twisted).with_seed(seed ^ 0xC7),
-    )?;
-    let mut seqs = csmc.tokens.clone();
-    seqs.extend(sis.tokens);
-    let batch = Batch::teacher_forced(lm, &*twist, &phi, prompt, &seqs)?;
-    let neg = targets(&batch, Roles::Proposal(Proposal::Twisted));
-    let mut tg = neg.clone();
-    let mut w_pos = normalized_weights(&csmc.log_w);
-    w_pos.resize(2 * k, 0.0);
-    tg.w_pos = w_pos;
-    // Intermediate weights over the negatives only.
-    for t in 0..cfg.horizon {
-        let log_w: Vec<f64> = (k..2 * k).map(|s| neg.w_psi[t][s].ln()).collect();
-        let mut w = vec![0.0; k];
-        w.extend(normalized_weights(&log_w));
-        tg.w_psi[t] = w;
-    }
-    let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
-    twist.apply_gradient(prompt, &batch, &grads, cfg.learning_rate)?;
-    Ok(loss)
+    Ok(update.loss)
 }
 
 /// CTL for infilling: each update draws a new (s*, c) pair.

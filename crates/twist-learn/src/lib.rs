@@ -7,6 +7,7 @@
 
 pub mod adam;
 pub mod batch;
+pub mod gibbs;
 pub mod head;
 pub mod infilling;
 pub mod losses;
@@ -15,6 +16,7 @@ pub mod twist;
 
 pub use adam::AdamConfig;
 pub use batch::{Batch, Parameterization};
+pub use gibbs::{CsmcUpdate, ctl_csmc_update, train_ctl_particle_gibbs};
 pub use head::HeadTrainable;
 pub use infilling::{InfillingConfig, InfillingEval, evaluate_infilling, train_infilling_ctl};
 pub use losses::{Method, Roles, Targets, loss_and_grads, targets};

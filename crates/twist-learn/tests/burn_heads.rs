@@ -12,7 +12,7 @@ use twist_learn::*;
 fn tiny_llama() -> BurnLm {
     let shared = std::env::var_os("TSMC_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+        .unwrap_or_else(|| manifest_dir().join("../../../shared"));
     BurnLm::from_hf_dir(
         &shared.join("reference/tiny-models/llama"),
         &default_device(),
@@ -273,4 +273,13 @@ fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
         qs < base_qs && sq < base_sq,
         "{qs} {sq} vs {base_qs} {base_sq}"
     );
+}
+
+/// This crate's directory, read when the test runs (cargo sets CARGO_MANIFEST_DIR for test
+/// binaries): a binary reused from a shared target directory that another checkout built must
+/// not look for `../shared` beside that other checkout.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -206,3 +206,64 @@ fn ctl_reaches_near_optimal_twists_where_log_zhat_barely_varies() {
         "learned {learned} vs bootstrap {bootstrap}"
     );
 }
+
+#[test]
+fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
+    // No exact sample: the chain starts at a draw from q and its states approach sigma.
+    let (lm, phi, horizon) = problem();
+    let exact = Enumeration::new(&lm, &[], horizon, &phi).unwrap();
+    let log_p0 = exact
+        .proposal_log_q(&lm, &[], None, Proposal::Base)
+        .unwrap();
+    let (base_qs, base_sq) = (exact.kl_q_sigma(&log_p0), exact.kl_sigma_q(&log_p0));
+    let mut twist = TabularTrainable::new(
+        3,
+        horizon,
+        Parameterization::Identity,
+        0.1,
+        1,
+        AdamConfig::default(),
+    );
+    let cfg = TrainConfig {
+        method: Method::Ctl,
+        steps: 400,
+        batch_size: 32,
+        horizon,
+        learning_rate: 0.05,
+        seed: 11,
+    };
+    let records =
+        train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &cfg, None, |_, _, _| Ok(())).unwrap();
+    assert_eq!(records.len(), 400);
+    let (qs, sq) = exact_kls(&lm, &exact, &twist);
+    println!(
+        "CTL, particle Gibbs positives: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
+    );
+    assert!(
+        qs < 0.25 * base_qs,
+        "KL(q||sigma) {qs} vs untwisted {base_qs}"
+    );
+    assert!(
+        sq < 0.25 * base_sq,
+        "KL(sigma||q) {sq} vs untwisted {base_sq}"
+    );
+    // Other methods and a start of the wrong length are clear errors.
+    let rl = TrainConfig {
+        method: Method::Rl,
+        ..cfg
+    };
+    let err = train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &rl, None, |_, _, _| Ok(()))
+        .unwrap_err();
+    assert!(err.to_string().contains("ctl"), "{err}");
+    let err = train_ctl_particle_gibbs(
+        &lm,
+        &mut twist,
+        &phi,
+        &[],
+        &cfg,
+        Some(vec![0]),
+        |_, _, _| Ok(()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("expected T = 3"), "{err}");
+}

@@ -1,0 +1,161 @@
+//! CTL with conditional-SMC positives (spec §5, the infilling variant) for any potential: the
+//! reference particle is the state of a particle Gibbs chain that the updates carry along.
+//! Where an exact sample seeds the chain (infilling), the positives are those of the spec; where
+//! none exists, the chain starts at a draw from the twisted proposal and, since particle Gibbs
+//! leaves sigma invariant, its states approach sigma as it runs, giving positives that are
+//! closer to sigma than the one-sample form's importance-weighted draws from q.
+
+use smc_core::logspace::normalized_weights;
+use smc_core::model::{LanguageModel, Potential, Twist};
+use smc_core::resampling::Scheme;
+use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
+use smc_core::{Result, SmcError};
+
+use crate::batch::Batch;
+use crate::losses::{Method, Roles, loss_and_grads, targets};
+use crate::train::{TrainConfig, TrainRecord};
+use crate::twist::TrainableTwist;
+
+/// What one update learned from and where the chain moved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsmcUpdate {
+    /// The CTL loss of the update's batch.
+    pub loss: f64,
+    /// The chain's next state: a final particle of the conditional SMC run drawn by its weight.
+    pub next_reference: Vec<u32>,
+}
+
+/// One CTL update whose positives are the K final particles of conditional SMC around
+/// `reference` (weighted by their final weights) and whose negatives are K draws from the
+/// twisted proposal (weighted by the intermediate weights Wbar_t^psi); returns the loss and the
+/// particle Gibbs step's next reference.
+#[allow(clippy::too_many_arguments)]
+pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
+    lm: &L,
+    twist: &mut W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    batch_size: usize,
+    learning_rate: f64,
+    seed: u64,
+    reference: &[u32],
+) -> Result<CsmcUpdate> {
+    let (k, horizon) = (batch_size, reference.len());
+    let csmc = run_csmc(
+        lm,
+        Some(&*twist as &dyn Twist),
+        potential,
+        prompt,
+        &SmcConfig::twisted(k, horizon).with_seed(seed),
+        reference,
+    )?;
+    let sis = run_smc(
+        lm,
+        Some(&*twist as &dyn Twist),
+        potential,
+        prompt,
+        &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed ^ 0xC7),
+    )?;
+    let w_final = normalized_weights(&csmc.log_w);
+    let pick = Scheme::Multinomial.resample(&w_final, 1, &mut rng_from_seed(seed ^ 0x6962))[0];
+    let next_reference = csmc.tokens[pick].clone();
+    let mut seqs = csmc.tokens;
+    seqs.extend(sis.tokens);
+    let batch = Batch::teacher_forced(lm, &*twist, potential, prompt, &seqs)?;
+    let neg = targets(&batch, Roles::Proposal(Proposal::Twisted));
+    let mut tg = neg.clone();
+    let mut w_pos = w_final;
+    w_pos.resize(2 * k, 0.0);
+    tg.w_pos = w_pos;
+    // Intermediate weights over the negatives only.
+    for t in 0..horizon {
+        let log_w: Vec<f64> = (k..2 * k).map(|s| neg.w_psi[t][s].ln()).collect();
+        let mut w = vec![0.0; k];
+        w.extend(normalized_weights(&log_w));
+        tg.w_psi[t] = w;
+    }
+    let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
+    if !loss.is_finite() {
+        return Err(SmcError::InvalidValue {
+            component: "CTL loss (conditional-SMC positives)".into(),
+            step: horizon,
+            particle: 0,
+            value: loss,
+        });
+    }
+    twist.apply_gradient(prompt, &batch, &grads, learning_rate)?;
+    Ok(CsmcUpdate {
+        loss,
+        next_reference,
+    })
+}
+
+/// CTL for a fixed potential with positives from a particle Gibbs chain carried across updates
+/// (`cfg.method` must be CTL). The chain starts at `start`, or, without one, at a draw from
+/// the initial twisted proposal picked by its importance weight among `cfg.batch_size`.
+pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
+    lm: &L,
+    twist: &mut W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    cfg: &TrainConfig,
+    start: Option<Vec<u32>>,
+    mut on_step: impl FnMut(usize, &W, f64) -> Result<()>,
+) -> Result<Vec<TrainRecord>> {
+    if cfg.method != Method::Ctl {
+        return Err(SmcError::InvalidConfig {
+            field: "method for particle Gibbs positives",
+            expected: "ctl".into(),
+            found: format!("{:?}", cfg.method),
+        });
+    }
+    if cfg.batch_size < 2 || cfg.horizon == 0 {
+        return Err(SmcError::InvalidConfig {
+            field: "batch size and horizon",
+            expected: "K >= 2 and T >= 1".into(),
+            found: format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
+        });
+    }
+    let mut state = match start {
+        Some(s) if s.len() == cfg.horizon => s,
+        Some(s) => {
+            return Err(SmcError::Reference(format!(
+                "the chain's start has {} tokens, expected T = {}",
+                s.len(),
+                cfg.horizon
+            )));
+        }
+        None => {
+            let sis = run_smc(
+                lm,
+                Some(&*twist as &dyn Twist),
+                potential,
+                prompt,
+                &SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted).with_seed(cfg.seed),
+            )?;
+            let w = normalized_weights(&sis.log_w);
+            let i = Scheme::Multinomial.resample(&w, 1, &mut rng_from_seed(cfg.seed ^ 0x5eed))[0];
+            sis.tokens[i].clone()
+        }
+    };
+    let mut records = Vec::with_capacity(cfg.steps);
+    for step in 1..=cfg.steps {
+        let up = ctl_csmc_update(
+            lm,
+            twist,
+            potential,
+            prompt,
+            cfg.batch_size,
+            cfg.learning_rate,
+            cfg.seed.wrapping_add(step as u64),
+            &state,
+        )?;
+        state = up.next_reference;
+        records.push(TrainRecord {
+            step,
+            loss: up.loss,
+        });
+        on_step(step, twist, up.loss)?;
+    }
+    Ok(records)
+}
