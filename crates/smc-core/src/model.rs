@@ -5,7 +5,7 @@
 //! The drivers in [`crate::smc`] put them together; nothing here knows about tensors.
 
 use crate::batch::{HiddenStates, LogTable, TokenBuffer};
-use crate::error::Result;
+use crate::error::{Result, SmcError};
 
 /// What a decoding session returns for one step: the next-token log-probabilities of every
 /// particle, and optionally the hidden states that twist heads read.
@@ -108,6 +108,38 @@ pub trait Potential {
 
     /// log phi(s_{1:T}) for each particle's complete output (`-inf` allowed, NaN is an error).
     fn log_phi(&self, prompt: &[u32], sequences: &TokenBuffer) -> Result<Vec<f64>>;
+}
+
+/// `potential.log_phi` with its contract checked: one value per particle of `sequences`, none
+/// NaN or +inf (`-inf`, phi = 0, is allowed). `step` is the step reported in errors (T).
+pub fn checked_log_phi(
+    potential: &dyn Potential,
+    prompt: &[u32],
+    sequences: &TokenBuffer,
+    step: usize,
+) -> Result<Vec<f64>> {
+    let log_phi = potential.log_phi(prompt, sequences)?;
+    let k = sequences.num_particles();
+    if log_phi.len() != k {
+        return Err(SmcError::Shape {
+            component: potential.name().to_string(),
+            step,
+            expected: k,
+            found: log_phi.len(),
+        });
+    }
+    if let Some(p) = log_phi
+        .iter()
+        .position(|x| x.is_nan() || *x == f64::INFINITY)
+    {
+        return Err(SmcError::InvalidValue {
+            component: potential.name().to_string(),
+            step,
+            particle: p,
+            value: log_phi[p],
+        });
+    }
+    Ok(log_phi)
 }
 
 impl<T: Twist + ?Sized> Twist for &T {

@@ -17,7 +17,7 @@ use crate::batch::{LogTable, TokenBuffer, gather};
 use crate::error::{Result, SmcError};
 use crate::feynman_kac::{self, FeynmanKac, LoopOutput, Resampling, StepRecord};
 use crate::logspace::{log_sum_exp, log_sum_exp_sum, normalized_weights};
-use crate::model::{DecodeSession, LanguageModel, Potential, Twist, TwistInput};
+use crate::model::{DecodeSession, LanguageModel, Potential, Twist, TwistInput, checked_log_phi};
 use crate::resampling::{Criterion, Scheme};
 
 /// The random number generator of every driver: portable, so a seed gives the same result on
@@ -374,19 +374,8 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
         self.log_psi_prev = log_psi_now;
 
         if t == self.horizon {
-            let log_phi = self.potential.log_phi(self.prompt, &self.tokens)?;
-            if log_phi.len() != k {
-                return Err(SmcError::Shape {
-                    component: self.potential.name().to_string(),
-                    step: t,
-                    expected: k,
-                    found: log_phi.len(),
-                });
-            }
-            for (p, (&lphi, a)) in log_phi.iter().zip(log_alpha.iter_mut()).enumerate() {
-                if lphi.is_nan() || lphi == f64::INFINITY {
-                    return Err(invalid(self.potential.name(), t, p, lphi));
-                }
+            let log_phi = checked_log_phi(self.potential, self.prompt, &self.tokens, t)?;
+            for (&lphi, a) in log_phi.iter().zip(log_alpha.iter_mut()) {
                 if *a != f64::NEG_INFINITY {
                     // For the twisted proposal the sampled token's psi_T cancels only where it
                     // is finite; a particle with psi_T = 0 cannot have been proposed.
@@ -547,19 +536,8 @@ pub fn log_weights_of<L: LanguageModel>(
         }
         prefixes.push(&column);
     }
-    let log_phi = potential.log_phi(prompt, &prefixes)?;
-    if log_phi.len() != n {
-        return Err(SmcError::Shape {
-            component: potential.name().to_string(),
-            step: horizon,
-            expected: n,
-            found: log_phi.len(),
-        });
-    }
-    for (p, (w, &lphi)) in log_w.iter_mut().zip(&log_phi).enumerate() {
-        if lphi.is_nan() || lphi == f64::INFINITY {
-            return Err(invalid(potential.name(), horizon, p, lphi));
-        }
+    let log_phi = checked_log_phi(potential, prompt, &prefixes, horizon)?;
+    for (w, &lphi) in log_w.iter_mut().zip(&log_phi) {
         *w += lphi;
     }
     Ok(log_w)

@@ -8,7 +8,9 @@ use rand::{RngExt, SeedableRng};
 use crate::batch::{LogTable, TokenBuffer, gather};
 use crate::error::{Result, SmcError};
 use crate::logspace::{log_sum_exp, log_sum_exp_sum};
-use crate::model::{DecodeSession, LanguageModel, Potential, StepOutput, Twist, TwistInput};
+use crate::model::{
+    DecodeSession, LanguageModel, Potential, StepOutput, Twist, TwistInput, checked_log_phi,
+};
 use crate::smc::Proposal;
 
 /// An order-n Markov language model given by explicit next-token tables: the next token depends
@@ -370,7 +372,6 @@ impl Enumeration {
                 format!("V = {vocab}, T = {horizon}"),
             ));
         }
-        let n = n as usize;
         let mut cond = Vec::with_capacity(horizon);
         for_each_level(lm, prompt, horizon, |_, _, out| {
             cond.push(out.log_probs.as_slice().to_vec());
@@ -385,26 +386,7 @@ impl Enumeration {
                 .flat_map(|(i, &lp)| (0..vocab).map(move |v| lp + level[i * vocab + v]))
                 .collect();
         }
-        let log_phi = potential.log_phi(prompt, &all_prefixes(vocab, horizon))?;
-        if log_phi.len() != n {
-            return Err(SmcError::Shape {
-                component: potential.name().to_string(),
-                step: horizon,
-                expected: n,
-                found: log_phi.len(),
-            });
-        }
-        if let Some(i) = log_phi
-            .iter()
-            .position(|x| x.is_nan() || *x == f64::INFINITY)
-        {
-            return Err(SmcError::InvalidValue {
-                component: potential.name().to_string(),
-                step: horizon,
-                particle: i,
-                value: log_phi[i],
-            });
-        }
+        let log_phi = checked_log_phi(potential, prompt, &all_prefixes(vocab, horizon), horizon)?;
         // Backward recursion: psi*_t(s_{1:t}) = sum_v p0(v | s_{1:t}) psi*_{t+1}(s_{1:t}, v).
         let mut log_psi_star = vec![Vec::new(); horizon];
         log_psi_star[horizon - 1] = log_phi.clone();
