@@ -98,6 +98,20 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
             0,
         ),
     };
+    // Update i draws its samples with seed `seed + start + i` (and `--positives gibbs` starts
+    // its chain with `seed + start`): the same stream as the pair's when that equals the task seed, in which case
+    // the draws of that update begin with the first token of s* (q starts at p0).
+    let gibbs = u64::from(args.positives == "gibbs");
+    let first = args
+        .seed
+        .wrapping_add(start_step as u64)
+        .wrapping_add(1 - gibbs);
+    if task_seed.wrapping_sub(first) < args.steps as u64 + gibbs {
+        eprintln!(
+            "warning: --task-seed {task_seed} is also the seed of a training update (seeds {first}..={}): that update's draws share the random stream that drew s*, so s* is not strictly held out; pick a task seed outside that range",
+            args.seed.wrapping_add((start_step + args.steps) as u64)
+        );
+    }
     let eval_at: Vec<usize> = if args.eval_at.is_empty() {
         twist_learn::train::exponential_schedule(args.steps)
     } else {
