@@ -170,6 +170,51 @@ pub fn train_with<W: twist_learn::TrainableTwist>(
     }
 }
 
+/// A plain (unconditional) head for `lm`, fresh from `--init` and `--seed`, or resumed from
+/// `--resume` (head, Adam's state); returns it with the checkpoint's metadata (null when fresh)
+/// and the update count it starts from.
+pub fn fresh_or_resumed_head(
+    args: &TrainArgs,
+    lm: &lm_burn::BurnLm,
+    kind: HeadKind,
+    param: Parameterization,
+    device: &lm_burn::Device,
+) -> Result<(HeadTrainable, serde_json::Value, usize)> {
+    Ok(match &args.resume {
+        Some(path) => {
+            let (t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            let step = meta["step"].as_u64().unwrap_or(0) as usize;
+            (t, meta, step)
+        }
+        None => (
+            HeadTrainable::new(
+                TwistHead::new(
+                    lm,
+                    head_config(lm, kind, None, &args.init)?,
+                    args.seed,
+                    device,
+                )?,
+                param,
+                AdamConfig::default(),
+            ),
+            serde_json::Value::Null,
+            0,
+        ),
+    })
+}
+
+/// The progress bar of a training run (current loss, elapsed and remaining time).
+pub fn train_bar(steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("train {pos}/{len} [{bar:30}] loss {msg} {elapsed}/{eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Runs `tsmc train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let method: twist_learn::Method = args.method.parse().map_err(anyhow::Error::msg)?;
@@ -267,12 +312,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if eval_at.contains(&0) && start_step == 0 {
         evaluate(Some(&mut twist), 0, "twisted", &mut curve)?;
     }
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("train {pos}/{len} [{bar:30}] loss {msg} {elapsed}/{eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    let bar = train_bar(args.steps);
     let cfg = InfillingConfig {
         horizon: args.tokens,
         cond_len: args.cond_tokens,
@@ -334,26 +374,7 @@ fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<(
         crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
     let phi = crate::potentials::parse(&args.potential, &lm)?;
     let ad = device.clone().autodiff();
-    let (mut twist, start_step) = match &args.resume {
-        Some(path) => {
-            let (t, meta) = HeadTrainable::resume(path, &ad, param, AdamConfig::default())
-                .with_context(|| format!("resuming from {}", path.display()))?;
-            (t, meta["step"].as_u64().unwrap_or(0) as usize)
-        }
-        None => (
-            HeadTrainable::new(
-                TwistHead::new(
-                    &lm,
-                    head_config(&lm, kind, None, &args.init)?,
-                    args.seed,
-                    &ad,
-                )?,
-                param,
-                AdamConfig::default(),
-            ),
-            0,
-        ),
-    };
+    let (mut twist, _, start_step) = fresh_or_resumed_head(args, &lm, kind, param, &ad)?;
     let eval_at: Vec<usize> = if args.eval_at.is_empty() {
         twist_learn::train::exponential_schedule(args.steps)
     } else {
@@ -386,12 +407,7 @@ fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<(
         }
         None => None,
     };
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("train {pos}/{len} [{bar:30}] loss {msg} {elapsed}/{eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    let bar = train_bar(args.steps);
     let mut io_error: Option<anyhow::Error> = None;
     train_with(&args.positives, &lm, &mut twist, phi.as_ref(), &prompt, &cfg, |i, tw, loss| {
         bar.inc(1);

@@ -9,8 +9,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::{Result, bail};
 use serde_json::json;
 
 use lm_burn::BurnLm;
@@ -20,10 +19,10 @@ use smc_bounds::{Estimate, KlEstimates, Method as BoundMethod, Sampler, kl_estim
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{Potential, Twist};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
-use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig};
+use twist_learn::{Method, Parameterization, TrainConfig};
 
 use crate::output::JsonlWriter;
-use crate::train::{TrainArgs, head_config, head_kind};
+use crate::train::{TrainArgs, head_kind};
 
 /// Runs `tsmc train --task infilling-fixed`.
 pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
@@ -70,34 +69,18 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     let phi = InfillingPotential::new(&lm, c.clone());
 
     let ad = device.clone().autodiff();
-    let (mut twist, start_step) = match &args.resume {
-        Some(path) => {
-            let (t, meta) = HeadTrainable::resume(path, &ad, param, AdamConfig::default())
-                .with_context(|| format!("resuming from {}", path.display()))?;
-            if meta["conditioning"] != json!(c) {
-                bail!(
-                    "{}: the checkpoint was trained for conditioning tokens {}, but --task-seed {task_seed} draws {:?}",
-                    path.display(),
-                    meta["conditioning"],
-                    c
-                );
-            }
-            (t, meta["step"].as_u64().unwrap_or(0) as usize)
-        }
-        None => (
-            HeadTrainable::new(
-                TwistHead::new(
-                    &lm,
-                    head_config(&lm, kind, None, &args.init)?,
-                    args.seed,
-                    &ad,
-                )?,
-                param,
-                AdamConfig::default(),
-            ),
-            0,
-        ),
-    };
+    let (mut twist, resumed, start_step) =
+        crate::train::fresh_or_resumed_head(args, &lm, kind, param, &ad)?;
+    if let Some(path) = &args.resume
+        && resumed["conditioning"] != json!(c)
+    {
+        bail!(
+            "{}: the checkpoint was trained for conditioning tokens {}, but --task-seed {task_seed} draws {:?}",
+            path.display(),
+            resumed["conditioning"],
+            c
+        );
+    }
     // Update i draws its samples with seed `seed + start + i` (and `--positives gibbs` starts
     // its chain with `seed + start`): the same stream as the pair's when that equals the task seed, in which case
     // the draws of that update begin with the first token of s* (q starts at p0).
@@ -134,12 +117,7 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     };
     let started = Instant::now();
     let mut snapshots: Vec<(usize, TwistHead)> = vec![(start_step, twist.head().clone())];
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("train {pos}/{len} [{bar:30}] loss {msg} {elapsed}/{eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    let bar = crate::train::train_bar(args.steps);
     let mut io_error: Option<anyhow::Error> = None;
     crate::train::train_with(
         &args.positives,
