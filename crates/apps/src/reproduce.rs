@@ -281,11 +281,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         records.push(rec);
         bar.inc(1);
         for &method in &methods {
-            let param = if method == Method::Fudge {
-                Parameterization::LogSigmoid
-            } else {
-                Parameterization::Identity
-            };
+            let param = Parameterization::for_method(method);
             let placeholder = cond_len.map(|m| vec![prompt[0]; m]);
             let head = TwistHead::new(
                 &lm,

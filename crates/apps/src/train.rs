@@ -359,16 +359,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 /// Trains a head for a fixed potential with any method through twist-learn's loop; the curve
 /// records the loss of every update; checkpoints at the evaluation steps and at the end.
 fn train_on_potential(args: &TrainArgs, method: twist_learn::Method) -> Result<()> {
-    use twist_learn::{Method, TrainConfig};
+    use twist_learn::TrainConfig;
     if args.prompt.is_empty() || args.tokens == 0 || args.particles < 2 {
         bail!("need a non-empty --prompt, --tokens >= 1 and --particles >= 2");
     }
     let kind = head_kind(&args.head)?;
-    let param = if method == Method::Fudge {
-        Parameterization::LogSigmoid
-    } else {
-        Parameterization::Identity
-    };
+    let param = Parameterization::for_method(method);
     let mut curve = JsonlWriter::create(&args.out)?;
     let (lm, prompt, device) =
         crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;

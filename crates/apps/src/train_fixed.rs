@@ -37,11 +37,7 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
         );
     }
     let kind = head_kind(&args.head)?;
-    let param = if method == Method::Fudge {
-        Parameterization::LogSigmoid
-    } else {
-        Parameterization::Identity
-    };
+    let param = Parameterization::for_method(method);
     let mut curve = JsonlWriter::create(&args.out)?;
     let (lm, prompt, device) =
         crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;

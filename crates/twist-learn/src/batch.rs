@@ -19,6 +19,16 @@ pub enum Parameterization {
 }
 
 impl Parameterization {
+    /// The parameterisation a method trains: log sigmoid for FUDGE (psi is a probability),
+    /// the identity for the others.
+    pub fn for_method(method: crate::losses::Method) -> Self {
+        if method == crate::losses::Method::Fudge {
+            Parameterization::LogSigmoid
+        } else {
+            Parameterization::Identity
+        }
+    }
+
     /// log psi from the raw output.
     pub fn log_psi(self, r: f64) -> f64 {
         match self {

@@ -61,11 +61,7 @@ fn every_method_trains_a_head_on_a_burn_lm_and_cuts_both_exact_kls() {
     let (base_qs, base_sq) = exact_kls(&lm, &exact, None, Proposal::Base);
     // One learning rate for every method (SIXO diverges at 5e-3 on this head; 1e-3 suits all).
     for method in Method::ALL {
-        let param = if method == Method::Fudge {
-            Parameterization::LogSigmoid
-        } else {
-            Parameterization::Identity
-        };
+        let param = Parameterization::for_method(method);
         let mut twist =
             HeadTrainable::new(head(&lm, HeadKind::Linear, 1), param, AdamConfig::default());
         let cfg = TrainConfig {

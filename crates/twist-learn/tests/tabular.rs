@@ -19,11 +19,7 @@ fn problem() -> (
 }
 
 fn param_of(m: Method) -> Parameterization {
-    if m == Method::Fudge {
-        Parameterization::LogSigmoid
-    } else {
-        Parameterization::Identity
-    }
+    Parameterization::for_method(m)
 }
 
 fn roles_of(m: Method) -> Roles {
