@@ -3,12 +3,9 @@
 
 use std::path::PathBuf;
 
-/// `../shared/reference` next to the repository (override with TSMC_SHARED_DIR).
+/// The repository's `testdata/reference` (provenance in `testdata/README.md`).
 pub fn reference_dir() -> PathBuf {
-    let shared = std::env::var_os("TSMC_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../../../shared"));
-    shared.join("reference")
+    manifest_dir().join("../../testdata/reference")
 }
 
 /// Reads a tensor of a safetensors file as f64 values (f32 or i64).
@@ -43,7 +40,7 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 
 /// This crate's directory, read when the test runs (cargo sets CARGO_MANIFEST_DIR for test
 /// binaries): a binary reused from a shared target directory that another checkout built must
-/// not look for `../shared` beside that other checkout.
+/// not read the test data of that other checkout.
 fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)

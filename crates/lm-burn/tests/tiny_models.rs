@@ -1,5 +1,5 @@
 //! Every architecture against transformers' logits on the tiny random models in
-//! ../shared/reference/tiny-models, and cached decoding against full recomputation.
+//! testdata/reference/tiny-models, and cached decoding against full recomputation.
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! All five methods train a twist head on a burn language model (the tiny random Llama of
-//! ../shared/reference, V = 320, T = 2: 102,400 outputs, so sigma and the KLs are exact), and a
+//! testdata/reference, V = 320, T = 2: 102,400 outputs, so sigma and the KLs are exact), and a
 //! trained head saved to disk loads back and drives twisted SMC identically.
 
 use std::path::PathBuf;
@@ -10,11 +10,8 @@ use smc_core::prelude::*;
 use twist_learn::*;
 
 fn tiny_llama() -> BurnLm {
-    let shared = std::env::var_os("TSMC_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../../../shared"));
     BurnLm::from_hf_dir(
-        &shared.join("reference/tiny-models/llama"),
+        &manifest_dir().join("../../testdata/reference/tiny-models/llama"),
         &default_device(),
     )
     .unwrap()
@@ -273,7 +270,7 @@ fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
 
 /// This crate's directory, read when the test runs (cargo sets CARGO_MANIFEST_DIR for test
 /// binaries): a binary reused from a shared target directory that another checkout built must
-/// not look for `../shared` beside that other checkout.
+/// not read the test data of that other checkout.
 fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
