@@ -7,87 +7,220 @@ pub mod text;
 
 pub use text::{KeywordPotential, RegexPotential};
 
-use anyhow::{Result, bail};
-use lm_burn::{BurnLm, Tokenizer};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{Result, anyhow, bail};
+use lm_burn::BurnLm;
 use smc_core::model::Potential;
 
-/// Parses a potential specification:
+use classifier::{ClassifierForm, ClassifierPotential, LinearTextClassifier};
+
+/// Which shipped classifier a classifier potential uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassifierKind {
+    /// The toxicity classifier (a port of alt-profanity-check); class 1 = toxic.
+    Toxicity,
+    /// The movie-review sentiment classifier; class 1 = positive.
+    Sentiment,
+}
+
+/// A potential as the command line names it, checked when it is parsed (before any model is
+/// loaded) and built against a model with [`PotentialSpec::build`]:
 /// - `keyword:WORD`, `regex:PATTERN` (hard constraints on the continuation);
-/// - `toxicity:threshold=0.5` or `toxicity:beta=1` (the shipped toxicity classifier, class toxic);
+/// - `toxicity:threshold=0.5` or `toxicity:beta=1` (the shipped toxicity classifier, class toxic;
+///   `toxicity:nontoxic:...` for the other class);
 /// - `sentiment:positive:beta=1`, `sentiment:negative:threshold=0.9` (the shipped sentiment
 ///   classifier); `classifier=PATH` after the form uses another classifier file;
 /// - `infilling:TEXT`: log p0(TEXT | prompt, s), the continuation TEXT after the sample;
 /// - `judge:QUESTION`: log p0(" yes" | a template asking QUESTION about prompt + s).
-pub fn parse<'a>(spec: &str, lm: &'a BurnLm) -> Result<Box<dyn Potential + 'a>> {
-    let tokenizer = lm.tokenizer()?;
-    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
-    match kind {
-        "infilling" if !arg.is_empty() => {
-            let c = tokenizer.encode(arg)?;
-            if c.is_empty() {
-                bail!("potential {spec:?}: the continuation has no tokens");
+#[derive(Debug, Clone, PartialEq)]
+pub enum PotentialSpec {
+    /// The continuation contains a word.
+    Keyword(String),
+    /// The continuation matches a regular expression (checked to compile).
+    Regex(String),
+    /// A linear text classifier of prompt + continuation.
+    Classifier {
+        /// Which classifier.
+        kind: ClassifierKind,
+        /// Whether the wanted class is class 1 (toxic, positive).
+        positive: bool,
+        /// Threshold or power form.
+        form: ClassifierForm,
+        /// Another classifier file of the same format.
+        file: Option<PathBuf>,
+        /// The specification as written (the potential's name).
+        text: String,
+    },
+    /// log p0(TEXT | prompt, s).
+    Infilling(String),
+    /// The model judging its own output.
+    Judge(String),
+}
+
+impl PotentialSpec {
+    /// Builds the potential for `lm` (its tokenizer; infilling and judge score with it).
+    pub fn build<'a>(&self, lm: &'a BurnLm) -> Result<Box<dyn Potential + 'a>> {
+        let tokenizer = lm.tokenizer()?;
+        Ok(match self {
+            PotentialSpec::Infilling(text) => {
+                let c = tokenizer.encode(text)?;
+                if c.is_empty() {
+                    bail!("potential {self}: the continuation has no tokens");
+                }
+                Box::new(lm_burn::infilling::InfillingPotential::new(lm, c))
             }
-            Ok(Box::new(lm_burn::infilling::InfillingPotential::new(lm, c)))
-        }
-        "judge" if !arg.is_empty() => Ok(Box::new(judge::JudgePotential::new(lm, arg)?)),
-        "toxicity" | "sentiment" => classifier_potential(kind, arg, spec, tokenizer),
-        "keyword" if !arg.is_empty() => Ok(Box::new(KeywordPotential::new(tokenizer.clone(), arg))),
-        "regex" if !arg.is_empty() => Ok(Box::new(RegexPotential::new(tokenizer.clone(), arg)?)),
-        "keyword" | "regex" => {
-            bail!("potential {spec:?}: {kind} needs an argument, e.g. {kind}:dragon")
-        }
-        _ => bail!(
-            "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:..., sentiment:..., infilling:TEXT or judge:QUESTION"
-        ),
+            PotentialSpec::Judge(q) => Box::new(judge::JudgePotential::new(lm, q)?),
+            PotentialSpec::Keyword(w) => Box::new(KeywordPotential::new(tokenizer.clone(), w)),
+            PotentialSpec::Regex(r) => Box::new(RegexPotential::new(tokenizer.clone(), r)?),
+            PotentialSpec::Classifier {
+                kind,
+                positive,
+                form,
+                file,
+                text,
+            } => {
+                let classifier = match (file, kind) {
+                    (Some(path), _) => LinearTextClassifier::from_file(path)?,
+                    (None, ClassifierKind::Toxicity) => LinearTextClassifier::toxicity(),
+                    (None, ClassifierKind::Sentiment) => LinearTextClassifier::sentiment(),
+                };
+                Box::new(ClassifierPotential::new(
+                    classifier,
+                    tokenizer.clone(),
+                    *positive,
+                    *form,
+                    text.clone(),
+                ))
+            }
+        })
+    }
+
+    /// Whether exact samples come from class rejection: a classifier in the power form with
+    /// beta = 1, i.e. phi(s) = p(class | s), so that keeping s ~ p0 when a class drawn from
+    /// p(. | s) is the wanted one is exact. Hard constraints use plain rejection.
+    pub fn class_rejection(&self) -> bool {
+        matches!(
+            self,
+            PotentialSpec::Classifier {
+                form: ClassifierForm::Power(b),
+                ..
+            } if *b == 1.0
+        )
+    }
+
+    /// Whether this is an infilling potential (its target changes with the continuation).
+    pub fn is_infilling(&self) -> bool {
+        matches!(self, PotentialSpec::Infilling(_))
     }
 }
 
-fn classifier_potential(
-    kind: &str,
-    arg: &str,
-    spec: &str,
-    tokenizer: &Tokenizer,
-) -> Result<Box<dyn Potential>> {
-    use classifier::{ClassifierForm, ClassifierPotential, LinearTextClassifier};
+impl fmt::Display for PotentialSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PotentialSpec::Keyword(w) => write!(f, "keyword:{w}"),
+            PotentialSpec::Regex(r) => write!(f, "regex:{r}"),
+            PotentialSpec::Classifier { text, .. } => f.write_str(text),
+            PotentialSpec::Infilling(t) => write!(f, "infilling:{t}"),
+            PotentialSpec::Judge(q) => write!(f, "judge:{q}"),
+        }
+    }
+}
+
+impl FromStr for PotentialSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+        match kind {
+            "infilling" if !arg.is_empty() => Ok(PotentialSpec::Infilling(arg.to_string())),
+            "judge" if !arg.is_empty() => Ok(PotentialSpec::Judge(arg.to_string())),
+            "keyword" if !arg.is_empty() => Ok(PotentialSpec::Keyword(arg.to_string())),
+            "regex" if !arg.is_empty() => {
+                regex::Regex::new(arg)
+                    .map_err(|e| anyhow!("potential {spec:?}: invalid regular expression: {e}"))?;
+                Ok(PotentialSpec::Regex(arg.to_string()))
+            }
+            "toxicity" => classifier_spec(ClassifierKind::Toxicity, arg, spec),
+            "sentiment" => classifier_spec(ClassifierKind::Sentiment, arg, spec),
+            "keyword" | "regex" | "infilling" | "judge" => {
+                bail!("potential {spec:?}: {kind} needs an argument, e.g. {kind}:dragon")
+            }
+            _ => bail!(
+                "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:..., sentiment:..., infilling:TEXT or judge:QUESTION"
+            ),
+        }
+    }
+}
+
+fn classifier_spec(kind: ClassifierKind, arg: &str, spec: &str) -> Result<PotentialSpec> {
     let mut positive = true;
     let mut form = ClassifierForm::Power(1.0);
     let mut file = None;
     for part in arg.split(':').filter(|p| !p.is_empty()) {
-        match part.split_once('=') {
-            Some(("beta", v)) => {
-                form = ClassifierForm::Power(v.parse().map_err(|_| {
-                    anyhow::anyhow!("potential {spec:?}: beta {v:?} is not a number")
-                })?)
+        match (part.split_once('='), kind) {
+            (Some(("beta", v)), _) => {
+                let b: f64 = v
+                    .parse()
+                    .map_err(|_| anyhow!("potential {spec:?}: beta {v:?} is not a number"))?;
+                if !b.is_finite() {
+                    bail!("potential {spec:?}: beta must be finite, found {v}");
+                }
+                form = ClassifierForm::Power(b);
             }
-            Some(("threshold", v)) => {
-                let t: f64 = v.parse().map_err(|_| {
-                    anyhow::anyhow!("potential {spec:?}: threshold {v:?} is not a number")
-                })?;
+            (Some(("threshold", v)), _) => {
+                let t: f64 = v
+                    .parse()
+                    .map_err(|_| anyhow!("potential {spec:?}: threshold {v:?} is not a number"))?;
                 if !(0.0..=1.0).contains(&t) {
                     bail!("potential {spec:?}: threshold must be in [0, 1], found {t}");
                 }
                 form = ClassifierForm::Threshold(t);
             }
-            Some(("classifier", path)) => file = Some(path.to_string()),
-            None if kind == "sentiment" && part == "positive" => positive = true,
-            None if kind == "sentiment" && part == "negative" => positive = false,
-            None if kind == "toxicity" && part == "toxic" => positive = true,
-            None if kind == "toxicity" && part == "nontoxic" => positive = false,
+            (Some(("classifier", path)), _) => file = Some(PathBuf::from(path)),
+            (None, ClassifierKind::Sentiment) if part == "positive" => positive = true,
+            (None, ClassifierKind::Sentiment) if part == "negative" => positive = false,
+            (None, ClassifierKind::Toxicity) if part == "toxic" => positive = true,
+            (None, ClassifierKind::Toxicity) if part == "nontoxic" => positive = false,
             _ => bail!(
                 "potential {spec:?}: unknown part {part:?} (expected beta=B, threshold=T, classifier=PATH or a class)"
             ),
         }
     }
-    let classifier = match (&file, kind) {
-        (Some(path), _) => LinearTextClassifier::from_file(std::path::Path::new(path))?,
-        (None, "toxicity") => LinearTextClassifier::toxicity(),
-        (None, _) => LinearTextClassifier::sentiment(),
-    };
-    Ok(Box::new(ClassifierPotential::new(
-        classifier,
-        tokenizer.clone(),
+    Ok(PotentialSpec::Classifier {
+        kind,
         positive,
         form,
-        spec.to_string(),
-    )))
+        file,
+        text: spec.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_into_typed_potentials_and_print_back() {
+        for s in [
+            "keyword:dragon",
+            r"regex:(?i)\bking\b",
+            "toxicity:threshold=0.5",
+            "sentiment:negative:beta=1",
+            "infilling: the end.",
+            "judge:Is it kind?",
+        ] {
+            let spec: PotentialSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
+        assert!("toxicity:beta=1".parse::<PotentialSpec>().unwrap().class_rejection());
+        assert!(!"toxicity:beta=2".parse::<PotentialSpec>().unwrap().class_rejection());
+        assert!(!"toxicity:threshold=0.5".parse::<PotentialSpec>().unwrap().class_rejection());
+        for bad in ["regex:(", "toxicity:threshold=2", "sentiment:toxic", "keyword:", "frobnicate:x"] {
+            let err = bad.parse::<PotentialSpec>().unwrap_err().to_string();
+            assert!(err.contains(bad.split(':').next().unwrap()), "{bad}: {err}");
+        }
+    }
 }

@@ -19,33 +19,40 @@ use smc_bounds::{Estimate, KlEstimates, Method as BoundMethod, Sampler, kl_estim
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{Potential, Twist};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
-use twist_learn::{Method, Parameterization, TrainConfig};
+use twist_learn::{Parameterization, TrainConfig};
 
-use crate::output::JsonlWriter;
-use crate::train::{TrainArgs, head_kind};
+use super::settings::TrainSettings;
+use crate::jsonl::JsonlWriter;
+use crate::setup::load_model_and_prompt;
+use crate::training::{Positives, fresh_or_resumed_head, method_name, train_bar, train_with};
+
+/// What defines the task and its measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedTask {
+    /// Which (s*, c) pair to draw.
+    pub task_seed: u64,
+    /// Particle Gibbs sweeps from the held-out s*.
+    pub gibbs_sweeps: usize,
+    /// Particles of the evaluation's bounds and sweeps.
+    pub eval_particles: usize,
+}
 
 /// Runs `tsmc train --task infilling-fixed`.
-pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
-    if args.tokens == 0 || args.cond_tokens == 0 || args.particles < 2 {
-        bail!("need --tokens >= 1, --cond-tokens >= 1 and --particles >= 2");
-    }
-    if args.gibbs_sweeps == 0 || args.eval_particles < 2 {
-        bail!(
-            "need --gibbs-sweeps >= 1 and --eval-particles >= 2 (found {} and {})",
-            args.gibbs_sweeps,
-            args.eval_particles
-        );
-    }
-    let kind = head_kind(&args.head)?;
+pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
+    let FixedTask {
+        task_seed,
+        gibbs_sweeps,
+        eval_particles,
+    } = task;
+    let method = args.method;
     let param = Parameterization::for_method(method);
     let mut curve = JsonlWriter::create(&args.out)?;
-    let (lm, prompt, device) =
-        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
+    let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tokenizer = lm.tokenizer()?;
-    let task_seed = args.task_seed.unwrap_or(args.seed);
     let pair = smc_bounds::joint_ancestral(
-        &lm,
-        &prompt,
+        lm,
+        prompt,
         args.tokens,
         args.cond_tokens,
         1,
@@ -62,11 +69,18 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
         c_text,
         tokenizer.decode(&s_star)?
     );
-    let phi = InfillingPotential::new(&lm, c.clone());
+    let phi = InfillingPotential::new(lm, c.clone());
 
-    let ad = device.clone().autodiff();
-    let (mut twist, resumed, start_step) =
-        crate::train::fresh_or_resumed_head(args, &lm, kind, param, &ad)?;
+    let ad = loaded.device.clone().autodiff();
+    let (mut twist, resumed, start_step) = fresh_or_resumed_head(
+        args.resume.as_deref(),
+        lm,
+        args.head,
+        None,
+        args.seed,
+        param,
+        &ad,
+    )?;
     if let Some(path) = &args.resume
         && resumed["conditioning"] != json!(c)
     {
@@ -80,7 +94,7 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     // Update i draws its samples with seed `seed + start + i` (and `--positives gibbs` starts
     // its chain with `seed + start`): the same stream as the pair's when that equals the task seed, in which case
     // the draws of that update begin with the first token of s* (q starts at p0).
-    let gibbs = u64::from(args.positives == "gibbs");
+    let gibbs = u64::from(args.positives == Positives::Gibbs);
     let first = args
         .seed
         .wrapping_add(start_step as u64)
@@ -91,16 +105,12 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
             args.seed.wrapping_add((start_step + args.steps) as u64)
         );
     }
-    let eval_at: Vec<usize> = if args.eval_at.is_empty() {
-        twist_learn::train::exponential_schedule(args.steps)
-    } else {
-        args.eval_at.clone()
-    };
+    let eval_at = &args.eval_at;
     let meta = |step: usize| {
         json!({
-            "method": args.method, "positives": args.positives, "task": "infilling-fixed", "base_model": lm.name(), "step": step,
+            "method": method_name(method), "positives": args.positives.name(), "task": "infilling-fixed", "base_model": lm.name(), "step": step,
             "seed": args.seed, "task_seed": task_seed, "prompt": args.prompt, "tokens": args.tokens,
-            "conditioning": c, "conditioning_text": c_text, "lr": args.lr, "init": args.init,
+            "conditioning": c, "conditioning_text": c_text, "lr": args.lr, "init": args.head.init_name(),
         })
     };
     let cfg = TrainConfig {
@@ -113,14 +123,14 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     };
     let started = Instant::now();
     let mut snapshots: Vec<(usize, TwistHead)> = vec![(start_step, twist.head().clone())];
-    let bar = crate::train::train_bar(args.steps);
+    let bar = train_bar(args.steps);
     let mut io_error: Option<anyhow::Error> = None;
-    crate::train::train_with(
-        &args.positives,
-        &lm,
+    train_with(
+        args.positives,
+        lm,
         &mut twist,
         &phi,
-        &prompt,
+        prompt,
         &cfg,
         |i, tw, loss| {
             bar.inc(1);
@@ -152,14 +162,14 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     eprintln!(
         "trained {} {} updates in {train_seconds:.0} s; evaluating {} heads and p0",
         args.steps,
-        args.method,
+        method_name(method),
         snapshots.len()
     );
 
     // Exact samples: a particle Gibbs chain from s*, driven by the last head.
     let last = &snapshots.last().expect("the initial head is a snapshot").1;
     let eval_cfg = SmcConfig {
-        num_particles: args.eval_particles,
+        num_particles: eval_particles,
         horizon: args.tokens,
         proposal: Proposal::Twisted,
         resampling: Resampling::default(),
@@ -167,21 +177,21 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     };
     let gibbs_started = Instant::now();
     let chain = smc_bounds::particle_gibbs(
-        &lm,
+        lm,
         Some(last as &dyn Twist),
         &phi,
-        &prompt,
+        prompt,
         &eval_cfg,
         &s_star,
-        args.gibbs_sweeps,
+        gibbs_sweeps,
         args.seed.wrapping_add(5_000_011),
     )?;
     let mut exact = vec![s_star.clone()];
     exact.extend(chain.states.iter().cloned());
     eprintln!(
         "particle Gibbs: {} sweeps of K = {} in {:.0} s, {} moves, {} distinct states among {}",
-        args.gibbs_sweeps,
-        args.eval_particles,
+        gibbs_sweeps,
+        eval_particles,
         gibbs_started.elapsed().as_secs_f64(),
         chain.moves,
         {
@@ -194,14 +204,14 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     );
 
     // log Z: the tightest bounds of p0 and the last head.
-    let sampler = |twist| sampler_of(&lm, &prompt, args.tokens, &phi, twist);
+    let sampler = |twist| sampler_of(lm, prompt, args.tokens, &phi, twist);
     let bound_seed = args.seed.wrapping_add(7_000_003);
     let seeds: Vec<u64> = (0..4).map(|i| bound_seed + i).collect();
     let mut refs = exact.clone();
     refs.sort();
     refs.dedup();
     refs.truncate(4);
-    let k = args.eval_particles;
+    let k = eval_particles;
     let bounds = [
         ("p0 SIS", sampler(None), BoundMethod::Sis),
         ("twisted SMC", sampler(Some(last)), BoundMethod::Smc),
@@ -228,14 +238,14 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
 
     // Every sampler on the same exact samples and the same F_q seed.
     let fq_seed = args.seed.wrapping_add(9_000_017);
-    let p0_sampler = sampler_of(&lm, &prompt, args.tokens, &phi, None);
+    let p0_sampler = sampler_of(lm, prompt, args.tokens, &phi, None);
     let p0_g = p0_sampler.g_q_values(&exact)?;
     // Draw i of every sampler uses the same random numbers, so the per-draw differences from
     // p0 are i.i.d. pairs: their mean and standard error compare F_q more sharply.
     let p0_f = p0_sampler.f_q_values(args.fq_samples.max(2), fq_seed)?;
     let mut rows: Vec<(String, usize, KlEstimates, Estimate)> = Vec::new();
     let mut measure = |label: &str, step: usize, twist: Option<&dyn Twist>| -> Result<()> {
-        let s = sampler_of(&lm, &prompt, args.tokens, &phi, twist);
+        let s = sampler_of(lm, prompt, args.tokens, &phi, twist);
         let f_values = s.f_q_values(args.fq_samples.max(2), fq_seed)?;
         let f_q = Estimate::from_values(&f_values);
         let g_values = s.g_q_values(&exact)?;
@@ -285,8 +295,8 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
         measure("twisted", *step, Some(head))?;
     }
     curve.write(&json!({
-        "type": "summary", "method": args.method, "positives": args.positives, "task_seed": task_seed, "conditioning": c,
-        "conditioning_text": c_text, "held_out_exact": s_star, "gibbs_sweeps": args.gibbs_sweeps,
+        "type": "summary", "method": method_name(method), "positives": args.positives.name(), "task_seed": task_seed, "conditioning": c,
+        "conditioning_text": c_text, "held_out_exact": s_star, "gibbs_sweeps": gibbs_sweeps,
         "gibbs_moves": chain.moves, "exact_samples": exact.len(), "log_z_lower": lower,
         "log_z_upper": upper, "train_seconds": train_seconds,
         "seconds": started.elapsed().as_secs_f64(),
@@ -296,7 +306,7 @@ pub fn run(args: &TrainArgs, method: Method) -> Result<()> {
     println!(
         "{} {} updates for c = {:?} in {:.0} s (training {train_seconds:.0} s); head in {}, curve in {}",
         args.steps,
-        args.method,
+        method_name(method),
         c_text,
         started.elapsed().as_secs_f64(),
         args.checkpoint.display(),

@@ -5,54 +5,48 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
-use clap::Args;
+use anyhow::Result;
 use serde::Serialize;
 
-use lm_burn::{Backend, BurnLm};
+use lm_burn::BurnLm;
 use smc_bounds::{Collected, joint_ancestral, rejection_class, rejection_indicator};
 use smc_core::smc::rng_from_seed;
 
-use crate::output::JsonlWriter;
+use crate::jsonl::JsonlWriter;
+use crate::potentials::PotentialSpec;
+use crate::setup::{ModelChoice, load_model_and_prompt};
 
-/// Arguments of `tsmc exact`.
-#[derive(Debug, Args)]
-pub struct ExactArgs {
-    /// `default`, a Hugging Face model directory or a .gguf file.
-    #[arg(long, default_value = "default")]
-    model: String,
+/// What `tsmc exact` draws exact samples of.
+#[derive(Debug, Clone)]
+pub enum ExactTarget {
+    /// sigma ∝ p0 phi for a potential: rejection (hard constraints, thresholds) or class
+    /// rejection (beta = 1 classifiers).
+    Potential(PotentialSpec),
+    /// Joint ancestral draws of T + m tokens for infilling (m conditioning tokens).
+    Infilling(usize),
+}
+
+/// The validated settings of `tsmc exact`.
+#[derive(Debug, Clone)]
+pub struct ExactSettings {
+    /// The model.
+    pub model: ModelChoice,
     /// The prompt.
-    #[arg(long, default_value = "Once upon a time, there was a")]
-    prompt: String,
-    /// The potential (as for `tsmc sample`): hard constraints and threshold classifiers use
-    /// rejection, `toxicity:beta=1` / `sentiment:...:beta=1` class rejection. Ignored with
-    /// --infilling.
-    #[arg(long, default_value = "toxicity:threshold=0.5")]
-    potential: String,
-    /// Joint ancestral draws for infilling with this many conditioning tokens instead.
-    #[arg(long)]
-    infilling: Option<usize>,
+    pub prompt: String,
+    /// What to sample.
+    pub target: ExactTarget,
     /// Output tokens T.
-    #[arg(long, short = 't', default_value_t = 10)]
-    tokens: usize,
-    /// Number of exact samples wanted.
-    #[arg(long, short = 'n', default_value_t = 16)]
-    samples: usize,
-    /// Give up after this many draws from p0 (whatever was accepted is written).
-    #[arg(long, default_value_t = 20_000)]
-    max_draws: usize,
+    pub tokens: usize,
+    /// Exact samples wanted.
+    pub samples: usize,
+    /// Give up after this many draws from p0.
+    pub max_draws: usize,
     /// Draws per batch.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
+    pub batch: usize,
     /// Seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// cpu, wgpu, wgpu-cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    backend: Backend,
-    /// Output file (JSON lines: one per sample, then a summary).
-    #[arg(long, default_value = "exact-samples.jsonl")]
-    out: PathBuf,
+    pub seed: u64,
+    /// Output file.
+    pub out: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -65,18 +59,16 @@ struct SampleRecord<'a> {
 }
 
 /// Runs `tsmc exact`.
-pub fn run(args: &ExactArgs) -> Result<()> {
-    if args.prompt.is_empty() || args.tokens == 0 || args.samples == 0 {
-        bail!("need a non-empty --prompt, --tokens >= 1 and --samples >= 1");
-    }
+pub fn run(args: &ExactSettings) -> Result<()> {
     let mut out = JsonlWriter::create(&args.out)?;
-    let (lm, prompt, _device) =
-        crate::common::load_model_and_prompt(&args.model, args.backend, &args.prompt)?;
+    let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tok = lm.tokenizer()?;
     let mut rng = rng_from_seed(args.seed);
-    let (collected, method) = match args.infilling {
-        Some(m) => {
-            let samples = joint_ancestral(&lm, &prompt, args.tokens, m, args.samples, &mut rng)?;
+    let (collected, method) = match &args.target {
+        ExactTarget::Infilling(m) => {
+            let m = *m;
+            let samples = joint_ancestral(lm, prompt, args.tokens, m, args.samples, &mut rng)?;
             let n = samples.len();
             (
                 Collected {
@@ -87,17 +79,17 @@ pub fn run(args: &ExactArgs) -> Result<()> {
                 "joint ancestral".to_string(),
             )
         }
-        None => {
-            let phi = crate::potentials::parse(&args.potential, &lm)?;
-            let class = args.potential.contains("beta=1") && !args.potential.contains("threshold");
+        ExactTarget::Potential(spec) => {
+            let phi = spec.build(lm)?;
+            let class = spec.class_rejection();
             let collect = if class {
                 rejection_class::<BurnLm>
             } else {
                 rejection_indicator::<BurnLm>
             };
             let collected = collect(
-                &lm,
-                &prompt,
+                lm,
+                prompt,
                 args.tokens,
                 phi.as_ref(),
                 args.samples,
@@ -128,7 +120,7 @@ pub fn run(args: &ExactArgs) -> Result<()> {
     }
     out.write(&serde_json::json!({
         "type": "summary", "method": method,
-        "potential": if args.infilling.is_some() { None } else { Some(&args.potential) }, "prompt": args.prompt,
+        "potential": match &args.target { ExactTarget::Potential(p) => Some(p.to_string()), ExactTarget::Infilling(_) => None }, "prompt": args.prompt,
         "accepted": collected.samples.len(), "draws": collected.draws,
         "acceptance_rate": collected.acceptance_rate(), "seed": args.seed,
     }))?;

@@ -3,46 +3,33 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::Args;
 use serde::Serialize;
 
 use smc_bounds::{Estimate, KlEstimates, Sampler, kl_estimates, rejection_indicator};
 use smc_core::feynman_kac::Resampling;
 use smc_core::prelude::*;
 
-use crate::output::JsonlWriter;
+use crate::jsonl::JsonlWriter;
 
-/// Arguments of `tsmc demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Vocabulary size of the tabular model.
-    #[arg(long, default_value_t = 4)]
-    vocab: usize,
-    /// Number of output tokens T (V^T sequences are enumerated).
-    #[arg(long, default_value_t = 6)]
-    horizon: usize,
-    /// Particle counts K for the bounds, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "4,16,64,256")]
-    particles: Vec<usize>,
-    /// Independent runs per bound.
-    #[arg(long, default_value_t = 100)]
-    seeds: usize,
-    /// Noise (standard deviation in log space) added to the optimal twists to make the
-    /// "learned" twist of the demo.
-    #[arg(long, default_value_t = 0.5)]
-    twist_noise: f64,
-    /// Resampling scheme: multinomial, systematic, stratified or residual.
-    #[arg(long, default_value = "multinomial")]
-    scheme: Scheme,
-    /// Resampling criterion: always, never or ess:FRACTION.
-    #[arg(long, default_value = "always")]
-    criterion: Criterion,
+/// The validated settings of `tsmc demo`.
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
+    /// Vocabulary size V of the tabular model (at least 2).
+    pub vocab: usize,
+    /// Output tokens T (V^T sequences are enumerated).
+    pub horizon: usize,
+    /// Particle counts K (each at least 1).
+    pub particles: Vec<usize>,
+    /// Independent runs per bound (at least 2).
+    pub seeds: usize,
+    /// Noise added to the optimal twists to make the demo's "learned" twist.
+    pub twist_noise: f64,
+    /// Resampling of the SMC bounds.
+    pub resampling: Resampling,
     /// Seed of everything random.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Write one JSON object per (sampler, K) to this file.
-    #[arg(long)]
-    out: Option<PathBuf>,
+    pub seed: u64,
+    /// JSONL output.
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,22 +47,7 @@ struct Row<'a> {
 }
 
 /// Runs the demo.
-pub fn run(args: &DemoArgs) -> Result<()> {
-    if args.vocab < 2 {
-        bail!("--vocab must be at least 2, found {}", args.vocab);
-    }
-    if args.particles.is_empty() || args.particles.contains(&0) {
-        bail!(
-            "--particles must be a list of positive counts, found {:?}",
-            args.particles
-        );
-    }
-    if args.seeds < 2 {
-        bail!(
-            "--seeds must be at least 2 (standard errors need two runs), found {}",
-            args.seeds
-        );
-    }
+pub fn run(args: &DemoSettings) -> Result<()> {
     let mut writer = args.out.as_deref().map(JsonlWriter::create).transpose()?;
 
     let lm = TabularLm::random(args.vocab, 2, 1.5, args.seed);
@@ -129,10 +101,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     let optimal = exact.optimal_twist();
     let learned = optimal.perturbed(args.twist_noise, args.seed.wrapping_add(1));
-    let resampling = Resampling {
-        scheme: args.scheme,
-        criterion: args.criterion,
-    };
+    let resampling = args.resampling;
     let samplers: [(&str, Option<&dyn Twist>, Proposal); 3] = [
         ("bootstrap (p0, no twist)", None, Proposal::Base),
         ("twisted, noisy twist", Some(&learned), Proposal::Twisted),

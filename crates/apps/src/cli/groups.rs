@@ -1,0 +1,197 @@
+//! Argument groups shared by several commands (flattened into each), and the typed choices of
+//! the command line. Each group turns into the settings type its commands take.
+
+use clap::{Args, ValueEnum};
+
+use lm_burn::heads::HeadKind;
+use smc_core::resampling::Scheme;
+
+use crate::setup::ModelChoice;
+use crate::training::{HeadChoice, Positives};
+
+/// The model and where it runs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Model")]
+pub struct ModelArgs {
+    /// `default` (SmolLM2-135M-Instruct, fetched once), a Hugging Face model directory or a .gguf file.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// The compute backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
+}
+
+impl ModelArgs {
+    /// The validated model choice.
+    pub fn choice(self) -> ModelChoice {
+        ModelChoice {
+            model: self.model,
+            backend: self.backend.into(),
+        }
+    }
+}
+
+/// The prompt the samples continue.
+#[derive(Debug, Clone, Args)]
+pub struct PromptArgs {
+    /// The prompt text.
+    #[arg(long, default_value = "Once upon a time, there was a")]
+    pub prompt: String,
+}
+
+impl PromptArgs {
+    /// The prompt, checked non-empty.
+    pub fn prompt(self) -> anyhow::Result<String> {
+        if self.prompt.is_empty() {
+            anyhow::bail!("--prompt is empty: SMC needs a prompt to condition on");
+        }
+        Ok(self.prompt)
+    }
+}
+
+/// The shape and initialisation of a fresh twist head.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Twist head")]
+pub struct HeadArgs {
+    /// The head's architecture.
+    #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
+    pub head: HeadArg,
+    /// Initialisation: `xavier` (every layer N(0, 2/(fan_in + fan_out)), the spec's) or
+    /// `zero-output` (the output layer at 0, so the twisted proposal starts at p0).
+    #[arg(long, value_enum, default_value_t = InitArg::Xavier)]
+    pub init: InitArg,
+}
+
+impl HeadArgs {
+    /// The head choice.
+    pub fn choice(self) -> HeadChoice {
+        HeadChoice {
+            kind: match self.head {
+                HeadArg::Linear => HeadKind::Linear,
+                HeadArg::Mlp => HeadKind::Mlp,
+            },
+            zero_output: self.init == InitArg::ZeroOutput,
+        }
+    }
+}
+
+/// A compute backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// burn's flex CPU backend.
+    #[value(alias = "flex")]
+    Cpu,
+    /// wgpu's best adapter (needs the `wgpu` feature).
+    Wgpu,
+    /// wgpu on a CPU adapter such as Mesa's software Vulkan (needs the `wgpu` feature).
+    WgpuCpu,
+    /// CUDA device 0 (needs the `cuda` feature).
+    Cuda,
+}
+
+impl From<BackendArg> for lm_burn::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Cpu => lm_burn::Backend::Cpu,
+            BackendArg::Wgpu => lm_burn::Backend::Wgpu,
+            BackendArg::WgpuCpu => lm_burn::Backend::WgpuCpu,
+            BackendArg::Cuda => lm_burn::Backend::Cuda,
+        }
+    }
+}
+
+/// A twist head architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeadArg {
+    /// One linear layer from the hidden state to the vocabulary.
+    Linear,
+    /// Three linear layers with ReLU between them.
+    Mlp,
+}
+
+/// A head initialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitArg {
+    /// Every layer N(0, 2/(fan_in + fan_out)) (the spec's).
+    Xavier,
+    /// The output layer at zero: q starts at p0.
+    ZeroOutput,
+}
+
+/// A twist-learning method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Contrastive twist learning (the paper's method).
+    Ctl,
+    /// Soft Q-learning.
+    #[value(alias = "soft-q")]
+    Rl,
+    /// SIXO (density-ratio classification).
+    Sixo,
+    /// FUDGE (binary cross-entropy against phi).
+    Fudge,
+    /// DPG (proposal learning by forward KL).
+    Dpg,
+}
+
+impl From<MethodArg> for twist_learn::Method {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::Ctl => twist_learn::Method::Ctl,
+            MethodArg::Rl => twist_learn::Method::Rl,
+            MethodArg::Sixo => twist_learn::Method::Sixo,
+            MethodArg::Fudge => twist_learn::Method::Fudge,
+            MethodArg::Dpg => twist_learn::Method::Dpg,
+        }
+    }
+}
+
+/// CTL's positives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PositivesArg {
+    /// The one-sample form: draws from q weighted by sigma~/q.
+    Sis,
+    /// Conditional SMC around the state of a particle Gibbs chain carried across updates.
+    Gibbs,
+}
+
+impl From<PositivesArg> for Positives {
+    fn from(p: PositivesArg) -> Self {
+        match p {
+            PositivesArg::Sis => Positives::Sis,
+            PositivesArg::Gibbs => Positives::Gibbs,
+        }
+    }
+}
+
+/// A resampling scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemeArg {
+    /// K independent draws from the normalised weights.
+    Multinomial,
+    /// One uniform, K evenly spaced points.
+    Systematic,
+    /// One uniform per stratum.
+    Stratified,
+    /// Floor(K w) copies, then multinomial on the rest.
+    Residual,
+}
+
+impl From<SchemeArg> for Scheme {
+    fn from(s: SchemeArg) -> Self {
+        match s {
+            SchemeArg::Multinomial => Scheme::Multinomial,
+            SchemeArg::Systematic => Scheme::Systematic,
+            SchemeArg::Stratified => Scheme::Stratified,
+            SchemeArg::Residual => Scheme::Residual,
+        }
+    }
+}
+
+/// Checks that a count is at least `min`, naming the option.
+pub fn at_least(option: &str, value: usize, min: usize) -> anyhow::Result<usize> {
+    if value < min {
+        anyhow::bail!("{option} must be at least {min}, found {value}");
+    }
+    Ok(value)
+}

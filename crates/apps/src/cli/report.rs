@@ -1,0 +1,46 @@
+//! `tsmc report` arguments.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::commands::report::ReportSettings;
+
+/// Arguments of `tsmc report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output of `tsmc sample --out` (ESS per step, genealogy, particles).
+    #[arg(long)]
+    sample: Option<PathBuf>,
+    /// Output of `tsmc bounds --out` (bounds against K, KL estimates).
+    #[arg(long)]
+    bounds: Option<PathBuf>,
+    /// Output of `tsmc train --out` (KL over training).
+    #[arg(long)]
+    curve: Option<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long, default_value = "report.html")]
+    out: PathBuf,
+}
+
+impl ReportArgs {
+    /// Validates the arguments into settings.
+    pub fn settings(self) -> Result<ReportSettings> {
+        let Self {
+            sample,
+            bounds,
+            curve,
+            out,
+        } = self;
+        if sample.is_none() && bounds.is_none() && curve.is_none() {
+            bail!("nothing to report: give at least one of --sample, --bounds, --curve");
+        }
+        Ok(ReportSettings {
+            sample,
+            bounds,
+            curve,
+            out,
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! `tsmc reproduce` arguments.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use twist_learn::Method;
+
+use super::groups::{HeadArgs, MethodArg, ModelArgs, at_least};
+use crate::commands::reproduce::ReproduceSettings;
+use crate::presets::{ExactMethod, Preset};
+
+/// Arguments of `tsmc reproduce`.
+#[derive(Debug, Args)]
+pub struct ReproduceArgs {
+    /// The task preset (`tsmc tasks` lists them).
+    #[arg(long, value_parser = parse_preset)]
+    task: &'static Preset,
+    /// Output tokens T (default: the paper's T for the task).
+    #[arg(long, short = 't')]
+    tokens: Option<usize>,
+    /// Conditioning tokens m for infilling (default: the paper's).
+    #[arg(long)]
+    cond_tokens: Option<usize>,
+    /// Methods to train (comma-separated; default: the task's methods).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    methods: Vec<MethodArg>,
+    /// Number of seeds (each: fresh exact samples, fresh heads, fresh draws).
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// Twist updates per method and seed.
+    #[arg(long, default_value_t = 24)]
+    steps: usize,
+    /// Particles per update.
+    #[arg(long, short = 'k', default_value_t = 16)]
+    particles: usize,
+    /// Adam learning rate (constant).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[command(flatten)]
+    head: HeadArgs,
+    /// Particles K of the bounds on log Z.
+    #[arg(long, default_value_t = 64)]
+    eval_particles: usize,
+    /// Draws from q for F_q.
+    #[arg(long, default_value_t = 64)]
+    fq_samples: usize,
+    /// Exact samples per seed for G_q (infilling: conditioning sequences per seed).
+    #[arg(long, default_value_t = 32)]
+    exact_samples: usize,
+    /// Exact samples per seed that seed the upper bounds (conditional SMC, SIS).
+    #[arg(long, default_value_t = 3)]
+    upper_samples: usize,
+    /// Runs per lower bound.
+    #[arg(long, default_value_t = 2)]
+    lower_runs: usize,
+    /// Give up collecting exact samples after this many draws from p0.
+    #[arg(long, default_value_t = 50_000)]
+    max_draws: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output directory (records.jsonl, table.md, summary.json; default reproduce-TASK).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Only rebuild table.md and summary.json from the output directory's records.jsonl (e.g.
+    /// after a run was stopped part-way); the other options should be those of the run.
+    #[arg(long)]
+    table_only: bool,
+}
+
+fn parse_preset(name: &str) -> Result<&'static Preset> {
+    crate::presets::preset(name)
+}
+
+impl ReproduceArgs {
+    /// Validates the arguments into settings.
+    pub fn settings(self) -> Result<ReproduceSettings> {
+        let Self {
+            task: preset,
+            tokens,
+            cond_tokens,
+            methods,
+            seeds,
+            steps,
+            particles,
+            lr,
+            head,
+            eval_particles,
+            fq_samples,
+            exact_samples,
+            upper_samples,
+            lower_runs,
+            max_draws,
+            model,
+            out_dir,
+            table_only,
+        } = self;
+        let methods: Vec<Method> = if methods.is_empty() {
+            preset
+                .methods
+                .iter()
+                .map(|m| m.parse())
+                .collect::<Result<_, String>>()
+                .map_err(anyhow::Error::msg)?
+        } else {
+            methods.into_iter().map(Method::from).collect()
+        };
+        if preset.exact == ExactMethod::JointAncestral && methods.iter().any(|&m| m != Method::Ctl)
+        {
+            bail!("the infilling tasks train with ctl only (conditional-SMC positives)");
+        }
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr must be a positive number, found {lr}");
+        }
+        let cond_tokens = cond_tokens.or(preset.cond_tokens);
+        Ok(ReproduceSettings {
+            preset,
+            tokens: at_least("--tokens", tokens.unwrap_or(preset.tokens), 1)?,
+            cond_tokens,
+            methods,
+            seeds: at_least("--seeds", seeds, 1)?,
+            steps: at_least("--steps", steps, 1)?,
+            particles: at_least("--particles", particles, 2)?,
+            lr,
+            head: head.choice(),
+            eval_particles: at_least("--eval-particles", eval_particles, 2)?,
+            fq_samples: at_least("--fq-samples", fq_samples, 1)?,
+            exact_samples: at_least("--exact-samples", exact_samples, 1)?,
+            upper_samples,
+            lower_runs,
+            max_draws,
+            model: model.choice(),
+            out_dir: out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name))),
+            table_only,
+        })
+    }
+}

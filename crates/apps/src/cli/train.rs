@@ -1,0 +1,202 @@
+//! `tsmc train` arguments.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+
+use twist_learn::Method;
+
+use super::groups::{HeadArgs, MethodArg, ModelArgs, PositivesArg, PromptArgs, at_least};
+use crate::commands::train::{TrainSettings, TrainTask};
+use crate::potentials::PotentialSpec;
+use crate::training::Positives;
+
+/// Arguments of `tsmc train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The task: infilling (conditional twists; each update draws T + m tokens from p0),
+    /// infilling-fixed (one continuation c drawn with --task-seed, its exact sample s* held out
+    /// and measured after training through a particle Gibbs chain), or potential (a fixed
+    /// --potential such as toxicity:beta=1; evaluate with `tsmc bounds --twist`).
+    #[arg(long, value_enum, default_value_t = TaskArg::Infilling)]
+    task: TaskArg,
+    /// The method (infilling: ctl).
+    #[arg(long, value_enum, default_value_t = MethodArg::Ctl)]
+    method: MethodArg,
+    /// The potential of the `potential` task (as for `tsmc sample`).
+    #[arg(long, default_value = "toxicity:beta=1")]
+    potential: PotentialSpec,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Output tokens T.
+    #[arg(long, short = 't', default_value_t = 10)]
+    tokens: usize,
+    /// Conditioning tokens m.
+    #[arg(long, default_value_t = 5)]
+    cond_tokens: usize,
+    /// Particles per update.
+    #[arg(long, short = 'k', default_value_t = 16)]
+    particles: usize,
+    /// Number of updates.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Adam learning rate (constant; 1e-3 overshoots with the default model's heads, see
+    /// docs/training.md).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[command(flatten)]
+    head: HeadArgs,
+    /// Evaluate at these updates (comma-separated; default: 0, 1, 2, 4, 8, ... and the last).
+    #[arg(long, value_delimiter = ',')]
+    eval_at: Vec<usize>,
+    /// Conditioning sequences per evaluation.
+    #[arg(long, default_value_t = 8)]
+    eval_tasks: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write the head (safetensors; metadata beside it as .json), after every evaluation.
+    #[arg(long, default_value = "twist-head.safetensors")]
+    checkpoint: PathBuf,
+    /// Continue from this checkpoint (head, Adam's state and step count).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Training curve (JSON lines).
+    #[arg(long, default_value = "train-curve.jsonl")]
+    out: PathBuf,
+    /// Exact samples (`tsmc exact`) for the `potential` task: evaluates p0 and the twist at the
+    /// evaluation steps by F_q, G_q, G_q - F_q and both KL estimates (log Z from p0's bounds).
+    #[arg(long)]
+    exact: Option<PathBuf>,
+    /// Draws from q for F_q at each evaluation (`potential` task with --exact).
+    #[arg(long, default_value_t = 64)]
+    fq_samples: usize,
+    /// CTL's positives for `potential` and `infilling-fixed`: `sis` (the one-sample form:
+    /// draws from q weighted by sigma~/q) or `gibbs` (conditional SMC around the state of a
+    /// particle Gibbs chain carried across updates, started at a draw from q).
+    #[arg(long, value_enum, default_value_t = PositivesArg::Sis)]
+    positives: PositivesArg,
+    /// `infilling-fixed`: which (s*, c) pair to draw (default: --seed).
+    #[arg(long)]
+    task_seed: Option<u64>,
+    /// `infilling-fixed`: particle Gibbs sweeps from the held-out s* (exact samples for G_q).
+    #[arg(long, default_value_t = 32)]
+    gibbs_sweeps: usize,
+    /// `infilling-fixed`: particles of the evaluation's bounds and particle Gibbs sweeps.
+    #[arg(long, default_value_t = 32)]
+    eval_particles: usize,
+}
+
+/// The task of `tsmc train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskArg {
+    /// Conditional twists for infilling.
+    Infilling,
+    /// One infilling task, its exact sample held out.
+    InfillingFixed,
+    /// A fixed --potential.
+    Potential,
+}
+
+impl TrainArgs {
+    /// Validates the arguments into settings.
+    pub fn settings(self) -> Result<TrainSettings> {
+        let Self {
+            task,
+            method,
+            potential,
+            model,
+            prompt,
+            tokens,
+            cond_tokens,
+            particles,
+            steps,
+            lr,
+            head,
+            eval_at,
+            eval_tasks,
+            seed,
+            checkpoint,
+            resume,
+            out,
+            exact,
+            fq_samples,
+            positives,
+            task_seed,
+            gibbs_sweeps,
+            eval_particles,
+        } = self;
+        let method: Method = method.into();
+        let positives: Positives = positives.into();
+        let prompt = prompt.prompt()?;
+        let tokens = at_least("--tokens", tokens, 1)?;
+        let particles = at_least("--particles", particles, 2)?;
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr must be a positive number, found {lr}");
+        }
+        if positives == Positives::Gibbs && method != Method::Ctl {
+            bail!(
+                "--positives gibbs is for --method ctl (conditional-SMC positives); found {}", crate::training::method_name(method)
+            );
+        }
+        if checkpoint.extension().is_some_and(|e| e == "json") {
+            bail!(
+                "--checkpoint {} ends in .json, the name of the metadata written beside the weights: use a .safetensors name",
+                checkpoint.display()
+            );
+        }
+        let schedule = || twist_learn::train::exponential_schedule(steps);
+        let (task, eval_at) = match task {
+            TaskArg::Infilling => {
+                if method != Method::Ctl {
+                    bail!(
+                        "the infilling task trains with --method ctl (conditional-SMC positives); found {}", crate::training::method_name(method)
+                    );
+                }
+                at_least("--cond-tokens", cond_tokens, 1)?;
+                let eval_at = if eval_at.is_empty() {
+                    std::iter::once(0).chain(schedule()).collect()
+                } else {
+                    eval_at
+                };
+                let eval_tasks = at_least("--eval-tasks", eval_tasks, 1)?;
+                (TrainTask::Infilling { eval_tasks }, eval_at)
+            }
+            TaskArg::InfillingFixed => {
+                at_least("--cond-tokens", cond_tokens, 1)?;
+                let task = TrainTask::InfillingFixed {
+                    task_seed: task_seed.unwrap_or(seed),
+                    gibbs_sweeps: at_least("--gibbs-sweeps", gibbs_sweeps, 1)?,
+                    eval_particles: at_least("--eval-particles", eval_particles, 2)?,
+                };
+                (task, if eval_at.is_empty() { schedule() } else { eval_at })
+            }
+            TaskArg::Potential => (
+                TrainTask::Potential { potential, exact },
+                if eval_at.is_empty() { schedule() } else { eval_at },
+            ),
+        };
+        Ok(TrainSettings {
+            task,
+            method,
+            positives,
+            model: model.choice(),
+            prompt,
+            tokens,
+            cond_tokens,
+            particles,
+            steps,
+            lr,
+            head: head.choice(),
+            eval_at,
+            fq_samples: at_least("--fq-samples", fq_samples, 2)?,
+            seed,
+            checkpoint,
+            resume,
+            out,
+        })
+    }
+}

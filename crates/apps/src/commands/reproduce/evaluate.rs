@@ -1,0 +1,124 @@
+//! One sampler's evaluation on a seed's tasks, and the exact samples it is measured on.
+
+use anyhow::{Result, bail};
+
+use lm_burn::BurnLm;
+use smc_bounds::{Method as BoundMethod, Sampler};
+use smc_core::feynman_kac::Resampling;
+use smc_core::model::{Potential, Twist};
+use smc_core::smc::{Proposal, rng_from_seed};
+use twist_learn::HeadTrainable;
+
+use super::{ReproduceSettings, Record, TaskEval};
+use crate::presets::{ExactMethod, Preset};
+
+pub(super) struct Ctx<'a> {
+    pub lm: &'a BurnLm,
+    pub prompt: &'a [u32],
+    pub horizon: usize,
+    pub args: &'a ReproduceSettings,
+}
+
+pub(super) struct Task<'a> {
+    pub potential: Box<dyn Potential + 'a>,
+    pub conditioning: Option<Vec<u32>>,
+    pub exact: Vec<Vec<u32>>,
+}
+
+pub(super) fn collect_exact(
+    ctx: &Ctx<'_>,
+    preset: &Preset,
+    phi: &dyn Potential,
+    seed: u64,
+) -> Result<smc_bounds::Collected> {
+    let collect = match preset.exact {
+        ExactMethod::ClassRejection => smc_bounds::rejection_class::<BurnLm>,
+        _ => smc_bounds::rejection_indicator::<BurnLm>,
+    };
+    let mut rng = rng_from_seed(seed.wrapping_mul(7919).wrapping_add(17));
+    let collected = collect(
+        ctx.lm,
+        ctx.prompt,
+        ctx.horizon,
+        phi,
+        ctx.args.exact_samples,
+        64,
+        ctx.args.max_draws,
+        &mut rng,
+    )?;
+    if collected.samples.is_empty() {
+        bail!(
+            "no exact sample of {:?} in {} draws from p0: raise --max-draws",
+            preset.potential,
+            collected.draws
+        );
+    }
+    Ok(collected)
+}
+
+pub(super) fn evaluate(
+    ctx: &Ctx<'_>,
+    mut twist: Option<&mut HeadTrainable>,
+    tasks: &[Task<'_>],
+    seed: u64,
+) -> Result<Vec<TaskEval>> {
+    let a = ctx.args;
+    let mut out = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        if let (Some(t), Some(c)) = (twist.as_deref_mut(), &task.conditioning) {
+            t.head_mut().set_conditioning(ctx.lm, c)?;
+        }
+        let (tw, proposal) = match twist.as_deref() {
+            Some(t) => (Some(t as &dyn Twist), Proposal::Twisted),
+            None => (None, Proposal::Base),
+        };
+        let sampler = Sampler {
+            lm: ctx.lm,
+            prompt: ctx.prompt,
+            horizon: ctx.horizon,
+            potential: task.potential.as_ref(),
+            twist: tw,
+            proposal,
+            resampling: Resampling::default(),
+        };
+        let s = seed.wrapping_mul(1_000_033).wrapping_add(1000 * i as u64);
+        let runs: Vec<u64> = (0..a.lower_runs.max(1) as u64).map(|r| s + r).collect();
+        let k = a.eval_particles;
+        let lower = sampler
+            .lower_bound(BoundMethod::Sis, k, &runs)?
+            .mean
+            .max(sampler.lower_bound(BoundMethod::Smc, k, &runs)?.mean);
+        let refs = &task.exact[..a.upper_samples.clamp(1, task.exact.len())];
+        let upper = sampler
+            .upper_bound(BoundMethod::Sis, k, refs, s + 101)?
+            .mean
+            .min(
+                sampler
+                    .upper_bound(BoundMethod::Smc, k, refs, s + 202)?
+                    .mean,
+            );
+        out.push(TaskEval {
+            f_q: sampler.f_q(a.fq_samples, s + 303)?,
+            g_q: sampler.g_q(&task.exact)?,
+            lower,
+            upper,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn print_record(rec: &Record) {
+    let n = rec.tasks.len() as f64;
+    let mean = |f: &dyn Fn(&TaskEval) -> f64| rec.tasks.iter().map(f).sum::<f64>() / n;
+    eprintln!(
+        "seed {} {:<6} F_q {:>8.3}  G_q {:>8.3}  log Z in [{:.3}, {:.3}]  (train {:.0} s)",
+        rec.seed,
+        rec.sampler,
+        mean(&|t| t.f_q.mean),
+        mean(&|t| t.g_q.mean),
+        mean(&|t| t.lower),
+        mean(&|t| t.upper),
+        rec.train_seconds
+    );
+}
+

@@ -1,0 +1,299 @@
+//! `tsmc reproduce`: the paper's KL table for one task preset. For every seed: draw exact target
+//! samples, evaluate the base model as proposal, then train a fresh twist head with each method
+//! and evaluate its twisted proposal. Evaluation = F_q (draws from q), G_q (exact samples) and
+//! lower/upper bounds on log Z (SIS and SMC, the upper ones from exact samples). log Z is the
+//! midpoint of the tightest pair of bounds over all samplers (spec §4); then
+//! KL(q‖σ) = log Z - F_q and KL(σ‖q) = G_q - log Z, reported as mean ± 1.96 SE over seeds.
+//! Every evaluation is appended to `records.jsonl` as soon as it is done (nothing is lost if the
+//! run stops); the table goes to `table.md` and `summary.json` at the end.
+
+mod evaluate;
+mod table;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use lm_burn::heads::TwistHead;
+use lm_burn::infilling::InfillingPotential;
+use smc_bounds::{Estimate, joint_ancestral};
+use smc_core::smc::rng_from_seed;
+use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig, train};
+
+use crate::jsonl::{Appender, read_records};
+use crate::potentials::PotentialSpec;
+use crate::presets::Preset;
+use crate::setup::{ModelChoice, load_model_and_prompt};
+use crate::training::HeadChoice;
+use evaluate::{Ctx, Task, collect_exact, evaluate, print_record};
+use table::finish;
+
+/// The validated settings of `tsmc reproduce`.
+#[derive(Debug, Clone)]
+pub struct ReproduceSettings {
+    /// The task preset.
+    pub preset: &'static Preset,
+    /// Output tokens T.
+    pub tokens: usize,
+    /// Conditioning tokens m (infilling presets only).
+    pub cond_tokens: Option<usize>,
+    /// Methods to train.
+    pub methods: Vec<Method>,
+    /// Seeds (each: fresh exact samples, fresh heads, fresh draws).
+    pub seeds: usize,
+    /// Updates per method and seed.
+    pub steps: usize,
+    /// Particles per update.
+    pub particles: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// The heads.
+    pub head: HeadChoice,
+    /// Particles K of the bounds on log Z.
+    pub eval_particles: usize,
+    /// Draws from q for F_q.
+    pub fq_samples: usize,
+    /// Exact samples per seed (infilling: conditioning sequences per seed).
+    pub exact_samples: usize,
+    /// Exact samples per seed that seed the upper bounds.
+    pub upper_samples: usize,
+    /// Runs per lower bound.
+    pub lower_runs: usize,
+    /// Give up collecting exact samples after this many draws.
+    pub max_draws: usize,
+    /// The model.
+    pub model: ModelChoice,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Only rebuild the table from the records.
+    pub table_only: bool,
+}
+
+/// One sampler's evaluation for one seed (infilling: averaged over the seed's tasks, with the
+/// per-task values kept so that log Z can be pinned per task).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// The seed.
+    pub seed: u64,
+    /// "p0" or the method.
+    pub sampler: String,
+    /// Seconds spent training (0 for p0).
+    pub train_seconds: f64,
+    /// Per task (one task for a fixed potential): F_q, G_q and the best lower and upper bounds.
+    pub tasks: Vec<TaskEval>,
+}
+
+/// A sampler's numbers on one task.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TaskEval {
+    /// F_q = E_q[log sigma~ - log q].
+    pub f_q: Estimate,
+    /// G_q = E_sigma[log sigma~ - log q].
+    pub g_q: Estimate,
+    /// The larger of the SIS and SMC lower bounds (means over runs).
+    pub lower: f64,
+    /// The smaller of the SIS and SMC upper bounds (means over exact samples).
+    pub upper: f64,
+}
+
+/// A row of the final table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// "p0" or the method.
+    pub sampler: String,
+    /// KL(q‖σ) over seeds.
+    pub kl_q_sigma: Estimate,
+    /// KL(σ‖q) over seeds.
+    pub kl_sigma_q: Estimate,
+    /// F_q over seeds.
+    pub f_q: Estimate,
+    /// G_q over seeds.
+    pub g_q: Estimate,
+    /// KL(q‖σ) minus p0's, paired by seed (= F_q of p0 - F_q; free of log Z).
+    pub delta_kl_q_sigma: Estimate,
+    /// KL(σ‖q) minus p0's, paired by seed (= G_q - G_q of p0, on the same exact samples).
+    pub delta_kl_sigma_q: Estimate,
+    /// Mean training time per seed.
+    pub train_seconds: f64,
+}
+
+/// Runs `tsmc reproduce`.
+pub fn run(args: &ReproduceSettings) -> Result<()> {
+    let preset = args.preset;
+    let horizon = args.tokens;
+    let cond_len = args.cond_tokens;
+    let methods = &args.methods;
+    let out_dir = args.out_dir.clone();
+    let records_path = out_dir.join("records.jsonl");
+    if args.table_only {
+        let records: Vec<Record> = read_records(&records_path)?;
+        if records.is_empty() {
+            bail!("{}: no records", records_path.display());
+        }
+        // Keep the run's time and rejection estimate if an earlier summary has them.
+        let previous: serde_json::Value = std::fs::read_to_string(out_dir.join("summary.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        return finish(
+            preset,
+            args,
+            horizon,
+            cond_len,
+            &out_dir,
+            &records,
+            previous["rejection_log_z"].as_f64(),
+            previous["seconds"].as_f64().unwrap_or(0.0),
+            &args.model.model,
+        );
+    }
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
+    let mut records_out = Appender::create(&records_path)?;
+    let loaded = load_model_and_prompt(&args.model, preset.prompt)?;
+    let (lm, prompt) = (&loaded.lm, &loaded.prompt);
+    let ad = loaded.device.clone().autodiff();
+    let ctx = Ctx {
+        lm,
+        prompt,
+        horizon,
+        args,
+    };
+    let started = Instant::now();
+    let bar = ProgressBar::new((args.seeds * (methods.len() + 1)) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("reproduce {pos}/{len} [{bar:30}] {msg} {elapsed}/{eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let mut records = Vec::new();
+    let mut rejection = (0usize, 0usize);
+    for seed in 0..args.seeds as u64 {
+        bar.set_message(format!("seed {seed}: exact samples"));
+        let tasks = match cond_len {
+            None => {
+                let phi = preset_potential(preset)?.build(lm)?;
+                let collected = collect_exact(&ctx, preset, phi.as_ref(), seed)?;
+                rejection.0 += collected.accepted;
+                rejection.1 += collected.draws;
+                vec![Task {
+                    potential: phi,
+                    conditioning: None,
+                    exact: collected.samples.into_iter().map(|s| s.tokens).collect(),
+                }]
+            }
+            Some(m) => {
+                let mut rng = rng_from_seed(seed.wrapping_mul(7919).wrapping_add(17));
+                joint_ancestral(lm, prompt, horizon, m, args.exact_samples, &mut rng)?
+                    .into_iter()
+                    .map(|pair| {
+                        let c = pair.conditioning.unwrap_or_default();
+                        Task {
+                            potential: Box::new(InfillingPotential::new(lm, c.clone())),
+                            conditioning: Some(c),
+                            exact: vec![pair.tokens],
+                        }
+                    })
+                    .collect()
+            }
+        };
+        bar.set_message(format!("seed {seed}: evaluating p0"));
+        let rec = Record {
+            seed,
+            sampler: "p0".into(),
+            train_seconds: 0.0,
+            tasks: evaluate(&ctx, None, &tasks, seed)?,
+        };
+        bar.suspend(|| print_record(&rec));
+        records_out.write(&rec)?;
+        records.push(rec);
+        bar.inc(1);
+        for &method in methods {
+            let param = Parameterization::for_method(method);
+            let placeholder = cond_len.map(|m| vec![prompt[0]; m]);
+            let head = TwistHead::new(
+                lm,
+                args.head.config(lm, placeholder),
+                seed.wrapping_mul(1000).wrapping_add(method as u64),
+                &ad,
+            )?;
+            let mut twist = HeadTrainable::new(head, param, AdamConfig::default());
+            let t0 = Instant::now();
+            let msg = |i: usize| format!("seed {seed}: {method:?} update {i}/{}", args.steps);
+            bar.set_message(msg(0));
+            if let Some(m) = cond_len {
+                let cfg = twist_learn::InfillingConfig {
+                    horizon,
+                    cond_len: m,
+                    batch_size: args.particles,
+                    steps: args.steps,
+                    learning_rate: args.lr,
+                    seed: seed.wrapping_mul(1_000_003).wrapping_add(5),
+                };
+                twist_learn::train_infilling_ctl(lm, &mut twist, prompt, &cfg, |i, _, _| {
+                    bar.set_message(msg(i));
+                    Ok(())
+                })?;
+            } else {
+                let cfg = TrainConfig {
+                    method,
+                    steps: args.steps,
+                    batch_size: args.particles,
+                    horizon,
+                    learning_rate: args.lr,
+                    seed: seed.wrapping_mul(1_000_003).wrapping_add(5),
+                };
+                train(
+                    lm,
+                    &mut twist,
+                    tasks[0].potential.as_ref(),
+                    prompt,
+                    &cfg,
+                    |i, _, _| {
+                        bar.set_message(msg(i));
+                        Ok(())
+                    },
+                )?;
+            }
+            let train_seconds = t0.elapsed().as_secs_f64();
+            bar.set_message(format!("seed {seed}: evaluating {method:?}"));
+            let rec = Record {
+                seed,
+                sampler: format!("{method:?}").to_lowercase(),
+                train_seconds,
+                tasks: evaluate(&ctx, Some(&mut twist), &tasks, seed)?,
+            };
+            bar.suspend(|| print_record(&rec));
+            records_out.write(&rec)?;
+            records.push(rec);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let rejection_log_z = (rejection.1 > 0 && rejection.0 > 0)
+        .then(|| (rejection.0 as f64 / rejection.1 as f64).ln());
+    finish(
+        preset,
+        args,
+        horizon,
+        cond_len,
+        &out_dir,
+        &records,
+        rejection_log_z,
+        started.elapsed().as_secs_f64(),
+        lm.name(),
+    )
+}
+
+
+/// The potential of a fixed-potential preset.
+fn preset_potential(preset: &Preset) -> Result<PotentialSpec> {
+    preset
+        .potential
+        .parse()
+        .with_context(|| format!("the potential of preset {}", preset.name))
+}
+

@@ -1,0 +1,20 @@
+//! # tsmc-apps
+//!
+//! The `tsmc` command line as a library: the applications' potentials ([`potentials`]), task
+//! presets ([`presets`]), and the commands ([`commands`]), each run from validated settings.
+//! Layers, top to bottom, with no import going upwards:
+//! - [`cli`]: clap types only (argument groups flattened into commands, typed choices), parsed
+//!   and validated once into settings;
+//! - [`commands`]: one module per command, taking its settings;
+//! - library modules shared by commands: [`setup`] (model, prompt, twist loading), [`training`]
+//!   (heads, positives, progress), [`jsonl`] (every reader and writer of our JSONL files),
+//!   [`progress`], [`potentials`], [`presets`].
+
+pub mod cli;
+pub mod commands;
+pub mod jsonl;
+pub mod potentials;
+pub mod presets;
+pub mod progress;
+pub mod setup;
+pub mod training;

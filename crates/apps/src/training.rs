@@ -1,0 +1,131 @@
+//! Twist training as the commands use it: fresh or resumed heads, the choice of CTL's
+//! positives, and the training progress bar. Shared by `tsmc train` and `tsmc reproduce`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use lm_burn::heads::{HeadConfig, HeadKind, TwistHead};
+use lm_burn::{BurnLm, Device};
+use smc_core::model::Potential;
+use twist_learn::{AdamConfig, HeadTrainable, Parameterization, TrainConfig, TrainRecord};
+
+/// The shape and initialisation of a fresh head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadChoice {
+    /// Linear or MLP.
+    pub kind: HeadKind,
+    /// Start the output layer at zero (q = p0) instead of the spec's initialisation.
+    pub zero_output: bool,
+}
+
+impl HeadChoice {
+    /// The head configuration for `lm`, conditional when `conditioning` is given.
+    pub fn config(&self, lm: &BurnLm, conditioning: Option<Vec<u32>>) -> HeadConfig {
+        let mut config = HeadConfig::for_model(lm, self.kind, conditioning);
+        config.zero_output = self.zero_output;
+        config
+    }
+
+    /// The name of the initialisation, as the command line spells it.
+    pub fn init_name(&self) -> &'static str {
+        if self.zero_output {
+            "zero-output"
+        } else {
+            "xavier"
+        }
+    }
+
+    /// The name of the head kind, as the command line spells it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            HeadKind::Linear => "linear",
+            HeadKind::Mlp => "mlp",
+        }
+    }
+}
+
+/// CTL's positives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positives {
+    /// Draws from q weighted by sigma~/q (the one-sample form).
+    Sis,
+    /// Conditional SMC around a particle Gibbs chain carried across updates.
+    Gibbs,
+}
+
+impl Positives {
+    /// The name as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Positives::Sis => "sis",
+            Positives::Gibbs => "gibbs",
+        }
+    }
+}
+
+/// The lower-case name of a method, as the command line spells it.
+pub fn method_name(method: twist_learn::Method) -> String {
+    format!("{method:?}").to_lowercase()
+}
+
+/// Trains `twist` with `cfg.method`, CTL's positives as chosen.
+pub fn train_with<W: twist_learn::TrainableTwist>(
+    positives: Positives,
+    lm: &BurnLm,
+    twist: &mut W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    cfg: &TrainConfig,
+    on_step: impl FnMut(usize, &W, f64) -> smc_core::Result<()>,
+) -> smc_core::Result<Vec<TrainRecord>> {
+    match positives {
+        Positives::Gibbs => {
+            twist_learn::train_ctl_particle_gibbs(lm, twist, potential, prompt, cfg, None, on_step)
+        }
+        Positives::Sis => twist_learn::train(lm, twist, potential, prompt, cfg, on_step),
+    }
+}
+
+/// A head for `lm`: fresh (from `choice`, `conditioning` and `seed`) or resumed from a
+/// checkpoint (head and Adam's state). Returns it with the checkpoint's metadata (null when
+/// fresh) and the update count it starts from.
+pub fn fresh_or_resumed_head(
+    resume: Option<&Path>,
+    lm: &BurnLm,
+    choice: HeadChoice,
+    conditioning: Option<Vec<u32>>,
+    seed: u64,
+    param: Parameterization,
+    device: &Device,
+) -> Result<(HeadTrainable, serde_json::Value, usize)> {
+    Ok(match resume {
+        Some(path) => {
+            let (t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            let step = meta["step"].as_u64().unwrap_or(0) as usize;
+            (t, meta, step)
+        }
+        None => (
+            HeadTrainable::new(
+                TwistHead::new(lm, choice.config(lm, conditioning), seed, device)?,
+                param,
+                AdamConfig::default(),
+            ),
+            serde_json::Value::Null,
+            0,
+        ),
+    })
+}
+
+/// The progress bar of a training run (current loss, elapsed and remaining time).
+pub fn train_bar(steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("train {pos}/{len} [{bar:30}] loss {msg} {elapsed}/{eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar
+}
