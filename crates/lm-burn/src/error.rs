@@ -87,7 +87,7 @@ pub enum LmError {
         /// The architecture found.
         found: String,
         /// The supported ones.
-        supported: &'static str,
+        supported: String,
     },
     /// The tokenizer could not be built or failed.
     #[error("tokenizer ({source_name}): {detail}")]

@@ -459,7 +459,7 @@ impl GgufModel {
             return Err(LmError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 found: arch,
-                supported: "llama, qwen2 (GGUF)",
+                supported: "llama, qwen2 (GGUF)".into(),
             });
         }
         let mut names = BTreeMap::new();

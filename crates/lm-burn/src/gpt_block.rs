@@ -5,6 +5,7 @@
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::arch::{CausalLm, Dims};
 use crate::cache::{LayerKv, ParticleCache, PromptCache};
 use crate::error::{LmError, Result};
 use crate::ops::{AttentionWindow, causal_attention, decode_attention, layer_norm};
@@ -103,9 +104,23 @@ impl GptBody {
     fn mlp<const D: usize>(&self, b: &Block, x: Tensor<D>) -> Tensor<D> {
         linear(gelu_approximate(linear(x, &b.fc)), &b.proj)
     }
+}
 
-    /// Full forward from position 0: final-LayerNorm hidden states and per-layer keys/values.
-    pub fn forward_seq(
+/// GPT-2 and GPT-Neo differ only in how their weights are named and which blocks attend
+/// locally, both settled at load time, so the body implements the architecture interface
+/// once for both.
+impl CausalLm for GptBody {
+    fn dims(&self) -> Dims {
+        Dims {
+            vocab: self.vocab(),
+            hidden: self.hidden(),
+            layers: self.blocks.len(),
+            kv_heads: self.num_heads,
+            head_dim: self.head_dim(),
+        }
+    }
+
+    fn forward_seq(
         &self,
         tokens: &[u32],
         batch: usize,
@@ -132,8 +147,7 @@ impl GptBody {
         Ok((layer_norm(h, &self.ln_f.0, &self.ln_f.1, self.eps), kvs))
     }
 
-    /// One decoding step of K particles at absolute position `pos`.
-    pub fn decode(
+    fn decode(
         &self,
         tokens: &[u32],
         pos: usize,
@@ -174,8 +188,8 @@ impl GptBody {
         Ok(layer_norm(h, &self.ln_f.0, &self.ln_f.1, self.eps))
     }
 
-    /// Logits from hidden states (tied head).
-    pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+    // The head is tied to the token embeddings (a transposed view, never copied).
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         crate::ops::linear(hidden, &self.wte.clone().transpose(), None)
     }
 }
