@@ -85,15 +85,16 @@ impl GptBody {
     fn embed(&self, tokens: &[u32], positions: &[usize], shape: [usize; 2]) -> Result<Tensor<3>> {
         let v = self.vocab();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
-            return Err(LmError::Input(format!(
-                "token id {bad} is outside the vocabulary of size {v}"
-            )));
+            return Err(LmError::TokenOutOfRange {
+                token: bad,
+                vocab: v,
+            });
         }
         if let Some(&p) = positions.iter().find(|&&p| p >= self.max_positions()) {
-            return Err(LmError::Input(format!(
-                "position {p} is beyond the model's {} learned positions",
-                self.max_positions()
-            )));
+            return Err(LmError::PositionOutOfRange {
+                position: p,
+                max: self.max_positions(),
+            });
         }
         let tok = self.ids(tokens.iter().map(|&t| t as i64).collect(), shape);
         let pos = self.ids(positions.iter().map(|&p| p as i64).collect(), shape);

@@ -176,9 +176,10 @@ impl Llama {
     fn embed(&self, tokens: &[u32], shape: [usize; 2]) -> Result<Tensor<3>> {
         let v = self.config.vocab_size;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
-            return Err(LmError::Input(format!(
-                "token id {bad} is outside the vocabulary of size {v}"
-            )));
+            return Err(LmError::TokenOutOfRange {
+                token: bad,
+                vocab: v,
+            });
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);

@@ -60,9 +60,7 @@ impl BurnLm {
         } else if path.is_file() {
             Self::from_gguf(path, device)
         } else {
-            Err(LmError::Input(format!(
-                "model {spec:?} is neither `default`, a model directory nor a .gguf file"
-            )))
+            Err(LmError::ModelNotFound { spec: spec.into() })
         }
     }
 }

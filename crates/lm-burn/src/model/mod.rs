@@ -69,9 +69,8 @@ impl BurnLm {
 
     /// The tokenizer, or an error if the model came without one.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| LmError::Tokenizer {
-            source_name: self.name.clone(),
-            detail: "this model has no tokenizer (no tokenizer.json in the directory)".into(),
+        self.tokenizer.as_ref().ok_or_else(|| LmError::NoTokenizer {
+            model: self.name.clone(),
         })
     }
 }
@@ -105,8 +104,7 @@ fn push_log_softmax(row: &[f32], out: &mut Vec<f64>) {
     out.extend(row.iter().map(|&x| x as f64 - lse));
 }
 
-/// Reads a tensor back from the device as f32 values, row-major.
-fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.try_into_vec_as::<f32>()
-        .map_err(|e| LmError::Input(format!("cannot read a tensor back from the device: {e:?}")))
+/// Reads a tensor back from the device as f32 values, row-major; `what` names it in errors.
+fn to_vec<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
+    t.try_into_vec_as::<f32>().map_err(LmError::read_back(what))
 }

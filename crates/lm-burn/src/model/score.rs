@@ -19,44 +19,46 @@ impl BurnLm {
     /// Logits at every position of one sequence, [S x V] row-major (a full forward, no cache).
     pub fn forward_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
-            return Err(LmError::Input(
-                "cannot run the model on an empty sequence".into(),
-            ));
+            return Err(LmError::EmptySequence {
+                what: "the sequence".into(),
+            });
         }
         let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
-        to_vec(self.model.logits(h))
+        to_vec(self.model.logits(h), "logits")
     }
 
     /// The final-norm hidden state at the last position of `tokens` encoded alone ([d]): the
     /// conditioning vector of conditional twist heads.
     pub fn encode_last_hidden(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
-            return Err(LmError::Input(
-                "cannot encode an empty conditioning sequence".into(),
-            ));
+            return Err(LmError::EmptySequence {
+                what: "the conditioning sequence".into(),
+            });
         }
         let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
         let d = h.dims()[2];
         let n = tokens.len();
-        to_vec(h.slice([0..1, n - 1..n, 0..d]))
+        to_vec(h.slice([0..1, n - 1..n, 0..d]), "hidden states")
     }
 
     /// log p0(continuation | prefix) for each (prefix, continuation) pair, in one batched pass
     /// per distinct shape (the infilling potential's scoring pass).
     pub fn score(&self, prefixes: &[Vec<u32>], continuations: &[Vec<u32>]) -> Result<Vec<f64>> {
         if prefixes.len() != continuations.len() {
-            return Err(LmError::Input(format!(
-                "score: {} prefixes but {} continuations",
-                prefixes.len(),
-                continuations.len()
-            )));
+            return Err(LmError::LengthMismatch {
+                what: "score: continuations (one per prefix)".into(),
+                expected: prefixes.len(),
+                found: continuations.len(),
+            });
         }
         let mut out = vec![0.0; prefixes.len()];
         // Batch the pairs whose total lengths agree (all of them, in SMC use).
         let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         for (i, (p, c)) in prefixes.iter().zip(continuations).enumerate() {
             if p.is_empty() {
-                return Err(LmError::Input(format!("score: prefix {i} is empty")));
+                return Err(LmError::EmptySequence {
+                    what: format!("score: prefix {i}"),
+                });
             }
             groups.entry((p.len(), c.len())).or_default().push(i);
         }
@@ -74,7 +76,7 @@ impl BurnLm {
             let (h, _) = self.model.forward_seq(&tokens, idx.len(), seq)?;
             let d = h.dims()[2];
             let h = h.slice([0..idx.len(), pl - 1..seq - 1, 0..d]);
-            let logp = to_vec(log_softmax(self.model.logits(h), 2))?;
+            let logp = to_vec(log_softmax(self.model.logits(h), 2), "log-probabilities")?;
             for (b, &i) in idx.iter().enumerate() {
                 out[i] = continuations[i]
                     .iter()
@@ -94,16 +96,17 @@ impl BurnLm {
         sequences: &[Vec<u32>],
     ) -> Result<Vec<StepOutput>> {
         if prompt.is_empty() {
-            return Err(LmError::Input(
-                "the prompt is empty: the model needs at least one token to condition on".into(),
-            ));
+            return Err(LmError::EmptySequence {
+                what: "the prompt".into(),
+            });
         }
         let horizon = sequences.first().map_or(0, Vec::len);
         if let Some(i) = sequences.iter().position(|s| s.len() != horizon) {
-            return Err(LmError::Input(format!(
-                "teacher forcing: sequence {i} has {} tokens, the first has {horizon}",
-                sequences[i].len()
-            )));
+            return Err(LmError::LengthMismatch {
+                what: format!("teacher forcing: tokens in sequence {i} (as many as in the first)"),
+                expected: horizon,
+                found: sequences[i].len(),
+            });
         }
         let k = sequences.len();
         if horizon == 0 || k == 0 {
@@ -129,8 +132,8 @@ impl BurnLm {
             }
             let (h, _) = self.model.forward_seq(&tokens, b, seq)?;
             let h = h.slice([0..b, p - 1..seq, 0..d]);
-            let hv = to_vec(h.clone())?;
-            let logits = to_vec(self.model.logits(h))?;
+            let hv = to_vec(h.clone(), "hidden states")?;
+            let logits = to_vec(self.model.logits(h), "logits")?;
             for bi in 0..b {
                 for t in 0..horizon {
                     let r = bi * horizon + t;

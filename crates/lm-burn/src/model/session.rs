@@ -29,9 +29,9 @@ impl<'a> BurnSession<'a> {
     /// Prefills `prompt` and prepares `num_particles` particles that all start right after it.
     pub(super) fn start(lm: &'a BurnLm, prompt: &[u32], num_particles: usize) -> Result<Self> {
         if prompt.is_empty() {
-            return Err(LmError::Input(
-                "the prompt is empty: the model needs at least one token to condition on".into(),
-            ));
+            return Err(LmError::EmptySequence {
+                what: "the prompt".into(),
+            });
         }
         let p = prompt.len();
         let (h, layers) = lm.model.forward_seq(prompt, 1, p)?;
@@ -71,12 +71,15 @@ impl DecodeSession for BurnSession<'_> {
     fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
         let v = self.lm.dims().vocab;
         // [K, d] as [K, 1, d]: the output head takes three dimensions.
-        let logits = to_vec(self.lm.model.logits(self.hidden.clone().unsqueeze_dim(1)))?;
+        let logits = to_vec(
+            self.lm.model.logits(self.hidden.clone().unsqueeze_dim(1)),
+            "logits",
+        )?;
         let mut data = Vec::with_capacity(logits.len());
         for row in logits.chunks_exact(v) {
             push_log_softmax(row, &mut data);
         }
-        let hidden = to_vec(self.hidden.clone())?;
+        let hidden = to_vec(self.hidden.clone(), "hidden states")?;
         let dim = self.hidden.dims()[1];
         Ok(StepOutput {
             log_probs: LogTable::from_vec(self.particles, v, data).expect("shape"),
@@ -90,11 +93,11 @@ impl DecodeSession for BurnSession<'_> {
 
     fn push(&mut self, tokens: &[u32]) -> smc_core::Result<()> {
         if tokens.len() != self.particles {
-            return Err(LmError::Input(format!(
-                "push: {} tokens for {} particles",
-                tokens.len(),
-                self.particles
-            ))
+            return Err(LmError::LengthMismatch {
+                what: "push: tokens (one per particle)".into(),
+                expected: self.particles,
+                found: tokens.len(),
+            }
             .into());
         }
         self.hidden =
@@ -106,11 +109,19 @@ impl DecodeSession for BurnSession<'_> {
     }
 
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
-        if ancestors.len() != self.particles || ancestors.iter().any(|&a| a >= self.particles) {
-            return Err(LmError::Input(format!(
-                "reorder: invalid ancestors for {} particles",
-                self.particles
-            ))
+        if ancestors.len() != self.particles {
+            return Err(LmError::LengthMismatch {
+                what: "reorder: ancestors (one per particle)".into(),
+                expected: self.particles,
+                found: ancestors.len(),
+            }
+            .into());
+        }
+        if let Some(&ancestor) = ancestors.iter().find(|&&a| a >= self.particles) {
+            return Err(LmError::AncestorOutOfRange {
+                ancestor,
+                particles: self.particles,
+            }
             .into());
         }
         if ancestors.iter().enumerate().all(|(k, &a)| a == k) {
