@@ -89,7 +89,7 @@ impl HeadConfig {
 pub struct Dense {
     /// [in, out].
     pub weight: Param<Tensor<2>>,
-    /// [out].
+    /// \[out\].
     pub bias: Param<Tensor<1>>,
 }
 
@@ -122,7 +122,7 @@ pub struct TwistHead {
     pub config: HeadConfig,
     /// The parameters.
     pub module: HeadModule,
-    /// The conditioning tokens' final-norm hidden state [d] (conditional heads).
+    /// The conditioning tokens' final-norm hidden state \[d\] (conditional heads).
     pub cond_hidden: Option<Vec<f32>>,
     device: Device,
 }

@@ -1,9 +1,9 @@
 //! A loaded language model of any supported architecture ([`BurnLm`]) and its implementation
 //! of [`smc_core::model::LanguageModel`].
 //!
-//! The work is split by job: [`load`] finds and loads a model (`default`, a Hugging Face
-//! directory, a `.gguf` file), [`score`] runs full forward passes (logits, batched scoring,
-//! teacher forcing) and [`session`] decodes K particles step by step over a shared prompt.
+//! The work is split by job: `load` finds and loads a model (`default`, a Hugging Face
+//! directory, a `.gguf` file), `score` runs full forward passes (logits, batched scoring,
+//! teacher forcing) and `session` decodes K particles step by step over a shared prompt.
 //! None of them knows which architecture it drives: they go through [`CausalLm`].
 
 mod load;

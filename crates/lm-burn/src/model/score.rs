@@ -27,7 +27,7 @@ impl BurnLm {
         to_vec(self.model.logits(h), "logits")
     }
 
-    /// The final-norm hidden state at the last position of `tokens` encoded alone ([d]): the
+    /// The final-norm hidden state at the last position of `tokens` encoded alone (\[d\]): the
     /// conditioning vector of conditional twist heads.
     pub fn encode_last_hidden(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
