@@ -16,8 +16,8 @@ impl JsonConfig {
     /// Reads and parses a config file.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LmError::io(path, e))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| LmError::format(path, format!("invalid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| LmError::json(path, "invalid JSON", e))?;
         if !value.is_object() {
             return Err(LmError::format(path, "expected a JSON object"));
         }

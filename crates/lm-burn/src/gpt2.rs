@@ -1,6 +1,7 @@
 //! GPT-2 (the paper's sentiment base model family): learned positions, LayerNorm, fused
 //! `c_attn` Conv1D weights stored [in, out], gelu_new, head tied to the embeddings.
 
+use crate::arch::CausalLm;
 use crate::config::JsonConfig;
 use crate::error::Result;
 use crate::gpt_block::{Block, GptBody};
@@ -47,6 +48,11 @@ impl Gpt2Config {
                 .bool_or("scale_attn_by_inverse_layer_idx", false)?,
         })
     }
+}
+
+/// The [`crate::registry`] constructor.
+pub fn build(cfg: &JsonConfig, loader: &mut Loader<'_>) -> Result<Box<dyn CausalLm>> {
+    Ok(Box::new(load(&Gpt2Config::from_json(cfg)?, loader)?))
 }
 
 /// Loads GPT-2 weights (with or without the `transformer.` prefix).

@@ -5,6 +5,7 @@
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::arch::{CausalLm, Dims};
 use crate::cache::{LayerKv, ParticleCache, PromptCache};
 use crate::error::{LmError, Result};
 use crate::ops::{AttentionWindow, causal_attention, decode_attention, layer_norm};
@@ -84,15 +85,16 @@ impl GptBody {
     fn embed(&self, tokens: &[u32], positions: &[usize], shape: [usize; 2]) -> Result<Tensor<3>> {
         let v = self.vocab();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
-            return Err(LmError::Input(format!(
-                "token id {bad} is outside the vocabulary of size {v}"
-            )));
+            return Err(LmError::TokenOutOfRange {
+                token: bad,
+                vocab: v,
+            });
         }
         if let Some(&p) = positions.iter().find(|&&p| p >= self.max_positions()) {
-            return Err(LmError::Input(format!(
-                "position {p} is beyond the model's {} learned positions",
-                self.max_positions()
-            )));
+            return Err(LmError::PositionOutOfRange {
+                position: p,
+                max: self.max_positions(),
+            });
         }
         let tok = self.ids(tokens.iter().map(|&t| t as i64).collect(), shape);
         let pos = self.ids(positions.iter().map(|&p| p as i64).collect(), shape);
@@ -103,9 +105,23 @@ impl GptBody {
     fn mlp<const D: usize>(&self, b: &Block, x: Tensor<D>) -> Tensor<D> {
         linear(gelu_approximate(linear(x, &b.fc)), &b.proj)
     }
+}
 
-    /// Full forward from position 0: final-LayerNorm hidden states and per-layer keys/values.
-    pub fn forward_seq(
+/// GPT-2 and GPT-Neo differ only in how their weights are named and which blocks attend
+/// locally, both settled at load time, so the body implements the architecture interface
+/// once for both.
+impl CausalLm for GptBody {
+    fn dims(&self) -> Dims {
+        Dims {
+            vocab: self.vocab(),
+            hidden: self.hidden(),
+            layers: self.blocks.len(),
+            kv_heads: self.num_heads,
+            head_dim: self.head_dim(),
+        }
+    }
+
+    fn forward_seq(
         &self,
         tokens: &[u32],
         batch: usize,
@@ -132,8 +148,7 @@ impl GptBody {
         Ok((layer_norm(h, &self.ln_f.0, &self.ln_f.1, self.eps), kvs))
     }
 
-    /// One decoding step of K particles at absolute position `pos`.
-    pub fn decode(
+    fn decode(
         &self,
         tokens: &[u32],
         pos: usize,
@@ -174,8 +189,8 @@ impl GptBody {
         Ok(layer_norm(h, &self.ln_f.0, &self.ln_f.1, self.eps))
     }
 
-    /// Logits from hidden states (tied head).
-    pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+    // The head is tied to the token embeddings (a transposed view, never copied).
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         crate::ops::linear(hidden, &self.wte.clone().transpose(), None)
     }
 }

@@ -1,6 +1,7 @@
 //! GPT-Neo (the paper's TinyStories-33M): learned positions, LayerNorm, alternating global and
 //! local (windowed) attention, no 1/sqrt(d) score scaling, head tied to the embeddings.
 
+use crate::arch::CausalLm;
 use crate::config::JsonConfig;
 use crate::error::{LmError, Result};
 use crate::gpt_block::{Block, GptBody};
@@ -72,6 +73,11 @@ impl GptNeoConfig {
             attention_layers,
         })
     }
+}
+
+/// The [`crate::registry`] constructor.
+pub fn build(cfg: &JsonConfig, loader: &mut Loader<'_>) -> Result<Box<dyn CausalLm>> {
+    Ok(Box::new(load(&GptNeoConfig::from_json(cfg)?, loader)?))
 }
 
 /// Loads GPT-Neo weights.

@@ -89,7 +89,7 @@ impl HeadConfig {
 pub struct Dense {
     /// [in, out].
     pub weight: Param<Tensor<2>>,
-    /// [out].
+    /// \[out\].
     pub bias: Param<Tensor<1>>,
 }
 
@@ -122,7 +122,7 @@ pub struct TwistHead {
     pub config: HeadConfig,
     /// The parameters.
     pub module: HeadModule,
-    /// The conditioning tokens' final-norm hidden state [d] (conditional heads).
+    /// The conditioning tokens' final-norm hidden state \[d\] (conditional heads).
     pub cond_hidden: Option<Vec<f32>>,
     device: Device,
 }
@@ -179,7 +179,7 @@ impl TwistHead {
     /// Re-targets a conditional head to new conditioning tokens (encoded alone with `lm`).
     pub fn set_conditioning(&mut self, lm: &BurnLm, conditioning: &[u32]) -> Result<()> {
         if self.config.conditioning.is_none() {
-            return Err(LmError::Input("this twist head is not conditional".into()));
+            return Err(LmError::NotConditional);
         }
         self.cond_hidden = Some(lm.encode_last_hidden(conditioning)?);
         self.config.conditioning = Some(conditioning.to_vec());
@@ -212,10 +212,11 @@ impl TwistHead {
     /// Raw outputs [rows x V] for hidden states, computed without autodiff.
     pub fn raw(&self, hidden: &HiddenStates) -> Result<LogTable> {
         if hidden.dim != self.config.hidden_size {
-            return Err(LmError::Input(format!(
-                "twist head expects hidden states of size {}, found {}",
-                self.config.hidden_size, hidden.dim
-            )));
+            return Err(LmError::LengthMismatch {
+                what: "twist head: hidden-state size".into(),
+                expected: self.config.hidden_size,
+                found: hidden.dim,
+            });
         }
         let module = self.module.valid();
         let device = self.device.clone().without_autodiff();
@@ -223,7 +224,7 @@ impl TwistHead {
         let v = self.config.vocab_size;
         let data: Vec<f64> = out
             .try_into_vec_as::<f32>()
-            .map_err(|e| LmError::Input(format!("reading twist head outputs: {e:?}")))?
+            .map_err(LmError::read_back("twist head outputs"))?
             .into_iter()
             .map(f64::from)
             .collect();
@@ -243,7 +244,7 @@ impl TwistHead {
                 let shape = if name == "bias" { vec![dims[1]] } else { dims };
                 let values = t
                     .try_into_vec_as::<f32>()
-                    .map_err(|e| LmError::Input(format!("reading head weights: {e:?}")))?;
+                    .map_err(LmError::read_back("twist head weights"))?;
                 let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
                 tensors.insert(format!("layers.{i}.{name}"), (shape, bytes));
             }
@@ -259,7 +260,7 @@ impl TwistHead {
             })
             .collect();
         let bytes = safetensors::serialize(views, None)
-            .map_err(|e| LmError::format(path, e.to_string()))?;
+            .map_err(|e| LmError::safetensors(path, "cannot serialise the twist head", e))?;
         let param_ids: BTreeMap<String, u64> = self
             .module
             .layers
@@ -293,11 +294,11 @@ impl TwistHead {
         let meta_path = path.with_extension("json");
         let text = std::fs::read_to_string(&meta_path).map_err(|e| LmError::io(&meta_path, e))?;
         let meta: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| LmError::format(&meta_path, format!("invalid JSON: {e}")))?;
+            .map_err(|e| LmError::json(&meta_path, "invalid JSON", e))?;
         let config: HeadConfig = serde_json::from_value(meta["head"].clone())
-            .map_err(|e| LmError::format(&meta_path, format!("field `head`: {e}")))?;
+            .map_err(|e| LmError::json(&meta_path, "field `head`", e))?;
         let cond_hidden: Option<Vec<f32>> = serde_json::from_value(meta["cond_hidden"].clone())
-            .map_err(|e| LmError::format(&meta_path, format!("field `cond_hidden`: {e}")))?;
+            .map_err(|e| LmError::json(&meta_path, "field `cond_hidden`", e))?;
         let source = crate::weights::SafetensorsFile::open(path)?;
         let mut loader = crate::weights::Loader::new(&source, device);
         let mut layers = Vec::new();
@@ -351,12 +352,9 @@ impl Twist for TwistHead {
     }
 
     fn log_psi(&self, input: &TwistInput<'_>) -> smc_core::Result<LogTable> {
-        let hidden = input.hidden.ok_or_else(|| {
-            smc_core::SmcError::backend(
-                "twist head",
-                LmError::Input("the language model gives no hidden states".into()),
-            )
-        })?;
+        let hidden = input
+            .hidden
+            .ok_or_else(|| smc_core::SmcError::backend("twist head", LmError::NoHiddenStates))?;
         let mut table = self.raw(hidden)?;
         if self.config.log_sigmoid {
             for k in 0..table.rows() {

@@ -5,6 +5,7 @@
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::arch::{CausalLm, Dims};
 use crate::cache::{LayerKv, ParticleCache, PromptCache};
 use crate::config::JsonConfig;
 use crate::error::{LmError, Result};
@@ -175,9 +176,10 @@ impl Llama {
     fn embed(&self, tokens: &[u32], shape: [usize; 2]) -> Result<Tensor<3>> {
         let v = self.config.vocab_size;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
-            return Err(LmError::Input(format!(
-                "token id {bad} is outside the vocabulary of size {v}"
-            )));
+            return Err(LmError::TokenOutOfRange {
+                token: bad,
+                vocab: v,
+            });
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);
@@ -189,10 +191,26 @@ impl Llama {
         let up = linear(x, &layer.w_up, &None);
         linear(gate * up, &layer.w_down, &None)
     }
+}
 
-    /// Full forward over `batch` sequences of `seq` tokens from position 0: the final-norm
-    /// hidden states [B, S, d] and every layer's keys and values [B, Hkv, S, hd].
-    pub fn forward_seq(
+/// The [`crate::registry`] constructor.
+pub fn build(cfg: &JsonConfig, loader: &mut Loader<'_>) -> Result<Box<dyn CausalLm>> {
+    Ok(Box::new(Llama::load(LlamaConfig::from_json(cfg)?, loader)?))
+}
+
+impl CausalLm for Llama {
+    fn dims(&self) -> Dims {
+        let c = &self.config;
+        Dims {
+            vocab: c.vocab_size,
+            hidden: c.hidden_size,
+            layers: c.num_layers,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        }
+    }
+
+    fn forward_seq(
         &self,
         tokens: &[u32],
         batch: usize,
@@ -224,9 +242,7 @@ impl Llama {
         Ok((rms_norm(h, &self.norm, c.rms_norm_eps), kvs))
     }
 
-    /// One decoding step for K particles whose new tokens sit at absolute position `pos`:
-    /// writes their keys and values into `cache` and returns the final-norm hidden states [K, d].
-    pub fn decode(
+    fn decode(
         &self,
         tokens: &[u32],
         pos: usize,
@@ -258,8 +274,7 @@ impl Llama {
         Ok(rms_norm(h, &self.norm, c.rms_norm_eps))
     }
 
-    /// Logits from final-norm hidden states (last dimension d -> V).
-    pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         crate::ops::linear(hidden, &self.lm_head, None)
     }
 }

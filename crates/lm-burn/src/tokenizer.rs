@@ -23,6 +23,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| LmError::Tokenizer {
             source_name: path.display().to_string(),
             detail: e.to_string(),
+            source: Some(e),
         })?;
         Ok(Self {
             inner,
@@ -38,10 +39,11 @@ impl Tokenizer {
         }
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> LmError {
+    fn err(&self, e: tokenizers::Error) -> LmError {
         LmError::Tokenizer {
             source_name: self.source_name.clone(),
             detail: e.to_string(),
+            source: Some(e),
         }
     }
 

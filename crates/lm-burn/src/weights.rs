@@ -84,7 +84,7 @@ impl SafetensorsDir {
             let text =
                 std::fs::read_to_string(&index_path).map_err(|e| LmError::io(&index_path, e))?;
             let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| LmError::format(&index_path, format!("invalid JSON: {e}")))?;
+                .map_err(|e| LmError::json(&index_path, "invalid JSON", e))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -111,10 +111,7 @@ impl SafetensorsDir {
             let path = dir.join(name);
             let mmap = map_file(&path)?;
             let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-                LmError::format(
-                    &path,
-                    format!("not a valid safetensors file (truncated?): {e}"),
-                )
+                LmError::safetensors(&path, "not a valid safetensors file (truncated?)", e)
             })?;
             for (tname, view) in st.tensors() {
                 index.insert(tname, (i, view.shape().to_vec()));
@@ -149,10 +146,10 @@ impl WeightSource for SafetensorsDir {
         })?;
         let (path, mmap) = &self.files[*i];
         let st = SafeTensors::deserialize(mmap)
-            .map_err(|e| LmError::format(path, format!("not a valid safetensors file: {e}")))?;
+            .map_err(|e| LmError::safetensors(path, "not a valid safetensors file", e))?;
         let view = st
             .tensor(name)
-            .map_err(|e| LmError::format(path, format!("tensor `{name}`: {e}")))?;
+            .map_err(|e| LmError::safetensors(path, format!("tensor `{name}`"), e))?;
         let data =
             bytes_to_f32(view.data(), view.dtype()).ok_or_else(|| LmError::UnsupportedType {
                 path: path.clone(),
@@ -175,10 +172,7 @@ impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mmap = map_file(path)?;
         let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-            LmError::format(
-                path,
-                format!("not a valid safetensors file (truncated?): {e}"),
-            )
+            LmError::safetensors(path, "not a valid safetensors file (truncated?)", e)
         })?;
         let index = st
             .tensors()

@@ -1,0 +1,60 @@
+//! The interface every architecture implements, so that loading, scoring and particle decoding
+//! are written once for all of them (in the style of candle-transformers' models and
+//! mistral.rs's `NormalModel`). Which `config.json` names build which architecture is decided
+//! in one table, [`crate::registry`].
+
+use burn::tensor::Tensor;
+
+use crate::cache::{LayerKv, ParticleCache, PromptCache};
+use crate::error::Result;
+
+/// Sizes every architecture shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+/// A decoder-only language model with weights on a device: the three passes that
+/// [`crate::BurnLm`] builds everything else from.
+///
+/// Hidden states are the final-norm states (after the last layer's norm, before the output
+/// head), so that twist heads and the output head read the same vector.
+pub trait CausalLm: Send + Sync + std::fmt::Debug {
+    /// Sizes (the particle cache is allocated from them).
+    fn dims(&self) -> Dims;
+
+    /// Full forward over `batch` sequences of `seq` tokens each (row-major in `tokens`) from
+    /// position 0: the hidden states [B, S, d] and every layer's keys and values
+    /// [B, Hkv, S, hd] (which become the shared prompt cache).
+    fn forward_seq(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<(Tensor<3>, Vec<LayerKv>)>;
+
+    /// One decoding step for K particles whose new tokens (one each) sit at absolute position
+    /// `pos`: attends over `prompt` (if any) and the particles' own keys/values in `cache`,
+    /// writes the new keys/values there, advances it, and returns the hidden states [K, d].
+    fn decode(
+        &self,
+        tokens: &[u32],
+        pos: usize,
+        prompt: Option<&PromptCache>,
+        cache: &mut ParticleCache,
+    ) -> Result<Tensor<2>>;
+
+    /// The output head: hidden states [B, S, d] to logits [B, S, V]. Three dimensions only, so
+    /// that the trait stays object-safe; a [K, d] batch is passed as [K, 1, d] (the head folds
+    /// the leading dimensions into rows, so the result is the same).
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3>;
+}

@@ -1,0 +1,110 @@
+//! A loaded language model of any supported architecture ([`BurnLm`]) and its implementation
+//! of [`smc_core::model::LanguageModel`].
+//!
+//! The work is split by job: `load` finds and loads a model (`default`, a Hugging Face
+//! directory, a `.gguf` file), `score` runs full forward passes (logits, batched scoring,
+//! teacher forcing) and `session` decodes K particles step by step over a shared prompt.
+//! None of them knows which architecture it drives: they go through [`CausalLm`].
+
+mod load;
+mod score;
+mod session;
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor};
+use smc_core::model::{LanguageModel, StepOutput};
+
+use crate::arch::CausalLm;
+pub use crate::arch::Dims;
+use crate::error::{LmError, Result};
+use crate::tokenizer::Tokenizer;
+pub use session::BurnSession;
+
+/// A transformer language model on burn, with its tokenizer when one was found.
+#[derive(Debug, Clone)]
+pub struct BurnLm {
+    // Shared, not copied, by clones: the weights are read-only once loaded.
+    model: Arc<dyn CausalLm>,
+    tokenizer: Option<Tokenizer>,
+    device: Device,
+    name: String,
+}
+
+impl BurnLm {
+    /// Wraps a loaded architecture (see [`crate::registry::load`]).
+    pub fn new(
+        model: Box<dyn CausalLm>,
+        tokenizer: Option<Tokenizer>,
+        device: &Device,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            model: model.into(),
+            tokenizer,
+            device: device.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// The model's name (its path).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The architecture.
+    pub fn architecture(&self) -> &dyn CausalLm {
+        self.model.as_ref()
+    }
+
+    /// Sizes.
+    pub fn dims(&self) -> Dims {
+        self.model.dims()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The tokenizer, or an error if the model came without one.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| LmError::NoTokenizer {
+            model: self.name.clone(),
+        })
+    }
+}
+
+impl LanguageModel for BurnLm {
+    type Session<'a> = BurnSession<'a>;
+
+    fn vocab_size(&self) -> usize {
+        self.dims().vocab
+    }
+
+    fn start(&self, prompt: &[u32], num_particles: usize) -> smc_core::Result<BurnSession<'_>> {
+        Ok(BurnSession::start(self, prompt, num_particles)?)
+    }
+
+    fn teacher_forced(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<u32>],
+    ) -> smc_core::Result<Vec<StepOutput>> {
+        Ok(self.teacher_forced_batched(prompt, sequences)?)
+    }
+}
+
+/// Appends the log-softmax of one row of logits, in f64 (one pass for the max, one for the
+/// sum, one to write).
+fn push_log_softmax(row: &[f32], out: &mut Vec<f64>) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    out.extend(row.iter().map(|&x| x as f64 - lse));
+}
+
+/// Reads a tensor back from the device as f32 values, row-major; `what` names it in errors.
+fn to_vec<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
+    t.try_into_vec_as::<f32>().map_err(LmError::read_back(what))
+}

@@ -1,0 +1,137 @@
+//! Batched decoding of K particles after a shared prompt: the prompt is prefilled once with
+//! batch 1 and its keys/values shared by every particle; each step is one forward pass for the
+//! K new tokens; resampling reorders the per-particle cache rows in place.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use smc_core::batch::{HiddenStates, LogTable};
+use smc_core::model::{DecodeSession, StepOutput};
+
+use super::{BurnLm, push_log_softmax, to_vec};
+use crate::cache::{ParticleCache, PromptCache};
+use crate::error::{LmError, Result};
+
+/// Positions the particle cache holds before it first doubles.
+const INITIAL_CACHE_CAPACITY: usize = 32;
+
+/// Batched decoding of K particles after a shared prompt.
+pub struct BurnSession<'a> {
+    lm: &'a BurnLm,
+    prompt: PromptCache,
+    cache: ParticleCache,
+    particles: usize,
+    /// Absolute position of the next token to be pushed.
+    pos: usize,
+    /// Final-norm hidden states [K, d] at the position that predicts the next token.
+    hidden: Tensor<2>,
+}
+
+impl<'a> BurnSession<'a> {
+    /// Prefills `prompt` and prepares `num_particles` particles that all start right after it.
+    pub(super) fn start(lm: &'a BurnLm, prompt: &[u32], num_particles: usize) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(LmError::EmptySequence {
+                what: "the prompt".into(),
+            });
+        }
+        let p = prompt.len();
+        let (h, layers) = lm.model.forward_seq(prompt, 1, p)?;
+        let d = h.dims()[2];
+        let last = h.slice([0..1, p - 1..p, 0..d]).reshape([1, d]);
+        let dims = lm.dims();
+        Ok(Self {
+            lm,
+            prompt: PromptCache { layers, len: p },
+            cache: ParticleCache::new(
+                dims.layers,
+                num_particles,
+                dims.kv_heads,
+                dims.head_dim,
+                INITIAL_CACHE_CAPACITY,
+                &lm.device,
+            ),
+            particles: num_particles,
+            pos: p,
+            hidden: last.repeat_dim(0, num_particles),
+        })
+    }
+}
+
+impl BurnSession<'_> {
+    /// Number of generated tokens so far.
+    pub fn generated(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+impl DecodeSession for BurnSession<'_> {
+    fn num_particles(&self) -> usize {
+        self.particles
+    }
+
+    fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
+        let v = self.lm.dims().vocab;
+        // [K, d] as [K, 1, d]: the output head takes three dimensions.
+        let logits = to_vec(
+            self.lm.model.logits(self.hidden.clone().unsqueeze_dim(1)),
+            "logits",
+        )?;
+        let mut data = Vec::with_capacity(logits.len());
+        for row in logits.chunks_exact(v) {
+            push_log_softmax(row, &mut data);
+        }
+        let hidden = to_vec(self.hidden.clone(), "hidden states")?;
+        let dim = self.hidden.dims()[1];
+        Ok(StepOutput {
+            log_probs: LogTable::from_vec(self.particles, v, data).expect("shape"),
+            hidden: Some(HiddenStates {
+                rows: self.particles,
+                dim,
+                data: hidden,
+            }),
+        })
+    }
+
+    fn push(&mut self, tokens: &[u32]) -> smc_core::Result<()> {
+        if tokens.len() != self.particles {
+            return Err(LmError::LengthMismatch {
+                what: "push: tokens (one per particle)".into(),
+                expected: self.particles,
+                found: tokens.len(),
+            }
+            .into());
+        }
+        self.hidden =
+            self.lm
+                .model
+                .decode(tokens, self.pos, Some(&self.prompt), &mut self.cache)?;
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
+        if ancestors.len() != self.particles {
+            return Err(LmError::LengthMismatch {
+                what: "reorder: ancestors (one per particle)".into(),
+                expected: self.particles,
+                found: ancestors.len(),
+            }
+            .into());
+        }
+        if let Some(&ancestor) = ancestors.iter().find(|&&a| a >= self.particles) {
+            return Err(LmError::AncestorOutOfRange {
+                ancestor,
+                particles: self.particles,
+            }
+            .into());
+        }
+        if ancestors.iter().enumerate().all(|(k, &a)| a == k) {
+            return Ok(());
+        }
+        self.cache.reorder(ancestors);
+        let idx: Vec<i64> = ancestors.iter().map(|&a| a as i64).collect();
+        let idx =
+            Tensor::<1, Int>::from_data(TensorData::new(idx, [self.particles]), &self.lm.device);
+        self.hidden = self.hidden.clone().select(0, idx);
+        Ok(())
+    }
+}
