@@ -460,3 +460,75 @@ fn train_rejects_unknown_positives_and_gibbs_positives_for_other_methods() {
         "{stderr}"
     );
 }
+
+/// The reproduce table's arithmetic, checked against values computed by hand from a records
+/// file written here (no model runs: `--table-only`).
+#[test]
+fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    // (seed, sampler, F_q, G_q, lower, upper)
+    let rows = [
+        (0, "p0", -5.0, -1.0, -4.0, -2.0),
+        (0, "ctl", -4.0, -2.0, -3.5, -2.5),
+        (1, "p0", -6.0, -1.5, -4.2, -1.8),
+        (1, "ctl", -4.5, -2.5, -3.8, -2.2),
+        (2, "p0", -5.5, 0.0, -5.0, -2.0),
+        (2, "ctl", -3.5, -2.0, -4.0, -3.0),
+    ];
+    let est = |m: f64| serde_json::json!({ "mean": m, "se": 0.1, "n": 16 });
+    let text: String = rows
+        .iter()
+        .map(|&(seed, sampler, f, g, lo, up)| {
+            serde_json::json!({
+                "seed": seed, "sampler": sampler, "train_seconds": 1.0,
+                "tasks": [{ "f_q": est(f), "g_q": est(g), "lower": lo, "upper": up, "rule": "smc" }],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(dir.path().join("records.jsonl"), text).unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let (ok, stdout, stderr) = tsmc(&[
+        "reproduce", "--task", "toxicity", "--table-only", "--out-dir", out_dir,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("2 degrees of freedom"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    // Per seed, log Z bounds are the means over the two samplers: seed 0 -> [-3.75, -2.25],
+    // seed 1 -> [-4.0, -2.0], seed 2 -> [-4.5, -2.5]; midpoints -3.0, -3.0, -3.5.
+    let z = &summary["log_z_per_task"];
+    let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-9;
+    assert!(close(&z[0]["lower"], -3.75) && close(&z[0]["upper"], -2.25), "{z}");
+    assert!(close(&z[2]["lower"], -4.5) && close(&z[2]["upper"], -2.5), "{z}");
+    let row = |name: &str| {
+        summary["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["sampler"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (p0, ctl) = (row("p0"), row("ctl"));
+    // p0: KL(q||sigma) per seed = midpoint - F_q = 2, 3, 2: mean 7/3, SE = 1/3.
+    assert!(close(&p0["kl_q_sigma"]["mean"], 7.0 / 3.0), "{p0}");
+    assert!(close(&p0["kl_q_sigma"]["se"], 1.0 / 3.0), "{p0}");
+    // p0: KL(sigma||q) per seed = G_q - midpoint = 2, 1.5, 3.5.
+    assert!(close(&p0["kl_sigma_q"]["mean"], 7.0 / 3.0), "{p0}");
+    // ctl: KL(q||sigma) per seed = 1, 1.5, 0.
+    assert!(close(&ctl["kl_q_sigma"]["mean"], 2.5 / 3.0), "{ctl}");
+    // Paired ΔKL(q||sigma) = F_q(p0) - F_q(ctl) = -1, -1.5, -2: mean -1.5, SE sqrt(0.25 / 3).
+    assert!(close(&ctl["delta_kl_q_sigma"]["mean"], -1.5), "{ctl}");
+    assert!(close(&ctl["delta_kl_q_sigma"]["se"], (0.25f64 / 3.0).sqrt()), "{ctl}");
+    // Paired ΔKL(sigma||q) = G_q(ctl) - G_q(p0) = -1, -1, -2.
+    assert!(close(&ctl["delta_kl_sigma_q"]["mean"], -4.0 / 3.0), "{ctl}");
+    // The printed interval is the Student t half-width, t(0.975, 2) = 4.3027 times the SE.
+    let half = 4.302_652_73 * (0.25f64 / 3.0).sqrt();
+    assert!(
+        stdout.contains(&format!("-1.500 ± {half:.3}")),
+        "expected -1.500 ± {half:.3} in\n{stdout}"
+    );
+}

@@ -9,7 +9,7 @@ use smc_core::model::{Potential, Twist};
 use smc_core::smc::{Proposal, rng_from_seed};
 use twist_learn::HeadTrainable;
 
-use super::{ReproduceSettings, Record, TaskEval};
+use super::{BoundRule, ReproduceSettings, Record, TaskEval};
 use crate::presets::{ExactMethod, Preset};
 
 pub(super) struct Ctx<'a> {
@@ -84,24 +84,18 @@ pub(super) fn evaluate(
         let s = seed.wrapping_mul(1_000_033).wrapping_add(1000 * i as u64);
         let runs: Vec<u64> = (0..a.lower_runs.max(1) as u64).map(|r| s + r).collect();
         let k = a.eval_particles;
-        let lower = sampler
-            .lower_bound(BoundMethod::Sis, k, &runs)?
-            .mean
-            .max(sampler.lower_bound(BoundMethod::Smc, k, &runs)?.mean);
+        // The SMC pair, declared in advance (BoundRule::Smc): no selection between estimators.
+        let lower = sampler.lower_bound(BoundMethod::Smc, k, &runs)?.mean;
+        // The references are the first exact samples in the order they were drawn: draws from
+        // sigma, never a sorted or deduplicated subset.
         let refs = &task.exact[..a.upper_samples.clamp(1, task.exact.len())];
-        let upper = sampler
-            .upper_bound(BoundMethod::Sis, k, refs, s + 101)?
-            .mean
-            .min(
-                sampler
-                    .upper_bound(BoundMethod::Smc, k, refs, s + 202)?
-                    .mean,
-            );
+        let upper = sampler.upper_bound(BoundMethod::Smc, k, refs, s + 202)?.mean;
         out.push(TaskEval {
             f_q: sampler.f_q(a.fq_samples, s + 303)?,
             g_q: sampler.g_q(&task.exact)?,
             lower,
             upper,
+            rule: BoundRule::Smc,
         });
     }
     Ok(out)

@@ -93,10 +93,27 @@ pub struct TaskEval {
     pub f_q: Estimate,
     /// G_q = E_sigma[log sigma~ - log q].
     pub g_q: Estimate,
-    /// The larger of the SIS and SMC lower bounds (means over runs).
+    /// This sampler's lower bound on log Z for the task (a mean over runs; see `rule`).
     pub lower: f64,
-    /// The smaller of the SIS and SMC upper bounds (means over exact samples).
+    /// This sampler's upper bound on log Z for the task (a mean over exact samples).
     pub upper: f64,
+    /// Which estimator `lower` and `upper` are.
+    #[serde(default)]
+    pub rule: BoundRule,
+}
+
+/// How a record's `lower` and `upper` were formed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoundRule {
+    /// Records written before the rule was stored: the larger of the SIS and SMC lower bounds
+    /// and the smaller of the upper ones, a selection between two noisy estimates of the same
+    /// sampler (biased inwards by at most their noise; the table says so).
+    #[default]
+    TightestOfSisSmc,
+    /// The SMC lower bound and the conditional-SMC upper bound, declared in advance: each is a
+    /// bound in expectation by construction.
+    Smc,
 }
 
 /// A row of the final table.
