@@ -116,11 +116,11 @@ pub fn run(args: &ReportSettings) -> Result<()> {
             let e = &kl["estimates"];
             let _ = write!(
                 body,
-                "<p>KL(q‖σ) = {:.4} ± {:.4}, KL(σ‖q) = {:.4} ± {:.4} (± 1.96 SE), log Z ≈ {:.4}</p>",
+                "<p>KL(q‖σ) = {:.4} ± {:.4}, KL(σ‖q) = {:.4} ± {:.4} (± 95% Student t half-width), log Z ≈ {:.4}</p>",
                 e["kl_q_sigma"]["mean"].as_f64().unwrap_or(f64::NAN),
-                1.96 * e["kl_q_sigma"]["se"].as_f64().unwrap_or(f64::NAN),
+                half_width(&e["kl_q_sigma"]),
                 e["kl_sigma_q"]["mean"].as_f64().unwrap_or(f64::NAN),
-                1.96 * e["kl_sigma_q"]["se"].as_f64().unwrap_or(f64::NAN),
+                half_width(&e["kl_sigma_q"]),
                 e["log_z"]["mean"].as_f64().unwrap_or(f64::NAN)
             );
         }
@@ -169,4 +169,9 @@ pub fn run(args: &ReportSettings) -> Result<()> {
     lm_burn::heads::write_atomic(&args.out, html.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// The 95% half-width of an estimate as a JSON object (mean, se, n and, in newer files, df).
+fn half_width(v: &Value) -> f64 {
+    serde_json::from_value::<smc_bounds::Estimate>(v.clone()).map_or(f64::NAN, |e| e.ci95())
 }

@@ -1,11 +1,11 @@
 //! `tsmc reproduce`: the paper's KL table for one task preset. For every seed: draw exact target
 //! samples, evaluate the base model as proposal, then train a fresh twist head with each method
 //! and evaluate its twisted proposal. Evaluation = F_q (draws from q), G_q (exact samples) and
-//! lower/upper bounds on log Z (SIS and SMC, the upper ones from exact samples). log Z is the
-//! midpoint of the tightest pair of bounds over all samplers (spec §4); then
-//! KL(q‖σ) = log Z - F_q and KL(σ‖q) = G_q - log Z, reported as mean ± 1.96 SE over seeds.
-//! Every evaluation is appended to `records.jsonl` as soon as it is done (nothing is lost if the
-//! run stops); the table goes to `table.md` and `summary.json` at the end.
+//! the SMC lower and conditional-SMC upper bounds on log Z (declared in advance). log Z per
+//! (seed, task) is the midpoint of the means over samplers of their bounds (no selection); then
+//! KL(q‖σ) = log Z - F_q and KL(σ‖q) = G_q - log Z per seed, reported as mean ± the 95% Student
+//! t half-width over seeds. Every evaluation is appended to `records.jsonl` as soon as it is done
+//! (nothing is lost if the run stops); the table goes to `table.md` and `summary.json` at the end.
 
 mod evaluate;
 mod table;
