@@ -65,6 +65,13 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
         }
     }
 
+    /// Whether `method`'s upper bound is valid for this sampler: always for SIS (no
+    /// resampling), and for conditional SMC only with a resampling whose conditional form is
+    /// implemented ([`Resampling::supports_conditional`]: multinomial).
+    pub fn has_upper_bound(&self, method: Method) -> bool {
+        self.config(method, 1, 0).resampling.supports_conditional()
+    }
+
     /// The values log Zhat of `seeds.len()` independent runs with K particles: their mean is a
     /// lower bound on log Z.
     pub fn lower_bound_values(&self, method: Method, k: usize, seeds: &[u64]) -> Result<Vec<f64>> {
@@ -92,7 +99,8 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
 
     /// The values log Zhat of conditional runs, one per exact sample (run i uses seed
     /// `seed + i`): their mean is an upper bound on log Z. With [`Method::Sis`] this is the SIS
-    /// upper bound (K-1 proposals and s* in slot 0), with [`Method::Smc`] conditional SMC.
+    /// upper bound (K-1 proposals and s* in slot 0), with [`Method::Smc`] conditional SMC,
+    /// which refuses resampling schemes other than multinomial ([`Sampler::has_upper_bound`]).
     pub fn upper_bound_values(
         &self,
         method: Method,
@@ -176,7 +184,9 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
     }
 
     /// Lower and upper bounds of both methods for each K in `ks`: lower bounds over
-    /// `num_seeds` runs, upper bounds over the exact samples.
+    /// `num_seeds` runs, upper bounds over the exact samples. The SMC upper bound is `None`
+    /// where the resampling scheme has no implemented conditional form
+    /// ([`Sampler::has_upper_bound`]).
     pub fn bounds_over_k(
         &self,
         ks: &[usize],
@@ -201,7 +211,11 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
                     sis_lower: self.lower_bound(Method::Sis, k, &seeds)?,
                     sis_upper: self.upper_bound(Method::Sis, k, exact, seed)?,
                     smc_lower: self.lower_bound(Method::Smc, k, &seeds)?,
-                    smc_upper: self.upper_bound(Method::Smc, k, exact, seed)?,
+                    smc_upper: if self.has_upper_bound(Method::Smc) {
+                        Some(self.upper_bound(Method::Smc, k, exact, seed)?)
+                    } else {
+                        None
+                    },
                 })
             })
             .collect()
@@ -219,8 +233,9 @@ pub struct BoundsAtK {
     pub sis_upper: Estimate,
     /// E[log Zhat_SMC] <= log Z.
     pub smc_lower: Estimate,
-    /// E[log Zhat_CSMC] >= log Z.
-    pub smc_upper: Estimate,
+    /// E[log Zhat_CSMC] >= log Z; `None` where the sampler's resampling scheme has no
+    /// implemented conditional form, so that no unguaranteed bound is reported.
+    pub smc_upper: Option<Estimate>,
 }
 
 impl BoundsAtK {
@@ -231,10 +246,9 @@ impl BoundsAtK {
         } else {
             self.sis_lower
         };
-        let upper = if self.smc_upper.mean <= self.sis_upper.mean {
-            self.smc_upper
-        } else {
-            self.sis_upper
+        let upper = match self.smc_upper {
+            Some(smc) if smc.mean <= self.sis_upper.mean => smc,
+            _ => self.sis_upper,
         };
         (lower, upper)
     }

@@ -229,8 +229,9 @@ impl GibbsChain {
 /// infilling with one fixed continuation c. The twist must not depend on s* (train it without
 /// s*), or the states are no longer exact.
 ///
-/// `config` gives K, T, the proposal and the resampling; resampling must be multinomial (the
-/// conditional forms of the other schemes are not the plain scheme on K - 1 particles).
+/// `config` gives K, T, the proposal and the resampling; resampling must be multinomial unless
+/// it never fires ([`smc_core::feynman_kac::Resampling::check_conditional`]: the conditional
+/// forms of the other schemes are not the plain scheme on K - 1 particles).
 /// Sweep i runs with seed `seed + i`.
 #[allow(clippy::too_many_arguments)]
 pub fn particle_gibbs<L: LanguageModel>(
@@ -243,13 +244,8 @@ pub fn particle_gibbs<L: LanguageModel>(
     sweeps: usize,
     seed: u64,
 ) -> Result<GibbsChain> {
-    if config.resampling.scheme != Scheme::Multinomial {
-        return Err(SmcError::InvalidConfig {
-            field: "particle Gibbs resampling scheme",
-            expected: "multinomial".into(),
-            found: format!("{:?}", config.resampling.scheme),
-        });
-    }
+    // The same rule as every conditional driver: the sweep is conditional SMC.
+    config.resampling.check_conditional()?;
     if config.num_particles < 2 {
         return Err(SmcError::InvalidConfig {
             field: "particle Gibbs particles K",

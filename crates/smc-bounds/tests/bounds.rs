@@ -55,7 +55,7 @@ fn lower_bounds_below_and_upper_bounds_above_log_z_with_gaps_shrinking_in_k() {
                     r.k
                 );
             }
-            for (which, upper) in [("SIS", r.sis_upper), ("SMC", r.smc_upper)] {
+            for (which, upper) in [("SIS", r.sis_upper), ("SMC", r.smc_upper.unwrap())] {
                 assert!(
                     log_z - upper.mean < Z_MAX * upper.se,
                     "{name} {which} upper K={}: {upper} vs {log_z}",
@@ -68,10 +68,13 @@ fn lower_bounds_below_and_upper_bounds_above_log_z_with_gaps_shrinking_in_k() {
                 r.sis_upper.mean - r.sis_lower.mean,
                 r.sis_upper.se.hypot(r.sis_lower.se),
             ),
-            Method::Smc => (
-                r.smc_upper.mean - r.smc_lower.mean,
-                r.smc_upper.se.hypot(r.smc_lower.se),
-            ),
+            Method::Smc => {
+                let upper = r.smc_upper.unwrap();
+                (
+                    upper.mean - r.smc_lower.mean,
+                    upper.se.hypot(r.smc_lower.se),
+                )
+            }
         };
         for m in [Method::Sis, Method::Smc] {
             let gaps: Vec<(f64, f64)> = rows.iter().map(|r| gap(r, m)).collect();
@@ -167,7 +170,7 @@ fn optimal_twists_make_every_bound_equal_log_z_exactly() {
     };
     let samples = exact_samples(&exact, 20, 4);
     for r in sampler.bounds_over_k(&[1, 4, 16], 20, &samples, 0).unwrap() {
-        for e in [r.sis_lower, r.sis_upper, r.smc_lower, r.smc_upper] {
+        for e in [r.sis_lower, r.sis_upper, r.smc_lower, r.smc_upper.unwrap()] {
             assert!(
                 (e.mean - exact.log_z()).abs() < 1e-9 && e.se < 1e-9,
                 "K={}: {e}",
@@ -362,6 +365,46 @@ fn particle_gibbs_started_at_exact_samples_stays_exact() {
         assert_fits(&counts, &exact.sigma(), name);
         // The kernel is not the identity (which would pass the fit trivially).
         assert!(moves > 0, "{name}: the chains never moved");
+    }
+}
+
+#[test]
+fn the_smc_upper_bound_is_unavailable_for_schemes_without_a_conditional_form() {
+    let lm = TabularLm::random(3, 1, 1.2, 42);
+    let phi = classifier();
+    let exact = Enumeration::new(&lm, &[], 3, &phi).unwrap();
+    let samples = exact_samples(&exact, 5, 4);
+    for scheme in Scheme::ALL {
+        let sampler = Sampler {
+            lm: &lm,
+            prompt: &[],
+            horizon: 3,
+            potential: &phi,
+            twist: None,
+            proposal: Proposal::Base,
+            resampling: Resampling {
+                scheme,
+                criterion: Criterion::Always,
+            },
+        };
+        let multinomial = scheme == Scheme::Multinomial;
+        assert_eq!(sampler.has_upper_bound(Method::Smc), multinomial);
+        // The SIS upper bound never resamples: valid with every scheme.
+        assert!(sampler.has_upper_bound(Method::Sis));
+        sampler.upper_bound(Method::Sis, 4, &samples, 0).unwrap();
+        let rows = sampler.bounds_over_k(&[4], 3, &samples, 0).unwrap();
+        assert_eq!(rows[0].smc_upper.is_some(), multinomial, "{scheme}");
+        let upper = sampler.upper_bound(Method::Smc, 4, &samples, 0);
+        if multinomial {
+            upper.unwrap();
+        } else {
+            let err = upper.unwrap_err();
+            assert!(
+                err.to_string().contains(&scheme.to_string())
+                    && err.to_string().contains("multinomial"),
+                "{err}"
+            );
+        }
     }
 }
 
