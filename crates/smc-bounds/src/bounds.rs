@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Criterion;
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, log_weights_of, run_csmc, run_smc};
 use smc_core::{Result, SmcError};
 
@@ -97,8 +98,8 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
         ))
     }
 
-    /// The values log Zhat of conditional runs, one per exact sample (run i uses seed
-    /// `seed + i`): their mean is an upper bound on log Z. With [`Method::Sis`] this is the SIS
+    /// The values log Zhat of conditional runs, one per exact sample (the run around exact
+    /// sample i uses seed `derive(seed, label::UPPER, i)`, [`smc_core::seed`]): their mean is an upper bound on log Z. With [`Method::Sis`] this is the SIS
     /// upper bound (K-1 proposals and s* in slot 0), with [`Method::Smc`] conditional SMC,
     /// which refuses resampling schemes other than multinomial ([`Sampler::has_upper_bound`]).
     pub fn upper_bound_values(
@@ -117,7 +118,7 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
                     self.twist,
                     self.potential,
                     self.prompt,
-                    &self.config(method, k, seed.wrapping_add(i as u64)),
+                    &self.config(method, k, seed::derive(seed, label::UPPER, i as u64)),
                     s,
                 )
                 .map(|o| o.log_z_hat)
@@ -184,7 +185,8 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
     }
 
     /// Lower and upper bounds of both methods for each K in `ks`: lower bounds over
-    /// `num_seeds` runs, upper bounds over the exact samples. The SMC upper bound is `None`
+    /// `num_seeds` runs, upper bounds over the exact samples; every run's seed is derived from
+    /// `seed` ([`smc_core::seed`]: labels `BOUNDS_K`, then `LOWER_*` / `UPPER_*`). The SMC upper bound is `None`
     /// where the resampling scheme has no implemented conditional form
     /// ([`Sampler::has_upper_bound`]).
     pub fn bounds_over_k(
@@ -201,18 +203,22 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
                 found: "none".into(),
             });
         }
-        let seeds: Vec<u64> = (0..num_seeds as u64)
-            .map(|i| seed.wrapping_add(i))
-            .collect();
         ks.iter()
             .map(|&k| {
+                // Every K, method and bound has its own streams (smc_core::seed), so the
+                // estimates are independent of one another.
+                let at_k = seed::derive(seed, label::BOUNDS_K, k as u64);
+                let sis_seeds = seed::derive_many(at_k, label::LOWER_SIS, num_seeds);
+                let smc_seeds = seed::derive_many(at_k, label::LOWER_SMC, num_seeds);
+                let sis_upper_seed = seed::derive(at_k, label::UPPER_SIS, 0);
+                let smc_upper_seed = seed::derive(at_k, label::UPPER_SMC, 0);
                 Ok(BoundsAtK {
                     k,
-                    sis_lower: self.lower_bound(Method::Sis, k, &seeds)?,
-                    sis_upper: self.upper_bound(Method::Sis, k, exact, seed)?,
-                    smc_lower: self.lower_bound(Method::Smc, k, &seeds)?,
+                    sis_lower: self.lower_bound(Method::Sis, k, &sis_seeds)?,
+                    sis_upper: self.upper_bound(Method::Sis, k, exact, sis_upper_seed)?,
+                    smc_lower: self.lower_bound(Method::Smc, k, &smc_seeds)?,
                     smc_upper: if self.has_upper_bound(Method::Smc) {
-                        Some(self.upper_bound(Method::Smc, k, exact, seed)?)
+                        Some(self.upper_bound(Method::Smc, k, exact, smc_upper_seed)?)
                     } else {
                         None
                     },

@@ -8,6 +8,7 @@
 use smc_core::logspace::normalized_weights;
 use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Scheme;
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
 use smc_core::{Result, SmcError};
 
@@ -28,7 +29,8 @@ pub struct CsmcUpdate {
 /// One CTL update whose positives are the K final particles of conditional SMC around
 /// `reference` (weighted by their final weights) and whose negatives are K draws from the
 /// twisted proposal (weighted by the intermediate weights Wbar_t^psi); returns the loss and the
-/// particle Gibbs step's next reference.
+/// particle Gibbs step's next reference. `seed` is the update's seed: the positives, the
+/// negatives and the pick draw from streams derived from it ([`smc_core::seed`]).
 #[allow(clippy::too_many_arguments)]
 pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
     lm: &L,
@@ -46,7 +48,7 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
         Some(&*twist as &dyn Twist),
         potential,
         prompt,
-        &SmcConfig::twisted(k, horizon).with_seed(seed),
+        &SmcConfig::twisted(k, horizon).with_seed(seed::derive(seed, label::CSMC_POSITIVES, 0)),
         reference,
     )?;
     let sis = run_smc(
@@ -54,10 +56,15 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
         Some(&*twist as &dyn Twist),
         potential,
         prompt,
-        &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed ^ 0xC7),
+        &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed::derive(
+            seed,
+            label::CSMC_NEGATIVES,
+            0,
+        )),
     )?;
     let w_final = normalized_weights(&csmc.log_w);
-    let pick = Scheme::Multinomial.resample(&w_final, 1, &mut rng_from_seed(seed ^ 0x6962))[0];
+    let mut pick_rng = rng_from_seed(seed::derive(seed, label::CSMC_PICK, 0));
+    let pick = Scheme::Multinomial.resample(&w_final, 1, &mut pick_rng)[0];
     let next_reference = csmc.tokens[pick].clone();
     let mut seqs = csmc.tokens;
     seqs.extend(sis.tokens);
@@ -131,10 +138,12 @@ pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
                 Some(&*twist as &dyn Twist),
                 potential,
                 prompt,
-                &SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted).with_seed(cfg.seed),
+                &SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted)
+                    .with_seed(seed::derive(cfg.seed, label::CHAIN_START, 0)),
             )?;
             let w = normalized_weights(&sis.log_w);
-            let i = Scheme::Multinomial.resample(&w, 1, &mut rng_from_seed(cfg.seed ^ 0x5eed))[0];
+            let mut rng = rng_from_seed(seed::derive(cfg.seed, label::CHAIN_START, 1));
+            let i = Scheme::Multinomial.resample(&w, 1, &mut rng)[0];
             sis.tokens[i].clone()
         }
     };
@@ -147,7 +156,7 @@ pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
             prompt,
             cfg.batch_size,
             cfg.learning_rate,
-            cfg.seed.wrapping_add(step as u64),
+            seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64),
             &state,
         )?;
         state = up.next_reference;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use smc_bounds::{Estimate, Method as BoundMethod, Sampler, joint_ancestral};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::Twist;
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, rng_from_seed};
 use smc_core::{Result, SmcError};
 
@@ -30,23 +31,28 @@ pub struct InfillingConfig {
     pub steps: usize,
     /// Learning rate.
     pub learning_rate: f64,
-    /// Seed.
+    /// Master seed: update i draws its exact pair with `derive(seed, label::INFILLING_PAIR, n)`
+    /// and its particles with `derive(seed, label::UPDATE, n)`, n = `start_step + i`
+    /// ([`smc_core::seed`]), so no two updates, and no pair and update, share a stream.
     pub seed: u64,
+    /// Updates done before this call (a resumed run; see [`crate::TrainConfig::start_step`]).
+    #[serde(default)]
+    pub start_step: usize,
 }
 
 fn lm_err(e: lm_burn::LmError) -> SmcError {
     SmcError::from(e)
 }
 
-/// One CTL update for a fresh exact pair (s*, c); returns the loss.
+/// One CTL update (number `update` of the run) for a fresh exact pair (s*, c); returns the loss.
 fn ctl_update(
     lm: &BurnLm,
     twist: &mut HeadTrainable,
     prompt: &[u32],
     cfg: &InfillingConfig,
-    seed: u64,
+    update: u64,
 ) -> Result<f64> {
-    let mut rng = rng_from_seed(seed);
+    let mut rng = rng_from_seed(seed::derive(cfg.seed, label::INFILLING_PAIR, update));
     let pair = joint_ancestral(lm, prompt, cfg.horizon, cfg.cond_len, 1, &mut rng)?.remove(0);
     let c = pair.conditioning.clone().unwrap_or_default();
     twist.head_mut().set_conditioning(lm, &c).map_err(lm_err)?;
@@ -59,7 +65,7 @@ fn ctl_update(
         prompt,
         cfg.batch_size,
         cfg.learning_rate,
-        seed,
+        seed::derive(cfg.seed, label::UPDATE, update),
         &pair.tokens,
     )?;
     Ok(update.loss)
@@ -75,7 +81,7 @@ pub fn train_infilling_ctl(
 ) -> Result<Vec<TrainRecord>> {
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
-        let loss = ctl_update(lm, twist, prompt, cfg, cfg.seed.wrapping_add(step as u64))?;
+        let loss = ctl_update(lm, twist, prompt, cfg, (cfg.start_step + step) as u64)?;
         records.push(TrainRecord { step, loss });
         on_step(step, twist, loss)?;
     }
@@ -119,7 +125,7 @@ pub fn evaluate_infilling(
     particles: usize,
     seed: u64,
 ) -> Result<InfillingEval> {
-    let mut rng = rng_from_seed(seed);
+    let mut rng = rng_from_seed(seed::derive(seed, label::EVAL_PAIRS, 0));
     let pairs = joint_ancestral(lm, prompt, horizon, cond_len, tasks, &mut rng)?;
     let (mut qs, mut sq, mut gap) = (Vec::new(), Vec::new(), 0.0);
     let (mut lows, mut ups, mut fqs, mut gqs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -143,15 +149,19 @@ pub fn evaluate_infilling(
             proposal,
             resampling: Resampling::default(),
         };
-        let s = seed.wrapping_mul(31).wrapping_add(i as u64);
-        let lower = sampler.lower_bound(BoundMethod::Sis, particles, &[s, s + 1])?;
+        let s = seed::derive(seed, label::EVAL_TASK, i as u64);
+        let lower = sampler.lower_bound(
+            BoundMethod::Sis,
+            particles,
+            &seed::derive_many(s, label::LOWER_SIS, 2),
+        )?;
         let upper = sampler.upper_bound(
             BoundMethod::Smc,
             particles,
             std::slice::from_ref(&pair.tokens),
-            s,
+            seed::derive(s, label::UPPER_SMC, 0),
         )?;
-        let f_q = sampler.f_q(particles, s + 2)?;
+        let f_q = sampler.f_q(particles, seed::derive(s, label::F_Q, 0))?;
         let g_q = sampler.g_q(std::slice::from_ref(&pair.tokens))?;
         let mid = 0.5 * (lower.mean + upper.mean);
         lows.push(lower.mean);

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use smc_core::model::{LanguageModel, Potential, Twist};
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_smc, sample_base};
 use smc_core::{Result, SmcError};
 
@@ -22,8 +23,14 @@ pub struct TrainConfig {
     pub horizon: usize,
     /// Constant learning rate.
     pub learning_rate: f64,
-    /// Seed: update i samples with seed `seed + i`.
+    /// Master seed: update i draws its samples with `derive(seed, label::UPDATE, start_step + i)`
+    /// ([`smc_core::seed`]).
     pub seed: u64,
+    /// Updates done before this call (a resumed run): update i of this call is update
+    /// `start_step + i` of the run and draws that update's samples, so a run resumed from a
+    /// checkpoint (with the optimiser's state) continues exactly as one run straight through.
+    #[serde(default)]
+    pub start_step: usize,
 }
 
 /// One update's record.
@@ -76,7 +83,7 @@ fn draw<L: LanguageModel, W: TrainableTwist>(
         Method::Fudge => (from_p0(seed)?, Roles::Uniform),
         Method::Sixo => {
             let mut seqs = from_q(seed)?;
-            seqs.extend(from_p0(seed ^ 0x5158_4f00)?);
+            seqs.extend(from_p0(seed::derive(seed, label::SIXO_NEGATIVES, 0))?);
             (
                 seqs,
                 Roles::Contrast {
@@ -114,7 +121,7 @@ pub fn train<L: LanguageModel, W: TrainableTwist>(
     }
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
-        let seed = cfg.seed.wrapping_add(step as u64);
+        let seed = seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64);
         let (seqs, roles) = draw(lm, twist, potential, prompt, cfg, seed)?;
         let batch = Batch::teacher_forced(lm, twist, potential, prompt, &seqs)?;
         let tg = targets(&batch, roles);

@@ -141,6 +141,7 @@ fn training_each_method_cuts_both_exact_kls_well_below_the_untwisted_proposal() 
             horizon,
             learning_rate: 0.05,
             seed: 11,
+            start_step: 0,
         };
         train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| Ok(())).unwrap();
         let (qs, sq) = exact_kls(&lm, &exact, &twist);
@@ -176,6 +177,7 @@ fn ctl_reaches_near_optimal_twists_where_log_zhat_barely_varies() {
         horizon,
         learning_rate: 0.05,
         seed: 4,
+        start_step: 0,
     };
     train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| Ok(())).unwrap();
     let psi = twist.log_psi_tables();
@@ -227,6 +229,7 @@ fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
         horizon,
         learning_rate: 0.05,
         seed: 11,
+        start_step: 0,
     };
     let records =
         train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &cfg, None, |_, _, _| Ok(())).unwrap();
@@ -262,4 +265,40 @@ fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("expected T = 3"), "{err}");
+}
+
+#[test]
+fn a_run_continued_from_its_start_step_equals_one_run_straight_through() {
+    // Update i draws with derive(seed, UPDATE, start_step + i): six updates in one call and
+    // three plus three (start_step 3, same twist and optimiser state) are the same run.
+    let (lm, phi, horizon) = problem();
+    for method in Method::ALL {
+        let cfg = |steps, start_step| TrainConfig {
+            method,
+            steps,
+            batch_size: 8,
+            horizon,
+            learning_rate: 0.05,
+            seed: 21,
+            start_step,
+        };
+        let fresh =
+            || TabularTrainable::new(3, horizon, param_of(method), 0.1, 1, AdamConfig::default());
+        let mut straight = fresh();
+        let all = train(&lm, &mut straight, &phi, &[], &cfg(6, 0), |_, _, _| Ok(())).unwrap();
+        let mut split = fresh();
+        let mut losses = train(&lm, &mut split, &phi, &[], &cfg(3, 0), |_, _, _| Ok(())).unwrap();
+        losses.extend(train(&lm, &mut split, &phi, &[], &cfg(3, 3), |_, _, _| Ok(())).unwrap());
+        let l = |r: &[TrainRecord]| r.iter().map(|x| x.loss).collect::<Vec<_>>();
+        assert_eq!(l(&all), l(&losses), "{method:?}");
+        assert_eq!(
+            straight.log_psi_tables().table(horizon),
+            split.log_psi_tables().table(horizon),
+            "{method:?}"
+        );
+        // A different start step is a different part of the run.
+        let mut other = fresh();
+        let shifted = train(&lm, &mut other, &phi, &[], &cfg(3, 1), |_, _, _| Ok(())).unwrap();
+        assert_ne!(l(&shifted), l(&all[..3]), "{method:?}");
+    }
 }
