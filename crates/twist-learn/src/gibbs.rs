@@ -12,10 +12,10 @@ use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
 use smc_core::{Result, SmcError};
 
-use crate::batch::Batch;
-use crate::losses::{Method, Roles, loss_and_grads, targets};
+use crate::batch::{Batch, TrainableTwist};
+use crate::losses::{Roles, loss_and_grads, targets};
+use crate::method::Method;
 use crate::train::{TrainConfig, TrainRecord};
-use crate::twist::TrainableTwist;
 
 /// What one update learned from and where the chain moved.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,8 +10,8 @@ use smc_core::model::{Twist, TwistInput};
 use smc_core::{Result, SmcError};
 
 use crate::adam::AdamConfig;
-use crate::batch::{Batch, Parameterization};
-use crate::twist::TrainableTwist;
+use crate::batch::{Batch, TrainableTwist};
+use crate::method::Parameterization;
 
 /// A twist head with its optimiser.
 pub struct HeadTrainable {

@@ -11,6 +11,7 @@ pub mod gibbs;
 pub mod head;
 pub mod infilling;
 pub mod losses;
+pub mod method;
 pub mod train;
 pub mod twist;
 

@@ -3,55 +3,12 @@
 //! time, into [`Targets`] and treated as a constant (stop-gradient); time averages are means
 //! over T.
 
-use serde::{Deserialize, Serialize};
 use smc_core::batch::LogTable;
 use smc_core::logspace::{log_sigmoid, log_sum_exp, log_sum_exp_sum, normalized_weights};
 use smc_core::smc::Proposal;
 
 use crate::batch::Batch;
-
-/// A twist-learning method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Contrastive twist learning (the paper's method).
-    Ctl,
-    /// Soft Q-learning: squared error in log space against the one-step look-ahead.
-    Rl,
-    /// SIXO: density-ratio classification of sigma against p0.
-    Sixo,
-    /// FUDGE: binary cross-entropy of psi = sigmoid(head) against phi, samples from p0.
-    Fudge,
-    /// DPG: proposal learning by forward KL (maximum likelihood on weighted samples).
-    Dpg,
-}
-
-impl Method {
-    /// All methods.
-    pub const ALL: [Method; 5] = [
-        Method::Ctl,
-        Method::Rl,
-        Method::Sixo,
-        Method::Fudge,
-        Method::Dpg,
-    ];
-}
-
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "ctl" => Ok(Method::Ctl),
-            "rl" | "soft-q" => Ok(Method::Rl),
-            "sixo" => Ok(Method::Sixo),
-            "fudge" => Ok(Method::Fudge),
-            "dpg" => Ok(Method::Dpg),
-            other => Err(format!(
-                "unknown method {other:?}: expected ctl, rl, sixo, fudge or dpg"
-            )),
-        }
-    }
-}
+pub use crate::method::Method;
 
 /// Stop-gradient quantities of a batch.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,9 +6,9 @@ use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_smc, sample_base};
 use smc_core::{Result, SmcError};
 
-use crate::batch::Batch;
-use crate::losses::{Method, Roles, loss_and_grads, targets};
-use crate::twist::TrainableTwist;
+use crate::batch::{Batch, TrainableTwist};
+use crate::losses::{Roles, loss_and_grads, targets};
+use crate::method::Method;
 
 /// Training hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
