@@ -10,9 +10,9 @@ use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Scheme;
 use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
-use smc_core::{Result, SmcError};
 
 use crate::batch::{Batch, TrainableTwist};
+use crate::error::{Result, TrainError};
 use crate::losses::{Roles, loss_and_grads, targets};
 use crate::method::Method;
 use crate::train::{TrainConfig, TrainRecord};
@@ -83,10 +83,9 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
     }
     let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
     if !loss.is_finite() {
-        return Err(SmcError::InvalidValue {
-            component: "CTL loss (conditional-SMC positives)".into(),
-            step: horizon,
-            particle: 0,
+        return Err(TrainError::NonFiniteLoss {
+            loss: "CTL (conditional-SMC positives)".into(),
+            step: 1,
             value: loss,
         });
     }
@@ -100,53 +99,24 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
 /// CTL for a fixed potential with positives from a particle Gibbs chain carried across updates
 /// (`cfg.method` must be CTL). The chain starts at `start`, or, without one, at a draw from
 /// the initial twisted proposal picked by its importance weight among `cfg.batch_size`.
-pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
+/// `on_step(step, twist, loss)` runs after each update; its error type is the caller's (see
+/// [`crate::train::train`]).
+pub fn train_ctl_particle_gibbs<L, W, E, F>(
     lm: &L,
     twist: &mut W,
     potential: &dyn Potential,
     prompt: &[u32],
     cfg: &TrainConfig,
     start: Option<Vec<u32>>,
-    mut on_step: impl FnMut(usize, &W, f64) -> Result<()>,
-) -> Result<Vec<TrainRecord>> {
-    if cfg.method != Method::Ctl {
-        return Err(SmcError::InvalidConfig {
-            field: "method for particle Gibbs positives",
-            expected: "ctl".into(),
-            found: format!("{:?}", cfg.method),
-        });
-    }
-    if cfg.batch_size < 2 || cfg.horizon == 0 {
-        return Err(SmcError::InvalidConfig {
-            field: "batch size and horizon",
-            expected: "K >= 2 and T >= 1".into(),
-            found: format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
-        });
-    }
-    let mut state = match start {
-        Some(s) if s.len() == cfg.horizon => s,
-        Some(s) => {
-            return Err(SmcError::Reference(format!(
-                "the chain's start has {} tokens, expected T = {}",
-                s.len(),
-                cfg.horizon
-            )));
-        }
-        None => {
-            let sis = run_smc(
-                lm,
-                Some(&*twist as &dyn Twist),
-                potential,
-                prompt,
-                &SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted)
-                    .with_seed(seed::derive(cfg.seed, label::CHAIN_START, 0)),
-            )?;
-            let w = normalized_weights(&sis.log_w);
-            let mut rng = rng_from_seed(seed::derive(cfg.seed, label::CHAIN_START, 1));
-            let i = Scheme::Multinomial.resample(&w, 1, &mut rng)[0];
-            sis.tokens[i].clone()
-        }
-    };
+    mut on_step: F,
+) -> Result<Vec<TrainRecord>, E>
+where
+    L: LanguageModel,
+    W: TrainableTwist,
+    E: From<TrainError>,
+    F: FnMut(usize, &W, f64) -> Result<(), E>,
+{
+    let mut state = chain_start(lm, twist, potential, prompt, cfg, start)?;
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
         let up = ctl_csmc_update(
@@ -158,7 +128,13 @@ pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
             cfg.learning_rate,
             seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64),
             &state,
-        )?;
+        )
+        .map_err(|e| match e {
+            TrainError::NonFiniteLoss { loss, value, .. } => {
+                TrainError::NonFiniteLoss { loss, step, value }
+            }
+            other => other,
+        })?;
         state = up.next_reference;
         records.push(TrainRecord {
             step,
@@ -167,4 +143,57 @@ pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
         on_step(step, twist, up.loss)?;
     }
     Ok(records)
+}
+
+/// Checks the settings and returns the chain's first state.
+fn chain_start<L: LanguageModel, W: TrainableTwist>(
+    lm: &L,
+    twist: &W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    cfg: &TrainConfig,
+    start: Option<Vec<u32>>,
+) -> Result<Vec<u32>> {
+    if cfg.method != Method::Ctl {
+        return Err(TrainError::config(
+            "method for particle Gibbs positives",
+            "ctl",
+            format!("{:?}", cfg.method),
+        ));
+    }
+    if cfg.batch_size < 2 || cfg.horizon == 0 {
+        return Err(TrainError::config(
+            "batch size and horizon",
+            "K >= 2 and T >= 1",
+            format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
+        ));
+    }
+    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
+        return Err(TrainError::config(
+            "learning rate",
+            "a positive number",
+            cfg.learning_rate,
+        ));
+    }
+    match start {
+        Some(s) if s.len() == cfg.horizon => Ok(s),
+        Some(s) => Err(TrainError::ChainStart {
+            found: s.len(),
+            expected: cfg.horizon,
+        }),
+        None => {
+            let sis = run_smc(
+                lm,
+                Some(twist as &dyn Twist),
+                potential,
+                prompt,
+                &SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted)
+                    .with_seed(seed::derive(cfg.seed, label::CHAIN_START, 0)),
+            )?;
+            let w = normalized_weights(&sis.log_w);
+            let mut rng = rng_from_seed(seed::derive(cfg.seed, label::CHAIN_START, 1));
+            let i = Scheme::Multinomial.resample(&w, 1, &mut rng)[0];
+            Ok(sis.tokens[i].clone())
+        }
+    }
 }

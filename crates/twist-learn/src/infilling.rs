@@ -12,8 +12,8 @@ use smc_core::feynman_kac::Resampling;
 use smc_core::model::Twist;
 use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, rng_from_seed};
-use smc_core::{Result, SmcError};
 
+use crate::error::{Result, TrainError};
 use crate::gibbs::ctl_csmc_update;
 use crate::head::HeadTrainable;
 use crate::train::TrainRecord;
@@ -40,10 +40,6 @@ pub struct InfillingConfig {
     pub start_step: usize,
 }
 
-fn lm_err(e: lm_burn::LmError) -> SmcError {
-    SmcError::from(e)
-}
-
 /// One CTL update (number `update` of the run) for a fresh exact pair (s*, c); returns the loss.
 fn ctl_update(
     lm: &BurnLm,
@@ -55,7 +51,7 @@ fn ctl_update(
     let mut rng = rng_from_seed(seed::derive(cfg.seed, label::INFILLING_PAIR, update));
     let pair = joint_ancestral(lm, prompt, cfg.horizon, cfg.cond_len, 1, &mut rng)?.remove(0);
     let c = pair.conditioning.clone().unwrap_or_default();
-    twist.head_mut().set_conditioning(lm, &c).map_err(lm_err)?;
+    twist.head_mut().set_conditioning(lm, &c)?;
     let phi = InfillingPotential::new(lm, c);
     // Positives: conditional SMC seeded with the exact sample; negatives: draws from q.
     let update = ctl_csmc_update(
@@ -71,14 +67,32 @@ fn ctl_update(
     Ok(update.loss)
 }
 
-/// CTL for infilling: each update draws a new (s*, c) pair.
-pub fn train_infilling_ctl(
+/// CTL for infilling: each update draws a new (s*, c) pair. `on_step(step, twist, loss)` runs
+/// after each update; its error type is the caller's (see [`crate::train::train`]).
+pub fn train_infilling_ctl<E, F>(
     lm: &BurnLm,
     twist: &mut HeadTrainable,
     prompt: &[u32],
     cfg: &InfillingConfig,
-    mut on_step: impl FnMut(usize, &mut HeadTrainable, f64) -> Result<()>,
-) -> Result<Vec<TrainRecord>> {
+    mut on_step: F,
+) -> Result<Vec<TrainRecord>, E>
+where
+    E: From<TrainError>,
+    F: FnMut(usize, &mut HeadTrainable, f64) -> Result<(), E>,
+{
+    if cfg.batch_size == 0 || cfg.horizon == 0 {
+        return Err(TrainError::config(
+            "batch size and horizon",
+            ">= 1",
+            format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
+        )
+        .into());
+    }
+    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
+        return Err(
+            TrainError::config("learning rate", "a positive number", cfg.learning_rate).into(),
+        );
+    }
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
         let loss = ctl_update(lm, twist, prompt, cfg, (cfg.start_step + step) as u64)?;
@@ -133,7 +147,7 @@ pub fn evaluate_infilling(
     for (i, pair) in pairs.iter().enumerate() {
         let c = pair.conditioning.clone().unwrap_or_default();
         if let Some(t) = twist.as_deref_mut() {
-            t.head_mut().set_conditioning(lm, &c).map_err(lm_err)?;
+            t.head_mut().set_conditioning(lm, &c)?;
         }
         let phi = InfillingPotential::new(lm, c);
         let (tw, proposal) = match twist.as_deref() {

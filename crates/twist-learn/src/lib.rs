@@ -7,6 +7,7 @@
 
 pub mod adam;
 pub mod batch;
+pub mod error;
 pub mod gibbs;
 pub mod head;
 pub mod infilling;
@@ -17,6 +18,7 @@ pub mod twist;
 
 pub use adam::AdamConfig;
 pub use batch::{Batch, Parameterization};
+pub use error::TrainError;
 pub use gibbs::{CsmcUpdate, ctl_csmc_update, train_ctl_particle_gibbs};
 pub use head::HeadTrainable;
 pub use infilling::{InfillingConfig, InfillingEval, evaluate_infilling, train_infilling_ctl};

@@ -70,7 +70,10 @@ fn every_method_trains_a_head_on_a_burn_lm_and_cuts_both_exact_kls() {
             seed: 3,
             start_step: 0,
         };
-        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
         let (qs, sq) = exact_kls(&lm, &exact, Some(&twist), Proposal::Twisted);
         println!(
             "{method:?}: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
@@ -104,7 +107,10 @@ fn a_trained_mlp_head_saves_loads_and_drives_twisted_smc_identically() {
         seed: 5,
         start_step: 0,
     };
-    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("head.safetensors");
     twist
@@ -156,11 +162,11 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
         AdamConfig::default(),
     );
     train(&lm, &mut straight, &phi, &PROMPT, &cfg(3, 0), |_, _, _| {
-        Ok(())
+        Ok::<(), TrainError>(())
     })
     .unwrap();
     train(&lm, &mut straight, &phi, &PROMPT, &cfg(3, 3), |_, _, _| {
-        Ok(())
+        Ok::<(), TrainError>(())
     })
     .unwrap();
     // 3 updates, checkpoint, resume, 3 more.
@@ -169,7 +175,10 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
         Parameterization::Identity,
         AdamConfig::default(),
     );
-    train(&lm, &mut first, &phi, &PROMPT, &cfg(3, 0), |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut first, &phi, &PROMPT, &cfg(3, 0), |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.safetensors");
     first
@@ -184,7 +193,7 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
     .unwrap();
     assert_eq!(meta["step"], 3);
     train(&lm, &mut resumed, &phi, &PROMPT, &cfg(3, 3), |_, _, _| {
-        Ok(())
+        Ok::<(), TrainError>(())
     })
     .unwrap();
     let run = |tw: &dyn Twist| {
@@ -224,7 +233,10 @@ fn a_saved_fudge_head_keeps_its_log_sigmoid_parameterisation() {
         seed: 2,
         start_step: 0,
     };
-    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fudge.safetensors");
     twist
@@ -269,7 +281,10 @@ fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
         seed: 3,
         start_step: 0,
     };
-    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let (qs, sq) = exact_kls(&lm, &exact, Some(&twist), Proposal::Twisted);
     println!("20 CTL updates from zero: {qs:.4} / {sq:.4} (p0 {base_qs:.4} / {base_sq:.4})");
     assert!(
