@@ -13,7 +13,7 @@ use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
 
 use crate::batch::{Batch, TrainableTwist};
 use crate::error::{Result, TrainError};
-use crate::losses::{Roles, loss_and_grads, targets};
+use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets};
 use crate::method::Method;
 use crate::train::{TrainConfig, TrainRecord};
 
@@ -69,18 +69,16 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
     let mut seqs = csmc.tokens;
     seqs.extend(sis.tokens);
     let batch = Batch::teacher_forced(lm, &*twist, potential, prompt, &seqs)?;
-    let neg = targets(&batch, Roles::Proposal(Proposal::Twisted));
-    let mut tg = neg.clone();
+    let mut tg = targets(&batch, Roles::Proposal(Proposal::Twisted));
     let mut w_pos = w_final;
     w_pos.resize(2 * k, 0.0);
     tg.w_pos = w_pos;
-    // Intermediate weights over the negatives only.
-    for t in 0..horizon {
-        let log_w: Vec<f64> = (k..2 * k).map(|s| neg.w_psi[t][s].ln()).collect();
-        let mut w = vec![0.0; k];
-        w.extend(normalized_weights(&log_w));
-        tg.w_psi[t] = w;
-    }
+    // Intermediate weights over the negatives only, normalised in log space: their weights
+    // normalised over all 2K sequences can underflow to zero beside the positives'.
+    tg.w_psi = log_psi_weights(&batch, Proposal::Twisted)
+        .iter()
+        .map(|log_w| normalized_over(log_w, k..2 * k))
+        .collect();
     let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
     if !loss.is_finite() {
         return Err(TrainError::NonFiniteLoss {
