@@ -277,30 +277,18 @@ pub struct KlEstimates {
     pub g_q: Estimate,
 }
 
-/// Combines F_q, G_q and a lower/upper pair of log Z bounds into both KL estimates. Standard
-/// errors add in quadrature (the estimates come from independent runs); the n of a combined
-/// estimate is the smallest n that went into it.
+/// Combines F_q, G_q and a lower/upper pair of log Z bounds into both KL estimates. The pair
+/// must be chosen before the values are seen (a pre-declared pair, or fixed-weight averages of
+/// bounds): picking the largest lower and smallest upper bound
+/// over noisy runs biases the pair inward. Standard errors add in quadrature (the estimates
+/// come from independent runs) with Welch–Satterthwaite degrees of freedom
+/// ([`Estimate::combine`]); the n of a combined estimate is the smallest n that went into it.
 pub fn kl_estimates(f_q: Estimate, g_q: Estimate, lower: Estimate, upper: Estimate) -> KlEstimates {
-    let log_z = Estimate {
-        mean: 0.5 * (lower.mean + upper.mean),
-        se: 0.5 * (lower.se.powi(2) + upper.se.powi(2)).sqrt(),
-        n: lower.n.min(upper.n),
-    };
-    let kl_q_sigma = Estimate {
-        mean: log_z.mean - f_q.mean,
-        se: (log_z.se.powi(2) + f_q.se.powi(2)).sqrt(),
-        n: log_z.n.min(f_q.n),
-    };
-    let kl_sigma_q = Estimate {
-        mean: g_q.mean - log_z.mean,
-        se: (log_z.se.powi(2) + g_q.se.powi(2)).sqrt(),
-        n: log_z.n.min(g_q.n),
-    };
     KlEstimates {
-        log_z,
+        log_z: Estimate::combine(&[(0.5, lower), (0.5, upper)]),
         log_z_half_gap: 0.5 * (upper.mean - lower.mean),
-        kl_q_sigma,
-        kl_sigma_q,
+        kl_q_sigma: Estimate::combine(&[(0.5, lower), (0.5, upper), (-1.0, f_q)]),
+        kl_sigma_q: Estimate::combine(&[(1.0, g_q), (-0.5, lower), (-0.5, upper)]),
         f_q,
         g_q,
     }

@@ -6,6 +6,8 @@
 //! - the single-sample bounds F_q (ELBO) and G_q (EUBO), and from them
 //!   KL(q || sigma) ≈ log Z - F_q and KL(sigma || q) ≈ G_q - log Z, with log Z the midpoint
 //!   of the tightest bounds;
+//! - estimates with Student t intervals ([`Estimate`]: t_{0.975, df} SE, Welch–Satterthwaite
+//!   degrees of freedom for combinations, batch means for Markov chain averages);
 //! - collectors of exact target samples: rejection for indicator potentials, class rejection
 //!   for beta = 1 classifiers, joint ancestral draws for infilling, and particle Gibbs chains
 //!   that turn one exact sample into many (each marginally exact).
@@ -13,6 +15,7 @@
 pub mod bounds;
 pub mod estimate;
 pub mod exact;
+pub mod stats;
 
 pub use bounds::{BoundsAtK, KlEstimates, Method, Sampler, kl_estimates};
 pub use estimate::Estimate;
