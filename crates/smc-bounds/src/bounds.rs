@@ -245,7 +245,17 @@ pub struct BoundsAtK {
 }
 
 impl BoundsAtK {
-    /// The tightest pair: the larger lower bound and the smaller upper bound.
+    /// A pair fixed in advance: the SMC lower bound and the SMC upper bound, or the SIS upper
+    /// bound where the scheme has no conditional SMC. Both hold in expectation by construction,
+    /// unlike [`BoundsAtK::tightest`].
+    pub fn smc_pair(&self) -> (Estimate, Estimate) {
+        (self.smc_lower, self.smc_upper.unwrap_or(self.sis_upper))
+    }
+
+    /// The tightest pair: the larger lower bound and the smaller upper bound. Choosing by the
+    /// observed means biases the pair inward (the larger of two noisy lower bounds overshoots
+    /// on average): prefer a pair fixed in advance ([`BoundsAtK::smc_pair`], or
+    /// [`crate::LogZBounds`] from [`Sampler::evaluate`]).
     pub fn tightest(&self) -> (Estimate, Estimate) {
         let lower = if self.smc_lower.mean >= self.sis_lower.mean {
             self.smc_lower

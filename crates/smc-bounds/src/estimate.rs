@@ -145,6 +145,21 @@ impl Estimate {
         }
     }
 
+    /// The mean difference of paired values a_i - b_i (e.g. two samplers run on the same
+    /// random numbers or the same exact samples), with df = n - 1: pairing removes their shared
+    /// noise from the standard error.
+    pub fn paired_difference(a: &[f64], b: &[f64]) -> Result<Self> {
+        if a.len() != b.len() {
+            return Err(SmcError::InvalidConfig {
+                field: "paired values",
+                expected: format!("as many in both ({})", a.len()),
+                found: b.len().to_string(),
+            });
+        }
+        let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+        Ok(Self::from_values(&d))
+    }
+
     /// The difference `self - other` of independent estimates ([`Estimate::combine`]).
     pub fn minus(&self, other: &Estimate) -> Self {
         Self::combine(&[(1.0, *self), (-1.0, *other)])

@@ -7,7 +7,7 @@
 use lm_burn::BurnLm;
 use lm_burn::infilling::InfillingPotential;
 use serde::{Deserialize, Serialize};
-use smc_bounds::{Estimate, Method as BoundMethod, Sampler, joint_ancestral};
+use smc_bounds::{Estimate, EvalPlan, Evaluation, Method as BoundMethod, Sampler, joint_ancestral};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::Twist;
 use smc_core::seed::{self, label};
@@ -111,9 +111,10 @@ pub struct InfillingEval {
     pub kl_sigma_q: Estimate,
     /// Mean half-gap of the log Z_c bounds (the midpoint's largest bias).
     pub half_gap: f64,
-    /// SIS lower bound on log Z_c, mean over c.
+    /// The plan's lower bound on log Z_c (SIS in [`infilling_eval_plan`]), mean over c.
     pub log_z_lower: Estimate,
-    /// Conditional-SMC upper bound on log Z_c, mean over c.
+    /// The plan's upper bound on log Z_c (conditional SMC in [`infilling_eval_plan`]), mean
+    /// over c.
     pub log_z_upper: Estimate,
     /// F_q = E_q[log sigma~_c - log q], mean over c.
     pub f_q: Estimate,
@@ -124,10 +125,29 @@ pub struct InfillingEval {
     pub kl_sum: Estimate,
 }
 
+/// The plan [`evaluate_infilling`] has used for each c: K = `particles` for the bounds and
+/// `particles` draws for F_q, log Z_c between the SIS lower bound (2 runs) and the
+/// conditional-SMC upper bound around the one exact sample s* (declared before any value is
+/// seen, never the tightest of several).
+pub fn infilling_eval_plan(particles: usize, seed: u64) -> EvalPlan {
+    EvalPlan {
+        fq_draws: particles,
+        particles,
+        lower_runs: 2,
+        upper_refs: 1,
+        lower_methods: vec![BoundMethod::Sis],
+        upper_methods: vec![BoundMethod::Smc],
+        seed,
+        exact_batches: None,
+    }
+}
+
 /// Evaluates the head (or, with `twist = None`, the base model as proposal) on `tasks` fresh
-/// pairs (s*, c) drawn with `seed`: for each c, log Z_c is the midpoint of the SIS lower bound
-/// (`particles` particles, 2 runs) and the conditional-SMC upper bound seeded with s*;
-/// F_q uses `particles` draws from q and G_q the exact sample.
+/// pairs (s*, c), each c with [`Sampler::evaluate`] on its exact sample s* and `plan` (whose
+/// seed is the master seed: the pairs are drawn with `derive(plan.seed, EVAL_PAIRS, 0)` and
+/// task i is evaluated with master seed `derive(plan.seed, EVAL_TASK, i)`, [`smc_core::seed`]).
+/// The estimates are means over c, with standard errors from the spread over c (which holds
+/// each task's own noise too, since the tasks are independent).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_infilling(
     lm: &BurnLm,
@@ -136,14 +156,11 @@ pub fn evaluate_infilling(
     horizon: usize,
     cond_len: usize,
     tasks: usize,
-    particles: usize,
-    seed: u64,
+    plan: &EvalPlan,
 ) -> Result<InfillingEval> {
-    let mut rng = rng_from_seed(seed::derive(seed, label::EVAL_PAIRS, 0));
+    let mut rng = rng_from_seed(seed::derive(plan.seed, label::EVAL_PAIRS, 0));
     let pairs = joint_ancestral(lm, prompt, horizon, cond_len, tasks, &mut rng)?;
-    let (mut qs, mut sq, mut gap) = (Vec::new(), Vec::new(), 0.0);
-    let (mut lows, mut ups, mut fqs, mut gqs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut sums = Vec::new();
+    let mut evals = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
         let c = pair.conditioning.clone().unwrap_or_default();
         if let Some(t) = twist.as_deref_mut() {
@@ -163,38 +180,23 @@ pub fn evaluate_infilling(
             proposal,
             resampling: Resampling::default(),
         };
-        let s = seed::derive(seed, label::EVAL_TASK, i as u64);
-        let lower = sampler.lower_bound(
-            BoundMethod::Sis,
-            particles,
-            &seed::derive_many(s, label::LOWER_SIS, 2),
-        )?;
-        let upper = sampler.upper_bound(
-            BoundMethod::Smc,
-            particles,
-            std::slice::from_ref(&pair.tokens),
-            seed::derive(s, label::UPPER_SMC, 0),
-        )?;
-        let f_q = sampler.f_q(particles, seed::derive(s, label::F_Q, 0))?;
-        let g_q = sampler.g_q(std::slice::from_ref(&pair.tokens))?;
-        let mid = 0.5 * (lower.mean + upper.mean);
-        lows.push(lower.mean);
-        ups.push(upper.mean);
-        fqs.push(f_q.mean);
-        gqs.push(g_q.mean);
-        sums.push(g_q.mean - f_q.mean);
-        qs.push(mid - f_q.mean);
-        sq.push(g_q.mean - mid);
-        gap += 0.5 * (upper.mean - lower.mean) / pairs.len() as f64;
+        let task_plan = EvalPlan {
+            seed: seed::derive(plan.seed, label::EVAL_TASK, i as u64),
+            ..plan.clone()
+        };
+        evals.push(sampler.evaluate(std::slice::from_ref(&pair.tokens), &task_plan)?);
     }
+    let over_c = |f: &dyn Fn(&Evaluation) -> f64| {
+        Estimate::from_values(&evals.iter().map(f).collect::<Vec<_>>())
+    };
     Ok(InfillingEval {
-        kl_q_sigma: Estimate::from_values(&qs),
-        kl_sigma_q: Estimate::from_values(&sq),
-        half_gap: gap,
-        log_z_lower: Estimate::from_values(&lows),
-        log_z_upper: Estimate::from_values(&ups),
-        f_q: Estimate::from_values(&fqs),
-        g_q: Estimate::from_values(&gqs),
-        kl_sum: Estimate::from_values(&sums),
+        kl_q_sigma: over_c(&|e| e.kl.kl_q_sigma.mean),
+        kl_sigma_q: over_c(&|e| e.kl.kl_sigma_q.mean),
+        half_gap: over_c(&|e| e.log_z.half_gap()).mean,
+        log_z_lower: over_c(&|e| e.log_z.lower.mean),
+        log_z_upper: over_c(&|e| e.log_z.upper.mean),
+        f_q: over_c(&|e| e.f_q.mean),
+        g_q: over_c(&|e| e.g_q.mean),
+        kl_sum: over_c(&|e| e.kl_sum.mean),
     })
 }

@@ -296,6 +296,67 @@ fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
 /// This crate's directory, read when the test runs (cargo sets CARGO_MANIFEST_DIR for test
 /// binaries): a binary reused from a shared target directory that another checkout built must
 /// not read the test data of that other checkout.
+#[test]
+fn infilling_evaluation_is_the_evaluation_api_averaged_over_conditioning_sequences() {
+    use smc_bounds::{EvalPlan, Sampler};
+    use smc_core::feynman_kac::Resampling;
+    use smc_core::seed::{derive, label};
+    let lm = tiny_llama();
+    let (tasks, cond_len) = (3, 1);
+    let plan = infilling_eval_plan(8, 7);
+    let got = evaluate_infilling(&lm, None, &PROMPT, T, cond_len, tasks, &plan).unwrap();
+    // The same numbers by hand: pairs from EVAL_PAIRS, task i from EVAL_TASK i.
+    let pairs = smc_bounds::joint_ancestral(
+        &lm,
+        &PROMPT,
+        T,
+        cond_len,
+        tasks,
+        &mut rng_from_seed(derive(7, label::EVAL_PAIRS, 0)),
+    )
+    .unwrap();
+    let mut kl_q_sigma = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let phi =
+            lm_burn::infilling::InfillingPotential::new(&lm, pair.conditioning.clone().unwrap());
+        let sampler = Sampler {
+            lm: &lm,
+            prompt: &PROMPT,
+            horizon: T,
+            potential: &phi,
+            twist: None,
+            proposal: Proposal::Base,
+            resampling: Resampling::default(),
+        };
+        let e = sampler
+            .evaluate(
+                std::slice::from_ref(&pair.tokens),
+                &EvalPlan {
+                    seed: derive(7, label::EVAL_TASK, i as u64),
+                    ..plan.clone()
+                },
+            )
+            .unwrap();
+        kl_q_sigma.push(e.kl.kl_q_sigma.mean);
+    }
+    let want = smc_bounds::Estimate::from_values(&kl_q_sigma);
+    assert_eq!(got.kl_q_sigma, want);
+    assert_eq!((got.f_q.n, got.f_q.df), (tasks, (tasks - 1) as f64));
+    for e in [
+        got.kl_sigma_q,
+        got.log_z_lower,
+        got.log_z_upper,
+        got.g_q,
+        got.kl_sum,
+    ] {
+        assert!(e.mean.is_finite() && e.se.is_finite(), "{e}");
+    }
+    assert_eq!(
+        got,
+        evaluate_infilling(&lm, None, &PROMPT, T, cond_len, tasks, &plan).unwrap()
+    );
+}
+
 fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
