@@ -175,7 +175,7 @@ impl Estimate {
     pub fn ci95(&self) -> f64 {
         if self.se == 0.0 {
             0.0
-        } else if !(self.df > 0.0) {
+        } else if self.df.is_nan() || self.df <= 0.0 {
             f64::INFINITY
         } else {
             self.t95() * self.se
