@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Criterion;
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, log_weights_of, run_csmc, run_smc};
 use smc_core::{Result, SmcError};
 
@@ -65,6 +66,13 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
         }
     }
 
+    /// Whether `method`'s upper bound is valid for this sampler: always for SIS (no
+    /// resampling), and for conditional SMC only with a resampling whose conditional form is
+    /// implemented ([`Resampling::supports_conditional`]: multinomial).
+    pub fn has_upper_bound(&self, method: Method) -> bool {
+        self.config(method, 1, 0).resampling.supports_conditional()
+    }
+
     /// The values log Zhat of `seeds.len()` independent runs with K particles: their mean is a
     /// lower bound on log Z.
     pub fn lower_bound_values(&self, method: Method, k: usize, seeds: &[u64]) -> Result<Vec<f64>> {
@@ -90,9 +98,10 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
         ))
     }
 
-    /// The values log Zhat of conditional runs, one per exact sample (run i uses seed
-    /// `seed + i`): their mean is an upper bound on log Z. With [`Method::Sis`] this is the SIS
-    /// upper bound (K-1 proposals and s* in slot 0), with [`Method::Smc`] conditional SMC.
+    /// The values log Zhat of conditional runs, one per exact sample (the run around exact
+    /// sample i uses seed `derive(seed, label::UPPER, i)`, [`smc_core::seed`]): their mean is an upper bound on log Z. With [`Method::Sis`] this is the SIS
+    /// upper bound (K-1 proposals and s* in slot 0), with [`Method::Smc`] conditional SMC,
+    /// which refuses resampling schemes other than multinomial ([`Sampler::has_upper_bound`]).
     pub fn upper_bound_values(
         &self,
         method: Method,
@@ -109,7 +118,7 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
                     self.twist,
                     self.potential,
                     self.prompt,
-                    &self.config(method, k, seed.wrapping_add(i as u64)),
+                    &self.config(method, k, seed::derive(seed, label::UPPER, i as u64)),
                     s,
                 )
                 .map(|o| o.log_z_hat)
@@ -176,7 +185,10 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
     }
 
     /// Lower and upper bounds of both methods for each K in `ks`: lower bounds over
-    /// `num_seeds` runs, upper bounds over the exact samples.
+    /// `num_seeds` runs, upper bounds over the exact samples; every run's seed is derived from
+    /// `seed` ([`smc_core::seed`]: labels `BOUNDS_K`, then `LOWER_*` / `UPPER_*`). The SMC upper bound is `None`
+    /// where the resampling scheme has no implemented conditional form
+    /// ([`Sampler::has_upper_bound`]).
     pub fn bounds_over_k(
         &self,
         ks: &[usize],
@@ -191,17 +203,25 @@ impl<'a, L: LanguageModel> Sampler<'a, L> {
                 found: "none".into(),
             });
         }
-        let seeds: Vec<u64> = (0..num_seeds as u64)
-            .map(|i| seed.wrapping_add(i))
-            .collect();
         ks.iter()
             .map(|&k| {
+                // Every K, method and bound has its own streams (smc_core::seed), so the
+                // estimates are independent of one another.
+                let at_k = seed::derive(seed, label::BOUNDS_K, k as u64);
+                let sis_seeds = seed::derive_many(at_k, label::LOWER_SIS, num_seeds);
+                let smc_seeds = seed::derive_many(at_k, label::LOWER_SMC, num_seeds);
+                let sis_upper_seed = seed::derive(at_k, label::UPPER_SIS, 0);
+                let smc_upper_seed = seed::derive(at_k, label::UPPER_SMC, 0);
                 Ok(BoundsAtK {
                     k,
-                    sis_lower: self.lower_bound(Method::Sis, k, &seeds)?,
-                    sis_upper: self.upper_bound(Method::Sis, k, exact, seed)?,
-                    smc_lower: self.lower_bound(Method::Smc, k, &seeds)?,
-                    smc_upper: self.upper_bound(Method::Smc, k, exact, seed)?,
+                    sis_lower: self.lower_bound(Method::Sis, k, &sis_seeds)?,
+                    sis_upper: self.upper_bound(Method::Sis, k, exact, sis_upper_seed)?,
+                    smc_lower: self.lower_bound(Method::Smc, k, &smc_seeds)?,
+                    smc_upper: if self.has_upper_bound(Method::Smc) {
+                        Some(self.upper_bound(Method::Smc, k, exact, smc_upper_seed)?)
+                    } else {
+                        None
+                    },
                 })
             })
             .collect()
@@ -219,22 +239,32 @@ pub struct BoundsAtK {
     pub sis_upper: Estimate,
     /// E[log Zhat_SMC] <= log Z.
     pub smc_lower: Estimate,
-    /// E[log Zhat_CSMC] >= log Z.
-    pub smc_upper: Estimate,
+    /// E[log Zhat_CSMC] >= log Z; `None` where the sampler's resampling scheme has no
+    /// implemented conditional form, so that no unguaranteed bound is reported.
+    pub smc_upper: Option<Estimate>,
 }
 
 impl BoundsAtK {
-    /// The tightest pair: the larger lower bound and the smaller upper bound.
+    /// A pair fixed in advance: the SMC lower bound and the SMC upper bound, or the SIS upper
+    /// bound where the scheme has no conditional SMC. Both hold in expectation by construction,
+    /// unlike [`BoundsAtK::tightest`].
+    pub fn smc_pair(&self) -> (Estimate, Estimate) {
+        (self.smc_lower, self.smc_upper.unwrap_or(self.sis_upper))
+    }
+
+    /// The tightest pair: the larger lower bound and the smaller upper bound. Choosing by the
+    /// observed means biases the pair inward (the larger of two noisy lower bounds overshoots
+    /// on average): prefer a pair fixed in advance ([`BoundsAtK::smc_pair`], or
+    /// [`crate::LogZBounds`] from [`Sampler::evaluate`]).
     pub fn tightest(&self) -> (Estimate, Estimate) {
         let lower = if self.smc_lower.mean >= self.sis_lower.mean {
             self.smc_lower
         } else {
             self.sis_lower
         };
-        let upper = if self.smc_upper.mean <= self.sis_upper.mean {
-            self.smc_upper
-        } else {
-            self.sis_upper
+        let upper = match self.smc_upper {
+            Some(smc) if smc.mean <= self.sis_upper.mean => smc,
+            _ => self.sis_upper,
         };
         (lower, upper)
     }
@@ -257,30 +287,18 @@ pub struct KlEstimates {
     pub g_q: Estimate,
 }
 
-/// Combines F_q, G_q and a lower/upper pair of log Z bounds into both KL estimates. Standard
-/// errors add in quadrature (the estimates come from independent runs); the n of a combined
-/// estimate is the smallest n that went into it.
+/// Combines F_q, G_q and a lower/upper pair of log Z bounds into both KL estimates. The pair
+/// must be chosen before the values are seen (a pre-declared pair, or fixed-weight averages of
+/// bounds): picking the largest lower and smallest upper bound
+/// over noisy runs biases the pair inward. Standard errors add in quadrature (the estimates
+/// come from independent runs) with Welch–Satterthwaite degrees of freedom
+/// ([`Estimate::combine`]); the n of a combined estimate is the smallest n that went into it.
 pub fn kl_estimates(f_q: Estimate, g_q: Estimate, lower: Estimate, upper: Estimate) -> KlEstimates {
-    let log_z = Estimate {
-        mean: 0.5 * (lower.mean + upper.mean),
-        se: 0.5 * (lower.se.powi(2) + upper.se.powi(2)).sqrt(),
-        n: lower.n.min(upper.n),
-    };
-    let kl_q_sigma = Estimate {
-        mean: log_z.mean - f_q.mean,
-        se: (log_z.se.powi(2) + f_q.se.powi(2)).sqrt(),
-        n: log_z.n.min(f_q.n),
-    };
-    let kl_sigma_q = Estimate {
-        mean: g_q.mean - log_z.mean,
-        se: (log_z.se.powi(2) + g_q.se.powi(2)).sqrt(),
-        n: log_z.n.min(g_q.n),
-    };
     KlEstimates {
-        log_z,
+        log_z: Estimate::combine(&[(0.5, lower), (0.5, upper)]),
         log_z_half_gap: 0.5 * (upper.mean - lower.mean),
-        kl_q_sigma,
-        kl_sigma_q,
+        kl_q_sigma: Estimate::combine(&[(0.5, lower), (0.5, upper), (-1.0, f_q)]),
+        kl_sigma_q: Estimate::combine(&[(1.0, g_q), (-0.5, lower), (-0.5, upper)]),
         f_q,
         g_q,
     }

@@ -7,6 +7,7 @@ use smc_core::batch::TokenBuffer;
 use smc_core::logspace::{LOG_INDICATOR_FLOOR, normalized_weights};
 use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Scheme;
+use smc_core::seed::{self, label};
 use smc_core::smc::{SmcConfig, rng_from_seed, run_csmc, sample_base};
 use smc_core::{Result, SmcError};
 
@@ -229,9 +230,11 @@ impl GibbsChain {
 /// infilling with one fixed continuation c. The twist must not depend on s* (train it without
 /// s*), or the states are no longer exact.
 ///
-/// `config` gives K, T, the proposal and the resampling; resampling must be multinomial (the
-/// conditional forms of the other schemes are not the plain scheme on K - 1 particles).
-/// Sweep i runs with seed `seed + i`.
+/// `config` gives K, T, the proposal and the resampling; resampling must be multinomial unless
+/// it never fires ([`smc_core::feynman_kac::Resampling::check_conditional`]: the conditional
+/// forms of the other schemes are not the plain scheme on K - 1 particles).
+/// Sweep i's conditional SMC runs with seed `derive(seed, label::GIBBS_SWEEP, i)` and its next
+/// state is drawn with `derive(seed, label::GIBBS_PICK, i)` ([`smc_core::seed`]).
 #[allow(clippy::too_many_arguments)]
 pub fn particle_gibbs<L: LanguageModel>(
     lm: &L,
@@ -243,13 +246,8 @@ pub fn particle_gibbs<L: LanguageModel>(
     sweeps: usize,
     seed: u64,
 ) -> Result<GibbsChain> {
-    if config.resampling.scheme != Scheme::Multinomial {
-        return Err(SmcError::InvalidConfig {
-            field: "particle Gibbs resampling scheme",
-            expected: "multinomial".into(),
-            found: format!("{:?}", config.resampling.scheme),
-        });
-    }
+    // The same rule as every conditional driver: the sweep is conditional SMC.
+    config.resampling.check_conditional()?;
     if config.num_particles < 2 {
         return Err(SmcError::InvalidConfig {
             field: "particle Gibbs particles K",
@@ -263,17 +261,16 @@ pub fn particle_gibbs<L: LanguageModel>(
         moves: 0,
     };
     for i in 0..sweeps {
-        let sweep_seed = seed.wrapping_add(i as u64);
         let out = run_csmc(
             lm,
             twist,
             potential,
             prompt,
-            &config.with_seed(sweep_seed),
+            &config.with_seed(seed::derive(seed, label::GIBBS_SWEEP, i as u64)),
             &state,
         )?;
         let weights = normalized_weights(&out.log_w);
-        let mut rng = rng_from_seed(sweep_seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut rng = rng_from_seed(seed::derive(seed, label::GIBBS_PICK, i as u64));
         let pick = Scheme::Multinomial.resample(&weights, 1, &mut rng)[0];
         let next = out.tokens[pick].clone();
         if next != state {

@@ -55,7 +55,7 @@ fn lower_bounds_below_and_upper_bounds_above_log_z_with_gaps_shrinking_in_k() {
                     r.k
                 );
             }
-            for (which, upper) in [("SIS", r.sis_upper), ("SMC", r.smc_upper)] {
+            for (which, upper) in [("SIS", r.sis_upper), ("SMC", r.smc_upper.unwrap())] {
                 assert!(
                     log_z - upper.mean < Z_MAX * upper.se,
                     "{name} {which} upper K={}: {upper} vs {log_z}",
@@ -68,10 +68,13 @@ fn lower_bounds_below_and_upper_bounds_above_log_z_with_gaps_shrinking_in_k() {
                 r.sis_upper.mean - r.sis_lower.mean,
                 r.sis_upper.se.hypot(r.sis_lower.se),
             ),
-            Method::Smc => (
-                r.smc_upper.mean - r.smc_lower.mean,
-                r.smc_upper.se.hypot(r.smc_lower.se),
-            ),
+            Method::Smc => {
+                let upper = r.smc_upper.unwrap();
+                (
+                    upper.mean - r.smc_lower.mean,
+                    upper.se.hypot(r.smc_lower.se),
+                )
+            }
         };
         for m in [Method::Sis, Method::Smc] {
             let gaps: Vec<(f64, f64)> = rows.iter().map(|r| gap(r, m)).collect();
@@ -167,7 +170,7 @@ fn optimal_twists_make_every_bound_equal_log_z_exactly() {
     };
     let samples = exact_samples(&exact, 20, 4);
     for r in sampler.bounds_over_k(&[1, 4, 16], 20, &samples, 0).unwrap() {
-        for e in [r.sis_lower, r.sis_upper, r.smc_lower, r.smc_upper] {
+        for e in [r.sis_lower, r.sis_upper, r.smc_lower, r.smc_upper.unwrap()] {
             assert!(
                 (e.mean - exact.log_z()).abs() < 1e-9 && e.se < 1e-9,
                 "K={}: {e}",
@@ -366,6 +369,46 @@ fn particle_gibbs_started_at_exact_samples_stays_exact() {
 }
 
 #[test]
+fn the_smc_upper_bound_is_unavailable_for_schemes_without_a_conditional_form() {
+    let lm = TabularLm::random(3, 1, 1.2, 42);
+    let phi = classifier();
+    let exact = Enumeration::new(&lm, &[], 3, &phi).unwrap();
+    let samples = exact_samples(&exact, 5, 4);
+    for scheme in Scheme::ALL {
+        let sampler = Sampler {
+            lm: &lm,
+            prompt: &[],
+            horizon: 3,
+            potential: &phi,
+            twist: None,
+            proposal: Proposal::Base,
+            resampling: Resampling {
+                scheme,
+                criterion: Criterion::Always,
+            },
+        };
+        let multinomial = scheme == Scheme::Multinomial;
+        assert_eq!(sampler.has_upper_bound(Method::Smc), multinomial);
+        // The SIS upper bound never resamples: valid with every scheme.
+        assert!(sampler.has_upper_bound(Method::Sis));
+        sampler.upper_bound(Method::Sis, 4, &samples, 0).unwrap();
+        let rows = sampler.bounds_over_k(&[4], 3, &samples, 0).unwrap();
+        assert_eq!(rows[0].smc_upper.is_some(), multinomial, "{scheme}");
+        let upper = sampler.upper_bound(Method::Smc, 4, &samples, 0);
+        if multinomial {
+            upper.unwrap();
+        } else {
+            let err = upper.unwrap_err();
+            assert!(
+                err.to_string().contains(&scheme.to_string())
+                    && err.to_string().contains("multinomial"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn particle_gibbs_rejects_schemes_without_a_conditional_form() {
     let lm = TabularLm::random(3, 2, 1.5, 71);
     let phi = classifier();
@@ -373,4 +416,220 @@ fn particle_gibbs_rejects_schemes_without_a_conditional_form() {
     config.resampling.scheme = Scheme::Systematic;
     let err = particle_gibbs(&lm, None, &phi, &[1], &config, &[0, 1], 1, 0).unwrap_err();
     assert!(err.to_string().contains("multinomial"), "{err}");
+}
+
+fn sampler_of<'a>(
+    lm: &'a TabularLm,
+    prompt: &'a [u32],
+    horizon: usize,
+    phi: &'a dyn Potential,
+    twist: Option<&'a dyn Twist>,
+) -> Sampler<'a, TabularLm> {
+    Sampler {
+        lm,
+        prompt,
+        horizon,
+        potential: phi,
+        twist,
+        proposal: if twist.is_some() {
+            Proposal::Twisted
+        } else {
+            Proposal::Base
+        },
+        resampling: Resampling::default(),
+    }
+}
+
+#[test]
+fn evaluation_with_optimal_twists_is_exact() {
+    let lm = TabularLm::random(3, 1, 1.2, 42);
+    let phi = classifier();
+    let exact = Enumeration::new(&lm, &[], 3, &phi).unwrap();
+    let psi = exact.optimal_twist();
+    let samples = exact_samples(&exact, 12, 4);
+    let e = sampler_of(&lm, &[], 3, &phi, Some(&psi))
+        .evaluate(&samples, &EvalPlan::new(8, 3))
+        .unwrap();
+    let log_z = exact.log_z();
+    for est in [
+        e.f_q,
+        e.g_q,
+        e.log_z.lower,
+        e.log_z.upper,
+        e.kl.log_z,
+        e.lower_bound(Method::Smc).unwrap(),
+        e.upper_bound(Method::Sis).unwrap(),
+    ] {
+        assert!((est.mean - log_z).abs() < 1e-9 && est.se < 1e-9, "{est}");
+    }
+    for kl in [e.kl.kl_q_sigma, e.kl.kl_sigma_q, e.kl_sum] {
+        assert!(kl.mean.abs() < 1e-9 && kl.ci95() < 1e-8, "{kl}");
+    }
+}
+
+#[test]
+fn evaluation_bounds_sandwich_log_z_and_its_kl_estimates_match_the_exact_kls() {
+    // Tolerances: Z_MAX standard errors, plus half the bound gap for the midpoint's bias.
+    let lm = TabularLm::random(3, 1, 1.2, 41);
+    let phi = classifier();
+    let horizon = 4;
+    let exact = Enumeration::new(&lm, &[0], horizon, &phi).unwrap();
+    let log_z = exact.log_z();
+    let twist = exact.optimal_twist().perturbed(0.6, 9);
+    let samples = exact_samples(&exact, 3000, 2);
+    let plan = EvalPlan {
+        fq_draws: 20_000,
+        lower_runs: 300,
+        upper_refs: 300,
+        ..EvalPlan::new(32, 11)
+    };
+    let mut pairs = Vec::new();
+    for (name, tw) in [("base", None), ("twisted", Some(&twist as &dyn Twist))] {
+        let sampler = sampler_of(&lm, &[0], horizon, &phi, tw);
+        let e = sampler.evaluate(&samples, &plan).unwrap();
+        let log_q = exact
+            .proposal_log_q(&lm, &[0], tw, sampler.proposal)
+            .unwrap();
+        let (kl_qs, kl_sq) = (exact.kl_q_sigma(&log_q), exact.kl_sigma_q(&log_q));
+        assert_eq!(e.f_q.n, 20_000);
+        assert_eq!(
+            (e.g_q.n, e.log_z.upper.n, e.log_z.lower.n),
+            (3000, 300, 300)
+        );
+        assert!(
+            e.log_z.lower.mean - log_z < Z_MAX * e.log_z.lower.se,
+            "{name}: lower {} vs {log_z}",
+            e.log_z.lower
+        );
+        assert!(
+            log_z - e.log_z.upper.mean < Z_MAX * e.log_z.upper.se,
+            "{name}: upper {} vs {log_z}",
+            e.log_z.upper
+        );
+        let slack = e.log_z.half_gap().max(0.0);
+        assert!(
+            (e.kl.kl_q_sigma.mean - kl_qs).abs() < Z_MAX * e.kl.kl_q_sigma.se + slack,
+            "{name}: KL(q||sigma) {} vs {kl_qs}",
+            e.kl.kl_q_sigma
+        );
+        assert!(
+            (e.kl.kl_sigma_q.mean - kl_sq).abs() < Z_MAX * e.kl.kl_sigma_q.se + slack,
+            "{name}: KL(sigma||q) {} vs {kl_sq}",
+            e.kl.kl_sigma_q
+        );
+        assert!(
+            (e.kl_sum.mean - (kl_qs + kl_sq)).abs() < Z_MAX * e.kl_sum.se,
+            "{name}: G_q - F_q {} vs {}",
+            e.kl_sum,
+            kl_qs + kl_sq
+        );
+        pairs.push(e);
+    }
+    // A fixed-weight average of both samplers' bounds is again a pair of bounds.
+    let avg = LogZBounds::average(&[(0.5, &pairs[0].log_z), (0.5, &pairs[1].log_z)]).unwrap();
+    assert!(
+        avg.lower.mean - log_z < Z_MAX * avg.lower.se,
+        "{}",
+        avg.lower
+    );
+    assert!(
+        log_z - avg.upper.mean < Z_MAX * avg.upper.se,
+        "{}",
+        avg.upper
+    );
+    let mid = 0.5 * (pairs[0].log_z.lower.mean + pairs[1].log_z.lower.mean);
+    assert!((avg.lower.mean - mid).abs() < 1e-12);
+    let kl = pairs[1].kl_with(&avg);
+    assert_eq!(kl.log_z, avg.midpoint());
+    // Weights must be fixed, non-negative and sum to one.
+    for bad in [[0.7, 0.7], [1.5, -0.5], [f64::NAN, 1.0]] {
+        let err = LogZBounds::average(&[(bad[0], &pairs[0].log_z), (bad[1], &pairs[1].log_z)])
+            .unwrap_err();
+        assert!(err.to_string().contains("weights"), "{err}");
+    }
+}
+
+#[test]
+fn upper_bound_references_are_the_first_exact_samples_as_drawn() {
+    let lm = TabularLm::random(3, 1, 1.2, 43);
+    let phi = classifier();
+    let exact = Enumeration::new(&lm, &[], 3, &phi).unwrap();
+    let twist = exact.optimal_twist().perturbed(0.8, 2);
+    let sampler = sampler_of(&lm, &[], 3, &phi, Some(&twist));
+    // Duplicates and an unsorted order stay as they are.
+    let mut samples = exact_samples(&exact, 6, 7);
+    samples.insert(1, samples[0].clone());
+    let plan = EvalPlan {
+        upper_refs: 4,
+        ..EvalPlan::new(4, 5)
+    };
+    let e = sampler.evaluate(&samples, &plan).unwrap();
+    for (method, seed_label) in [
+        (Method::Sis, smc_core::seed::label::UPPER_SIS),
+        (Method::Smc, smc_core::seed::label::UPPER_SMC),
+    ] {
+        let want = sampler
+            .upper_bound_values(
+                method,
+                4,
+                &samples[..4],
+                smc_core::seed::derive(5, seed_label, 0),
+            )
+            .unwrap();
+        let got = &e.upper.iter().find(|b| b.method == method).unwrap().values;
+        assert_eq!(got, &want, "{method:?}");
+    }
+    // G_q uses every exact sample; a chain's samples get batch means.
+    assert_eq!(e.g_q.n, 7);
+    assert_eq!(e.g_q_values, sampler.g_q_values(&samples).unwrap());
+    let chain = EvalPlan {
+        exact_batches: Some(3),
+        ..plan.clone()
+    };
+    let e = sampler.evaluate(&samples, &chain).unwrap();
+    assert_eq!((e.g_q.n, e.g_q.df), (6, 2.0));
+    // Two samplers with one plan share their random numbers: paired F_q differences.
+    let base = sampler_of(&lm, &[], 3, &phi, None)
+        .evaluate(&samples, &plan)
+        .unwrap();
+    let d = Estimate::paired_difference(&e.f_q_values, &base.f_q_values).unwrap();
+    assert!((d.mean - (e.f_q.mean - base.f_q.mean)).abs() < 1e-12);
+}
+
+#[test]
+fn evaluation_refuses_an_unguaranteed_upper_bound_and_empty_plans() {
+    let lm = TabularLm::random(3, 1, 1.2, 44);
+    let phi = classifier();
+    let exact = Enumeration::new(&lm, &[], 3, &phi).unwrap();
+    let samples = exact_samples(&exact, 4, 1);
+    let mut sampler = sampler_of(&lm, &[], 3, &phi, None);
+    sampler.resampling.scheme = Scheme::Systematic;
+    let err = sampler
+        .evaluate(&samples, &EvalPlan::new(4, 0))
+        .unwrap_err();
+    assert!(err.to_string().contains("systematic"), "{err}");
+    // Without the conditional-SMC upper bound the systematic sampler is fine.
+    let plan = EvalPlan {
+        upper_methods: vec![Method::Sis],
+        ..EvalPlan::new(4, 0)
+    };
+    let e = sampler.evaluate(&samples, &plan).unwrap();
+    assert!(e.upper_bound(Method::Smc).is_none() && e.lower_bound(Method::Smc).is_some());
+    for bad in [
+        EvalPlan {
+            lower_runs: 0,
+            ..plan.clone()
+        },
+        EvalPlan {
+            upper_methods: vec![],
+            ..plan.clone()
+        },
+        EvalPlan {
+            fq_draws: 0,
+            ..plan.clone()
+        },
+    ] {
+        assert!(sampler.evaluate(&samples, &bad).is_err());
+    }
+    assert!(sampler.evaluate(&[], &plan).is_err());
 }

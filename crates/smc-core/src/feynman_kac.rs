@@ -35,6 +35,37 @@ pub struct Resampling {
     pub criterion: Criterion,
 }
 
+impl Resampling {
+    /// Whether conditional SMC (a reference particle kept at every resampling, the SMC upper
+    /// bound and particle Gibbs) is valid with this resampling.
+    ///
+    /// Drawing K - 1 ancestors with the plain scheme is the conditional form of multinomial
+    /// resampling only: systematic, stratified and residual resampling have their own
+    /// conditional forms (uniforms drawn given that particle 0 keeps its ancestor; Chopin and
+    /// Singh 2015), which are not implemented, and with the plain draws E[log Zhat_CSMC] >= log Z
+    /// is not guaranteed. Without resampling ([`Criterion::Never`], the SIS upper bound) the
+    /// scheme is never used, so any scheme is valid.
+    pub fn supports_conditional(self) -> bool {
+        self.scheme == Scheme::Multinomial || self.criterion == Criterion::Never
+    }
+
+    /// [`Resampling::supports_conditional`] as a typed error naming the scheme: the one check
+    /// that every conditional driver (conditional SMC, the SMC upper bound, particle Gibbs)
+    /// goes through.
+    pub fn check_conditional(self) -> Result<()> {
+        if self.supports_conditional() {
+            Ok(())
+        } else {
+            Err(SmcError::config(
+                "conditional SMC resampling scheme",
+                "multinomial (the only scheme whose conditional form is implemented), or \
+                 criterion never (no resampling)",
+                format!("{} with criterion {}", self.scheme, self.criterion),
+            ))
+        }
+    }
+}
+
 /// What the loop records of one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -65,7 +96,8 @@ pub struct LoopOutput {
 
 /// Runs SMC on a Feynman–Kac model. With `reference` given, runs conditional SMC: particle 0
 /// follows the reference tokens and keeps its own lineage; particles 1..K-1 draw ancestors from
-/// the weights of all K particles.
+/// the weights of all K particles; the resampling must pass
+/// [`Resampling::check_conditional`].
 pub fn run<M: FeynmanKac + ?Sized>(
     model: &mut M,
     resampling: Resampling,
@@ -81,6 +113,9 @@ pub fn run<M: FeynmanKac + ?Sized>(
         return Err(SmcError::config("number of steps T", ">= 1", horizon));
     }
     resampling.criterion.validate()?;
+    if reference.is_some() {
+        resampling.check_conditional()?;
+    }
     if let Some(r) = reference
         && r.len() != horizon
     {

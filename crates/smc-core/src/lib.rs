@@ -8,7 +8,8 @@
 //! Language models, twists and potentials plug in through the traits of [`model`]; the
 //! drivers of [`smc`] run SIS, bootstrap SMC with twisted targets, twisted SMC and conditional
 //! SMC. [`tabular`] holds an enumerable language model where Z, sigma and the optimal twists
-//! are exact, against which every estimator is tested.
+//! are exact, against which every estimator is tested. [`seed`] derives every seed that a
+//! program makes from another (one scheme, documented there).
 //!
 //! ```
 //! use smc_core::prelude::*;
@@ -27,6 +28,7 @@ pub mod feynman_kac;
 pub mod logspace;
 pub mod model;
 pub mod resampling;
+pub mod seed;
 pub mod smc;
 pub mod tabular;
 

@@ -414,6 +414,11 @@ pub fn run_smc<L: LanguageModel>(
 
 /// Conditional SMC: particle 0 is clamped to `reference` (an exact target sample gives the SMC
 /// upper bound E[log Zhat] >= log Z; with [`Criterion::Never`] this is the SIS upper bound).
+///
+/// Resampling must be multinomial unless the criterion is [`Criterion::Never`]: the K - 1 plain
+/// draws are the conditional form of multinomial resampling only, so any other scheme that
+/// resamples is refused with [`SmcError::InvalidConfig`] naming it
+/// ([`Resampling::check_conditional`]).
 pub fn run_csmc<L: LanguageModel>(
     lm: &L,
     twist: Option<&dyn Twist>,
@@ -438,6 +443,9 @@ fn run_inner<L: LanguageModel>(
     }
     if config.horizon == 0 {
         return Err(SmcError::config("number of steps T", ">= 1", 0));
+    }
+    if reference.is_some() {
+        config.resampling.check_conditional()?;
     }
     let session = lm.start(prompt, config.num_particles)?;
     if session.num_particles() != config.num_particles {

@@ -68,6 +68,62 @@ fn optimal_twists_make_conditional_smc_exact_too() {
 }
 
 #[test]
+fn conditional_smc_refuses_schemes_without_a_conditional_form_unless_it_never_resamples() {
+    // K - 1 plain draws are the conditional form of multinomial resampling only: with any other
+    // scheme that resamples, E[log Zhat_CSMC] >= log Z is not guaranteed, so it is an error.
+    let problem = &problems()[0];
+    let exact = problem.exact();
+    let psi = exact.optimal_twist().perturbed(0.5, 1);
+    let reference = exact.sample_sigma(1, &mut rng_from_seed(2)).remove(0);
+    let run = |cfg: &SmcConfig| {
+        run_csmc(
+            &problem.lm,
+            Some(&psi),
+            problem.potential.as_ref(),
+            &problem.prompt,
+            cfg,
+            &reference,
+        )
+    };
+    for scheme in Scheme::ALL {
+        for criterion in CRITERIA {
+            let cfg = SmcConfig::twisted(8, problem.horizon)
+                .with_scheme(scheme)
+                .with_criterion(criterion)
+                .with_seed(3);
+            let result = run(&cfg);
+            if scheme == Scheme::Multinomial || criterion == Criterion::Never {
+                let out = result.unwrap();
+                assert_eq!(out.tokens[0], reference, "{scheme} {criterion}");
+            } else {
+                let err = result.unwrap_err();
+                assert!(
+                    matches!(err, SmcError::InvalidConfig { .. })
+                        && err.to_string().contains(&scheme.to_string())
+                        && err.to_string().contains("multinomial"),
+                    "{scheme} {criterion}: {err}"
+                );
+            }
+        }
+    }
+    // The one rule, as a predicate.
+    for scheme in Scheme::ALL {
+        let r = Resampling {
+            scheme,
+            criterion: Criterion::Always,
+        };
+        assert_eq!(r.supports_conditional(), scheme == Scheme::Multinomial);
+        assert!(
+            Resampling {
+                criterion: Criterion::Never,
+                ..r
+            }
+            .supports_conditional()
+        );
+    }
+}
+
+#[test]
 fn optimal_twisted_proposal_has_zero_kl_to_sigma_and_base_proposal_does_not() {
     for problem in problems() {
         let exact = problem.exact();

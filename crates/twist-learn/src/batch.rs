@@ -1,61 +1,34 @@
 //! A training batch: K sampled sequences with, for every step t, the base model's and the
-//! twist's rows over the vocabulary at the sequence's prefix, from one teacher-forced pass.
+//! twist's rows over the vocabulary at the sequence's prefix, from one teacher-forced pass; and
+//! the trait of twists that learn from a batch (the two refer to each other, so they share
+//! this module).
 
 use smc_core::batch::{HiddenStates, LogTable, TokenBuffer};
-use smc_core::logspace::{log_sigmoid, log_sum_exp_sum};
-use smc_core::model::{LanguageModel, TwistInput};
+use smc_core::logspace::log_sum_exp_sum;
+use smc_core::model::{LanguageModel, Twist, TwistInput};
 use smc_core::{Result, SmcError};
 
-use crate::twist::TrainableTwist;
+pub use crate::method::Parameterization;
 
-/// How a twist's raw output r becomes log psi.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum Parameterization {
-    /// log psi = r (CTL, RL, SIXO, DPG).
-    #[default]
-    Identity,
-    /// log psi = log sigmoid(r), psi in (0, 1) (FUDGE).
-    LogSigmoid,
-}
+/// A twist with trainable parameters. `raw` gives the outputs r_t(s_{<t}, v) whose image under
+/// the parameterisation is log psi; `apply_gradient` takes d loss / d r for every step of a
+/// batch (the batch the raw outputs came from) and updates the parameters.
+pub trait TrainableTwist: Twist {
+    /// How raw outputs map to log psi.
+    fn parameterization(&self) -> Parameterization;
 
-impl Parameterization {
-    /// The parameterisation a method trains: log sigmoid for FUDGE (psi is a probability),
-    /// the identity for the others.
-    pub fn for_method(method: crate::losses::Method) -> Self {
-        if method == crate::losses::Method::Fudge {
-            Parameterization::LogSigmoid
-        } else {
-            Parameterization::Identity
-        }
-    }
+    /// K x V raw outputs at step t.
+    fn raw(&self, input: &TwistInput<'_>) -> Result<LogTable>;
 
-    /// log psi from the raw output.
-    pub fn log_psi(self, r: f64) -> f64 {
-        match self {
-            Parameterization::Identity => r,
-            Parameterization::LogSigmoid => log_sigmoid(r),
-        }
-    }
-
-    /// Maps a table of raw outputs to log psi in place.
-    pub fn apply(self, mut table: LogTable) -> LogTable {
-        if self != Parameterization::Identity {
-            for k in 0..table.rows() {
-                for x in table.row_mut(k) {
-                    *x = self.log_psi(*x);
-                }
-            }
-        }
-        table
-    }
-
-    /// d log psi / d r.
-    pub fn dlog_psi(self, r: f64) -> f64 {
-        match self {
-            Parameterization::Identity => 1.0,
-            Parameterization::LogSigmoid => (log_sigmoid(-r)).exp(),
-        }
-    }
+    /// One optimiser step with gradients `grads[t-1]` (K x V) of the loss w.r.t. the raw
+    /// outputs of `batch` at step t.
+    fn apply_gradient(
+        &mut self,
+        prompt: &[u32],
+        batch: &Batch,
+        grads: &[LogTable],
+        learning_rate: f64,
+    ) -> Result<()>;
 }
 
 /// What the loss functions see of K sequences of T tokens.

@@ -8,13 +8,14 @@
 use smc_core::logspace::normalized_weights;
 use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Scheme;
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
-use smc_core::{Result, SmcError};
 
-use crate::batch::Batch;
-use crate::losses::{Method, Roles, loss_and_grads, targets};
+use crate::batch::{Batch, TrainableTwist};
+use crate::error::{Result, TrainError};
+use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets};
+use crate::method::Method;
 use crate::train::{TrainConfig, TrainRecord};
-use crate::twist::TrainableTwist;
 
 /// What one update learned from and where the chain moved.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +29,8 @@ pub struct CsmcUpdate {
 /// One CTL update whose positives are the K final particles of conditional SMC around
 /// `reference` (weighted by their final weights) and whose negatives are K draws from the
 /// twisted proposal (weighted by the intermediate weights Wbar_t^psi); returns the loss and the
-/// particle Gibbs step's next reference.
+/// particle Gibbs step's next reference. `seed` is the update's seed: the positives, the
+/// negatives and the pick draw from streams derived from it ([`smc_core::seed`]).
 #[allow(clippy::too_many_arguments)]
 pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
     lm: &L,
@@ -46,7 +48,7 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
         Some(&*twist as &dyn Twist),
         potential,
         prompt,
-        &SmcConfig::twisted(k, horizon).with_seed(seed),
+        &SmcConfig::twisted(k, horizon).with_seed(seed::derive(seed, label::CSMC_POSITIVES, 0)),
         reference,
     )?;
     let sis = run_smc(
@@ -54,32 +56,34 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
         Some(&*twist as &dyn Twist),
         potential,
         prompt,
-        &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed ^ 0xC7),
+        &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed::derive(
+            seed,
+            label::CSMC_NEGATIVES,
+            0,
+        )),
     )?;
     let w_final = normalized_weights(&csmc.log_w);
-    let pick = Scheme::Multinomial.resample(&w_final, 1, &mut rng_from_seed(seed ^ 0x6962))[0];
+    let mut pick_rng = rng_from_seed(seed::derive(seed, label::CSMC_PICK, 0));
+    let pick = Scheme::Multinomial.resample(&w_final, 1, &mut pick_rng)[0];
     let next_reference = csmc.tokens[pick].clone();
     let mut seqs = csmc.tokens;
     seqs.extend(sis.tokens);
     let batch = Batch::teacher_forced(lm, &*twist, potential, prompt, &seqs)?;
-    let neg = targets(&batch, Roles::Proposal(Proposal::Twisted));
-    let mut tg = neg.clone();
+    let mut tg = targets(&batch, Roles::Proposal(Proposal::Twisted));
     let mut w_pos = w_final;
     w_pos.resize(2 * k, 0.0);
     tg.w_pos = w_pos;
-    // Intermediate weights over the negatives only.
-    for t in 0..horizon {
-        let log_w: Vec<f64> = (k..2 * k).map(|s| neg.w_psi[t][s].ln()).collect();
-        let mut w = vec![0.0; k];
-        w.extend(normalized_weights(&log_w));
-        tg.w_psi[t] = w;
-    }
+    // Intermediate weights over the negatives only, normalised in log space: their weights
+    // normalised over all 2K sequences can underflow to zero beside the positives'.
+    tg.w_psi = log_psi_weights(&batch, Proposal::Twisted)
+        .iter()
+        .map(|log_w| normalized_over(log_w, k..2 * k))
+        .collect();
     let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
     if !loss.is_finite() {
-        return Err(SmcError::InvalidValue {
-            component: "CTL loss (conditional-SMC positives)".into(),
-            step: horizon,
-            particle: 0,
+        return Err(TrainError::NonFiniteLoss {
+            loss: "CTL (conditional-SMC positives)".into(),
+            step: 1,
             value: loss,
         });
     }
@@ -93,51 +97,24 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
 /// CTL for a fixed potential with positives from a particle Gibbs chain carried across updates
 /// (`cfg.method` must be CTL). The chain starts at `start`, or, without one, at a draw from
 /// the initial twisted proposal picked by its importance weight among `cfg.batch_size`.
-pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
+/// `on_step(step, twist, loss)` runs after each update; its error type is the caller's (see
+/// [`crate::train::train`]).
+pub fn train_ctl_particle_gibbs<L, W, E, F>(
     lm: &L,
     twist: &mut W,
     potential: &dyn Potential,
     prompt: &[u32],
     cfg: &TrainConfig,
     start: Option<Vec<u32>>,
-    mut on_step: impl FnMut(usize, &W, f64) -> Result<()>,
-) -> Result<Vec<TrainRecord>> {
-    if cfg.method != Method::Ctl {
-        return Err(SmcError::InvalidConfig {
-            field: "method for particle Gibbs positives",
-            expected: "ctl".into(),
-            found: format!("{:?}", cfg.method),
-        });
-    }
-    if cfg.batch_size < 2 || cfg.horizon == 0 {
-        return Err(SmcError::InvalidConfig {
-            field: "batch size and horizon",
-            expected: "K >= 2 and T >= 1".into(),
-            found: format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
-        });
-    }
-    let mut state = match start {
-        Some(s) if s.len() == cfg.horizon => s,
-        Some(s) => {
-            return Err(SmcError::Reference(format!(
-                "the chain's start has {} tokens, expected T = {}",
-                s.len(),
-                cfg.horizon
-            )));
-        }
-        None => {
-            let sis = run_smc(
-                lm,
-                Some(&*twist as &dyn Twist),
-                potential,
-                prompt,
-                &SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted).with_seed(cfg.seed),
-            )?;
-            let w = normalized_weights(&sis.log_w);
-            let i = Scheme::Multinomial.resample(&w, 1, &mut rng_from_seed(cfg.seed ^ 0x5eed))[0];
-            sis.tokens[i].clone()
-        }
-    };
+    mut on_step: F,
+) -> Result<Vec<TrainRecord>, E>
+where
+    L: LanguageModel,
+    W: TrainableTwist,
+    E: From<TrainError>,
+    F: FnMut(usize, &W, f64) -> Result<(), E>,
+{
+    let mut state = chain_start(lm, twist, potential, prompt, cfg, start)?;
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
         let up = ctl_csmc_update(
@@ -147,9 +124,15 @@ pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
             prompt,
             cfg.batch_size,
             cfg.learning_rate,
-            cfg.seed.wrapping_add(step as u64),
+            seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64),
             &state,
-        )?;
+        )
+        .map_err(|e| match e {
+            TrainError::NonFiniteLoss { loss, value, .. } => {
+                TrainError::NonFiniteLoss { loss, step, value }
+            }
+            other => other,
+        })?;
         state = up.next_reference;
         records.push(TrainRecord {
             step,
@@ -158,4 +141,57 @@ pub fn train_ctl_particle_gibbs<L: LanguageModel, W: TrainableTwist>(
         on_step(step, twist, up.loss)?;
     }
     Ok(records)
+}
+
+/// Checks the settings and returns the chain's first state.
+fn chain_start<L: LanguageModel, W: TrainableTwist>(
+    lm: &L,
+    twist: &W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    cfg: &TrainConfig,
+    start: Option<Vec<u32>>,
+) -> Result<Vec<u32>> {
+    if cfg.method != Method::Ctl {
+        return Err(TrainError::config(
+            "method for particle Gibbs positives",
+            "ctl",
+            format!("{:?}", cfg.method),
+        ));
+    }
+    if cfg.batch_size < 2 || cfg.horizon == 0 {
+        return Err(TrainError::config(
+            "batch size and horizon",
+            "K >= 2 and T >= 1",
+            format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
+        ));
+    }
+    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
+        return Err(TrainError::config(
+            "learning rate",
+            "a positive number",
+            cfg.learning_rate,
+        ));
+    }
+    match start {
+        Some(s) if s.len() == cfg.horizon => Ok(s),
+        Some(s) => Err(TrainError::ChainStart {
+            found: s.len(),
+            expected: cfg.horizon,
+        }),
+        None => {
+            let sis = run_smc(
+                lm,
+                Some(twist as &dyn Twist),
+                potential,
+                prompt,
+                &SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted)
+                    .with_seed(seed::derive(cfg.seed, label::CHAIN_START, 0)),
+            )?;
+            let w = normalized_weights(&sis.log_w);
+            let mut rng = rng_from_seed(seed::derive(cfg.seed, label::CHAIN_START, 1));
+            let i = Scheme::Multinomial.resample(&w, 1, &mut rng)[0];
+            Ok(sis.tokens[i].clone())
+        }
+    }
 }

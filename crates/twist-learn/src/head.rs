@@ -9,9 +9,11 @@ use smc_core::batch::LogTable;
 use smc_core::model::{Twist, TwistInput};
 use smc_core::{Result, SmcError};
 
+use crate::error::TrainError;
+
 use crate::adam::AdamConfig;
-use crate::batch::{Batch, Parameterization};
-use crate::twist::TrainableTwist;
+use crate::batch::{Batch, TrainableTwist};
+use crate::method::Parameterization;
 
 /// A twist head with its optimiser.
 pub struct HeadTrainable {
@@ -44,10 +46,17 @@ impl HeadTrainable {
         &self,
         path: &std::path::Path,
         metadata: &serde_json::Value,
-    ) -> Result<()> {
+    ) -> Result<(), TrainError> {
         self.head.save(path, metadata)?;
-        let bytes = self.optim.into_bytes().map_err(backend_err)?;
-        lm_burn::heads::write_atomic(&path.with_extension("optim"), &bytes)?;
+        let optim_path = path.with_extension("optim");
+        let bytes = self
+            .optim
+            .into_bytes()
+            .map_err(|source| TrainError::OptimizerState {
+                path: optim_path.clone(),
+                source,
+            })?;
+        lm_burn::heads::write_atomic(&optim_path, &bytes)?;
         Ok(())
     }
 
@@ -59,17 +68,22 @@ impl HeadTrainable {
         device: &burn::tensor::Device,
         param: Parameterization,
         adam: AdamConfig,
-    ) -> Result<(Self, serde_json::Value)> {
+    ) -> Result<(Self, serde_json::Value), TrainError> {
         let (head, meta) = TwistHead::load(path, device)?;
         let mut me = Self::new(head, param, adam);
         let optim_path = path.with_extension("optim");
         if optim_path.exists() {
-            let bytes = std::fs::read(&optim_path)
-                .map_err(|e| SmcError::backend(format!("reading {}", optim_path.display()), e))?;
+            let bytes = std::fs::read(&optim_path).map_err(|source| TrainError::Io {
+                path: optim_path.clone(),
+                source,
+            })?;
             let optim = std::mem::replace(&mut me.optim, BurnAdamConfig::new().init());
             me.optim = optim
                 .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                .map_err(|e| backend_err(format!("{}: {e}", optim_path.display())))?;
+                .map_err(|source| TrainError::OptimizerState {
+                    path: optim_path.clone(),
+                    source,
+                })?;
         }
         Ok((me, meta))
     }
@@ -80,8 +94,14 @@ impl HeadTrainable {
     }
 }
 
-fn backend_err(e: impl std::fmt::Display) -> SmcError {
-    SmcError::backend("twist head", std::io::Error::other(e.to_string()))
+/// A twist head reads the base model's hidden states: a model or batch without them cannot
+/// drive or train it.
+fn no_hidden_states(source: &str) -> SmcError {
+    SmcError::InvalidConfig {
+        field: "hidden states for the twist head",
+        expected: "present (the head reads the base model's last hidden state)".into(),
+        found: format!("none in {source}"),
+    }
 }
 
 impl Twist for HeadTrainable {
@@ -102,7 +122,7 @@ impl TrainableTwist for HeadTrainable {
     fn raw(&self, input: &TwistInput<'_>) -> Result<LogTable> {
         let hidden = input
             .hidden
-            .ok_or_else(|| backend_err("the language model gives no hidden states"))?;
+            .ok_or_else(|| no_hidden_states("the language model's output"))?;
         Ok(self.head.raw(hidden)?)
     }
 
@@ -119,7 +139,7 @@ impl TrainableTwist for HeadTrainable {
         for (t, grad) in grads.iter().enumerate() {
             let hidden = batch.hidden[t]
                 .as_ref()
-                .ok_or_else(|| backend_err("the batch has no hidden states"))?;
+                .ok_or_else(|| no_hidden_states("the training batch"))?;
             inputs.push(self.head.input(hidden, &device));
             g.extend(grad.as_slice().iter().map(|&x| x as f32));
         }

@@ -7,12 +7,13 @@
 use lm_burn::BurnLm;
 use lm_burn::infilling::InfillingPotential;
 use serde::{Deserialize, Serialize};
-use smc_bounds::{Estimate, Method as BoundMethod, Sampler, joint_ancestral};
+use smc_bounds::{Estimate, EvalPlan, Evaluation, Method as BoundMethod, Sampler, joint_ancestral};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::Twist;
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, rng_from_seed};
-use smc_core::{Result, SmcError};
 
+use crate::error::{Result, TrainError};
 use crate::gibbs::ctl_csmc_update;
 use crate::head::HeadTrainable;
 use crate::train::TrainRecord;
@@ -30,26 +31,27 @@ pub struct InfillingConfig {
     pub steps: usize,
     /// Learning rate.
     pub learning_rate: f64,
-    /// Seed.
+    /// Master seed: update i draws its exact pair with `derive(seed, label::INFILLING_PAIR, n)`
+    /// and its particles with `derive(seed, label::UPDATE, n)`, n = `start_step + i`
+    /// ([`smc_core::seed`]), so no two updates, and no pair and update, share a stream.
     pub seed: u64,
+    /// Updates done before this call (a resumed run; see [`crate::TrainConfig::start_step`]).
+    #[serde(default)]
+    pub start_step: usize,
 }
 
-fn lm_err(e: lm_burn::LmError) -> SmcError {
-    SmcError::from(e)
-}
-
-/// One CTL update for a fresh exact pair (s*, c); returns the loss.
+/// One CTL update (number `update` of the run) for a fresh exact pair (s*, c); returns the loss.
 fn ctl_update(
     lm: &BurnLm,
     twist: &mut HeadTrainable,
     prompt: &[u32],
     cfg: &InfillingConfig,
-    seed: u64,
+    update: u64,
 ) -> Result<f64> {
-    let mut rng = rng_from_seed(seed);
+    let mut rng = rng_from_seed(seed::derive(cfg.seed, label::INFILLING_PAIR, update));
     let pair = joint_ancestral(lm, prompt, cfg.horizon, cfg.cond_len, 1, &mut rng)?.remove(0);
     let c = pair.conditioning.clone().unwrap_or_default();
-    twist.head_mut().set_conditioning(lm, &c).map_err(lm_err)?;
+    twist.head_mut().set_conditioning(lm, &c)?;
     let phi = InfillingPotential::new(lm, c);
     // Positives: conditional SMC seeded with the exact sample; negatives: draws from q.
     let update = ctl_csmc_update(
@@ -59,23 +61,41 @@ fn ctl_update(
         prompt,
         cfg.batch_size,
         cfg.learning_rate,
-        seed,
+        seed::derive(cfg.seed, label::UPDATE, update),
         &pair.tokens,
     )?;
     Ok(update.loss)
 }
 
-/// CTL for infilling: each update draws a new (s*, c) pair.
-pub fn train_infilling_ctl(
+/// CTL for infilling: each update draws a new (s*, c) pair. `on_step(step, twist, loss)` runs
+/// after each update; its error type is the caller's (see [`crate::train::train`]).
+pub fn train_infilling_ctl<E, F>(
     lm: &BurnLm,
     twist: &mut HeadTrainable,
     prompt: &[u32],
     cfg: &InfillingConfig,
-    mut on_step: impl FnMut(usize, &mut HeadTrainable, f64) -> Result<()>,
-) -> Result<Vec<TrainRecord>> {
+    mut on_step: F,
+) -> Result<Vec<TrainRecord>, E>
+where
+    E: From<TrainError>,
+    F: FnMut(usize, &mut HeadTrainable, f64) -> Result<(), E>,
+{
+    if cfg.batch_size == 0 || cfg.horizon == 0 {
+        return Err(TrainError::config(
+            "batch size and horizon",
+            ">= 1",
+            format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
+        )
+        .into());
+    }
+    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
+        return Err(
+            TrainError::config("learning rate", "a positive number", cfg.learning_rate).into(),
+        );
+    }
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
-        let loss = ctl_update(lm, twist, prompt, cfg, cfg.seed.wrapping_add(step as u64))?;
+        let loss = ctl_update(lm, twist, prompt, cfg, (cfg.start_step + step) as u64)?;
         records.push(TrainRecord { step, loss });
         on_step(step, twist, loss)?;
     }
@@ -91,9 +111,10 @@ pub struct InfillingEval {
     pub kl_sigma_q: Estimate,
     /// Mean half-gap of the log Z_c bounds (the midpoint's largest bias).
     pub half_gap: f64,
-    /// SIS lower bound on log Z_c, mean over c.
+    /// The plan's lower bound on log Z_c (SIS in [`infilling_eval_plan`]), mean over c.
     pub log_z_lower: Estimate,
-    /// Conditional-SMC upper bound on log Z_c, mean over c.
+    /// The plan's upper bound on log Z_c (conditional SMC in [`infilling_eval_plan`]), mean
+    /// over c.
     pub log_z_upper: Estimate,
     /// F_q = E_q[log sigma~_c - log q], mean over c.
     pub f_q: Estimate,
@@ -104,10 +125,29 @@ pub struct InfillingEval {
     pub kl_sum: Estimate,
 }
 
+/// The plan [`evaluate_infilling`] has used for each c: K = `particles` for the bounds and
+/// `particles` draws for F_q, log Z_c between the SIS lower bound (2 runs) and the
+/// conditional-SMC upper bound around the one exact sample s* (declared before any value is
+/// seen, never the tightest of several).
+pub fn infilling_eval_plan(particles: usize, seed: u64) -> EvalPlan {
+    EvalPlan {
+        fq_draws: particles,
+        particles,
+        lower_runs: 2,
+        upper_refs: 1,
+        lower_methods: vec![BoundMethod::Sis],
+        upper_methods: vec![BoundMethod::Smc],
+        seed,
+        exact_batches: None,
+    }
+}
+
 /// Evaluates the head (or, with `twist = None`, the base model as proposal) on `tasks` fresh
-/// pairs (s*, c) drawn with `seed`: for each c, log Z_c is the midpoint of the SIS lower bound
-/// (`particles` particles, 2 runs) and the conditional-SMC upper bound seeded with s*;
-/// F_q uses `particles` draws from q and G_q the exact sample.
+/// pairs (s*, c), each c with [`Sampler::evaluate`] on its exact sample s* and `plan` (whose
+/// seed is the master seed: the pairs are drawn with `derive(plan.seed, EVAL_PAIRS, 0)` and
+/// task i is evaluated with master seed `derive(plan.seed, EVAL_TASK, i)`, [`smc_core::seed`]).
+/// The estimates are means over c, with standard errors from the spread over c (which holds
+/// each task's own noise too, since the tasks are independent).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_infilling(
     lm: &BurnLm,
@@ -116,18 +156,15 @@ pub fn evaluate_infilling(
     horizon: usize,
     cond_len: usize,
     tasks: usize,
-    particles: usize,
-    seed: u64,
+    plan: &EvalPlan,
 ) -> Result<InfillingEval> {
-    let mut rng = rng_from_seed(seed);
+    let mut rng = rng_from_seed(seed::derive(plan.seed, label::EVAL_PAIRS, 0));
     let pairs = joint_ancestral(lm, prompt, horizon, cond_len, tasks, &mut rng)?;
-    let (mut qs, mut sq, mut gap) = (Vec::new(), Vec::new(), 0.0);
-    let (mut lows, mut ups, mut fqs, mut gqs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut sums = Vec::new();
+    let mut evals = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
         let c = pair.conditioning.clone().unwrap_or_default();
         if let Some(t) = twist.as_deref_mut() {
-            t.head_mut().set_conditioning(lm, &c).map_err(lm_err)?;
+            t.head_mut().set_conditioning(lm, &c)?;
         }
         let phi = InfillingPotential::new(lm, c);
         let (tw, proposal) = match twist.as_deref() {
@@ -143,34 +180,23 @@ pub fn evaluate_infilling(
             proposal,
             resampling: Resampling::default(),
         };
-        let s = seed.wrapping_mul(31).wrapping_add(i as u64);
-        let lower = sampler.lower_bound(BoundMethod::Sis, particles, &[s, s + 1])?;
-        let upper = sampler.upper_bound(
-            BoundMethod::Smc,
-            particles,
-            std::slice::from_ref(&pair.tokens),
-            s,
-        )?;
-        let f_q = sampler.f_q(particles, s + 2)?;
-        let g_q = sampler.g_q(std::slice::from_ref(&pair.tokens))?;
-        let mid = 0.5 * (lower.mean + upper.mean);
-        lows.push(lower.mean);
-        ups.push(upper.mean);
-        fqs.push(f_q.mean);
-        gqs.push(g_q.mean);
-        sums.push(g_q.mean - f_q.mean);
-        qs.push(mid - f_q.mean);
-        sq.push(g_q.mean - mid);
-        gap += 0.5 * (upper.mean - lower.mean) / pairs.len() as f64;
+        let task_plan = EvalPlan {
+            seed: seed::derive(plan.seed, label::EVAL_TASK, i as u64),
+            ..plan.clone()
+        };
+        evals.push(sampler.evaluate(std::slice::from_ref(&pair.tokens), &task_plan)?);
     }
+    let over_c = |f: &dyn Fn(&Evaluation) -> f64| {
+        Estimate::from_values(&evals.iter().map(f).collect::<Vec<_>>())
+    };
     Ok(InfillingEval {
-        kl_q_sigma: Estimate::from_values(&qs),
-        kl_sigma_q: Estimate::from_values(&sq),
-        half_gap: gap,
-        log_z_lower: Estimate::from_values(&lows),
-        log_z_upper: Estimate::from_values(&ups),
-        f_q: Estimate::from_values(&fqs),
-        g_q: Estimate::from_values(&gqs),
-        kl_sum: Estimate::from_values(&sums),
+        kl_q_sigma: over_c(&|e| e.kl.kl_q_sigma.mean),
+        kl_sigma_q: over_c(&|e| e.kl.kl_sigma_q.mean),
+        half_gap: over_c(&|e| e.log_z.half_gap()).mean,
+        log_z_lower: over_c(&|e| e.log_z.lower.mean),
+        log_z_upper: over_c(&|e| e.log_z.upper.mean),
+        f_q: over_c(&|e| e.f_q.mean),
+        g_q: over_c(&|e| e.g_q.mean),
+        kl_sum: over_c(&|e| e.kl_sum.mean),
     })
 }

@@ -7,18 +7,23 @@
 
 pub mod adam;
 pub mod batch;
+pub mod error;
 pub mod gibbs;
 pub mod head;
 pub mod infilling;
 pub mod losses;
+pub mod method;
 pub mod train;
 pub mod twist;
 
 pub use adam::AdamConfig;
 pub use batch::{Batch, Parameterization};
+pub use error::TrainError;
 pub use gibbs::{CsmcUpdate, ctl_csmc_update, train_ctl_particle_gibbs};
 pub use head::HeadTrainable;
-pub use infilling::{InfillingConfig, InfillingEval, evaluate_infilling, train_infilling_ctl};
+pub use infilling::{
+    InfillingConfig, InfillingEval, evaluate_infilling, infilling_eval_plan, train_infilling_ctl,
+};
 pub use losses::{Method, Roles, Targets, loss_and_grads, targets};
 pub use train::{TrainConfig, TrainRecord, train};
 pub use twist::{TabularTrainable, TrainableTwist};

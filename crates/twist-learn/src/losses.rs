@@ -3,55 +3,12 @@
 //! time, into [`Targets`] and treated as a constant (stop-gradient); time averages are means
 //! over T.
 
-use serde::{Deserialize, Serialize};
 use smc_core::batch::LogTable;
 use smc_core::logspace::{log_sigmoid, log_sum_exp, log_sum_exp_sum, normalized_weights};
 use smc_core::smc::Proposal;
 
 use crate::batch::Batch;
-
-/// A twist-learning method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Contrastive twist learning (the paper's method).
-    Ctl,
-    /// Soft Q-learning: squared error in log space against the one-step look-ahead.
-    Rl,
-    /// SIXO: density-ratio classification of sigma against p0.
-    Sixo,
-    /// FUDGE: binary cross-entropy of psi = sigmoid(head) against phi, samples from p0.
-    Fudge,
-    /// DPG: proposal learning by forward KL (maximum likelihood on weighted samples).
-    Dpg,
-}
-
-impl Method {
-    /// All methods.
-    pub const ALL: [Method; 5] = [
-        Method::Ctl,
-        Method::Rl,
-        Method::Sixo,
-        Method::Fudge,
-        Method::Dpg,
-    ];
-}
-
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "ctl" => Ok(Method::Ctl),
-            "rl" | "soft-q" => Ok(Method::Rl),
-            "sixo" => Ok(Method::Sixo),
-            "fudge" => Ok(Method::Fudge),
-            "dpg" => Ok(Method::Dpg),
-            other => Err(format!(
-                "unknown method {other:?}: expected ctl, rl, sixo, fudge or dpg"
-            )),
-        }
-    }
-}
+pub use crate::method::Method;
 
 /// Stop-gradient quantities of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,12 +26,15 @@ pub struct Targets {
 }
 
 /// Which sequences of a batch are what.
+///
+/// There is no role for exact target samples on their own: CTL's negative term needs
+/// E_{pi_t}, and weighting samples of sigma by psi_t targets sigma_t psi_t instead of
+/// pi_t ∝ p0 psi_t (its gradient does not vanish at psi*). Exact samples enter CTL as the
+/// reference of conditional SMC, with negatives from q ([`crate::gibbs::ctl_csmc_update`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Roles {
     /// All sequences were drawn from the proposal (`proposal`) and are importance-weighted.
     Proposal(Proposal),
-    /// All sequences are exact target samples (uniform weights).
-    Exact,
     /// All sequences were drawn from p0 with uniform weights (RL reference, FUDGE).
     Uniform,
     /// The first `positives` sequences were drawn from the proposal (weighted), the rest from
@@ -87,61 +47,76 @@ pub enum Roles {
     },
 }
 
-/// Computes the stop-gradient targets of a batch from its current raw outputs.
-pub fn targets(batch: &Batch, roles: Roles) -> Targets {
+/// Per step t (index t-1) and sequence: log p0(s_{1:t}) - log q(s_{1:t}) under `proposal`
+/// (0 for [`Proposal::Base`], where q = p0).
+fn log_ratios(batch: &Batch, proposal: Proposal) -> Vec<Vec<f64>> {
     let k = batch.num_sequences();
     let horizon = batch.horizon();
-    let (positives, proposal) = match roles {
-        Roles::Proposal(p) => (k, Some(p)),
-        Roles::Exact | Roles::Uniform => (k, None),
-        Roles::Contrast {
-            proposal,
-            positives,
-        } => (positives.min(k), Some(proposal)),
-    };
-    // Per sequence and step: log p0(s_{1:t}) - log q(s_{1:t}) (0 for uniform roles).
     let mut log_ratio = vec![vec![0.0; k]; horizon];
+    if proposal == Proposal::Base {
+        return log_ratio;
+    }
     #[allow(clippy::needless_range_loop)] // fills a step-major table sequence by sequence
     for s in 0..k {
         let mut acc = 0.0;
         for t in 1..=horizon {
-            let tok = batch.token(s, t);
-            let lp0 = batch.log_p0[t - 1].row(s)[tok];
-            let log_q = match proposal {
-                Some(Proposal::Twisted) => lp0 + batch.log_psi_at(s, t) - batch.log_z_t(s, t),
-                Some(Proposal::Base) | None => lp0,
-            };
+            let lp0 = batch.log_p0[t - 1].row(s)[batch.token(s, t)];
+            let log_q = lp0 + batch.log_psi_at(s, t) - batch.log_z_t(s, t);
             acc += lp0 - log_q;
             log_ratio[t - 1][s] = acc;
         }
     }
-    let weighted = proposal.is_some() && !matches!(roles, Roles::Exact | Roles::Uniform);
-    let normalise_pos = |log_w: Vec<f64>| -> Vec<f64> {
-        let mut w = normalized_weights(&log_w[..positives]);
-        w.resize(k, 0.0);
-        w
+    log_ratio
+}
+
+/// The unnormalised intermediate log weights log p0(s_{1:t}) + log psi_t(s_{1:t}) - log q(s_{1:t})
+/// of sequences drawn from `proposal`, per step t (index t-1) and sequence (psi_T at t = T, not
+/// phi): their normalisation over a set of sequences is Wbar_t^psi. Kept in log space so that a
+/// normalisation over a subset of the sequences never takes the log of an underflowed weight.
+pub fn log_psi_weights(batch: &Batch, proposal: Proposal) -> Vec<Vec<f64>> {
+    let mut log_w = log_ratios(batch, proposal);
+    for (t, row) in (1..=batch.horizon()).zip(log_w.iter_mut()) {
+        for (s, w) in row.iter_mut().enumerate() {
+            *w += batch.log_psi_at(s, t);
+        }
+    }
+    log_w
+}
+
+/// Weights normalised over the sequences in `range` (log-sum-exp, never through linear space),
+/// zero elsewhere: Wbar over a subset of a batch.
+pub fn normalized_over(log_w: &[f64], range: std::ops::Range<usize>) -> Vec<f64> {
+    let mut w = vec![0.0; log_w.len()];
+    if let Some(part) = log_w.get(range.clone()) {
+        w[range].copy_from_slice(&normalized_weights(part));
+    }
+    w
+}
+
+/// Computes the stop-gradient targets of a batch from its current raw outputs.
+pub fn targets(batch: &Batch, roles: Roles) -> Targets {
+    let k = batch.num_sequences();
+    let horizon = batch.horizon();
+    let (positives, proposal, weighted) = match roles {
+        Roles::Proposal(p) => (k, p, true),
+        Roles::Uniform => (k, Proposal::Base, false),
+        Roles::Contrast {
+            proposal,
+            positives,
+        } => (positives.min(k), proposal, true),
     };
+    let log_ratio = log_ratios(batch, proposal);
     let w_pos = if weighted {
-        normalise_pos(
-            (0..k)
-                .map(|s| log_ratio[horizon - 1][s] + batch.log_phi[s])
-                .collect(),
-        )
+        let log_w: Vec<f64> = (0..k)
+            .map(|s| log_ratio[horizon - 1][s] + batch.log_phi[s])
+            .collect();
+        normalized_over(&log_w, 0..positives)
     } else {
-        normalise_pos(vec![0.0; k])
+        normalized_over(&vec![0.0; k], 0..positives)
     };
-    let w_psi = (1..=horizon)
-        .map(|t| {
-            if weighted {
-                normalise_pos(
-                    (0..k)
-                        .map(|s| log_ratio[t - 1][s] + batch.log_psi_at(s, t))
-                        .collect(),
-                )
-            } else {
-                normalise_pos((0..k).map(|s| batch.log_psi_at(s, t)).collect())
-            }
-        })
+    let w_psi = log_psi_weights(batch, proposal)
+        .iter()
+        .map(|log_w| normalized_over(log_w, 0..positives))
         .collect();
     let mut w_neg = vec![0.0; k];
     if positives < k {
@@ -239,4 +214,28 @@ pub fn loss_and_grads(method: Method, batch: &Batch, targets: &Targets) -> (f64,
 /// log-sum-exp of a slice (re-exported for the trainer's diagnostics).
 pub fn lse(xs: &[f64]) -> f64 {
     log_sum_exp(xs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_normalised_over_a_subset_survive_where_linear_space_underflows() {
+        // Positives at log weight 0, negatives 1000 nats below: normalised over all four,
+        // the negatives' weights are exactly 0.0 in f64 and their log is -inf, so the old
+        // renormalisation over the negatives gave all-zero weights. In log space they keep
+        // their ratio e^-1 (to rounding: x - lse loses digits at |x| = 1000).
+        let log_w = [0.0, -0.5, -1000.0, -1001.0];
+        let linear = normalized_weights(&log_w);
+        assert_eq!(&linear[2..], &[0.0, 0.0]);
+        let w = normalized_over(&log_w, 2..4);
+        let e = (-1.0f64).exp();
+        assert_eq!(&w[..2], &[0.0, 0.0]);
+        assert!((w[2] - 1.0 / (1.0 + e)).abs() < 1e-12, "{w:?}");
+        assert!((w[3] - e / (1.0 + e)).abs() < 1e-12, "{w:?}");
+        // The empty and the full range.
+        assert_eq!(normalized_over(&log_w, 4..4), vec![0.0; 4]);
+        assert_eq!(normalized_over(&log_w, 0..4), linear);
+    }
 }

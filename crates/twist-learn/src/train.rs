@@ -2,12 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 use smc_core::model::{LanguageModel, Potential, Twist};
+use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_smc, sample_base};
-use smc_core::{Result, SmcError};
 
-use crate::batch::Batch;
-use crate::losses::{Method, Roles, loss_and_grads, targets};
-use crate::twist::TrainableTwist;
+use crate::error::{Result, TrainError};
+
+use crate::batch::{Batch, TrainableTwist};
+use crate::losses::{Roles, loss_and_grads, targets};
+use crate::method::Method;
 
 /// Training hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -22,8 +24,14 @@ pub struct TrainConfig {
     pub horizon: usize,
     /// Constant learning rate.
     pub learning_rate: f64,
-    /// Seed: update i samples with seed `seed + i`.
+    /// Master seed: update i draws its samples with `derive(seed, label::UPDATE, start_step + i)`
+    /// ([`smc_core::seed`]).
     pub seed: u64,
+    /// Updates done before this call (a resumed run): update i of this call is update
+    /// `start_step + i` of the run and draws that update's samples, so a run resumed from a
+    /// checkpoint (with the optimiser's state) continues exactly as one run straight through.
+    #[serde(default)]
+    pub start_step: usize,
 }
 
 /// One update's record.
@@ -76,7 +84,7 @@ fn draw<L: LanguageModel, W: TrainableTwist>(
         Method::Fudge => (from_p0(seed)?, Roles::Uniform),
         Method::Sixo => {
             let mut seqs = from_q(seed)?;
-            seqs.extend(from_p0(seed ^ 0x5158_4f00)?);
+            seqs.extend(from_p0(seed::derive(seed, label::SIXO_NEGATIVES, 0))?);
             (
                 seqs,
                 Roles::Contrast {
@@ -89,47 +97,71 @@ fn draw<L: LanguageModel, W: TrainableTwist>(
 }
 
 /// Trains `twist` for `cfg.steps` updates; `on_step(step, twist, loss)` runs after each update
-/// (evaluation, checkpoints, progress).
-pub fn train<L: LanguageModel, W: TrainableTwist>(
+/// (evaluation, checkpoints, progress). The callback's error type is the caller's: it comes
+/// back unchanged, and this crate's errors reach the caller through `E: From<TrainError>`.
+pub fn train<L, W, E, F>(
     lm: &L,
     twist: &mut W,
     potential: &dyn Potential,
     prompt: &[u32],
     cfg: &TrainConfig,
-    mut on_step: impl FnMut(usize, &W, f64) -> Result<()>,
-) -> Result<Vec<TrainRecord>> {
-    if cfg.batch_size == 0 || cfg.horizon == 0 {
-        return Err(SmcError::InvalidConfig {
-            field: "batch size and horizon",
-            expected: ">= 1".into(),
-            found: format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
-        });
-    }
-    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        return Err(SmcError::InvalidConfig {
-            field: "learning rate",
-            expected: "a positive number".into(),
-            found: cfg.learning_rate.to_string(),
-        });
-    }
+    mut on_step: F,
+) -> Result<Vec<TrainRecord>, E>
+where
+    L: LanguageModel,
+    W: TrainableTwist,
+    E: From<TrainError>,
+    F: FnMut(usize, &W, f64) -> Result<(), E>,
+{
+    check_config(cfg)?;
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
-        let seed = cfg.seed.wrapping_add(step as u64);
-        let (seqs, roles) = draw(lm, twist, potential, prompt, cfg, seed)?;
-        let batch = Batch::teacher_forced(lm, twist, potential, prompt, &seqs)?;
-        let tg = targets(&batch, roles);
-        let (loss, grads) = loss_and_grads(cfg.method, &batch, &tg);
-        if !loss.is_finite() {
-            return Err(SmcError::InvalidValue {
-                component: format!("{:?} loss", cfg.method),
-                step,
-                particle: 0,
-                value: loss,
-            });
-        }
-        twist.apply_gradient(prompt, &batch, &grads, cfg.learning_rate)?;
+        let loss = update(lm, twist, potential, prompt, cfg, step)?;
         records.push(TrainRecord { step, loss });
         on_step(step, twist, loss)?;
     }
     Ok(records)
+}
+
+fn check_config(cfg: &TrainConfig) -> Result<()> {
+    if cfg.batch_size == 0 || cfg.horizon == 0 {
+        return Err(TrainError::config(
+            "batch size and horizon",
+            ">= 1",
+            format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
+        ));
+    }
+    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
+        return Err(TrainError::config(
+            "learning rate",
+            "a positive number",
+            cfg.learning_rate,
+        ));
+    }
+    Ok(())
+}
+
+/// Update `step` (1-based within the call): sample, recompute, take the loss step.
+fn update<L: LanguageModel, W: TrainableTwist>(
+    lm: &L,
+    twist: &mut W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    cfg: &TrainConfig,
+    step: usize,
+) -> Result<f64> {
+    let seed = seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64);
+    let (seqs, roles) = draw(lm, twist, potential, prompt, cfg, seed)?;
+    let batch = Batch::teacher_forced(lm, twist, potential, prompt, &seqs)?;
+    let tg = targets(&batch, roles);
+    let (loss, grads) = loss_and_grads(cfg.method, &batch, &tg);
+    if !loss.is_finite() {
+        return Err(TrainError::NonFiniteLoss {
+            loss: format!("{:?}", cfg.method),
+            step,
+            value: loss,
+        });
+    }
+    twist.apply_gradient(prompt, &batch, &grads, cfg.learning_rate)?;
+    Ok(loss)
 }

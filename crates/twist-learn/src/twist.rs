@@ -6,28 +6,9 @@ use smc_core::tabular::TabularTwist;
 use smc_core::{Result, SmcError};
 
 use crate::adam::{Adam, AdamConfig};
-use crate::batch::{Batch, Parameterization};
-
-/// A twist with trainable parameters. `raw` gives the outputs r_t(s_{<t}, v) whose image under
-/// the parameterisation is log psi; `apply_gradient` takes d loss / d r for every step of a
-/// batch (the batch the raw outputs came from) and updates the parameters.
-pub trait TrainableTwist: Twist {
-    /// How raw outputs map to log psi.
-    fn parameterization(&self) -> Parameterization;
-
-    /// K x V raw outputs at step t.
-    fn raw(&self, input: &TwistInput<'_>) -> Result<LogTable>;
-
-    /// One optimiser step with gradients `grads[t-1]` (K x V) of the loss w.r.t. the raw
-    /// outputs of `batch` at step t.
-    fn apply_gradient(
-        &mut self,
-        prompt: &[u32],
-        batch: &Batch,
-        grads: &[LogTable],
-        learning_rate: f64,
-    ) -> Result<()>;
-}
+use crate::batch::Batch;
+pub use crate::batch::TrainableTwist;
+use crate::method::Parameterization;
 
 /// A tabular twist (one parameter per prefix and token) trained with Adam: the twist of the
 /// enumerable model, where every loss can be checked exactly.

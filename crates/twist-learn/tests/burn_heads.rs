@@ -68,14 +68,22 @@ fn every_method_trains_a_head_on_a_burn_lm_and_cuts_both_exact_kls() {
             horizon: T,
             learning_rate: 1e-3,
             seed: 3,
+            start_step: 0,
         };
-        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
         let (qs, sq) = exact_kls(&lm, &exact, Some(&twist), Proposal::Twisted);
         println!(
             "{method:?}: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
         );
+        // The bound is not statistical: it says that training cuts both KLs by 40%. Measured
+        // over master seeds 0..8 (derived update seeds): SIXO's KL(q||sigma) ratio is
+        // 0.51-0.53 (slowest at this learning rate), every other ratio <= 0.49. An earlier bound
+        // of 0.5 held for SIXO only on one lucky seed (0.496) of the old `seed + i` scheme.
         assert!(
-            qs < 0.5 * base_qs && sq < 0.5 * base_sq,
+            qs < 0.6 * base_qs && sq < 0.6 * base_sq,
             "{method:?}: {qs}, {sq} vs {base_qs}, {base_sq}"
         );
     }
@@ -97,8 +105,12 @@ fn a_trained_mlp_head_saves_loads_and_drives_twisted_smc_identically() {
         horizon: T,
         learning_rate: 0.01,
         seed: 5,
+        start_step: 0,
     };
-    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("head.safetensors");
     twist
@@ -133,13 +145,15 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
     let lm = tiny_llama();
     let phi = potential();
     let dev = default_device().autodiff();
-    let cfg = |steps, seed| TrainConfig {
+    // The second call continues the run: updates 4 to 6 of master seed 0.
+    let cfg = |steps, start_step| TrainConfig {
         method: Method::Ctl,
         steps,
         batch_size: 8,
         horizon: T,
         learning_rate: 1e-2,
-        seed,
+        seed: 0,
+        start_step,
     };
     // Straight through: 6 updates.
     let mut straight = HeadTrainable::new(
@@ -148,11 +162,11 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
         AdamConfig::default(),
     );
     train(&lm, &mut straight, &phi, &PROMPT, &cfg(3, 0), |_, _, _| {
-        Ok(())
+        Ok::<(), TrainError>(())
     })
     .unwrap();
     train(&lm, &mut straight, &phi, &PROMPT, &cfg(3, 3), |_, _, _| {
-        Ok(())
+        Ok::<(), TrainError>(())
     })
     .unwrap();
     // 3 updates, checkpoint, resume, 3 more.
@@ -161,7 +175,10 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
         Parameterization::Identity,
         AdamConfig::default(),
     );
-    train(&lm, &mut first, &phi, &PROMPT, &cfg(3, 0), |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut first, &phi, &PROMPT, &cfg(3, 0), |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.safetensors");
     first
@@ -176,7 +193,7 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
     .unwrap();
     assert_eq!(meta["step"], 3);
     train(&lm, &mut resumed, &phi, &PROMPT, &cfg(3, 3), |_, _, _| {
-        Ok(())
+        Ok::<(), TrainError>(())
     })
     .unwrap();
     let run = |tw: &dyn Twist| {
@@ -214,8 +231,12 @@ fn a_saved_fudge_head_keeps_its_log_sigmoid_parameterisation() {
         horizon: T,
         learning_rate: 1e-2,
         seed: 2,
+        start_step: 0,
     };
-    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fudge.safetensors");
     twist
@@ -258,8 +279,12 @@ fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
         horizon: T,
         learning_rate: 1e-3,
         seed: 3,
+        start_step: 0,
     };
-    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let (qs, sq) = exact_kls(&lm, &exact, Some(&twist), Proposal::Twisted);
     println!("20 CTL updates from zero: {qs:.4} / {sq:.4} (p0 {base_qs:.4} / {base_sq:.4})");
     assert!(
@@ -271,6 +296,67 @@ fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
 /// This crate's directory, read when the test runs (cargo sets CARGO_MANIFEST_DIR for test
 /// binaries): a binary reused from a shared target directory that another checkout built must
 /// not read the test data of that other checkout.
+#[test]
+fn infilling_evaluation_is_the_evaluation_api_averaged_over_conditioning_sequences() {
+    use smc_bounds::{EvalPlan, Sampler};
+    use smc_core::feynman_kac::Resampling;
+    use smc_core::seed::{derive, label};
+    let lm = tiny_llama();
+    let (tasks, cond_len) = (3, 1);
+    let plan = infilling_eval_plan(8, 7);
+    let got = evaluate_infilling(&lm, None, &PROMPT, T, cond_len, tasks, &plan).unwrap();
+    // The same numbers by hand: pairs from EVAL_PAIRS, task i from EVAL_TASK i.
+    let pairs = smc_bounds::joint_ancestral(
+        &lm,
+        &PROMPT,
+        T,
+        cond_len,
+        tasks,
+        &mut rng_from_seed(derive(7, label::EVAL_PAIRS, 0)),
+    )
+    .unwrap();
+    let mut kl_q_sigma = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let phi =
+            lm_burn::infilling::InfillingPotential::new(&lm, pair.conditioning.clone().unwrap());
+        let sampler = Sampler {
+            lm: &lm,
+            prompt: &PROMPT,
+            horizon: T,
+            potential: &phi,
+            twist: None,
+            proposal: Proposal::Base,
+            resampling: Resampling::default(),
+        };
+        let e = sampler
+            .evaluate(
+                std::slice::from_ref(&pair.tokens),
+                &EvalPlan {
+                    seed: derive(7, label::EVAL_TASK, i as u64),
+                    ..plan.clone()
+                },
+            )
+            .unwrap();
+        kl_q_sigma.push(e.kl.kl_q_sigma.mean);
+    }
+    let want = smc_bounds::Estimate::from_values(&kl_q_sigma);
+    assert_eq!(got.kl_q_sigma, want);
+    assert_eq!((got.f_q.n, got.f_q.df), (tasks, (tasks - 1) as f64));
+    for e in [
+        got.kl_sigma_q,
+        got.log_z_lower,
+        got.log_z_upper,
+        got.g_q,
+        got.kl_sum,
+    ] {
+        assert!(e.mean.is_finite() && e.se.is_finite(), "{e}");
+    }
+    assert_eq!(
+        got,
+        evaluate_infilling(&lm, None, &PROMPT, T, cond_len, tasks, &plan).unwrap()
+    );
+}
+
 fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)

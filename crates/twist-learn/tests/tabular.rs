@@ -141,8 +141,12 @@ fn training_each_method_cuts_both_exact_kls_well_below_the_untwisted_proposal() 
             horizon,
             learning_rate: 0.05,
             seed: 11,
+            start_step: 0,
         };
-        train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| Ok(())).unwrap();
+        train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
         let (qs, sq) = exact_kls(&lm, &exact, &twist);
         println!(
             "{method:?}: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
@@ -176,8 +180,12 @@ fn ctl_reaches_near_optimal_twists_where_log_zhat_barely_varies() {
         horizon,
         learning_rate: 0.05,
         seed: 4,
+        start_step: 0,
     };
-    train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| Ok(())).unwrap();
+    train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     let psi = twist.log_psi_tables();
     let var = |tw: Option<&dyn Twist>, proposal| {
         let v: Vec<f64> = (0..300)
@@ -227,9 +235,12 @@ fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
         horizon,
         learning_rate: 0.05,
         seed: 11,
+        start_step: 0,
     };
-    let records =
-        train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &cfg, None, |_, _, _| Ok(())).unwrap();
+    let records = train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &cfg, None, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
     assert_eq!(records.len(), 400);
     let (qs, sq) = exact_kls(&lm, &exact, &twist);
     println!(
@@ -248,8 +259,10 @@ fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
         method: Method::Rl,
         ..cfg
     };
-    let err = train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &rl, None, |_, _, _| Ok(()))
-        .unwrap_err();
+    let err = train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &rl, None, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("ctl"), "{err}");
     let err = train_ctl_particle_gibbs(
         &lm,
@@ -258,8 +271,163 @@ fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
         &[],
         &cfg,
         Some(vec![0]),
-        |_, _, _| Ok(()),
+        |_, _, _| Ok::<(), TrainError>(()),
     )
     .unwrap_err();
     assert!(err.to_string().contains("expected T = 3"), "{err}");
+}
+
+#[test]
+fn a_run_continued_from_its_start_step_equals_one_run_straight_through() {
+    // Update i draws with derive(seed, UPDATE, start_step + i): six updates in one call and
+    // three plus three (start_step 3, same twist and optimiser state) are the same run.
+    let (lm, phi, horizon) = problem();
+    for method in Method::ALL {
+        let cfg = |steps, start_step| TrainConfig {
+            method,
+            steps,
+            batch_size: 8,
+            horizon,
+            learning_rate: 0.05,
+            seed: 21,
+            start_step,
+        };
+        let fresh =
+            || TabularTrainable::new(3, horizon, param_of(method), 0.1, 1, AdamConfig::default());
+        let mut straight = fresh();
+        let all = train(&lm, &mut straight, &phi, &[], &cfg(6, 0), |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
+        let mut split = fresh();
+        let mut losses = train(&lm, &mut split, &phi, &[], &cfg(3, 0), |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
+        losses.extend(
+            train(&lm, &mut split, &phi, &[], &cfg(3, 3), |_, _, _| {
+                Ok::<(), TrainError>(())
+            })
+            .unwrap(),
+        );
+        let l = |r: &[TrainRecord]| r.iter().map(|x| x.loss).collect::<Vec<_>>();
+        assert_eq!(l(&all), l(&losses), "{method:?}");
+        assert_eq!(
+            straight.log_psi_tables().table(horizon),
+            split.log_psi_tables().table(horizon),
+            "{method:?}"
+        );
+        // A different start step is a different part of the run.
+        let mut other = fresh();
+        let shifted = train(&lm, &mut other, &phi, &[], &cfg(3, 1), |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
+        assert_ne!(l(&shifted), l(&all[..3]), "{method:?}");
+    }
+}
+
+/// An application's error type: its own failures and twist-learn's.
+#[derive(Debug)]
+enum AppError {
+    Stop(usize),
+    Train(TrainError),
+}
+
+impl From<TrainError> for AppError {
+    fn from(e: TrainError) -> Self {
+        AppError::Train(e)
+    }
+}
+
+#[test]
+fn callbacks_return_the_callers_error_type_and_training_errors_keep_their_sources() {
+    let (lm, phi, horizon) = problem();
+    let cfg = TrainConfig {
+        method: Method::Ctl,
+        steps: 5,
+        batch_size: 8,
+        horizon,
+        learning_rate: 0.05,
+        seed: 1,
+        start_step: 0,
+    };
+    let fresh = || {
+        TabularTrainable::new(
+            3,
+            horizon,
+            Parameterization::Identity,
+            0.1,
+            1,
+            AdamConfig::default(),
+        )
+    };
+    // The callback's own error stops training at once and comes back as it was.
+    let mut calls = 0;
+    let err = train(&lm, &mut fresh(), &phi, &[], &cfg, |step, _, _| {
+        calls += 1;
+        if step == 2 {
+            Err(AppError::Stop(step))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, AppError::Stop(2)) && calls == 2, "{err:?}");
+    let err = train_ctl_particle_gibbs(&lm, &mut fresh(), &phi, &[], &cfg, None, |step, _, _| {
+        Err(AppError::Stop(step))
+    })
+    .unwrap_err();
+    assert!(matches!(err, AppError::Stop(1)), "{err:?}");
+    // Twist-learn's errors arrive through From<TrainError>, typed.
+    let bad = TrainConfig {
+        learning_rate: f64::NAN,
+        ..cfg
+    };
+    let err = train(&lm, &mut fresh(), &phi, &[], &bad, |_, _, _| {
+        Ok::<(), AppError>(())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppError::Train(TrainError::InvalidConfig {
+                field: "learning rate",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let err = train_ctl_particle_gibbs(
+        &lm,
+        &mut fresh(),
+        &phi,
+        &[],
+        &cfg,
+        Some(vec![0]),
+        |_, _, _| Ok::<(), AppError>(()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppError::Train(TrainError::ChainStart {
+                found: 1,
+                expected: 3
+            })
+        ),
+        "{err:?}"
+    );
+    // An SMC error is kept whole, with the potential named in it.
+    let nan = FnPotential::new("broken potential", |_: &[u32], _: &[u32]| f64::NAN);
+    let err = train(&lm, &mut fresh(), &nan, &[], &cfg, |_, _, _| {
+        Ok::<(), AppError>(())
+    })
+    .unwrap_err();
+    match err {
+        AppError::Train(TrainError::Smc(e @ SmcError::InvalidValue { .. })) => {
+            assert!(e.to_string().contains("broken potential"), "{e}")
+        }
+        other => panic!("expected the SMC error, found {other:?}"),
+    }
 }
