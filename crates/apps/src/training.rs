@@ -70,7 +70,8 @@ pub fn method_name(method: twist_learn::Method) -> String {
     format!("{method:?}").to_lowercase()
 }
 
-/// Trains `twist` with `cfg.method`, CTL's positives as chosen.
+/// Trains `twist` with `cfg.method`, CTL's positives as chosen; the callback's errors (for
+/// example a failed write of the curve) end the run and come back as they were.
 pub fn train_with<W: twist_learn::TrainableTwist>(
     positives: Positives,
     lm: &BurnLm,
@@ -78,8 +79,8 @@ pub fn train_with<W: twist_learn::TrainableTwist>(
     potential: &dyn Potential,
     prompt: &[u32],
     cfg: &TrainConfig,
-    on_step: impl FnMut(usize, &W, f64) -> smc_core::Result<()>,
-) -> smc_core::Result<Vec<TrainRecord>> {
+    on_step: impl FnMut(usize, &W, f64) -> Result<()>,
+) -> Result<Vec<TrainRecord>> {
     match positives {
         Positives::Gibbs => {
             twist_learn::train_ctl_particle_gibbs(lm, twist, potential, prompt, cfg, None, on_step)
@@ -88,8 +89,8 @@ pub fn train_with<W: twist_learn::TrainableTwist>(
     }
 }
 
-/// A head for `lm`: fresh (from `choice`, `conditioning` and `seed`) or resumed from a
-/// checkpoint (head and Adam's state). Returns it with the checkpoint's metadata (null when
+/// A head for `lm`: fresh (from `choice`, `conditioning` and the user's `seed`, through its own
+/// derived stream) or resumed from a checkpoint (head and Adam's state). Returns it with the checkpoint's metadata (null when
 /// fresh) and the update count it starts from.
 pub fn fresh_or_resumed_head(
     resume: Option<&Path>,
@@ -109,7 +110,12 @@ pub fn fresh_or_resumed_head(
         }
         None => (
             HeadTrainable::new(
-                TwistHead::new(lm, choice.config(lm, conditioning), seed, device)?,
+                TwistHead::new(
+                    lm,
+                    choice.config(lm, conditioning),
+                    smc_core::seed::derive(seed, smc_core::seed::label::APP_HEAD_INIT, 0),
+                    device,
+                )?,
                 param,
                 AdamConfig::default(),
             ),

@@ -64,7 +64,11 @@ pub fn run(args: &ExactSettings) -> Result<()> {
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tok = lm.tokenizer()?;
-    let mut rng = rng_from_seed(args.seed);
+    let mut rng = rng_from_seed(smc_core::seed::derive(
+        args.seed,
+        smc_core::seed::label::APP_EXACT,
+        0,
+    ));
     let (collected, method) = match &args.target {
         ExactTarget::Infilling(m) => {
             let m = *m;

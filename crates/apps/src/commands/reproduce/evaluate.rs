@@ -3,9 +3,10 @@
 use anyhow::{Result, bail};
 
 use lm_burn::BurnLm;
-use smc_bounds::{Method as BoundMethod, Sampler};
+use smc_bounds::{EvalPlan, Method as BoundMethod, Sampler};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{Potential, Twist};
+use smc_core::seed;
 use smc_core::smc::{Proposal, rng_from_seed};
 use twist_learn::HeadTrainable;
 
@@ -35,7 +36,7 @@ pub(super) fn collect_exact(
         ExactMethod::ClassRejection => smc_bounds::rejection_class::<BurnLm>,
         _ => smc_bounds::rejection_indicator::<BurnLm>,
     };
-    let mut rng = rng_from_seed(seed.wrapping_mul(7919).wrapping_add(17));
+    let mut rng = rng_from_seed(seed::derive(0, seed::label::APP_EXACT, seed));
     let collected = collect(
         ctx.lm,
         ctx.prompt,
@@ -81,20 +82,31 @@ pub(super) fn evaluate(
             proposal,
             resampling: Resampling::default(),
         };
-        let s = seed.wrapping_mul(1_000_033).wrapping_add(1000 * i as u64);
-        let runs: Vec<u64> = (0..a.lower_runs.max(1) as u64).map(|r| s + r).collect();
-        let k = a.eval_particles;
-        // The SMC pair, declared in advance (BoundRule::Smc): no selection between estimators.
-        let lower = sampler.lower_bound(BoundMethod::Smc, k, &runs)?.mean;
-        // The references are the first exact samples in the order they were drawn: draws from
-        // sigma, never a sorted or deduplicated subset.
-        let refs = &task.exact[..a.upper_samples.clamp(1, task.exact.len())];
-        let upper = sampler.upper_bound(BoundMethod::Smc, k, refs, s + 202)?.mean;
+        // One plan per (seed, task), shared by every sampler: common random numbers, so the
+        // samplers' differences are paired. The bounds are the SMC pair declared in advance
+        // (BoundRule::Smc); the upper bounds' references are the first exact samples in the
+        // order they were drawn.
+        let plan = EvalPlan {
+            fq_draws: a.fq_samples,
+            lower_runs: a.lower_runs.max(1),
+            upper_refs: a.upper_samples.max(1),
+            lower_methods: vec![BoundMethod::Smc],
+            upper_methods: vec![BoundMethod::Smc],
+            ..EvalPlan::new(
+                a.eval_particles,
+                seed::derive(
+                    seed::derive(0, seed::label::APP_EVAL, seed),
+                    seed::label::EVAL_TASK,
+                    i as u64,
+                ),
+            )
+        };
+        let e = sampler.evaluate(&task.exact, &plan)?;
         out.push(TaskEval {
-            f_q: sampler.f_q(a.fq_samples, s + 303)?,
-            g_q: sampler.g_q(&task.exact)?,
-            lower,
-            upper,
+            f_q: e.f_q,
+            g_q: e.g_q,
+            lower: e.log_z.lower.mean,
+            upper: e.log_z.upper.mean,
             rule: BoundRule::Smc,
         });
     }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use lm_burn::heads::TwistHead;
 use lm_burn::infilling::InfillingPotential;
 use smc_bounds::{Estimate, joint_ancestral};
+use smc_core::seed;
 use smc_core::smc::rng_from_seed;
 use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig, train};
 
@@ -203,7 +204,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 }]
             }
             Some(m) => {
-                let mut rng = rng_from_seed(seed.wrapping_mul(7919).wrapping_add(17));
+                let mut rng =
+                    rng_from_seed(seed::derive(0, seed::label::APP_EXACT, seed));
                 joint_ancestral(lm, prompt, horizon, m, args.exact_samples, &mut rng)?
                     .into_iter()
                     .map(|pair| {
@@ -234,7 +236,11 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             let head = TwistHead::new(
                 lm,
                 args.head.config(lm, placeholder),
-                seed.wrapping_mul(1000).wrapping_add(method as u64),
+                seed::derive(
+                    0,
+                    seed::label::APP_HEAD_INIT,
+                    seed * Method::ALL.len() as u64 + method as u64,
+                ),
                 &ad,
             )?;
             let mut twist = HeadTrainable::new(head, param, AdamConfig::default());
@@ -248,11 +254,12 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     batch_size: args.particles,
                     steps: args.steps,
                     learning_rate: args.lr,
-                    seed: seed.wrapping_mul(1_000_003).wrapping_add(5),
+                    seed: seed::derive(0, seed::label::APP_TRAIN, seed),
+                    start_step: 0,
                 };
                 twist_learn::train_infilling_ctl(lm, &mut twist, prompt, &cfg, |i, _, _| {
                     bar.set_message(msg(i));
-                    Ok(())
+                    Ok::<(), anyhow::Error>(())
                 })?;
             } else {
                 let cfg = TrainConfig {
@@ -261,7 +268,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     batch_size: args.particles,
                     horizon,
                     learning_rate: args.lr,
-                    seed: seed.wrapping_mul(1_000_003).wrapping_add(5),
+                    seed: seed::derive(0, seed::label::APP_TRAIN, seed),
+                    start_step: 0,
                 };
                 train(
                     lm,
@@ -271,7 +279,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     &cfg,
                     |i, _, _| {
                         bar.set_message(msg(i));
-                        Ok(())
+                        Ok::<(), anyhow::Error>(())
                     },
                 )?;
             }

@@ -5,7 +5,8 @@
 //! s* is held out. Afterwards a particle Gibbs chain started at s* and driven by the trained
 //! twist (which does not depend on s*) turns the one exact sample into many, each marginally
 //! exact, and every snapshot of the head (and p0) is measured on the same samples: F_q from
-//! fresh draws, G_q on the chain's states, log Z from the tightest bounds, both KL estimates.
+//! fresh draws, G_q on the chain's states (batch-means errors), log Z from the last head's twisted
+//! SMC pair declared in advance, both KL estimates, and paired differences from p0.
 
 use std::time::Instant;
 
@@ -15,16 +16,17 @@ use serde_json::json;
 use lm_burn::BurnLm;
 use lm_burn::heads::TwistHead;
 use lm_burn::infilling::InfillingPotential;
-use smc_bounds::{Estimate, KlEstimates, Method as BoundMethod, Sampler, kl_estimates};
+use smc_bounds::{EvalPlan, Estimate, Evaluation, KlEstimates, Method as BoundMethod, Sampler};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{Potential, Twist};
+use smc_core::seed;
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
 use twist_learn::{Parameterization, TrainConfig};
 
 use super::settings::TrainSettings;
 use crate::jsonl::JsonlWriter;
 use crate::setup::load_model_and_prompt;
-use crate::training::{Positives, fresh_or_resumed_head, method_name, train_bar, train_with};
+use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
 
 /// What defines the task and its measurement.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +58,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         args.tokens,
         args.cond_tokens,
         1,
-        &mut rng_from_seed(task_seed),
+        &mut rng_from_seed(seed::derive(task_seed, seed::label::APP_TASK, 0)),
     )?
     .remove(0);
     let c = pair.conditioning.clone().unwrap_or_default();
@@ -91,20 +93,6 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
             c
         );
     }
-    // Update i draws its samples with seed `seed + start + i` (and `--positives gibbs` starts
-    // its chain with `seed + start`): the same stream as the pair's when that equals the task seed, in which case
-    // the draws of that update begin with the first token of s* (q starts at p0).
-    let gibbs = u64::from(args.positives == Positives::Gibbs);
-    let first = args
-        .seed
-        .wrapping_add(start_step as u64)
-        .wrapping_add(1 - gibbs);
-    if task_seed.wrapping_sub(first) < args.steps as u64 + gibbs {
-        eprintln!(
-            "warning: --task-seed {task_seed} is also the seed of a training update (seeds {first}..={}): that update's draws share the random stream that drew s*, so s* is not strictly held out; pick a task seed outside that range",
-            args.seed.wrapping_add((start_step + args.steps) as u64)
-        );
-    }
     let eval_at = &args.eval_at;
     let meta = |step: usize| {
         json!({
@@ -119,12 +107,12 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         batch_size: args.particles,
         horizon: args.tokens,
         learning_rate: args.lr,
-        seed: args.seed.wrapping_add(start_step as u64),
+        seed: smc_core::seed::derive(args.seed, smc_core::seed::label::APP_TRAIN, 0),
+        start_step,
     };
     let started = Instant::now();
     let mut snapshots: Vec<(usize, TwistHead)> = vec![(start_step, twist.head().clone())];
     let bar = train_bar(args.steps);
-    let mut io_error: Option<anyhow::Error> = None;
     train_with(
         args.positives,
         lm,
@@ -136,27 +124,16 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
             bar.inc(1);
             bar.set_message(format!("{loss:.4}"));
             let step = start_step + i;
-            let mut record = || -> Result<()> {
-                curve.write(
+            curve.write(
                 &json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }),
             )?;
-                if eval_at.contains(&i) || i == args.steps {
-                    tw.save_checkpoint(&args.checkpoint, &meta(step))?;
-                    snapshots.push((step, tw.head().clone()));
-                }
-                Ok(())
-            };
-            if let Err(e) = record() {
-                io_error = Some(e);
-                return Err(smc_core::SmcError::backend(
-                    "writing training outputs",
-                    std::io::Error::other("see below"),
-                ));
+            if eval_at.contains(&i) || i == args.steps {
+                tw.save_checkpoint(&args.checkpoint, &meta(step))?;
+                snapshots.push((step, tw.head().clone()));
             }
             Ok(())
         },
-    )
-    .map_err(|e| io_error.take().unwrap_or_else(|| e.into()))?;
+    )?;
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
     eprintln!(
@@ -184,7 +161,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         &eval_cfg,
         &s_star,
         gibbs_sweeps,
-        args.seed.wrapping_add(5_000_011),
+        seed::derive(args.seed, seed::label::APP_EXACT_CHAIN, 0),
     )?;
     let mut exact = vec![s_star.clone()];
     exact.extend(chain.states.iter().cloned());
@@ -203,70 +180,69 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         exact.len()
     );
 
+    // Every sampler (p0, then each snapshot) through the one evaluation API with the same plan:
+    // the same exact samples and the same random numbers, so differences from p0 are paired.
+    // The exact samples are consecutive states of a Markov chain: G_q's standard error comes
+    // from batch means. The bounds are the SMC pair (conditional SMC around s* and the chain's
+    // first states, in the order drawn: each marginally an exact draw from sigma).
+    let batches = ((exact.len() as f64).sqrt().floor() as usize).clamp(2, exact.len().max(2));
+    let plan = EvalPlan {
+        fq_draws: args.fq_samples,
+        lower_runs: 4,
+        upper_refs: 4,
+        lower_methods: vec![BoundMethod::Smc],
+        upper_methods: vec![BoundMethod::Smc],
+        exact_batches: (exact.len() >= 4).then_some(batches),
+        ..EvalPlan::new(
+            eval_particles,
+            seed::derive(args.seed, seed::label::APP_EVAL, 0),
+        )
+    };
+    let mut evals: Vec<(String, usize, Evaluation)> = Vec::new();
+    let p0_eval = sampler_of(lm, prompt, args.tokens, &phi, None).evaluate(&exact, &plan)?;
+    evals.push(("p0 (no twist)".to_string(), start_step, p0_eval));
+    for (step, head) in &snapshots {
+        let e = sampler_of(lm, prompt, args.tokens, &phi, Some(head)).evaluate(&exact, &plan)?;
+        evals.push(("twisted".to_string(), *step, e));
+    }
     // log Z: the last head's twisted SMC pair, declared in advance (no selection between
-    // samplers or estimators, so each stays a bound in expectation). The upper bound's references
-    // are s* and the chain's first states in the order drawn: each is marginally an exact draw
-    // from sigma, which is all the bound needs.
-    let bound_seed = args.seed.wrapping_add(7_000_003);
-    let seeds: Vec<u64> = (0..4).map(|i| bound_seed + i).collect();
-    let refs = &exact[..exact.len().min(4)];
-    let k = eval_particles;
-    let last_sampler = sampler_of(lm, prompt, args.tokens, &phi, Some(last));
-    let lower = last_sampler.lower_bound(BoundMethod::Smc, k, &seeds)?;
-    let upper = last_sampler.upper_bound(BoundMethod::Smc, k, refs, bound_seed)?;
+    // samplers or estimators, so each stays a bound in expectation).
+    let log_z = evals.last().expect("p0 and the last head").2.log_z.clone();
+    let (lower, upper) = (log_z.lower, log_z.upper);
     eprintln!(
-        "bounds at K = {k}, twisted SMC: lower {:.3} ± {:.3}, upper {:.3} ± {:.3} (95%)",
-        lower.mean,
-        lower.ci95(),
-        upper.mean,
-        upper.ci95()
+        "bounds at K = {eval_particles}, last head's twisted SMC: lower {} , upper {} (95%, {} runs / {} references)",
+        lower, upper, plan.lower_runs, plan.upper_refs
     );
-    curve.write(&json!({ "type": "bounds", "sampler": "twisted SMC", "k": k, "lower": lower, "upper": upper }))?;
-
-    // Every sampler on the same exact samples and the same F_q seed.
-    let fq_seed = args.seed.wrapping_add(9_000_017);
-    let p0_sampler = sampler_of(lm, prompt, args.tokens, &phi, None);
-    let p0_g = p0_sampler.g_q_values(&exact)?;
-    // Draw i of every sampler uses the same random numbers, so the per-draw differences from
-    // p0 are i.i.d. pairs: their mean and standard error compare F_q more sharply.
-    let p0_f = p0_sampler.f_q_values(args.fq_samples.max(2), fq_seed)?;
+    curve.write(&json!({ "type": "bounds", "sampler": "twisted SMC", "k": eval_particles, "lower": lower, "upper": upper }))?;
+    let p0 = &evals[0].2;
     let mut rows: Vec<(String, usize, KlEstimates, Estimate)> = Vec::new();
-    let mut measure = |label: &str, step: usize, twist: Option<&dyn Twist>| -> Result<()> {
-        let s = sampler_of(lm, prompt, args.tokens, &phi, twist);
-        let f_values = s.f_q_values(args.fq_samples.max(2), fq_seed)?;
-        let f_q = Estimate::from_values(&f_values);
-        let g_values = s.g_q_values(&exact)?;
-        let g_q = Estimate::from_values(&g_values);
-        let paired = |a: &[f64], b: &[f64]| {
-            let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-            Estimate::from_values(&d)
+    for (label, step, e) in &evals {
+        let f_vs_p0 = Estimate::paired_difference(&e.f_q_values, &p0.f_q_values)?;
+        let g_diff: Vec<f64> = e
+            .g_q_values
+            .iter()
+            .zip(&p0.g_q_values)
+            .map(|(a, b)| a - b)
+            .collect();
+        let g_vs_p0 = match plan.exact_batches {
+            Some(b) => Estimate::batch_means(&g_diff, b)?,
+            None => Estimate::from_values(&g_diff),
         };
-        let g_vs_p0 = paired(&g_values, &p0_g);
-        let f_vs_p0 = paired(&f_values, &p0_f);
         // Δ(G_q - F_q) against p0 = Δ KL(q||sigma) + Δ KL(sigma||q), free of log Z.
-        let sum_vs_p0 = Estimate {
-            mean: g_vs_p0.mean - f_vs_p0.mean,
-            se: (g_vs_p0.se.powi(2) + f_vs_p0.se.powi(2)).sqrt(),
-            n: g_vs_p0.n.min(f_vs_p0.n),
-        };
-        let e = kl_estimates(f_q, g_q, lower, upper);
-        let kl_sum = Estimate {
-            mean: g_q.mean - f_q.mean,
-            se: (g_q.se.powi(2) + f_q.se.powi(2)).sqrt(),
-            n: f_q.n.min(g_q.n),
-        };
+        let sum_vs_p0 = g_vs_p0.minus(&f_vs_p0);
+        let kl = e.kl_with(&log_z);
         curve.write(&json!({
             "step": step, "seconds": started.elapsed().as_secs_f64(), "sampler": label,
-            "eval": { "kl_q_sigma": e.kl_q_sigma, "kl_sigma_q": e.kl_sigma_q, "kl_sum": kl_sum,
+            "eval": { "kl_q_sigma": kl.kl_q_sigma, "kl_sigma_q": kl.kl_sigma_q, "kl_sum": e.kl_sum,
                       "f_q": e.f_q, "g_q": e.g_q, "f_q_minus_p0": f_vs_p0, "g_q_minus_p0": g_vs_p0,
-                      "kl_sum_minus_p0": sum_vs_p0, "log_z": e.log_z,
-                      "half_gap": e.log_z_half_gap },
+                      "kl_sum_minus_p0": sum_vs_p0, "log_z": kl.log_z,
+                      "half_gap": kl.log_z_half_gap, "own_bounds": e.log_z },
         }))?;
         eprintln!(
             "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  G_q - F_q = {}  F_q = {:.3}  G_q = {:.3}  paired vs p0: F_q {:+.3} ± {:.3}, G_q {:+.3} ± {:.3}",
-            e.kl_q_sigma,
-            e.kl_sigma_q,
-            kl_sum,
+            kl.kl_q_sigma,
+            kl.kl_sigma_q,
+            e.kl_sum,
             e.f_q.mean,
             e.g_q.mean,
             f_vs_p0.mean,
@@ -274,12 +250,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
             g_vs_p0.mean,
             g_vs_p0.ci95()
         );
-        rows.push((label.to_string(), step, e, sum_vs_p0));
-        Ok(())
-    };
-    measure("p0 (no twist)", start_step, None)?;
-    for (step, head) in &snapshots {
-        measure("twisted", *step, Some(head))?;
+        rows.push((label.clone(), *step, kl, sum_vs_p0));
     }
     curve.write(&json!({
         "type": "summary", "method": method_name(method), "positives": args.positives.name(), "task_seed": task_seed, "conditioning": c,

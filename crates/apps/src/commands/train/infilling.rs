@@ -42,7 +42,12 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
         &ad,
     )?;
     let eval_at = &args.eval_at;
-    let eval_seed = args.seed.wrapping_add(1_000_003);
+    // The same plan (hence the same conditioning sequences and random numbers) at every
+    // evaluation step, so the steps are paired.
+    let plan = twist_learn::infilling_eval_plan(
+        args.particles,
+        smc_core::seed::derive(args.seed, smc_core::seed::label::APP_EVAL, 0),
+    );
     let started = Instant::now();
     let evaluate = |twist: Option<&mut HeadTrainable>,
                     step: usize,
@@ -56,8 +61,7 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
             args.tokens,
             args.cond_tokens,
             eval_tasks,
-            args.particles,
-            eval_seed,
+            &plan,
         )?;
         curve.write(&CurvePoint {
             step,
@@ -88,7 +92,8 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
         batch_size: args.particles,
         steps: args.steps,
         learning_rate: args.lr,
-        seed: args.seed.wrapping_add(start_step as u64),
+        seed: smc_core::seed::derive(args.seed, smc_core::seed::label::APP_TRAIN, 0),
+        start_step,
     };
     let meta = |step: usize| {
         serde_json::json!({
@@ -96,7 +101,7 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
             "prompt": args.prompt, "tokens": args.tokens, "cond_tokens": args.cond_tokens, "lr": args.lr,
         })
     };
-    train_infilling_ctl(lm, &mut twist, prompt, &cfg, |i, tw, loss| {
+    train_infilling_ctl(lm, &mut twist, prompt, &cfg, |i, tw, loss| -> Result<()> {
         bar.inc(1);
         bar.set_message(format!("{loss:.4}"));
         let step = start_step + i;
@@ -105,9 +110,6 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
                 evaluate(Some(tw), step, "twisted", &mut curve)?;
                 tw.save_checkpoint(&args.checkpoint, &meta(step))?;
                 Ok(())
-            })
-            .map_err(|e| {
-                smc_core::SmcError::backend("evaluation", std::io::Error::other(e.to_string()))
             })?;
         }
         Ok(())

@@ -7,6 +7,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use lm_burn::BurnLm;
+use smc_bounds::{EvalPlan, Evaluation, LogZBounds, Method, Sampler};
+use smc_core::feynman_kac::Resampling;
+use smc_core::model::{Potential, Twist};
+use smc_core::seed;
+use smc_core::smc::Proposal;
 use twist_learn::{HeadTrainable, Parameterization, TrainConfig};
 
 use super::settings::TrainSettings;
@@ -40,7 +46,8 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
         batch_size: args.particles,
         horizon: args.tokens,
         learning_rate: args.lr,
-        seed: args.seed.wrapping_add(start_step as u64),
+        seed: smc_core::seed::derive(args.seed, smc_core::seed::label::APP_TRAIN, 0),
+        start_step,
     };
     let meta = |step: usize| {
         serde_json::json!({
@@ -52,39 +59,29 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
     let evaluator = match exact {
         Some(path) => {
             let exact = read_exact(path, args.tokens)?;
-            let e = PotentialEval::new(lm, prompt, args.tokens, phi.as_ref(), exact, args)?;
-            let p0 = e.evaluate(None, args.seed)?;
+            let (e, p0) = PotentialEval::new(lm, prompt, args.tokens, phi.as_ref(), exact, args)?;
             e.report(&mut curve, start_step, "p0 (no twist)", &p0, started)?;
-            let init = e.evaluate(Some(&twist), args.seed)?;
+            let init = e.evaluate(Some(&twist))?;
             e.report(&mut curve, start_step, "twisted", &init, started)?;
             Some(e)
         }
         None => None,
     };
     let bar = train_bar(args.steps);
-    let mut io_error: Option<anyhow::Error> = None;
     train_with(args.positives, lm, &mut twist, phi.as_ref(), prompt, &cfg, |i, tw, loss| {
         bar.inc(1);
         bar.set_message(format!("{loss:.4}"));
         let step = start_step + i;
-        let mut record = || -> Result<()> {
-            curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }))?;
-            if eval_at.contains(&i) {
-                tw.save_checkpoint(&args.checkpoint, &meta(step))?;
-                if let Some(e) = &evaluator {
-                    let eval = e.evaluate(Some(tw), args.seed.wrapping_add(step as u64))?;
-                    bar.suspend(|| e.report(&mut curve, step, "twisted", &eval, started))?;
-                }
+        curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }))?;
+        if eval_at.contains(&i) {
+            tw.save_checkpoint(&args.checkpoint, &meta(step))?;
+            if let Some(e) = &evaluator {
+                let eval = e.evaluate(Some(tw))?;
+                bar.suspend(|| e.report(&mut curve, step, "twisted", &eval, started))?;
             }
-            Ok(())
-        };
-        if let Err(e) = record() {
-            io_error = Some(e);
-            return Err(smc_core::SmcError::backend("writing training outputs", std::io::Error::other("see below")));
         }
         Ok(())
-    })
-    .map_err(|e| io_error.take().unwrap_or_else(|| e.into()))?;
+    })?;
     bar.finish_and_clear();
     twist.save_checkpoint(&args.checkpoint, &meta(start_step + args.steps))?;
     curve.finish()?;
@@ -99,78 +96,56 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
     Ok(())
 }
 
-/// Evaluation of a proposal for a fixed potential during training: F_q from fresh draws, G_q
-/// from exact samples, and both KL estimates around one log Z (the midpoint of p0's SIS lower
-/// bound and SIS upper bound at K = 64, computed once).
+/// Evaluation of a proposal for a fixed potential during training, through smc-bounds' one
+/// evaluation API: the same plan (so the same random numbers: paired steps) for p0 and every
+/// step; both KL estimates are taken around p0's log Z pair, computed once and declared in
+/// advance (SIS lower and upper bounds at K = 64), so the curve's KL columns move only with F_q
+/// and G_q.
 struct PotentialEval<'a> {
-    lm: &'a lm_burn::BurnLm,
+    lm: &'a BurnLm,
     prompt: &'a [u32],
     horizon: usize,
-    potential: &'a dyn smc_core::model::Potential,
+    potential: &'a dyn Potential,
     exact: Vec<Vec<u32>>,
-    fq_samples: usize,
-    lower: smc_bounds::Estimate,
-    upper: smc_bounds::Estimate,
+    plan: EvalPlan,
+    log_z: LogZBounds,
 }
 
 impl<'a> PotentialEval<'a> {
+    /// Evaluates p0 (which fixes log Z's pair) and returns it with the evaluator.
     fn new(
-        lm: &'a lm_burn::BurnLm,
+        lm: &'a BurnLm,
         prompt: &'a [u32],
         horizon: usize,
-        potential: &'a dyn smc_core::model::Potential,
+        potential: &'a dyn Potential,
         exact: Vec<Vec<u32>>,
         args: &TrainSettings,
-    ) -> Result<Self> {
-        let sampler = Self::sampler_of(lm, prompt, horizon, potential, None);
-        let s = args.seed.wrapping_add(77);
-        let lower = sampler.lower_bound(smc_bounds::Method::Sis, 64, &[s, s + 1])?;
-        let refs = &exact[..exact.len().min(4)];
-        let upper = sampler.upper_bound(smc_bounds::Method::Sis, 64, refs, s + 2)?;
-        Ok(Self {
+    ) -> Result<(Self, Evaluation)> {
+        let plan = EvalPlan {
+            fq_draws: args.fq_samples,
+            lower_runs: 2,
+            upper_refs: 4,
+            lower_methods: vec![Method::Sis],
+            upper_methods: vec![Method::Sis],
+            ..EvalPlan::new(64, seed::derive(args.seed, seed::label::APP_EVAL, 0))
+        };
+        let p0 = sampler_of(lm, prompt, horizon, potential, None).evaluate(&exact, &plan)?;
+        let me = Self {
             lm,
             prompt,
             horizon,
             potential,
             exact,
-            fq_samples: args.fq_samples.max(2),
-            lower,
-            upper,
-        })
+            plan,
+            log_z: p0.log_z.clone(),
+        };
+        Ok((me, p0))
     }
 
-    fn sampler_of<'b>(
-        lm: &'b lm_burn::BurnLm,
-        prompt: &'b [u32],
-        horizon: usize,
-        potential: &'b dyn smc_core::model::Potential,
-        twist: Option<&'b dyn smc_core::model::Twist>,
-    ) -> smc_bounds::Sampler<'b, lm_burn::BurnLm> {
-        smc_bounds::Sampler {
-            lm,
-            prompt,
-            horizon,
-            potential,
-            twist,
-            proposal: if twist.is_some() {
-                smc_core::smc::Proposal::Twisted
-            } else {
-                smc_core::smc::Proposal::Base
-            },
-            resampling: smc_core::feynman_kac::Resampling::default(),
-        }
-    }
-
-    fn evaluate(
-        &self,
-        twist: Option<&HeadTrainable>,
-        seed: u64,
-    ) -> smc_core::Result<smc_bounds::KlEstimates> {
-        let tw = twist.map(|t| t as &dyn smc_core::model::Twist);
-        let sampler = Self::sampler_of(self.lm, self.prompt, self.horizon, self.potential, tw);
-        let f_q = sampler.f_q(self.fq_samples, seed.wrapping_mul(31).wrapping_add(7))?;
-        let g_q = sampler.g_q(&self.exact)?;
-        Ok(smc_bounds::kl_estimates(f_q, g_q, self.lower, self.upper))
+    fn evaluate(&self, twist: Option<&HeadTrainable>) -> Result<Evaluation> {
+        let tw = twist.map(|t| t as &dyn Twist);
+        let sampler = sampler_of(self.lm, self.prompt, self.horizon, self.potential, tw);
+        Ok(sampler.evaluate(&self.exact, &self.plan)?)
     }
 
     fn report(
@@ -178,23 +153,42 @@ impl<'a> PotentialEval<'a> {
         curve: &mut JsonlWriter,
         step: usize,
         label: &str,
-        e: &smc_bounds::KlEstimates,
+        e: &Evaluation,
         started: Instant,
     ) -> Result<()> {
-        let kl_sum = smc_bounds::Estimate {
-            mean: e.g_q.mean - e.f_q.mean,
-            se: (e.g_q.se.powi(2) + e.f_q.se.powi(2)).sqrt(),
-            n: e.f_q.n.min(e.g_q.n),
-        };
+        let kl = e.kl_with(&self.log_z);
         curve.write(&serde_json::json!({
             "step": step, "seconds": started.elapsed().as_secs_f64(), "sampler": label,
-            "eval": { "kl_q_sigma": e.kl_q_sigma, "kl_sigma_q": e.kl_sigma_q, "kl_sum": kl_sum,
-                      "f_q": e.f_q, "g_q": e.g_q, "log_z": e.log_z, "half_gap": e.log_z_half_gap },
+            "eval": { "kl_q_sigma": kl.kl_q_sigma, "kl_sigma_q": kl.kl_sigma_q, "kl_sum": e.kl_sum,
+                      "f_q": e.f_q, "g_q": e.g_q, "log_z": kl.log_z, "half_gap": kl.log_z_half_gap,
+                      "own_bounds": e.log_z },
         }))?;
         eprintln!(
             "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  G_q - F_q = {}  F_q = {:.3}  G_q = {:.3}  (log Z {:.3})",
-            e.kl_q_sigma, e.kl_sigma_q, kl_sum, e.f_q.mean, e.g_q.mean, e.log_z.mean
+            kl.kl_q_sigma, kl.kl_sigma_q, e.kl_sum, e.f_q.mean, e.g_q.mean, kl.log_z.mean
         );
         Ok(())
+    }
+}
+
+fn sampler_of<'b>(
+    lm: &'b BurnLm,
+    prompt: &'b [u32],
+    horizon: usize,
+    potential: &'b dyn Potential,
+    twist: Option<&'b dyn Twist>,
+) -> Sampler<'b, BurnLm> {
+    Sampler {
+        lm,
+        prompt,
+        horizon,
+        potential,
+        twist,
+        proposal: if twist.is_some() {
+            Proposal::Twisted
+        } else {
+            Proposal::Base
+        },
+        resampling: Resampling::default(),
     }
 }
