@@ -33,7 +33,7 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// The acceptance rate, which estimates Z = E_{p0}[phi] for both rejection collectors.
+    /// The acceptance rate, which estimates Z = E_{p0}(phi) for both rejection collectors.
     pub fn acceptance_rate(&self) -> f64 {
         self.accepted as f64 / self.draws.max(1) as f64
     }

@@ -1,11 +1,11 @@
 //! The one seeding scheme: every seed that a program derives from another comes from
-//! [`derive`]`(master, label, index)`.
+//! [`derive`](fn@derive)`(master, label, index)`.
 //!
 //! # Why
 //!
 //! Seeds made by arithmetic on a master seed (`seed + 1000`, `seed + i`, `seed ^ 0xC7`) collide:
 //! task i's second run (`seed + i + 1`) is task i+1's first, so two computations that should be
-//! independent replay the same random numbers. [`derive`] instead hashes the master seed, a
+//! independent replay the same random numbers. [`derive`](fn@derive) instead hashes the master seed, a
 //! label naming the purpose, and an index (run, exact sample, update, task) into a new 64-bit
 //! seed; the driver RNG ([`crate::smc::rng_from_seed`]) then expands it.
 //!
@@ -30,7 +30,7 @@
 //! The label is hashed with 64-bit FNV-1a over its UTF-8 bytes and mixed with the SplitMix64
 //! finaliser (Steele, Lea and Flood 2014): fixed arithmetic on u64, the same on every platform
 //! and Rust version (std's `DefaultHasher` is not: its output may change between releases).
-//! A test pins values of [`derive`].
+//! A test pins values of [`derive`](fn@derive).
 //!
 //! # Labels
 //!
@@ -54,6 +54,18 @@
 //! | [`label::INFILLING_PAIR`] | training seed | update i | update i's exact pair (s*, c) |
 //! | [`label::EVAL_PAIRS`] | evaluation seed | 0 | the evaluation's exact pairs (s*, c) |
 //! | [`label::EVAL_TASK`] | evaluation seed | task i | the evaluation plan's master seed for task i |
+//!
+//! For the command-line programs (crate `apps`), from the seed the user gives:
+//!
+//! | label | index | stream |
+//! |---|---|---|
+//! | [`label::APP_TRAIN`] | seed number r of a reproduction (0 for one run) | the training master seed |
+//! | [`label::APP_EVAL`] | r | the evaluation plan's master seed |
+//! | [`label::APP_EXACT`] | r | the collection of exact samples |
+//! | [`label::APP_TASK`] | r | the draw of a fixed task (e.g. an infilling pair) |
+//! | [`label::APP_EXACT_CHAIN`] | r | the particle Gibbs chain that makes more exact samples |
+//! | [`label::APP_HEAD_INIT`] | method index (r * methods + m in a reproduction) | a twist head's initial weights |
+//! | [`label::APP_TWIST_NOISE`] | 0 | the perturbation of a demo's twist |
 
 /// The labels of every derived stream (see the module documentation for what each seeds).
 pub mod label {
@@ -93,6 +105,20 @@ pub mod label {
     pub const EVAL_PAIRS: &str = "twist-learn/eval-pairs";
     /// The evaluation plan's master seed for infilling task i.
     pub const EVAL_TASK: &str = "twist-learn/eval-task";
+    /// A program's training master seed.
+    pub const APP_TRAIN: &str = "apps/train";
+    /// A program's evaluation master seed.
+    pub const APP_EVAL: &str = "apps/eval";
+    /// A program's collection of exact samples.
+    pub const APP_EXACT: &str = "apps/exact";
+    /// A program's draw of a fixed task.
+    pub const APP_TASK: &str = "apps/task";
+    /// A program's particle Gibbs chain of exact samples.
+    pub const APP_EXACT_CHAIN: &str = "apps/exact-chain";
+    /// A twist head's initial weights.
+    pub const APP_HEAD_INIT: &str = "apps/head-init";
+    /// The perturbation of a demo's twist.
+    pub const APP_TWIST_NOISE: &str = "apps/twist-noise";
 }
 
 /// The SplitMix64 finaliser: a bijection of u64 with full avalanche.
@@ -174,6 +200,13 @@ mod tests {
             label::INFILLING_PAIR,
             label::EVAL_PAIRS,
             label::EVAL_TASK,
+            label::APP_TRAIN,
+            label::APP_EVAL,
+            label::APP_EXACT,
+            label::APP_TASK,
+            label::APP_EXACT_CHAIN,
+            label::APP_HEAD_INIT,
+            label::APP_TWIST_NOISE,
         ];
         assert_eq!(
             labels.iter().collect::<HashSet<_>>().len(),

@@ -413,7 +413,7 @@ impl Enumeration {
         })
     }
 
-    /// log Z = log E_{p0}[phi].
+    /// log Z = log E_{p0}(phi).
     pub fn log_z(&self) -> f64 {
         self.log_z
     }

@@ -79,5 +79,16 @@ impl TrainError {
     }
 }
 
+/// For callers whose error type is still `SmcError`: an SMC error comes back as it was, any
+/// other training error is wrapped as its source ([`SmcError::Backend`]).
+impl From<TrainError> for SmcError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Smc(inner) => inner,
+            other => SmcError::backend("twist learning", other),
+        }
+    }
+}
+
 /// Result alias of this crate.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -125,7 +125,7 @@ pub struct InfillingEval {
     pub kl_sum: Estimate,
 }
 
-/// The plan [`evaluate_infilling`] has used for each c: K = `particles` for the bounds and
+/// The plan of [`evaluate_infilling`] for each c: K = `particles` for the bounds and
 /// `particles` draws for F_q, log Z_c between the SIS lower bound (2 runs) and the
 /// conditional-SMC upper bound around the one exact sample s* (declared before any value is
 /// seen, never the tightest of several).
@@ -142,14 +142,29 @@ pub fn infilling_eval_plan(particles: usize, seed: u64) -> EvalPlan {
     }
 }
 
+/// [`evaluate_infilling_with`] and the plan [`infilling_eval_plan`]`(particles, seed)`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_infilling(
+    lm: &BurnLm,
+    twist: Option<&mut HeadTrainable>,
+    prompt: &[u32],
+    horizon: usize,
+    cond_len: usize,
+    tasks: usize,
+    particles: usize,
+    seed: u64,
+) -> Result<InfillingEval> {
+    let plan = infilling_eval_plan(particles, seed);
+    evaluate_infilling_with(lm, twist, prompt, horizon, cond_len, tasks, &plan)
+}
+
 /// Evaluates the head (or, with `twist = None`, the base model as proposal) on `tasks` fresh
 /// pairs (s*, c), each c with [`Sampler::evaluate`] on its exact sample s* and `plan` (whose
 /// seed is the master seed: the pairs are drawn with `derive(plan.seed, EVAL_PAIRS, 0)` and
 /// task i is evaluated with master seed `derive(plan.seed, EVAL_TASK, i)`, [`smc_core::seed`]).
 /// The estimates are means over c, with standard errors from the spread over c (which holds
 /// each task's own noise too, since the tasks are independent).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_infilling(
+pub fn evaluate_infilling_with(
     lm: &BurnLm,
     mut twist: Option<&mut HeadTrainable>,
     prompt: &[u32],

@@ -22,7 +22,8 @@ pub use error::TrainError;
 pub use gibbs::{CsmcUpdate, ctl_csmc_update, train_ctl_particle_gibbs};
 pub use head::HeadTrainable;
 pub use infilling::{
-    InfillingConfig, InfillingEval, evaluate_infilling, infilling_eval_plan, train_infilling_ctl,
+    InfillingConfig, InfillingEval, evaluate_infilling, evaluate_infilling_with,
+    infilling_eval_plan, train_infilling_ctl,
 };
 pub use losses::{Method, Roles, Targets, loss_and_grads, targets};
 pub use train::{TrainConfig, TrainRecord, train};

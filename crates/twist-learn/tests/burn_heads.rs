@@ -304,7 +304,7 @@ fn infilling_evaluation_is_the_evaluation_api_averaged_over_conditioning_sequenc
     let lm = tiny_llama();
     let (tasks, cond_len) = (3, 1);
     let plan = infilling_eval_plan(8, 7);
-    let got = evaluate_infilling(&lm, None, &PROMPT, T, cond_len, tasks, &plan).unwrap();
+    let got = evaluate_infilling_with(&lm, None, &PROMPT, T, cond_len, tasks, &plan).unwrap();
     // The same numbers by hand: pairs from EVAL_PAIRS, task i from EVAL_TASK i.
     let pairs = smc_bounds::joint_ancestral(
         &lm,
@@ -353,7 +353,7 @@ fn infilling_evaluation_is_the_evaluation_api_averaged_over_conditioning_sequenc
     }
     assert_eq!(
         got,
-        evaluate_infilling(&lm, None, &PROMPT, T, cond_len, tasks, &plan).unwrap()
+        evaluate_infilling(&lm, None, &PROMPT, T, cond_len, tasks, 8, 7).unwrap()
     );
 }
 

@@ -418,6 +418,16 @@ fn callbacks_return_the_callers_error_type_and_training_errors_keep_their_source
         ),
         "{err:?}"
     );
+    // Callers still on SmcError: an SMC error comes back as it was, others as the source.
+    let e: SmcError = TrainError::ChainStart {
+        found: 1,
+        expected: 3,
+    }
+    .into();
+    let source = std::error::Error::source(&e).unwrap();
+    assert!(source.downcast_ref::<TrainError>().is_some(), "{e}");
+    let e: SmcError = TrainError::Smc(SmcError::Reference("x".into())).into();
+    assert!(matches!(e, SmcError::Reference(_)));
     // An SMC error is kept whole, with the potential named in it.
     let nan = FnPotential::new("broken potential", |_: &[u32], _: &[u32]| f64::NAN);
     let err = train(&lm, &mut fresh(), &nan, &[], &cfg, |_, _, _| {
