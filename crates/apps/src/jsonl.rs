@@ -117,7 +117,9 @@ pub fn read_numbered<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>
         .map(|(i, l)| {
             serde_json::from_str(l)
                 .map(|r| (i + 1, r))
-                .with_context(|| format!("{}: line {} is not a valid record", path.display(), i + 1))
+                .with_context(|| {
+                    format!("{}: line {} is not a valid record", path.display(), i + 1)
+                })
         })
         .collect()
 }

@@ -403,7 +403,8 @@ fn train_on_one_infilling_task_measures_every_snapshot_on_a_particle_gibbs_chain
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.iter().filter(|l| l["loss"].is_f64()).count(), 2);
-    assert_eq!(lines.iter().filter(|l| l["type"] == "bounds").count(), 2);
+    // One declared pair: the last head's twisted SMC bounds.
+    assert_eq!(lines.iter().filter(|l| l["type"] == "bounds").count(), 1);
     // p0, then the initial head and the heads after updates 1 and 2, on the same samples.
     let evals: Vec<&serde_json::Value> = lines.iter().filter(|l| l["eval"].is_object()).collect();
     let steps: Vec<u64> = evals.iter().map(|e| e["step"].as_u64().unwrap()).collect();
@@ -490,7 +491,12 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
     std::fs::write(dir.path().join("records.jsonl"), text).unwrap();
     let out_dir = dir.path().to_str().unwrap();
     let (ok, stdout, stderr) = tsmc(&[
-        "reproduce", "--task", "toxicity", "--table-only", "--out-dir", out_dir,
+        "reproduce",
+        "--task",
+        "toxicity",
+        "--table-only",
+        "--out-dir",
+        out_dir,
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("2 degrees of freedom"), "{stdout}");
@@ -501,8 +507,14 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
     // seed 1 -> [-4.0, -2.0], seed 2 -> [-4.5, -2.5]; midpoints -3.0, -3.0, -3.5.
     let z = &summary["log_z_per_task"];
     let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-9;
-    assert!(close(&z[0]["lower"], -3.75) && close(&z[0]["upper"], -2.25), "{z}");
-    assert!(close(&z[2]["lower"], -4.5) && close(&z[2]["upper"], -2.5), "{z}");
+    assert!(
+        close(&z[0]["lower"], -3.75) && close(&z[0]["upper"], -2.25),
+        "{z}"
+    );
+    assert!(
+        close(&z[2]["lower"], -4.5) && close(&z[2]["upper"], -2.5),
+        "{z}"
+    );
     let row = |name: &str| {
         summary["rows"]
             .as_array()
@@ -522,7 +534,10 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
     assert!(close(&ctl["kl_q_sigma"]["mean"], 2.5 / 3.0), "{ctl}");
     // Paired ΔKL(q||sigma) = F_q(p0) - F_q(ctl) = -1, -1.5, -2: mean -1.5, SE sqrt(0.25 / 3).
     assert!(close(&ctl["delta_kl_q_sigma"]["mean"], -1.5), "{ctl}");
-    assert!(close(&ctl["delta_kl_q_sigma"]["se"], (0.25f64 / 3.0).sqrt()), "{ctl}");
+    assert!(
+        close(&ctl["delta_kl_q_sigma"]["se"], (0.25f64 / 3.0).sqrt()),
+        "{ctl}"
+    );
     // Paired ΔKL(sigma||q) = G_q(ctl) - G_q(p0) = -1, -1, -2.
     assert!(close(&ctl["delta_kl_sigma_q"]["mean"], -4.0 / 3.0), "{ctl}");
     // The printed interval is the Student t half-width, t(0.975, 2) = 4.3027 times the SE.

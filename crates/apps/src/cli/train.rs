@@ -139,7 +139,8 @@ impl TrainArgs {
         }
         if positives == Positives::Gibbs && method != Method::Ctl {
             bail!(
-                "--positives gibbs is for --method ctl (conditional-SMC positives); found {}", crate::training::method_name(method)
+                "--positives gibbs is for --method ctl (conditional-SMC positives); found {}",
+                crate::training::method_name(method)
             );
         }
         if checkpoint.extension().is_some_and(|e| e == "json") {
@@ -153,7 +154,8 @@ impl TrainArgs {
             TaskArg::Infilling => {
                 if method != Method::Ctl {
                     bail!(
-                        "the infilling task trains with --method ctl (conditional-SMC positives); found {}", crate::training::method_name(method)
+                        "the infilling task trains with --method ctl (conditional-SMC positives); found {}",
+                        crate::training::method_name(method)
                     );
                 }
                 at_least("--cond-tokens", cond_tokens, 1)?;
@@ -172,11 +174,22 @@ impl TrainArgs {
                     gibbs_sweeps: at_least("--gibbs-sweeps", gibbs_sweeps, 1)?,
                     eval_particles: at_least("--eval-particles", eval_particles, 2)?,
                 };
-                (task, if eval_at.is_empty() { schedule() } else { eval_at })
+                (
+                    task,
+                    if eval_at.is_empty() {
+                        schedule()
+                    } else {
+                        eval_at
+                    },
+                )
             }
             TaskArg::Potential => (
                 TrainTask::Potential { potential, exact },
-                if eval_at.is_empty() { schedule() } else { eval_at },
+                if eval_at.is_empty() {
+                    schedule()
+                } else {
+                    eval_at
+                },
             ),
         };
         Ok(TrainSettings {

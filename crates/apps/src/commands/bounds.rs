@@ -77,7 +77,8 @@ pub fn run(args: &BoundsSettings) -> Result<()> {
             r.k,
             r.sis_lower.to_string(),
             r.smc_lower.to_string(),
-            r.smc_upper.map_or("n/a (needs multinomial)".to_string(), |e| e.to_string()),
+            r.smc_upper
+                .map_or("n/a (needs multinomial)".to_string(), |e| e.to_string()),
             r.sis_upper.to_string()
         );
         out.write(&serde_json::json!({ "type": "bounds", "row": r }))?;

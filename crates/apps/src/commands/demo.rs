@@ -140,7 +140,8 @@ pub fn run(args: &DemoSettings) -> Result<()> {
                 r.k,
                 r.sis_lower.to_string(),
                 r.smc_lower.to_string(),
-                r.smc_upper.map_or("n/a (needs multinomial)".to_string(), |e| e.to_string()),
+                r.smc_upper
+                    .map_or("n/a (needs multinomial)".to_string(), |e| e.to_string()),
                 r.sis_upper.to_string()
             );
             // The SMC pair, fixed in advance (no selection of the tighter bound).

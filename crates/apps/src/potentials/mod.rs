@@ -215,10 +215,31 @@ mod tests {
             let spec: PotentialSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
         }
-        assert!("toxicity:beta=1".parse::<PotentialSpec>().unwrap().class_rejection());
-        assert!(!"toxicity:beta=2".parse::<PotentialSpec>().unwrap().class_rejection());
-        assert!(!"toxicity:threshold=0.5".parse::<PotentialSpec>().unwrap().class_rejection());
-        for bad in ["regex:(", "toxicity:threshold=2", "sentiment:toxic", "keyword:", "frobnicate:x"] {
+        assert!(
+            "toxicity:beta=1"
+                .parse::<PotentialSpec>()
+                .unwrap()
+                .class_rejection()
+        );
+        assert!(
+            !"toxicity:beta=2"
+                .parse::<PotentialSpec>()
+                .unwrap()
+                .class_rejection()
+        );
+        assert!(
+            !"toxicity:threshold=0.5"
+                .parse::<PotentialSpec>()
+                .unwrap()
+                .class_rejection()
+        );
+        for bad in [
+            "regex:(",
+            "toxicity:threshold=2",
+            "sentiment:toxic",
+            "keyword:",
+            "frobnicate:x",
+        ] {
             let err = bad.parse::<PotentialSpec>().unwrap_err().to_string();
             assert!(err.contains(bad.split(':').next().unwrap()), "{bad}: {err}");
         }

@@ -184,4 +184,3 @@ pub(super) fn genealogy(ancestors: &[Vec<usize>], k: usize) -> String {
     );
     svg
 }
-

@@ -10,7 +10,7 @@ use smc_core::seed;
 use smc_core::smc::{Proposal, rng_from_seed};
 use twist_learn::HeadTrainable;
 
-use super::{BoundRule, ReproduceSettings, Record, TaskEval};
+use super::{BoundRule, Record, ReproduceSettings, TaskEval};
 use crate::presets::{ExactMethod, Preset};
 
 pub(super) struct Ctx<'a> {
@@ -127,4 +127,3 @@ pub(super) fn print_record(rec: &Record) {
         rec.train_seconds
     );
 }
-

@@ -204,8 +204,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 }]
             }
             Some(m) => {
-                let mut rng =
-                    rng_from_seed(seed::derive(0, seed::label::APP_EXACT, seed));
+                let mut rng = rng_from_seed(seed::derive(0, seed::label::APP_EXACT, seed));
                 joint_ancestral(lm, prompt, horizon, m, args.exact_samples, &mut rng)?
                     .into_iter()
                     .map(|pair| {
@@ -313,7 +312,6 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
     )
 }
 
-
 /// The potential of a fixed-potential preset.
 fn preset_potential(preset: &Preset) -> Result<PotentialSpec> {
     preset
@@ -321,4 +319,3 @@ fn preset_potential(preset: &Preset) -> Result<PotentialSpec> {
         .parse()
         .with_context(|| format!("the potential of preset {}", preset.name))
 }
-

@@ -16,7 +16,7 @@ use serde_json::json;
 use lm_burn::BurnLm;
 use lm_burn::heads::TwistHead;
 use lm_burn::infilling::InfillingPotential;
-use smc_bounds::{EvalPlan, Estimate, Evaluation, KlEstimates, Method as BoundMethod, Sampler};
+use smc_bounds::{Estimate, EvalPlan, Evaluation, KlEstimates, Method as BoundMethod, Sampler};
 use smc_core::feynman_kac::Resampling;
 use smc_core::model::{Potential, Twist};
 use smc_core::seed;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use twist_learn::{
-    HeadTrainable, InfillingConfig, InfillingEval, Parameterization, evaluate_infilling,
+    HeadTrainable, InfillingConfig, InfillingEval, Parameterization, evaluate_infilling_with,
     train_infilling_ctl,
 };
 
@@ -54,7 +54,7 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
                     label: &str,
                     curve: &mut JsonlWriter|
      -> Result<InfillingEval> {
-        let e = evaluate_infilling(
+        let e = evaluate_infilling_with(
             lm,
             twist,
             prompt,
@@ -126,4 +126,3 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
     );
     Ok(())
 }
-

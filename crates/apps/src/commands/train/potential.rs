@@ -68,20 +68,28 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
         None => None,
     };
     let bar = train_bar(args.steps);
-    train_with(args.positives, lm, &mut twist, phi.as_ref(), prompt, &cfg, |i, tw, loss| {
-        bar.inc(1);
-        bar.set_message(format!("{loss:.4}"));
-        let step = start_step + i;
-        curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }))?;
-        if eval_at.contains(&i) {
-            tw.save_checkpoint(&args.checkpoint, &meta(step))?;
-            if let Some(e) = &evaluator {
-                let eval = e.evaluate(Some(tw))?;
-                bar.suspend(|| e.report(&mut curve, step, "twisted", &eval, started))?;
+    train_with(
+        args.positives,
+        lm,
+        &mut twist,
+        phi.as_ref(),
+        prompt,
+        &cfg,
+        |i, tw, loss| {
+            bar.inc(1);
+            bar.set_message(format!("{loss:.4}"));
+            let step = start_step + i;
+            curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }))?;
+            if eval_at.contains(&i) {
+                tw.save_checkpoint(&args.checkpoint, &meta(step))?;
+                if let Some(e) = &evaluator {
+                    let eval = e.evaluate(Some(tw))?;
+                    bar.suspend(|| e.report(&mut curve, step, "twisted", &eval, started))?;
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     twist.save_checkpoint(&args.checkpoint, &meta(start_step + args.steps))?;
     curve.finish()?;
