@@ -62,6 +62,21 @@ impl BurnLm {
         self.model.dims()
     }
 
+    /// The context length: every sequence the model reads (prompt plus generated tokens) must
+    /// fit in positions 0..context.
+    pub fn context_length(&self) -> usize {
+        self.dims().context
+    }
+
+    /// Checks, before any computation, that a prompt of `prompt_len` tokens followed by
+    /// `horizon` decoded tokens (each pushed into a session) fits the context length (O(1)).
+    pub fn check_horizon(&self, prompt_len: usize, horizon: usize) -> Result<()> {
+        let len = prompt_len.saturating_add(horizon);
+        self.dims().check_context(len, || {
+            format!("a prompt of {prompt_len} tokens followed by {horizon} generated tokens")
+        })
+    }
+
     /// The device.
     pub fn device(&self) -> &Device {
         &self.device

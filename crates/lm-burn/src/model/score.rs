@@ -23,6 +23,9 @@ impl BurnLm {
                 what: "the sequence".into(),
             });
         }
+        let n = tokens.len();
+        self.dims()
+            .check_context(n, || format!("the sequence ({n} tokens)"))?;
         let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
         to_vec(self.model.logits(h), "logits")
     }
@@ -35,9 +38,11 @@ impl BurnLm {
                 what: "the conditioning sequence".into(),
             });
         }
+        let n = tokens.len();
+        self.dims()
+            .check_context(n, || format!("the conditioning sequence ({n} tokens)"))?;
         let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
         let d = h.dims()[2];
-        let n = tokens.len();
         to_vec(h.slice([0..1, n - 1..n, 0..d]), "hidden states")
     }
 
@@ -60,7 +65,11 @@ impl BurnLm {
                     what: format!("score: prefix {i}"),
                 });
             }
-            groups.entry((p.len(), c.len())).or_default().push(i);
+            let (pl, cl) = (p.len(), c.len());
+            self.dims().check_context(pl.saturating_add(cl), || {
+                format!("score: prefix {i} ({pl} tokens) + continuation ({cl} tokens)")
+            })?;
+            groups.entry((pl, cl)).or_default().push(i);
         }
         let v = self.dims().vocab;
         for ((pl, cl), idx) in groups {
@@ -119,6 +128,12 @@ impl BurnLm {
         } = self.dims();
         let p = prompt.len();
         let seq = p + horizon - 1;
+        self.dims().check_context(seq, || {
+            format!(
+                "teacher forcing: the prompt ({p} tokens) + {} forced tokens",
+                horizon - 1
+            )
+        })?;
         let mut log_probs: Vec<Vec<f64>> =
             (0..horizon).map(|_| Vec::with_capacity(k * v)).collect();
         let mut hidden: Vec<Vec<f32>> = (0..horizon).map(|_| Vec::with_capacity(k * d)).collect();

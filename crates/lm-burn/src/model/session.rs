@@ -34,6 +34,8 @@ impl<'a> BurnSession<'a> {
             });
         }
         let p = prompt.len();
+        lm.dims()
+            .check_context(p, || format!("the prompt ({p} tokens)"))?;
         let (h, layers) = lm.model.forward_seq(prompt, 1, p)?;
         let d = h.dims()[2];
         let last = h.slice([0..1, p - 1..p, 0..d]).reshape([1, d]);
@@ -100,6 +102,13 @@ impl DecodeSession for BurnSession<'_> {
             }
             .into());
         }
+        let (prompt_len, generated) = (self.prompt.len, self.cache.len());
+        self.lm.dims().check_context(self.pos + 1, || {
+            format!(
+                "push: generated token {} after the {prompt_len}-token prompt",
+                generated + 1
+            )
+        })?;
         self.hidden =
             self.lm
                 .model
