@@ -1,0 +1,83 @@
+//! What a loaded model refuses instead of computing garbage (the hostile-input issue's probe):
+//! sequences beyond the context length, for every architecture alike.
+
+mod common;
+
+use std::error::Error;
+
+use common::reference_dir;
+use lm_burn::{BurnLm, LmError, default_device};
+use smc_core::model::{DecodeSession, LanguageModel};
+
+const ARCHS: &[&str] = &["llama", "llama-tied", "qwen2", "gpt2", "gpt-neo"];
+
+fn tiny(name: &str) -> BurnLm {
+    BurnLm::from_hf_dir(
+        &reference_dir().join("tiny-models").join(name),
+        &default_device(),
+    )
+    .unwrap()
+}
+
+/// The `LmError` inside an `SmcError` from the `LanguageModel` interface.
+fn inner(e: &smc_core::SmcError) -> &LmError {
+    e.source()
+        .and_then(|s| s.downcast_ref::<LmError>())
+        .unwrap_or_else(|| panic!("not an lm-burn error: {e}"))
+}
+
+/// A context-length error at position 128 of the 128-position tiny models, naming `what`.
+fn assert_beyond_context(e: &LmError, what: &str) {
+    assert!(
+        matches!(e, LmError::PositionOutOfRange { position: 128, max: 128, what: w } if w.contains(what)),
+        "expected a context error naming {what:?}: {e}"
+    );
+    assert!(e.to_string().contains("context length of 128"), "{e}");
+}
+
+#[test]
+fn every_architecture_enforces_its_context_length_in_prefill_and_decoding() {
+    for name in ARCHS {
+        let lm = tiny(name);
+        assert_eq!(lm.context_length(), 128, "{name}");
+        // Prefill: a prompt longer than the context.
+        let e = lm.start(&[1; 200], 2).err().unwrap();
+        assert_beyond_context(inner(&e), "the prompt (200 tokens)");
+        let e = lm.forward_logits(&[1; 129]).unwrap_err();
+        assert_beyond_context(&e, "129 tokens");
+        lm.forward_logits(&[1; 128]).unwrap();
+
+        // Decoding: positions 120..127 fit, the push that would use position 128 does not.
+        let mut s = lm.start(&[1; 120], 2).unwrap();
+        for _ in 0..8 {
+            s.next_log_probs().unwrap();
+            s.push(&[3, 4]).unwrap();
+        }
+        let e = s.push(&[3, 4]).unwrap_err();
+        assert_beyond_context(
+            inner(&e),
+            "push: generated token 9 after the 120-token prompt",
+        );
+        // The refused step changed nothing: the last position's distribution is still there.
+        s.next_log_probs().unwrap();
+
+        // The up-front check a sampler can make: prompt + T tokens.
+        lm.check_horizon(120, 8).unwrap();
+        assert_beyond_context(&lm.check_horizon(120, 9).unwrap_err(), "120 tokens");
+        assert_beyond_context(&lm.check_horizon(usize::MAX, 9).unwrap_err(), "tokens");
+
+        // Full-forward paths: scoring reads prefix + continuation, teacher forcing reads the
+        // prompt and all but the last forced token.
+        let e = lm.score(&[vec![1; 100]], &[vec![2; 29]]).unwrap_err();
+        assert_beyond_context(
+            &e,
+            "score: prefix 0 (100 tokens) + continuation (29 tokens)",
+        );
+        lm.score(&[vec![1; 100]], &[vec![2; 28]]).unwrap();
+        let e = lm.teacher_forced(&[1; 100], &[vec![2; 30]]).unwrap_err();
+        assert_beyond_context(inner(&e), "teacher forcing");
+        lm.teacher_forced(&[1; 100], &[vec![2; 29]]).unwrap();
+        let e = lm.encode_last_hidden(&[1; 300]).unwrap_err();
+        assert_beyond_context(&e, "300 tokens");
+    }
+}
