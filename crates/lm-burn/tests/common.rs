@@ -46,3 +46,42 @@ fn manifest_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+/// Copies the tiny model `name` into `dir` (a fresh directory), without a tokenizer.
+pub fn copy_tiny_model(name: &str, dir: &std::path::Path) -> PathBuf {
+    let src = reference_dir().join("tiny-models").join(name);
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// Writes `dir/tokenizer.json`: a whitespace word-level tokenizer with words `w0`..`w{n-1}`
+/// (ids 0..n) plus the given added tokens (id, text).
+pub fn write_word_tokenizer(dir: &std::path::Path, n: usize, added: &[(u32, &str)]) {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| (format!("w{i}"), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = added
+        .iter()
+        .map(|(id, text)| {
+            serde_json::json!({
+                "id": id, "content": text, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            })
+        })
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" },
+        "post_processor": null,
+        "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "w0" }
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+}

@@ -1,11 +1,12 @@
 //! What a loaded model refuses instead of computing garbage (the hostile-input issue's probe):
-//! sequences beyond the context length, for every architecture alike.
+//! sequences beyond the context length, for every architecture alike; a tokenizer whose ids the
+//! model cannot read, and ids the tokenizer cannot write.
 
 mod common;
 
 use std::error::Error;
 
-use common::reference_dir;
+use common::{copy_tiny_model, reference_dir, write_word_tokenizer};
 use lm_burn::{BurnLm, LmError, default_device};
 use smc_core::model::{DecodeSession, LanguageModel};
 
@@ -79,5 +80,60 @@ fn every_architecture_enforces_its_context_length_in_prefill_and_decoding() {
         lm.teacher_forced(&[1; 100], &[vec![2; 29]]).unwrap();
         let e = lm.encode_last_hidden(&[1; 300]).unwrap_err();
         assert_beyond_context(&e, "300 tokens");
+    }
+}
+
+#[test]
+fn tokenizer_and_model_vocabularies_must_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let load = |dir: &std::path::Path| BurnLm::from_hf_dir(dir, &default_device());
+    // The tiny models have 320 embeddings: a tokenizer of 400 words has ids they cannot read.
+    let dir = copy_tiny_model("gpt2", &tmp.path().join("large"));
+    write_word_tokenizer(&dir, 400, &[]);
+    let e = load(&dir).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LmError::VocabMismatch {
+                tokenizer_ids: 400,
+                model_vocab: 320,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    // Added tokens count: 310 words + 20 added tokens reach id 329.
+    let dir = copy_tiny_model("llama", &tmp.path().join("added"));
+    let added: Vec<(u32, String)> = (310..330).map(|i| (i, format!("<s{i}>"))).collect();
+    let added: Vec<(u32, &str)> = added.iter().map(|(i, s)| (*i, s.as_str())).collect();
+    write_word_tokenizer(&dir, 310, &added);
+    let e = load(&dir).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LmError::VocabMismatch {
+                tokenizer_ids: 330,
+                model_vocab: 320,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A model vocabulary padded beyond the tokenizer's loads; its padding ids cannot be
+    // decoded, and saying so beats dropping them from the text.
+    let dir = copy_tiny_model("qwen2", &tmp.path().join("padded"));
+    write_word_tokenizer(&dir, 300, &[(300, "<eos>")]);
+    let lm = load(&dir).unwrap();
+    let tok = lm.tokenizer().unwrap();
+    assert_eq!(tok.id_bound(), 301);
+    assert_eq!(tok.encode("w5 w7 <eos>").unwrap(), vec![5, 7, 300]);
+    assert_eq!(tok.decode(&[5, 7, 300]).unwrap(), "w5 w7 <eos>");
+    for bad in [301u32, 319, 320, u32::MAX] {
+        let e = tok.decode(&[5, bad, 7]).unwrap_err();
+        assert!(
+            matches!(e, LmError::UnknownTokenId { token, tokenizer_ids: 301, .. } if token == bad),
+            "{e}"
+        );
     }
 }

@@ -32,19 +32,24 @@ pub struct BurnLm {
 }
 
 impl BurnLm {
-    /// Wraps a loaded architecture (see [`crate::registry::load`]).
+    /// Wraps a loaded architecture (see [`crate::registry::load`]) and its tokenizer, after
+    /// checking that every id the tokenizer produces is in the model's vocabulary
+    /// ([`Tokenizer::check_model_vocab`]).
     pub fn new(
         model: Box<dyn CausalLm>,
         tokenizer: Option<Tokenizer>,
         device: &Device,
         name: impl Into<String>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        if let Some(t) = &tokenizer {
+            t.check_model_vocab(model.dims().vocab)?;
+        }
+        Ok(Self {
             model: model.into(),
             tokenizer,
             device: device.clone(),
             name: name.into(),
-        }
+        })
     }
 
     /// The model's name (its path).
