@@ -85,3 +85,31 @@ pub fn write_word_tokenizer(dir: &std::path::Path, n: usize, added: &[(u32, &str
     });
     std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
 }
+
+/// Rewrites the tensor `name` of `dir/model.safetensors` (f32) with every value set to `value`.
+pub fn fill_tensor(dir: &std::path::Path, name: &str, value: f32) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let t = tensors
+        .iter_mut()
+        .find(|t| t.0 == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"));
+    assert_eq!(t.1, safetensors::Dtype::F32);
+    t.3 = value.to_le_bytes().repeat(t.3.len() / 4);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, dt, shape, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}

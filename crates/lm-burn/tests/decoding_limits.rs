@@ -1,12 +1,12 @@
 //! What a loaded model refuses instead of computing garbage (the hostile-input issue's probe):
 //! sequences beyond the context length, for every architecture alike; a tokenizer whose ids the
-//! model cannot read, and ids the tokenizer cannot write.
+//! model cannot read, and ids the tokenizer cannot write; NaN or infinite logits.
 
 mod common;
 
 use std::error::Error;
 
-use common::{copy_tiny_model, reference_dir, write_word_tokenizer};
+use common::{copy_tiny_model, fill_tensor, reference_dir, write_word_tokenizer};
 use lm_burn::{BurnLm, LmError, default_device};
 use smc_core::model::{DecodeSession, LanguageModel};
 
@@ -135,5 +135,40 @@ fn tokenizer_and_model_vocabularies_must_agree() {
             matches!(e, LmError::UnknownTokenId { token, tokenizer_ids: 301, .. } if token == bad),
             "{e}"
         );
+    }
+}
+
+/// Whether `e` is a non-finite error whose description contains `what`.
+fn is_non_finite(e: &LmError, what: &str) -> bool {
+    matches!(e, LmError::NonFinite { what: w, value } if w.contains(what) && !value.is_finite())
+}
+
+#[test]
+fn overflowing_activations_are_errors_not_nan_log_probabilities() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Finite weights (the loader refuses others) whose activations overflow: a final norm
+    // scaled by f32::MAX turns the hidden states, and so the logits, into infinities and NaN.
+    for (name, norm) in [
+        ("llama", "model.norm.weight"),
+        ("gpt2", "transformer.ln_f.weight"),
+    ] {
+        let dir = copy_tiny_model(name, &tmp.path().join(name));
+        fill_tensor(&dir, norm, f32::MAX);
+        let lm = BurnLm::from_hf_dir(&dir, &default_device()).unwrap();
+        let e = lm.forward_logits(&[1, 2, 3]).unwrap_err();
+        assert!(is_non_finite(&e, "the logit of token"), "{name}: {e}");
+        assert!(e.to_string().contains("overflowed"), "{e}");
+        let e = lm.score(&[vec![1, 2]], &[vec![3, 4]]).unwrap_err();
+        assert!(is_non_finite(&e, "score: log p0 of token 0"), "{name}: {e}");
+        let e = lm.encode_last_hidden(&[1, 2]).unwrap_err();
+        assert!(
+            is_non_finite(&e, "conditioning hidden state"),
+            "{name}: {e}"
+        );
+        let e = lm.teacher_forced(&[1, 2], &[vec![3, 4]]).unwrap_err();
+        assert!(is_non_finite(inner(&e), "teacher forcing"), "{name}: {e}");
+        let mut s = lm.start(&[1, 2], 3).unwrap();
+        let e = s.next_log_probs().unwrap_err();
+        assert!(is_non_finite(inner(&e), "particle 0"), "{name}: {e}");
     }
 }

@@ -78,8 +78,14 @@ impl DecodeSession for BurnSession<'_> {
             "logits",
         )?;
         let mut data = Vec::with_capacity(logits.len());
-        for row in logits.chunks_exact(v) {
-            push_log_softmax(row, &mut data);
+        for (k, row) in logits.chunks_exact(v).enumerate() {
+            push_log_softmax(row, &mut data).map_err(|value| LmError::NonFinite {
+                what: format!(
+                    "a logit of particle {k} after {} generated tokens",
+                    self.cache.len()
+                ),
+                value,
+            })?;
         }
         let hidden = to_vec(self.hidden.clone(), "hidden states")?;
         let dim = self.hidden.dims()[1];
