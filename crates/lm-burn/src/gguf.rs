@@ -11,6 +11,7 @@
 //! from a declared count.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -287,7 +288,16 @@ impl<'a> Cursor<'a> {
     /// A declared count of items taking at least `min_bytes` each, checked against the bytes
     /// left in the file before anything is allocated for them.
     fn count(&mut self, what: &str, min_bytes: usize) -> Result<usize> {
-        let n = self.u64(what)?;
+        self.count_with(min_bytes, || what.to_string())
+    }
+    /// [`Cursor::count`] with the description built only for an error.
+    fn count_with(&mut self, min_bytes: usize, what: impl Fn() -> String) -> Result<usize> {
+        // The description is built only when the count itself is cut off.
+        let n = if self.remaining() >= 8 {
+            self.u64("")?
+        } else {
+            self.u64(&what())?
+        };
         let remaining = self.remaining();
         let fits = usize::try_from(n)
             .ok()
@@ -295,14 +305,15 @@ impl<'a> Cursor<'a> {
             .is_some_and(|need| need <= remaining);
         if !fits {
             return Err(self.corrupt(format!(
-                "{what} declares {n} items of at least {min_bytes} byte(s) each, but only \
-                 {remaining} bytes are left in the file"
+                "{} declares {n} items of at least {min_bytes} byte(s) each, but only \
+                 {remaining} bytes are left in the file",
+                what()
             )));
         }
         Ok(n as usize)
     }
     fn string(&mut self, what: &str) -> Result<String> {
-        let n = self.count(&format!("the length of {what}"), 1)?;
+        let n = self.count_with(1, || format!("the length of {what}"))?;
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec())
             .map_err(|_| LmError::format(self.path, format!("{what} is not valid UTF-8")))
@@ -335,7 +346,7 @@ impl<'a> Cursor<'a> {
         let elem = self.u32(what)?;
         let min = min_value_bytes(elem)
             .ok_or_else(|| self.corrupt(format!("{what} has unknown element type {elem}")))?;
-        let n = self.count(&format!("the length of {what}"), min)?;
+        let n = self.count_with(min, || format!("the length of {what}"))?;
         Ok(match elem {
             0 => MetaArray::U8(self.fixed(n, what, |[b]| b)?),
             1 => MetaArray::I8(self.fixed(n, what, |[b]| b as i8)?),
@@ -420,8 +431,13 @@ impl GgufFile {
             let key = c.string(&format!("metadata key {i}"))?;
             let ty = c.u32(&format!("the type of metadata `{key}`"))?;
             let value = c.value(ty, &format!("metadata `{key}`"))?;
-            if metadata.insert(key.clone(), value).is_some() {
-                return Err(corrupt(format!("metadata key `{key}` appears twice")));
+            match metadata.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(value);
+                }
+                Entry::Occupied(e) => {
+                    return Err(corrupt(format!("metadata key `{}` appears twice", e.key())));
+                }
             }
         }
         let remaining = c.remaining();

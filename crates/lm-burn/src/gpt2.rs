@@ -70,7 +70,10 @@ pub fn load(config: &Gpt2Config, loader: &mut Loader<'_>) -> Result<GptBody> {
     if c.n_head == 0 || !d.is_multiple_of(c.n_head) || d.checked_mul(3).is_none() {
         return Err(LmError::format(
             loader.path(),
-            format!("n_head = {} does not divide n_embd = {d}", c.n_head),
+            format!(
+                "n_head = {} must divide n_embd = {d}, and 3 n_embd must not overflow",
+                c.n_head
+            ),
         ));
     }
     let pre = if loader.has("transformer.wte.weight") {
