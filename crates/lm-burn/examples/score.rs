@@ -1,7 +1,9 @@
 //! Scores a continuation after a prompt and prints one JSON object:
 //! `prompt_ids`, `top5` (the five most likely next tokens after the prompt, [id, log-prob]),
 //! `continuation_ids` and `sum_logprob` = log p0(continuation | prompt), where prompt +
-//! continuation are tokenised together and split at the prompt's length.
+//! continuation are tokenised together and split at the prompt's length. A NaN or infinite
+//! logit or log-probability (a model whose activations overflow) is an error: the program exits
+//! non-zero with a message instead of printing `null`.
 //!
 //! cargo run --release -p lm-burn --example score -- --model default --prompt "Once upon a time," \
 //!     --continuation " there was a little girl named Lily."
@@ -52,11 +54,15 @@ fn main() -> Result<()> {
     let lse = smc_core::logspace::log_sum_exp(&last);
     let mut order: Vec<usize> = (0..v).collect();
     order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
-    let top5: Vec<(usize, f64)> = order[..5].iter().map(|&i| (i, last[i] - lse)).collect();
+    let top5: Vec<(usize, f64)> = order.iter().take(5).map(|&i| (i, last[i] - lse)).collect();
     let sum_logprob = lm.score(
         &[full[..prompt_ids.len()].to_vec()],
         std::slice::from_ref(&continuation_ids),
     )?[0];
+    // The library refuses non-finite values already; JSON cannot hold them either.
+    if !lse.is_finite() || !sum_logprob.is_finite() {
+        bail!("non-finite log-probability (log-normaliser {lse}, sum_logprob {sum_logprob})");
+    }
     println!(
         "{}",
         serde_json::json!({

@@ -6,7 +6,7 @@
 use burn::tensor::Tensor;
 
 use crate::cache::{LayerKv, ParticleCache, PromptCache};
-use crate::error::Result;
+use crate::error::{LmError, Result};
 
 /// Sizes every architecture shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,26 @@ pub struct Dims {
     pub kv_heads: usize,
     /// Head dimension.
     pub head_dim: usize,
+    /// Context length: positions 0..context are valid (learned position embeddings, or a
+    /// rotary model's `max_position_embeddings`).
+    pub context: usize,
+}
+
+impl Dims {
+    /// The one context-length rule of every architecture: a sequence covering positions
+    /// 0..`len` fits when `len` <= [`Dims::context`]. `what` names the sequence in the error.
+    /// O(1), so that it can run on every decoding step.
+    pub fn check_context(&self, len: usize, what: impl FnOnce() -> String) -> Result<()> {
+        if len <= self.context {
+            Ok(())
+        } else {
+            Err(LmError::PositionOutOfRange {
+                what: what(),
+                position: self.context,
+                max: self.context,
+            })
+        }
+    }
 }
 
 /// A decoder-only language model with weights on a device: the three passes that
@@ -33,7 +53,7 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     fn dims(&self) -> Dims;
 
     /// Full forward over `batch` sequences of `seq` tokens each (row-major in `tokens`) from
-    /// position 0: the hidden states [B, S, d] and every layer's keys and values
+    /// position 0 (an error if `seq` exceeds the context length): the hidden states [B, S, d] and every layer's keys and values
     /// [B, Hkv, S, hd] (which become the shared prompt cache).
     fn forward_seq(
         &self,
@@ -43,7 +63,7 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     ) -> Result<(Tensor<3>, Vec<LayerKv>)>;
 
     /// One decoding step for K particles whose new tokens (one each) sit at absolute position
-    /// `pos`: attends over `prompt` (if any) and the particles' own keys/values in `cache`,
+    /// `pos` (an error at or beyond the context length): attends over `prompt` (if any) and the particles' own keys/values in `cache`,
     /// writes the new keys/values there, advances it, and returns the hidden states [K, d].
     fn decode(
         &self,

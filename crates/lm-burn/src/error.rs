@@ -29,6 +29,21 @@ pub enum LmError {
         /// What was found.
         found: String,
     },
+    /// A config declares more layers than the weights hold.
+    #[error(
+        "{path}: config field `{field}` declares {declared} layers, but the weights hold only \
+         {found}"
+    )]
+    LayerCount {
+        /// The weights file or directory.
+        path: PathBuf,
+        /// The config field (`num_hidden_layers`, `n_layer`, ...).
+        field: String,
+        /// The count the config declares.
+        declared: usize,
+        /// The number of layers in the weights.
+        found: usize,
+    },
     /// A tensor the architecture needs is not in the weights.
     #[error("{path}: missing tensor `{tensor}`")]
     MissingTensor {
@@ -204,13 +219,53 @@ pub enum LmError {
         /// Vocabulary size.
         vocab: usize,
     },
-    /// A position is beyond a model's learned position embeddings.
-    #[error("position {position} is beyond the model's {max} learned positions")]
+    /// A sequence does not fit in the model's context: a position at or beyond its context
+    /// length (`max_position_embeddings`, `n_positions` or a GGUF file's `context_length`),
+    /// for every architecture, learned positions or rotary.
+    #[error("{what}: position {position} is beyond the model's context length of {max} positions")]
     PositionOutOfRange {
-        /// The absolute position.
+        /// What needed the position (`the prompt (200 tokens)`, `decoding step 73`, ...).
+        what: String,
+        /// The first absolute position that does not fit.
         position: usize,
-        /// Number of learned positions.
+        /// The context length.
         max: usize,
+    },
+    /// The tokenizer has token ids the model has no embedding for.
+    #[error(
+        "tokenizer ({tokenizer}): its ids go up to {tokenizer_ids} (including added tokens), \
+         beyond the model's vocabulary of {model_vocab}: the model cannot read those tokens"
+    )]
+    VocabMismatch {
+        /// Where the tokenizer came from.
+        tokenizer: String,
+        /// One more than the tokenizer's largest id.
+        tokenizer_ids: usize,
+        /// The model's vocabulary size.
+        model_vocab: usize,
+    },
+    /// A token id has no text in the tokenizer (an id in the padding of a model vocabulary
+    /// larger than the tokenizer's).
+    #[error(
+        "tokenizer ({tokenizer}): token id {token} has no text (the tokenizer's ids end at \
+         {tokenizer_ids}; the model's vocabulary is padded beyond them)"
+    )]
+    UnknownTokenId {
+        /// Where the tokenizer came from.
+        tokenizer: String,
+        /// The id.
+        token: u32,
+        /// One more than the tokenizer's largest id.
+        tokenizer_ids: usize,
+    },
+    /// The model computed a NaN or infinite value (its activations overflowed, or the weights
+    /// are not a trained model).
+    #[error("{what} is {value}: the model's activations overflowed (are the weights corrupt?)")]
+    NonFinite {
+        /// What was computed (`logits at position 3`, `log p0 of continuation 0`, ...).
+        what: String,
+        /// The value.
+        value: f64,
     },
     /// A tensor could not be read back from the device.
     #[error("cannot read {what} back from the device: {source}")]

@@ -1,9 +1,17 @@
-//! GGUF files: a bounds-checked reader (every read is checked against the file size, so a
-//! truncated or corrupt file is an error naming the file, never a panic), dequantisation of
-//! F32, F16, BF16, Q8_0, Q4_0 and Q4_1 at load, llama.cpp's Q/K row permutation undone, the
-//! Hugging Face view of the config, and the tokenizer built from the metadata.
+//! GGUF files: a bounds-checked reader (every read is checked against the file size, and every
+//! declared count or length against the bytes left in the file before anything is allocated
+//! for it, so that a truncated, corrupt or hostile file is an error naming the file, never a
+//! panic or an abort), dequantisation of F32, F16, BF16, Q8_0, Q4_0 and Q4_1 at load,
+//! llama.cpp's Q/K row permutation undone, the Hugging Face view of the config, and the
+//! tokenizer built from the metadata.
+//!
+//! Memory stays within a small multiple of the file's size: metadata arrays are stored by
+//! element type (an array of n u8 takes n bytes, not n enum values), arrays nest at most
+//! [`MAX_ARRAY_DEPTH`] deep, and tensor descriptions are read one by one, never preallocated
+//! from a declared count.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +22,13 @@ use crate::config::JsonConfig;
 use crate::error::{LmError, Result};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{RawTensor, WeightSource};
+
+/// How deep metadata arrays may nest (an array of arrays is depth 2). Real files use 1; the
+/// bound keeps a file of nested arrays from overflowing the reader's stack.
+pub const MAX_ARRAY_DEPTH: usize = 8;
+
+/// The alignment of tensor data when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: usize = 32;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,18 +44,105 @@ pub enum MetaValue {
     /// A string.
     Str(String),
     /// An array.
-    Array(Vec<MetaValue>),
+    Array(MetaArray),
+}
+
+/// A metadata array, stored by element type so that it takes about as much memory as it takes
+/// bytes in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaArray {
+    /// uint8 elements.
+    U8(Vec<u8>),
+    /// int8 elements.
+    I8(Vec<i8>),
+    /// uint16 elements.
+    U16(Vec<u16>),
+    /// int16 elements.
+    I16(Vec<i16>),
+    /// uint32 elements.
+    U32(Vec<u32>),
+    /// int32 elements.
+    I32(Vec<i32>),
+    /// float32 elements.
+    F32(Vec<f32>),
+    /// bool elements.
+    Bool(Vec<bool>),
+    /// string elements.
+    Str(Vec<String>),
+    /// array elements.
+    Array(Vec<MetaArray>),
+    /// uint64 elements.
+    U64(Vec<u64>),
+    /// int64 elements.
+    I64(Vec<i64>),
+    /// float64 elements.
+    F64(Vec<f64>),
+}
+
+impl MetaArray {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            MetaArray::U8(v) => v.len(),
+            MetaArray::I8(v) => v.len(),
+            MetaArray::U16(v) => v.len(),
+            MetaArray::I16(v) => v.len(),
+            MetaArray::U32(v) => v.len(),
+            MetaArray::I32(v) => v.len(),
+            MetaArray::F32(v) => v.len(),
+            MetaArray::Bool(v) => v.len(),
+            MetaArray::Str(v) => v.len(),
+            MetaArray::Array(v) => v.len(),
+            MetaArray::U64(v) => v.len(),
+            MetaArray::I64(v) => v.len(),
+            MetaArray::F64(v) => v.len(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as a value (nested arrays are cloned).
+    pub fn get(&self, i: usize) -> Option<MetaValue> {
+        Some(match self {
+            MetaArray::U8(v) => MetaValue::Uint(*v.get(i)? as u64),
+            MetaArray::I8(v) => MetaValue::Int(*v.get(i)? as i64),
+            MetaArray::U16(v) => MetaValue::Uint(*v.get(i)? as u64),
+            MetaArray::I16(v) => MetaValue::Int(*v.get(i)? as i64),
+            MetaArray::U32(v) => MetaValue::Uint(*v.get(i)? as u64),
+            MetaArray::I32(v) => MetaValue::Int(*v.get(i)? as i64),
+            MetaArray::F32(v) => MetaValue::Float(*v.get(i)? as f64),
+            MetaArray::Bool(v) => MetaValue::Bool(*v.get(i)?),
+            MetaArray::Str(v) => MetaValue::Str(v.get(i)?.clone()),
+            MetaArray::Array(v) => MetaValue::Array(v.get(i)?.clone()),
+            MetaArray::U64(v) => MetaValue::Uint(*v.get(i)?),
+            MetaArray::I64(v) => MetaValue::Int(*v.get(i)?),
+            MetaArray::F64(v) => MetaValue::Float(*v.get(i)?),
+        })
+    }
+
+    /// The elements, if they are strings.
+    pub fn strings(&self) -> Option<&[String]> {
+        match self {
+            MetaArray::Str(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl MetaValue {
-    fn as_u64(&self) -> Option<u64> {
+    /// The value as an unsigned integer (a non-negative integer of any type).
+    pub fn as_u64(&self) -> Option<u64> {
         match self {
             MetaValue::Uint(x) => Some(*x),
             MetaValue::Int(x) if *x >= 0 => Some(*x as u64),
             _ => None,
         }
     }
-    fn as_f64(&self) -> Option<f64> {
+    /// The value as a number (a float or an integer).
+    pub fn as_f64(&self) -> Option<f64> {
         match self {
             MetaValue::Float(x) => Some(*x),
             MetaValue::Uint(x) => Some(*x as f64),
@@ -48,13 +150,33 @@ impl MetaValue {
             _ => None,
         }
     }
-    fn as_str(&self) -> Option<&str> {
+    /// The value as a string.
+    pub fn as_str(&self) -> Option<&str> {
         match self {
             MetaValue::Str(s) => Some(s),
             _ => None,
         }
     }
 }
+
+/// Bytes one value of metadata type `ty` takes at least in the file (`None`: unknown type).
+fn min_value_bytes(ty: u32) -> Option<usize> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        // A string's u64 length; an array's u32 element type and u64 count.
+        8 => 8,
+        9 => 12,
+        10..=12 => 8,
+        _ => return None,
+    })
+}
+
+/// Bytes a tensor description takes at least: name length, rank, type, offset.
+const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 4 + 8;
+/// Bytes a metadata pair takes at least: key length, value type, a one-byte value.
+const MIN_METADATA_BYTES: usize = 8 + 4 + 1;
 
 /// ggml tensor types this reader dequantises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +208,12 @@ impl GgmlType {
         })
     }
 
-    /// Bytes for `n` elements (n a multiple of the block size for block types).
+    /// Bytes for `n` elements (n a multiple of the block size for block types; `None` when it
+    /// is not, or the size overflows).
     fn bytes_for(self, n: usize) -> Option<usize> {
         match self {
-            GgmlType::F32 => Some(n * 4),
-            GgmlType::F16 | GgmlType::Bf16 => Some(n * 2),
+            GgmlType::F32 => n.checked_mul(4),
+            GgmlType::F16 | GgmlType::Bf16 => n.checked_mul(2),
             GgmlType::Q4_0 => n.is_multiple_of(32).then_some(n / 32 * 18),
             GgmlType::Q4_1 => n.is_multiple_of(32).then_some(n / 32 * 20),
             GgmlType::Q8_0 => n.is_multiple_of(32).then_some(n / 32 * 34),
@@ -128,6 +251,12 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    fn corrupt(&self, detail: String) -> LmError {
+        LmError::format(self.path, format!("corrupt GGUF file: {detail}"))
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
             LmError::format(
@@ -144,69 +273,125 @@ impl<'a> Cursor<'a> {
         self.pos = end;
         Ok(s)
     }
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let b = self.take(N, what)?;
+        let mut out = [0; N];
+        out.copy_from_slice(b);
+        Ok(out)
+    }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4, what)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.array(what)?))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8, what)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.array(what)?))
     }
-    fn len(&mut self, what: &str) -> Result<usize> {
-        let n = self.u64(what)?;
-        // Any length beyond the file is corrupt; checking here avoids huge allocations.
-        if n > self.bytes.len() as u64 {
-            return Err(LmError::format(
-                self.path,
-                format!("corrupt GGUF file: {what} has length {n}, larger than the file"),
-            ));
+    /// A declared count of items taking at least `min_bytes` each, checked against the bytes
+    /// left in the file before anything is allocated for them.
+    fn count(&mut self, what: &str, min_bytes: usize) -> Result<usize> {
+        self.count_with(min_bytes, || what.to_string())
+    }
+    /// [`Cursor::count`] with the description built only for an error.
+    fn count_with(&mut self, min_bytes: usize, what: impl Fn() -> String) -> Result<usize> {
+        // The description is built only when the count itself is cut off.
+        let n = if self.remaining() >= 8 {
+            self.u64("")?
+        } else {
+            self.u64(&what())?
+        };
+        let remaining = self.remaining();
+        let fits = usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_mul(min_bytes))
+            .is_some_and(|need| need <= remaining);
+        if !fits {
+            return Err(self.corrupt(format!(
+                "{} declares {n} items of at least {min_bytes} byte(s) each, but only \
+                 {remaining} bytes are left in the file",
+                what()
+            )));
         }
         Ok(n as usize)
     }
     fn string(&mut self, what: &str) -> Result<String> {
-        let n = self.len(what)?;
+        let n = self.count_with(1, || format!("the length of {what}"))?;
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec())
             .map_err(|_| LmError::format(self.path, format!("{what} is not valid UTF-8")))
     }
+    /// `n` fixed-size elements, converted by `f` from their little-endian bytes.
+    fn fixed<T, const N: usize>(
+        &mut self,
+        n: usize,
+        what: &str,
+        f: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>> {
+        // `n` was checked against the bytes left, so this neither overflows nor over-allocates.
+        let bytes = self.take(n * N, what)?;
+        Ok(bytes
+            .chunks_exact(N)
+            .map(|c| {
+                let mut a = [0; N];
+                a.copy_from_slice(c);
+                f(a)
+            })
+            .collect())
+    }
+    /// An array value (after its type tag); `depth` is its nesting depth (1 at the top).
+    fn array_value(&mut self, what: &str, depth: usize) -> Result<MetaArray> {
+        if depth > MAX_ARRAY_DEPTH {
+            return Err(self.corrupt(format!(
+                "{what} nests arrays more than {MAX_ARRAY_DEPTH} deep"
+            )));
+        }
+        let elem = self.u32(what)?;
+        let min = min_value_bytes(elem)
+            .ok_or_else(|| self.corrupt(format!("{what} has unknown element type {elem}")))?;
+        let n = self.count_with(min, || format!("the length of {what}"))?;
+        Ok(match elem {
+            0 => MetaArray::U8(self.fixed(n, what, |[b]| b)?),
+            1 => MetaArray::I8(self.fixed(n, what, |[b]| b as i8)?),
+            2 => MetaArray::U16(self.fixed(n, what, u16::from_le_bytes)?),
+            3 => MetaArray::I16(self.fixed(n, what, i16::from_le_bytes)?),
+            4 => MetaArray::U32(self.fixed(n, what, u32::from_le_bytes)?),
+            5 => MetaArray::I32(self.fixed(n, what, i32::from_le_bytes)?),
+            6 => MetaArray::F32(self.fixed(n, what, f32::from_le_bytes)?),
+            7 => MetaArray::Bool(self.fixed(n, what, |[b]| b != 0)?),
+            8 => {
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.string(what)?);
+                }
+                MetaArray::Str(v)
+            }
+            9 => {
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.array_value(what, depth + 1)?);
+                }
+                MetaArray::Array(v)
+            }
+            10 => MetaArray::U64(self.fixed(n, what, u64::from_le_bytes)?),
+            11 => MetaArray::I64(self.fixed(n, what, i64::from_le_bytes)?),
+            _ => MetaArray::F64(self.fixed(n, what, f64::from_le_bytes)?),
+        })
+    }
     fn value(&mut self, ty: u32, what: &str) -> Result<MetaValue> {
         Ok(match ty {
-            0 => MetaValue::Uint(self.take(1, what)?[0] as u64),
-            1 => MetaValue::Int(self.take(1, what)?[0] as i8 as i64),
-            2 => MetaValue::Uint(
-                u16::from_le_bytes(self.take(2, what)?.try_into().expect("2")) as u64,
-            ),
-            3 => MetaValue::Int(
-                i16::from_le_bytes(self.take(2, what)?.try_into().expect("2")) as i64,
-            ),
+            0 => MetaValue::Uint(u8::from_le_bytes(self.array(what)?) as u64),
+            1 => MetaValue::Int(i8::from_le_bytes(self.array(what)?) as i64),
+            2 => MetaValue::Uint(u16::from_le_bytes(self.array(what)?) as u64),
+            3 => MetaValue::Int(i16::from_le_bytes(self.array(what)?) as i64),
             4 => MetaValue::Uint(self.u32(what)? as u64),
-            5 => MetaValue::Int(self.u32(what)? as i32 as i64),
-            6 => MetaValue::Float(
-                f32::from_le_bytes(self.take(4, what)?.try_into().expect("4")) as f64,
-            ),
-            7 => MetaValue::Bool(self.take(1, what)?[0] != 0),
+            5 => MetaValue::Int(i32::from_le_bytes(self.array(what)?) as i64),
+            6 => MetaValue::Float(f32::from_le_bytes(self.array(what)?) as f64),
+            7 => MetaValue::Bool(self.array::<1>(what)?[0] != 0),
             8 => MetaValue::Str(self.string(what)?),
-            9 => {
-                let elem = self.u32(what)?;
-                let n = self.len(what)?;
-                let mut items = Vec::with_capacity(n.min(1 << 20));
-                for _ in 0..n {
-                    items.push(self.value(elem, what)?);
-                }
-                MetaValue::Array(items)
-            }
+            9 => MetaValue::Array(self.array_value(what, 1)?),
             10 => MetaValue::Uint(self.u64(what)?),
-            11 => MetaValue::Int(self.u64(what)? as i64),
-            12 => MetaValue::Float(f64::from_le_bytes(
-                self.take(8, what)?.try_into().expect("8"),
-            )),
+            11 => MetaValue::Int(i64::from_le_bytes(self.array(what)?)),
+            12 => MetaValue::Float(f64::from_le_bytes(self.array(what)?)),
             other => {
-                return Err(LmError::format(
-                    self.path,
-                    format!("corrupt GGUF file: {what} has unknown value type {other}"),
-                ));
+                return Err(self.corrupt(format!("{what} has unknown value type {other}")));
             }
         })
     }
@@ -218,6 +403,8 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| LmError::io(path, e))?;
         // SAFETY: read-only mapping of a model file that tsmc never writes while it is mapped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LmError::io(path, e))?;
+        let corrupt =
+            |detail: String| LmError::format(path, format!("corrupt GGUF file: {detail}"));
         let mut c = Cursor {
             bytes: &mmap,
             pos: 0,
@@ -236,55 +423,117 @@ impl GgufFile {
                 format!("unsupported GGUF version {version} (supported: 2, 3)"),
             ));
         }
-        let n_tensors = c.len("the tensor count")?;
-        let n_kv = c.len("the metadata count")?;
+        // Read in file order, but checked against the bytes left once both are known.
+        let n_tensors = c.u64("the tensor count")?;
+        let n_kv = c.count("the metadata count", MIN_METADATA_BYTES)?;
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key {i}"))?;
             let ty = c.u32(&format!("the type of metadata `{key}`"))?;
             let value = c.value(ty, &format!("metadata `{key}`"))?;
-            metadata.insert(key, value);
+            match metadata.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(value);
+                }
+                Entry::Occupied(e) => {
+                    return Err(corrupt(format!("metadata key `{}` appears twice", e.key())));
+                }
+            }
         }
-        let mut infos = Vec::with_capacity(n_tensors);
-        for i in 0..n_tensors {
+        let remaining = c.remaining();
+        if usize::try_from(n_tensors)
+            .ok()
+            .and_then(|n| n.checked_mul(MIN_TENSOR_INFO_BYTES))
+            .is_none_or(|need| need > remaining)
+        {
+            return Err(corrupt(format!(
+                "the tensor count declares {n_tensors} tensors of at least \
+                 {MIN_TENSOR_INFO_BYTES} bytes each, but only {remaining} bytes are left after \
+                 the metadata"
+            )));
+        }
+        // Descriptions are read one by one, so memory follows the bytes actually read.
+        let mut infos = Vec::new();
+        for i in 0..n_tensors as usize {
             let name = c.string(&format!("tensor name {i}"))?;
             let n_dims = c.u32(&format!("the rank of `{name}`"))? as usize;
             if n_dims > 8 {
-                return Err(LmError::format(
-                    path,
-                    format!("corrupt GGUF file: tensor `{name}` has rank {n_dims}"),
-                ));
+                return Err(corrupt(format!("tensor `{name}` has rank {n_dims}")));
             }
             let mut ne = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
-                ne.push(c.len(&format!("the shape of `{name}`"))?);
+                let d = c.u64(&format!("the shape of `{name}`"))?;
+                ne.push(usize::try_from(d).map_err(|_| {
+                    corrupt(format!("tensor `{name}` has a dimension of {d} elements"))
+                })?);
             }
             let type_id = c.u32(&format!("the type of `{name}`"))?;
             let offset = c.u64(&format!("the offset of `{name}`"))?;
             infos.push((name, ne, type_id, offset));
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(MetaValue::as_u64)
-            .unwrap_or(32)
-            .max(1) as usize;
-        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => v
+                .as_u64()
+                .filter(|a| a.is_power_of_two() && *a <= 1 << 30)
+                .map(|a| a as usize)
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "general.alignment is {v:?}, expected a power of two (at most 2^30)"
+                    ))
+                })?,
+        };
+        let data_start = c
+            .pos
+            .checked_next_multiple_of(alignment)
+            .ok_or_else(|| corrupt("the tensor data starts beyond the address space".into()))?;
         let mut tensors = BTreeMap::new();
         for (name, ne, type_id, offset) in infos {
-            let start = data_start.saturating_add(offset as usize);
-            let n: usize = ne.iter().product();
+            if !offset.is_multiple_of(alignment as u64) {
+                return Err(corrupt(format!(
+                    "tensor `{name}` has offset {offset}, not a multiple of the alignment \
+                     {alignment} (general.alignment)"
+                )));
+            }
+            let n = ne
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "tensor `{name}` has shape {ne:?}, too many elements"
+                    ))
+                })?;
+            let start = usize::try_from(offset)
+                .ok()
+                .and_then(|o| data_start.checked_add(o))
+                .filter(|&s| s <= mmap.len())
+                .ok_or_else(|| {
+                    LmError::format(
+                        path,
+                        format!(
+                            "truncated GGUF file: tensor `{name}` starts at offset {offset} \
+                             past the data start {data_start}, beyond the file's {} bytes",
+                            mmap.len()
+                        ),
+                    )
+                })?;
             // Unsupported types are reported when the tensor is read, with its name.
-            if let Some(bytes) = GgmlType::from_id(type_id).and_then(|t| t.bytes_for(n)) {
-                let end = start.saturating_add(bytes);
-                if end > mmap.len() {
+            if let Some(ty) = GgmlType::from_id(type_id) {
+                let end = ty.bytes_for(n).and_then(|b| start.checked_add(b));
+                if end.is_none_or(|e| e > mmap.len()) {
                     return Err(LmError::format(
                         path,
                         format!(
-                            "truncated GGUF file: tensor `{name}` needs bytes {start}..{end} but the file has {}",
+                            "truncated GGUF file: tensor `{name}` ({n} {ty:?} elements) needs \
+                             bytes from {start}{} but the file has {}",
+                            end.map_or(String::new(), |e| format!(" to {e}")),
                             mmap.len()
                         ),
                     ));
                 }
+            }
+            if tensors.contains_key(&name) {
+                return Err(corrupt(format!("tensor `{name}` appears twice")));
             }
             tensors.insert(name, TensorInfo { ne, type_id, start });
         }
@@ -321,16 +570,23 @@ impl GgufFile {
             dtype: format!("ggml type {}", info.type_id),
             supported: SUPPORTED_TYPES,
         })?;
-        let n: usize = info.ne.iter().product();
+        let n = info
+            .ne
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                LmError::format(&self.path, format!("tensor `{name}`: too many elements"))
+            })?;
         let nbytes = ty.bytes_for(n).ok_or_else(|| {
             LmError::format(
                 &self.path,
                 format!("tensor `{name}`: {n} elements is not a whole number of {ty:?} blocks"),
             )
         })?;
-        let bytes = self
-            .mmap
-            .get(info.start..info.start + nbytes)
+        let bytes = info
+            .start
+            .checked_add(nbytes)
+            .and_then(|end| self.mmap.get(info.start..end))
             .ok_or_else(|| {
                 LmError::format(&self.path, format!("truncated GGUF file: tensor `{name}`"))
             })?;
@@ -478,6 +734,8 @@ impl GgufModel {
                 }
             }
         }
+        // Used only to undo the Q/K permutation; `config` validates them, `read` checks them
+        // against each tensor's shape.
         let key = |k: &str| format!("{arch}.{k}");
         let n_heads = file
             .meta(&key("attention.head_count"))
@@ -501,50 +759,101 @@ impl GgufModel {
         &self.file
     }
 
-    /// The Hugging Face view of the hyper-parameters, for the architecture's config reader.
+    /// The Hugging Face view of the hyper-parameters, for the architecture's config reader
+    /// (whose errors name the GGUF keys). Every key that is present must be valid: a present
+    /// but malformed value (a string, a NaN or non-positive float) is an error, and only an
+    /// absent key gets its documented default. `block_count` must equal the number of blocks
+    /// the file's tensors hold.
     pub fn config(&self) -> Result<JsonConfig> {
         let path = self.file.path();
         let a = &self.arch;
-        let get = |k: &str| self.file.meta(&format!("{a}.{k}"));
+        let key = |k: &str| format!("{a}.{k}");
+        let get = |k: &str| self.file.meta(&key(k));
+        let bad = |k: &str, expected: &str, v: Option<&MetaValue>| LmError::Config {
+            path: path.to_path_buf(),
+            field: key(k),
+            expected: expected.into(),
+            found: v.map_or("nothing".into(), |v| format!("{v:?}")),
+        };
         let need_u = |k: &str| -> Result<u64> {
             get(k)
                 .and_then(MetaValue::as_u64)
-                .ok_or_else(|| LmError::Config {
-                    path: path.to_path_buf(),
-                    field: format!("{a}.{k}"),
-                    expected: "an unsigned integer".into(),
-                    found: get(k).map_or("nothing".into(), |v| format!("{v:?}")),
+                .ok_or_else(|| bad(k, "an unsigned integer", get(k)))
+        };
+        let opt_u = |k: &str| -> Result<Option<u64>> {
+            get(k)
+                .map(|v| {
+                    v.as_u64()
+                        .ok_or_else(|| bad(k, "an unsigned integer", Some(v)))
                 })
+                .transpose()
         };
+        let positive_f = |k: &str, default: f64| -> Result<f64> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| bad(k, "a finite positive number", Some(v))),
+            }
+        };
+        let block_count = need_u("block_count")?;
+        let names: Vec<String> = self.file.tensors.keys().cloned().collect();
+        let blocks = crate::weights::layer_count(&names, "blk.");
+        if block_count != blocks as u64 {
+            return Err(bad(
+                "block_count",
+                &format!("the number of blocks the file's tensors hold ({blocks})"),
+                get("block_count"),
+            ));
+        }
         let hidden = need_u("embedding_length")?;
+        let heads = need_u("attention.head_count")?;
         let vocab = match self.file.meta("tokenizer.ggml.tokens") {
-            Some(MetaValue::Array(t)) => t.len() as u64,
-            _ => get("vocab_size").and_then(MetaValue::as_u64).unwrap_or(0),
+            Some(MetaValue::Array(t)) => Some(t.len() as u64),
+            _ => opt_u("vocab_size")?,
         };
-        let embd = self
+        let embd_rows = self
             .file
             .tensors
             .get("token_embd.weight")
-            .map(|t| t.ne.clone());
-        let vocab = embd
-            .and_then(|ne| ne.get(1).copied())
-            .map_or(vocab, |v| v as u64);
-        let value: Value = json!({
+            .and_then(|t| t.ne.get(1).copied());
+        let vocab = embd_rows.map(|v| v as u64).or(vocab).unwrap_or(0);
+        let mut value: Value = json!({
             "model_type": a,
             "vocab_size": vocab,
             "hidden_size": hidden,
             "intermediate_size": need_u("feed_forward_length")?,
-            "num_hidden_layers": need_u("block_count")?,
-            "num_attention_heads": need_u("attention.head_count")?,
-            "num_key_value_heads": self.n_kv_heads,
-            "head_dim": get("attention.key_length").and_then(MetaValue::as_u64).unwrap_or(hidden / self.n_heads.max(1) as u64),
-            "rms_norm_eps": get("attention.layer_norm_rms_epsilon").and_then(MetaValue::as_f64).unwrap_or(1e-6),
-            "rope_theta": get("rope.freq_base").and_then(MetaValue::as_f64).unwrap_or(10_000.0),
-            "max_position_embeddings": get("context_length").and_then(MetaValue::as_u64).unwrap_or(4096),
+            "num_hidden_layers": block_count,
+            "num_attention_heads": heads,
+            "num_key_value_heads": opt_u("attention.head_count_kv")?.unwrap_or(heads),
+            "rms_norm_eps": positive_f("attention.layer_norm_rms_epsilon", 1e-6)?,
+            "rope_theta": positive_f("rope.freq_base", 10_000.0)?,
+            "max_position_embeddings": opt_u("context_length")?.unwrap_or(4096),
             "tie_word_embeddings": !self.file.tensors.contains_key("output.weight"),
             "attention_bias": self.file.tensors.contains_key("blk.0.attn_q.bias"),
         });
-        Ok(JsonConfig::from_value(path, value))
+        // Without key_length the architecture derives the head dimension (and checks that
+        // embedding_length is a multiple of head_count).
+        if let Some(hd) = opt_u("attention.key_length")? {
+            value["head_dim"] = json!(hd);
+        }
+        let names = [
+            (
+                "vocab_size",
+                "token_embd.weight rows (or tokenizer.ggml.tokens)".to_string(),
+            ),
+            ("hidden_size", key("embedding_length")),
+            ("intermediate_size", key("feed_forward_length")),
+            ("num_hidden_layers", key("block_count")),
+            ("num_attention_heads", key("attention.head_count")),
+            ("num_key_value_heads", key("attention.head_count_kv")),
+            ("head_dim", key("attention.key_length")),
+            ("rms_norm_eps", key("attention.layer_norm_rms_epsilon")),
+            ("rope_theta", key("rope.freq_base")),
+            ("max_position_embeddings", key("context_length")),
+        ];
+        Ok(JsonConfig::from_value(path, value).with_field_names(names))
     }
 
     /// The byte-level BPE tokenizer described by the metadata.
@@ -574,14 +883,11 @@ impl GgufModel {
         let strings = |key: &str| -> Result<Vec<String>> {
             match self.file.meta(key) {
                 Some(MetaValue::Array(items)) => items
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(String::from)
-                            .ok_or_else(|| err(format!("{key} holds a non-string")))
-                    })
-                    .collect(),
-                _ => Err(err(format!("{key} is missing"))),
+                    .strings()
+                    .map(<[String]>::to_vec)
+                    .ok_or_else(|| err(format!("{key} is not an array of strings"))),
+                Some(_) => Err(err(format!("{key} is not an array of strings"))),
+                None => Err(err(format!("{key} is missing"))),
             }
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
@@ -630,10 +936,10 @@ impl GgufModel {
         tok.with_decoder(Some(ByteLevel::default()));
         // Control tokens (type 3) are special: never split, kept whole.
         if let Some(MetaValue::Array(types)) = self.file.meta("tokenizer.ggml.token_type") {
-            let special: Vec<AddedToken> = types
+            let special: Vec<AddedToken> = tokens
                 .iter()
-                .zip(&tokens)
-                .filter(|(t, _)| t.as_u64() == Some(3))
+                .enumerate()
+                .filter(|(i, _)| types.get(*i).and_then(|t| t.as_u64()) == Some(3))
                 .map(|(_, s)| AddedToken::from(s.clone(), true))
                 .collect();
             tok.add_special_tokens(&special);
@@ -663,14 +969,32 @@ impl WeightSource for GgufModel {
             path: self.file.path().to_path_buf(),
             tensor: name.into(),
         })?;
-        let shape = self.shape(name).expect("present");
         let mut data = self.file.dequantize(g)?;
+        let mut shape = self.file.tensors[g].ne.clone();
+        shape.reverse();
         if self.arch == "llama" && shape.len() == 2 {
-            let cols = shape[1];
-            if g.ends_with("attn_q.weight") {
-                data = unpermute_rows(&data, self.n_heads, cols);
+            let (rows, cols) = (shape[0], shape[1]);
+            let heads = if g.ends_with("attn_q.weight") {
+                Some((self.n_heads, "attention.head_count"))
             } else if g.ends_with("attn_k.weight") {
-                data = unpermute_rows(&data, self.n_kv_heads, cols);
+                Some((self.n_kv_heads, "attention.head_count_kv"))
+            } else {
+                None
+            };
+            if let Some((heads, key)) = heads.filter(|_| cols > 0) {
+                // The permutation pairs rows within each head: it needs whole heads of an even
+                // head dimension.
+                if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+                    return Err(LmError::format(
+                        self.file.path(),
+                        format!(
+                            "tensor `{g}`: {rows} rows are not {heads} heads ({}.{key}) of an \
+                             even head dimension",
+                            self.arch
+                        ),
+                    ));
+                }
+                data = unpermute_rows(&data, heads, cols);
             }
         }
         Ok(RawTensor { shape, data })

@@ -3,7 +3,7 @@
 
 use crate::arch::CausalLm;
 use crate::config::JsonConfig;
-use crate::error::Result;
+use crate::error::{LmError, Result};
 use crate::gpt_block::{Block, GptBody};
 use crate::ops::AttentionWindow;
 use crate::weights::Loader;
@@ -32,17 +32,24 @@ pub struct Gpt2Config {
 }
 
 impl Gpt2Config {
-    /// Reads the config.
+    /// Reads and validates the config: sizes are positive and `n_head` divides `n_embd`.
     pub fn from_json(cfg: &JsonConfig) -> Result<Self> {
         let n_embd = cfg.usize("n_embd")?;
+        let n_head = cfg.usize("n_head")?;
+        if !n_embd.is_multiple_of(n_head) {
+            return Err(cfg.invalid("n_head", format!("a divisor of n_embd = {n_embd}"), n_head));
+        }
+        // The fused q/k/v projection has 3 n_embd outputs.
+        cfg.product("n_embd", "triple (the fused q/k/v projection)", 3, n_embd)?;
+        let default_inner = cfg.product("n_embd", "quadruple (the default n_inner)", 4, n_embd)?;
         Ok(Self {
             vocab_size: cfg.usize("vocab_size")?,
             n_embd,
-            n_layer: cfg.usize("n_layer")?,
-            n_head: cfg.usize("n_head")?,
-            n_inner: cfg.usize_or("n_inner", 4 * n_embd)?,
+            n_layer: cfg.layers("n_layer")?,
+            n_head,
+            n_inner: cfg.usize_or("n_inner", default_inner)?,
             n_positions: cfg.usize_or("n_positions", 1024)?,
-            layer_norm_epsilon: cfg.f64_any(&["layer_norm_epsilon"], 1e-5)?,
+            layer_norm_epsilon: cfg.positive_f64_any(&["layer_norm_epsilon"], 1e-5)?,
             scale_attn_weights: cfg.bool_or("scale_attn_weights", true)?,
             scale_attn_by_inverse_layer_idx: cfg
                 .bool_or("scale_attn_by_inverse_layer_idx", false)?,
@@ -55,15 +62,26 @@ pub fn build(cfg: &JsonConfig, loader: &mut Loader<'_>) -> Result<Box<dyn Causal
     Ok(Box::new(load(&Gpt2Config::from_json(cfg)?, loader)?))
 }
 
-/// Loads GPT-2 weights (with or without the `transformer.` prefix).
+/// Loads GPT-2 weights (with or without the `transformer.` prefix), after checking that they
+/// hold the config's number of layers.
 pub fn load(config: &Gpt2Config, loader: &mut Loader<'_>) -> Result<GptBody> {
     let c = config;
     let d = c.n_embd;
+    if c.n_head == 0 || !d.is_multiple_of(c.n_head) || d.checked_mul(3).is_none() {
+        return Err(LmError::format(
+            loader.path(),
+            format!(
+                "n_head = {} must divide n_embd = {d}, and 3 n_embd must not overflow",
+                c.n_head
+            ),
+        ));
+    }
     let pre = if loader.has("transformer.wte.weight") {
         "transformer."
     } else {
         ""
     };
+    loader.expect_layers(&format!("{pre}h."), c.n_layer, "n_layer")?;
     let wte = loader.tensor(&format!("{pre}wte.weight"), [c.vocab_size, d])?;
     let wpe = loader.tensor(&format!("{pre}wpe.weight"), [c.n_positions, d])?;
     let hd = d / c.n_head;
@@ -83,8 +101,8 @@ pub fn load(config: &Gpt2Config, loader: &mut Loader<'_>) -> Result<GptBody> {
                 Some(l.tensor(&format!("{p}.{n}.bias"), [o])?),
             ))
         };
-        let (w_attn, b_attn) = conv(loader, "attn.c_attn", d, 3 * d)?;
-        let b_attn = b_attn.expect("bias");
+        let w_attn = loader.tensor(&format!("{p}.attn.c_attn.weight"), [d, 3 * d])?;
+        let b_attn = loader.tensor(&format!("{p}.attn.c_attn.bias"), [3 * d])?;
         let split = |j: usize| {
             (
                 w_attn.clone().narrow(1, j * d, d),

@@ -74,7 +74,8 @@ impl GptBody {
         self.hidden() / self.num_heads
     }
 
-    fn max_positions(&self) -> usize {
+    /// Learned positions: the context length.
+    pub fn max_positions(&self) -> usize {
         self.wpe.dims()[0]
     }
 
@@ -88,12 +89,6 @@ impl GptBody {
             return Err(LmError::TokenOutOfRange {
                 token: bad,
                 vocab: v,
-            });
-        }
-        if let Some(&p) = positions.iter().find(|&&p| p >= self.max_positions()) {
-            return Err(LmError::PositionOutOfRange {
-                position: p,
-                max: self.max_positions(),
             });
         }
         let tok = self.ids(tokens.iter().map(|&t| t as i64).collect(), shape);
@@ -118,6 +113,7 @@ impl CausalLm for GptBody {
             layers: self.blocks.len(),
             kv_heads: self.num_heads,
             head_dim: self.head_dim(),
+            context: self.max_positions(),
         }
     }
 
@@ -127,6 +123,8 @@ impl CausalLm for GptBody {
         batch: usize,
         seq: usize,
     ) -> Result<(Tensor<3>, Vec<LayerKv>)> {
+        self.dims()
+            .check_context(seq, || format!("a forward pass over {seq} tokens"))?;
         let (h_n, hd) = (self.num_heads, self.head_dim());
         let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq).collect();
         let mut h = self.embed(tokens, &positions, [batch, seq])?;
@@ -155,6 +153,8 @@ impl CausalLm for GptBody {
         prompt: Option<&PromptCache>,
         cache: &mut ParticleCache,
     ) -> Result<Tensor<2>> {
+        self.dims()
+            .check_context(pos + 1, || format!("a decoding step at position {pos}"))?;
         let k = tokens.len();
         let (h_n, hd, d) = (self.num_heads, self.head_dim(), self.hidden());
         let mut h = self.embed(tokens, &vec![pos; k], [k, 1])?.reshape([k, d]);

@@ -32,16 +32,33 @@ pub struct GptNeoConfig {
 }
 
 impl GptNeoConfig {
-    /// Reads the config (`attention_layers`, or `attention_types` expanded).
+    /// Reads and validates the config (`attention_layers`, or all global): sizes are positive
+    /// and `num_heads` divides `hidden_size`.
     pub fn from_json(cfg: &JsonConfig) -> Result<Self> {
         let hidden_size = cfg.usize("hidden_size")?;
-        let num_layers = cfg.usize("num_layers")?;
+        let num_heads = cfg.usize("num_heads")?;
+        if !hidden_size.is_multiple_of(num_heads) {
+            return Err(cfg.invalid(
+                "num_heads",
+                format!("a divisor of hidden_size = {hidden_size}"),
+                num_heads,
+            ));
+        }
+        let default_inner = cfg.product(
+            "hidden_size",
+            "quadruple (the default intermediate_size)",
+            4,
+            hidden_size,
+        )?;
+        // At most MAX_LAYERS, so that the per-layer list below stays small.
+        let num_layers = cfg.layers("num_layers")?;
         let window_size = cfg.usize_or("window_size", 256)?;
-        let bad = |found: String| LmError::Config {
-            path: cfg.path().to_path_buf(),
-            field: "attention_layers".into(),
-            expected: format!("{num_layers} entries, each \"global\" or \"local\""),
-            found,
+        let bad = |found: String| {
+            cfg.invalid(
+                "attention_layers",
+                format!("{num_layers} entries, each \"global\" or \"local\""),
+                found,
+            )
         };
         let names: Vec<String> = match cfg.value("attention_layers").and_then(|v| v.as_array()) {
             Some(a) => a
@@ -65,10 +82,10 @@ impl GptNeoConfig {
             vocab_size: cfg.usize("vocab_size")?,
             hidden_size,
             num_layers,
-            num_heads: cfg.usize("num_heads")?,
-            intermediate_size: cfg.usize_or("intermediate_size", 4 * hidden_size)?,
+            num_heads,
+            intermediate_size: cfg.usize_or("intermediate_size", default_inner)?,
             max_position_embeddings: cfg.usize_or("max_position_embeddings", 2048)?,
-            layer_norm_epsilon: cfg.f64_any(&["layer_norm_epsilon"], 1e-5)?,
+            layer_norm_epsilon: cfg.positive_f64_any(&["layer_norm_epsilon"], 1e-5)?,
             window_size,
             attention_layers,
         })
@@ -80,10 +97,30 @@ pub fn build(cfg: &JsonConfig, loader: &mut Loader<'_>) -> Result<Box<dyn Causal
     Ok(Box::new(load(&GptNeoConfig::from_json(cfg)?, loader)?))
 }
 
-/// Loads GPT-Neo weights.
+/// Loads GPT-Neo weights, after checking that they hold the config's number of layers.
 pub fn load(config: &GptNeoConfig, loader: &mut Loader<'_>) -> Result<GptBody> {
     let c = config;
     let d = c.hidden_size;
+    if c.num_heads == 0 || !d.is_multiple_of(c.num_heads) {
+        return Err(LmError::format(
+            loader.path(),
+            format!(
+                "num_heads = {} does not divide hidden_size = {d}",
+                c.num_heads
+            ),
+        ));
+    }
+    if c.attention_layers.len() != c.num_layers {
+        return Err(LmError::format(
+            loader.path(),
+            format!(
+                "{} attention_layers entries for num_layers = {}",
+                c.attention_layers.len(),
+                c.num_layers
+            ),
+        ));
+    }
+    loader.expect_layers("transformer.h.", c.num_layers, "num_layers")?;
     let wte = loader.tensor("transformer.wte.weight", [c.vocab_size, d])?;
     let wpe = loader.tensor("transformer.wpe.weight", [c.max_position_embeddings, d])?;
     let mut blocks = Vec::with_capacity(c.num_layers);

@@ -44,31 +44,60 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// Reads the config; `qwen2` implies q/k/v biases.
+    /// Reads and validates the config; `qwen2` implies q/k/v biases. Sizes are positive, the
+    /// key/value heads divide the query heads, the head dimension is even (rotary embeddings
+    /// rotate pairs of dimensions) and, when the config does not give it, `hidden_size` is a
+    /// multiple of `num_attention_heads` (the head dimension is then their quotient).
     pub fn from_json(cfg: &JsonConfig) -> Result<Self> {
         let model_type = cfg.model_type().unwrap_or_default().to_ascii_lowercase();
         let hidden_size = cfg.usize("hidden_size")?;
         let num_heads = cfg.usize("num_attention_heads")?;
         let num_kv_heads = cfg.usize_or("num_key_value_heads", num_heads)?;
-        let head_dim = cfg.usize_or("head_dim", hidden_size / num_heads)?;
         if !num_heads.is_multiple_of(num_kv_heads) {
-            return Err(LmError::Config {
-                path: cfg.path().to_path_buf(),
-                field: "num_key_value_heads".into(),
-                expected: format!("a divisor of num_attention_heads = {num_heads}"),
-                found: num_kv_heads.to_string(),
-            });
+            return Err(cfg.invalid(
+                "num_key_value_heads",
+                format!("a divisor of num_attention_heads = {num_heads}"),
+                num_kv_heads,
+            ));
         }
+        let head_dim = if cfg.value("head_dim").is_some() {
+            cfg.usize("head_dim")?
+        } else if hidden_size.is_multiple_of(num_heads) {
+            hidden_size / num_heads
+        } else {
+            return Err(cfg.invalid(
+                "num_attention_heads",
+                format!(
+                    "a divisor of hidden_size = {hidden_size} (there is no head_dim, so the \
+                     head dimension is hidden_size / num_attention_heads)"
+                ),
+                num_heads,
+            ));
+        };
+        if !head_dim.is_multiple_of(2) {
+            return Err(cfg.invalid(
+                "head_dim",
+                "an even head dimension (rotary embeddings rotate pairs of dimensions)",
+                head_dim,
+            ));
+        }
+        cfg.product(
+            "num_attention_heads",
+            "product with head_dim",
+            num_heads,
+            head_dim,
+        )?;
         Ok(Self {
             vocab_size: cfg.usize("vocab_size")?,
             hidden_size,
             intermediate_size: cfg.usize("intermediate_size")?,
-            num_layers: cfg.usize("num_hidden_layers")?,
+            num_layers: cfg.layers("num_hidden_layers")?,
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: cfg.f64_any(&["rms_norm_eps"], 1e-6)?,
-            rope_theta: cfg.f64_any(&["rope_theta", "rope_parameters.rope_theta"], 10_000.0)?,
+            rms_norm_eps: cfg.positive_f64_any(&["rms_norm_eps"], 1e-6)?,
+            rope_theta: cfg
+                .positive_f64_any(&["rope_theta", "rope_parameters.rope_theta"], 10_000.0)?,
             tie_word_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
             attention_bias: cfg.bool_or("attention_bias", model_type.contains("qwen2"))?,
             max_position_embeddings: cfg.usize_or("max_position_embeddings", 4096)?,
@@ -109,11 +138,17 @@ fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: &Option<Tensor<1>>) ->
 }
 
 impl Llama {
-    /// Loads the weights by their Hugging Face names.
+    /// Loads the weights by their Hugging Face names (after checking that they hold the
+    /// config's number of layers).
     pub fn load(config: LlamaConfig, loader: &mut Loader<'_>) -> Result<Self> {
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
-        let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let (Some(q_out), Some(kv_out)) =
+            (c.num_heads.checked_mul(hd), c.num_kv_heads.checked_mul(hd))
+        else {
+            return Err(LmError::format(loader.path(), "heads x head_dim overflows"));
+        };
+        loader.expect_layers("model.layers.", c.num_layers, "num_hidden_layers")?;
         let embed = loader.tensor("model.embed_tokens.weight", [c.vocab_size, d])?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -207,6 +242,7 @@ impl CausalLm for Llama {
             layers: c.num_layers,
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
+            context: c.max_position_embeddings,
         }
     }
 
@@ -217,6 +253,8 @@ impl CausalLm for Llama {
         seq: usize,
     ) -> Result<(Tensor<3>, Vec<LayerKv>)> {
         let c = &self.config;
+        self.dims()
+            .check_context(seq, || format!("a forward pass over {seq} tokens"))?;
         let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let mut h = self.embed(tokens, [batch, seq])?;
         let (cos, sin) = rope_tables(0..seq, hd, c.rope_theta, &self.device);
@@ -250,6 +288,8 @@ impl CausalLm for Llama {
         cache: &mut ParticleCache,
     ) -> Result<Tensor<2>> {
         let c = &self.config;
+        self.dims()
+            .check_context(pos + 1, || format!("a decoding step at position {pos}"))?;
         let k = tokens.len();
         let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let mut h = self.embed(tokens, [k, 1])?.reshape([k, c.hidden_size]);

@@ -9,6 +9,16 @@ use crate::error::{LmError, Result};
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     source_name: String,
+    /// One more than the largest id, added tokens included.
+    id_bound: usize,
+}
+
+/// One more than the largest id of `t`, added tokens included (0 when it has no tokens).
+fn id_bound(t: &tokenizers::Tokenizer) -> usize {
+    t.get_vocab(true)
+        .values()
+        .max()
+        .map_or(0, |&m| m as usize + 1)
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -25,18 +35,21 @@ impl Tokenizer {
             detail: e.to_string(),
             source: Some(e),
         })?;
-        Ok(Self {
-            inner,
-            source_name: path.display().to_string(),
-        })
+        Ok(Self::from_inner(inner, path.display().to_string()))
     }
 
     /// Wraps a built tokenizer.
     pub fn from_inner(inner: tokenizers::Tokenizer, source_name: impl Into<String>) -> Self {
         Self {
+            id_bound: id_bound(&inner),
             inner,
             source_name: source_name.into(),
         }
+    }
+
+    /// Where the tokenizer came from.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
     }
 
     fn err(&self, e: tokenizers::Error) -> LmError {
@@ -53,14 +66,44 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Text of token ids (special tokens kept).
+    /// Text of token ids (special tokens kept). An id the tokenizer has no token for (one in
+    /// the padding of a larger model vocabulary) is an error: the `tokenizers` crate would
+    /// silently drop it, and the text would no longer be the one the ids stand for.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(&token) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
+            return Err(LmError::UnknownTokenId {
+                tokenizer: self.source_name.clone(),
+                token,
+                tokenizer_ids: self.id_bound,
+            });
+        }
         self.inner.decode(ids, false).map_err(|e| self.err(e))
     }
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// One more than the largest token id, added tokens included: the model's vocabulary must
+    /// be at least this large.
+    pub fn id_bound(&self) -> usize {
+        self.id_bound
+    }
+
+    /// Checks that every id this tokenizer produces has an embedding in a model vocabulary of
+    /// `model_vocab` tokens. A larger model vocabulary is fine (embedding rows padded to a
+    /// multiple of 64 or 128); decoding one of the padding ids is then an error.
+    pub fn check_model_vocab(&self, model_vocab: usize) -> Result<()> {
+        if self.id_bound <= model_vocab {
+            Ok(())
+        } else {
+            Err(LmError::VocabMismatch {
+                tokenizer: self.source_name.clone(),
+                tokenizer_ids: self.id_bound,
+                model_vocab,
+            })
+        }
     }
 
     /// The id of a token string.

@@ -202,6 +202,18 @@ impl WeightSource for SafetensorsFile {
     }
 }
 
+/// The number of distinct indices i among names `{prefix}{i}.…`.
+pub fn layer_count(names: &[String], prefix: &str) -> usize {
+    names
+        .iter()
+        .filter_map(|n| {
+            let (index, _) = n.strip_prefix(prefix)?.split_once('.')?;
+            index.parse::<usize>().ok()
+        })
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 /// Hands tensors to an architecture, checking shapes, and remembers which were used so that
 /// [`Loader::finish`] can report tensors the architecture did not expect.
 pub struct Loader<'a> {
@@ -220,6 +232,11 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// The weights file or directory.
+    pub fn path(&self) -> &Path {
+        self.source.path()
+    }
+
     /// The device tensors are created on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -228,6 +245,24 @@ impl<'a> Loader<'a> {
     /// Whether the source has a tensor.
     pub fn has(&self, name: &str) -> bool {
         self.source.shape(name).is_some()
+    }
+
+    /// Checks that the weights hold at least `declared` layers named `{prefix}{i}.…` (the
+    /// number of distinct indices i), so that a config's layer count is checked before anything
+    /// is allocated per layer; `field` names the config field in the error. (Tensors of layers
+    /// beyond `declared` are left unused, and [`Loader::finish`] names them.)
+    pub fn expect_layers(&self, prefix: &str, declared: usize, field: &str) -> Result<()> {
+        let found = layer_count(&self.source.names(), prefix);
+        if declared <= found {
+            Ok(())
+        } else {
+            Err(LmError::LayerCount {
+                path: self.source.path().to_path_buf(),
+                field: field.into(),
+                declared,
+                found,
+            })
+        }
     }
 
     /// Reads a tensor of the expected shape as f32 values.

@@ -121,7 +121,8 @@ fn learned_positions_bound_gpt_sequences() {
             e,
             LmError::PositionOutOfRange {
                 position: 128,
-                max: 128
+                max: 128,
+                ..
             }
         ),
         "{e}"

@@ -1,7 +1,12 @@
-//! The scoring example as a user calls it, on the default model, against the reference values.
+//! The scoring example as a user calls it, on the default model, against the reference values;
+//! on a model whose activations overflow it fails with a message instead of printing `null`.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+
+use common::{copy_tiny_model, fill_tensor, write_word_tokenizer};
 
 fn example(name: &str) -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
@@ -88,4 +93,37 @@ fn score_example_reports_a_missing_model_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/dir"), "{err}");
+}
+
+#[test]
+fn score_example_fails_on_non_finite_log_probabilities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_tiny_model("llama", &tmp.path().join("llama"));
+    write_word_tokenizer(&dir, 320, &[]);
+    let run = |dir: &std::path::Path| {
+        Command::new(example("score"))
+            .args(["--model", dir.to_str().unwrap()])
+            .args(["--prompt", "w1 w2", "--continuation", " w3 w4"])
+            .output()
+            .unwrap()
+    };
+    // The tiny model scores finitely.
+    let out = run(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["sum_logprob"].as_f64().unwrap() < 0.0, "{json}");
+    // Its final norm scaled to f32::MAX overflows: an error, not `"sum_logprob": null`.
+    fill_tensor(&dir, "model.norm.weight", f32::MAX);
+    let out = run(&dir);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stdout.contains("null"), "{stdout}");
+    assert!(stderr.contains("overflowed"), "{stderr}");
 }

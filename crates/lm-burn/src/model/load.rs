@@ -25,12 +25,7 @@ impl BurnLm {
         } else {
             None
         };
-        Ok(Self::new(
-            model,
-            tokenizer,
-            device,
-            dir.display().to_string(),
-        ))
+        Self::new(model, tokenizer, device, dir.display().to_string())
     }
 
     /// Loads a GGUF model file (weights dequantised to f32 at load; tokenizer from the metadata).
@@ -39,12 +34,7 @@ impl BurnLm {
         let cfg = gguf.config()?;
         let model = crate::registry::load(&cfg, &gguf, device)?;
         let tokenizer = gguf.tokenizer()?;
-        Ok(Self::new(
-            model,
-            Some(tokenizer),
-            device,
-            path.display().to_string(),
-        ))
+        Self::new(model, Some(tokenizer), device, path.display().to_string())
     }
 
     /// Loads a model by name: `default` (SmolLM2-135M-Instruct, fetched once into the cache),

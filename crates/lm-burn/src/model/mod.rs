@@ -32,19 +32,24 @@ pub struct BurnLm {
 }
 
 impl BurnLm {
-    /// Wraps a loaded architecture (see [`crate::registry::load`]).
+    /// Wraps a loaded architecture (see [`crate::registry::load`]) and its tokenizer, after
+    /// checking that every id the tokenizer produces is in the model's vocabulary
+    /// ([`Tokenizer::check_model_vocab`]).
     pub fn new(
         model: Box<dyn CausalLm>,
         tokenizer: Option<Tokenizer>,
         device: &Device,
         name: impl Into<String>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        if let Some(t) = &tokenizer {
+            t.check_model_vocab(model.dims().vocab)?;
+        }
+        Ok(Self {
             model: model.into(),
             tokenizer,
             device: device.clone(),
             name: name.into(),
-        }
+        })
     }
 
     /// The model's name (its path).
@@ -60,6 +65,21 @@ impl BurnLm {
     /// Sizes.
     pub fn dims(&self) -> Dims {
         self.model.dims()
+    }
+
+    /// The context length: every sequence the model reads (prompt plus generated tokens) must
+    /// fit in positions 0..context.
+    pub fn context_length(&self) -> usize {
+        self.dims().context
+    }
+
+    /// Checks, before any computation, that a prompt of `prompt_len` tokens followed by
+    /// `horizon` decoded tokens (each pushed into a session) fits the context length (O(1)).
+    pub fn check_horizon(&self, prompt_len: usize, horizon: usize) -> Result<()> {
+        let len = prompt_len.saturating_add(horizon);
+        self.dims().check_context(len, || {
+            format!("a prompt of {prompt_len} tokens followed by {horizon} generated tokens")
+        })
     }
 
     /// The device.
@@ -95,13 +115,33 @@ impl LanguageModel for BurnLm {
     }
 }
 
-/// Appends the log-softmax of one row of logits, in f64 (one pass for the max, one for the
-/// sum, one to write).
-fn push_log_softmax(row: &[f32], out: &mut Vec<f64>) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+/// Appends the log-softmax of one row of logits, in f64 (one pass for the extremes, one for the
+/// sum, one to write). A row holding a NaN or infinite logit (the activations overflowed) is
+/// refused with that value, before anything is appended: NaN log-probabilities would otherwise
+/// pass silently into the weights of every particle.
+fn push_log_softmax(row: &[f32], out: &mut Vec<f64>) -> std::result::Result<(), f64> {
+    let (lo, hi) = row
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let max = hi as f64;
     let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
     let lse = max + sum.ln();
+    // min/max skip NaN, but a NaN makes the sum NaN; an infinite logit makes lo or hi infinite.
+    if !(lo.is_finite() && hi.is_finite() && lse.is_finite()) {
+        return Err(first_non_finite(row).unwrap_or(lse));
+    }
     out.extend(row.iter().map(|&x| x as f64 - lse));
+    Ok(())
+}
+
+/// The first NaN or infinite value of `values`.
+fn first_non_finite(values: &[f32]) -> Option<f64> {
+    values
+        .iter()
+        .find(|x| !x.is_finite())
+        .map(|&x| f64::from(x))
 }
 
 /// Reads a tensor back from the device as f32 values, row-major; `what` names it in errors.

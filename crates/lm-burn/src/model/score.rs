@@ -8,7 +8,7 @@ use burn::tensor::activation::log_softmax;
 use smc_core::batch::{HiddenStates, LogTable};
 use smc_core::model::StepOutput;
 
-use super::{BurnLm, Dims, push_log_softmax, to_vec};
+use super::{BurnLm, Dims, first_non_finite, push_log_softmax, to_vec};
 use crate::error::{LmError, Result};
 
 /// Teacher forcing runs in chunks of sequences whose logits hold about this many f32 values
@@ -23,8 +23,19 @@ impl BurnLm {
                 what: "the sequence".into(),
             });
         }
+        let n = tokens.len();
+        self.dims()
+            .check_context(n, || format!("the sequence ({n} tokens)"))?;
         let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
-        to_vec(self.model.logits(h), "logits")
+        let logits = to_vec(self.model.logits(h), "logits")?;
+        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+            let v = self.dims().vocab;
+            return Err(LmError::NonFinite {
+                what: format!("the logit of token {} at position {}", i % v, i / v),
+                value: f64::from(logits[i]),
+            });
+        }
+        Ok(logits)
     }
 
     /// The final-norm hidden state at the last position of `tokens` encoded alone (\[d\]): the
@@ -35,10 +46,19 @@ impl BurnLm {
                 what: "the conditioning sequence".into(),
             });
         }
+        let n = tokens.len();
+        self.dims()
+            .check_context(n, || format!("the conditioning sequence ({n} tokens)"))?;
         let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
         let d = h.dims()[2];
-        let n = tokens.len();
-        to_vec(h.slice([0..1, n - 1..n, 0..d]), "hidden states")
+        let hidden = to_vec(h.slice([0..1, n - 1..n, 0..d]), "hidden states")?;
+        match first_non_finite(&hidden) {
+            Some(value) => Err(LmError::NonFinite {
+                what: "the conditioning hidden state".into(),
+                value,
+            }),
+            None => Ok(hidden),
+        }
     }
 
     /// log p0(continuation | prefix) for each (prefix, continuation) pair, in one batched pass
@@ -60,7 +80,11 @@ impl BurnLm {
                     what: format!("score: prefix {i}"),
                 });
             }
-            groups.entry((p.len(), c.len())).or_default().push(i);
+            let (pl, cl) = (p.len(), c.len());
+            self.dims().check_context(pl.saturating_add(cl), || {
+                format!("score: prefix {i} ({pl} tokens) + continuation ({cl} tokens)")
+            })?;
+            groups.entry((pl, cl)).or_default().push(i);
         }
         let v = self.dims().vocab;
         for ((pl, cl), idx) in groups {
@@ -78,11 +102,21 @@ impl BurnLm {
             let h = h.slice([0..idx.len(), pl - 1..seq - 1, 0..d]);
             let logp = to_vec(log_softmax(self.model.logits(h), 2), "log-probabilities")?;
             for (b, &i) in idx.iter().enumerate() {
-                out[i] = continuations[i]
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &tok)| logp[(b * cl + j) * v + tok as usize] as f64)
-                    .sum();
+                let mut sum = 0.0;
+                for (j, &tok) in continuations[i].iter().enumerate() {
+                    let lp = f64::from(logp[(b * cl + j) * v + tok as usize]);
+                    // NaN from overflowed logits, or -inf from an infinite one.
+                    if !lp.is_finite() {
+                        return Err(LmError::NonFinite {
+                            what: format!(
+                                "score: log p0 of token {j} (id {tok}) of continuation {i}"
+                            ),
+                            value: lp,
+                        });
+                    }
+                    sum += lp;
+                }
+                out[i] = sum;
             }
         }
         Ok(out)
@@ -119,11 +153,18 @@ impl BurnLm {
         } = self.dims();
         let p = prompt.len();
         let seq = p + horizon - 1;
+        self.dims().check_context(seq, || {
+            format!(
+                "teacher forcing: the prompt ({p} tokens) + {} forced tokens",
+                horizon - 1
+            )
+        })?;
         let mut log_probs: Vec<Vec<f64>> =
             (0..horizon).map(|_| Vec::with_capacity(k * v)).collect();
         let mut hidden: Vec<Vec<f32>> = (0..horizon).map(|_| Vec::with_capacity(k * d)).collect();
         let chunk = (TEACHER_FORCING_CHUNK_VALUES / (horizon * v)).max(1);
-        for group in sequences.chunks(chunk) {
+        for (g, group) in sequences.chunks(chunk).enumerate() {
+            let done = g * chunk;
             let b = group.len();
             let mut tokens = Vec::with_capacity(b * seq);
             for s in group {
@@ -137,7 +178,15 @@ impl BurnLm {
             for bi in 0..b {
                 for t in 0..horizon {
                     let r = bi * horizon + t;
-                    push_log_softmax(&logits[r * v..(r + 1) * v], &mut log_probs[t]);
+                    push_log_softmax(&logits[r * v..(r + 1) * v], &mut log_probs[t]).map_err(
+                        |value| LmError::NonFinite {
+                            what: format!(
+                                "teacher forcing: a logit of sequence {} at step {t}",
+                                done + bi
+                            ),
+                            value,
+                        },
+                    )?;
                     hidden[t].extend_from_slice(&hv[r * d..(r + 1) * d]);
                 }
             }

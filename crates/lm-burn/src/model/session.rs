@@ -34,6 +34,8 @@ impl<'a> BurnSession<'a> {
             });
         }
         let p = prompt.len();
+        lm.dims()
+            .check_context(p, || format!("the prompt ({p} tokens)"))?;
         let (h, layers) = lm.model.forward_seq(prompt, 1, p)?;
         let d = h.dims()[2];
         let last = h.slice([0..1, p - 1..p, 0..d]).reshape([1, d]);
@@ -76,8 +78,14 @@ impl DecodeSession for BurnSession<'_> {
             "logits",
         )?;
         let mut data = Vec::with_capacity(logits.len());
-        for row in logits.chunks_exact(v) {
-            push_log_softmax(row, &mut data);
+        for (k, row) in logits.chunks_exact(v).enumerate() {
+            push_log_softmax(row, &mut data).map_err(|value| LmError::NonFinite {
+                what: format!(
+                    "a logit of particle {k} after {} generated tokens",
+                    self.cache.len()
+                ),
+                value,
+            })?;
         }
         let hidden = to_vec(self.hidden.clone(), "hidden states")?;
         let dim = self.hidden.dims()[1];
@@ -100,6 +108,13 @@ impl DecodeSession for BurnSession<'_> {
             }
             .into());
         }
+        let (prompt_len, generated) = (self.prompt.len, self.cache.len());
+        self.lm.dims().check_context(self.pos + 1, || {
+            format!(
+                "push: generated token {} after the {prompt_len}-token prompt",
+                generated + 1
+            )
+        })?;
         self.hidden =
             self.lm
                 .model
