@@ -10,7 +10,7 @@ use smc_core::seed;
 use smc_core::smc::{Proposal, rng_from_seed};
 use twist_learn::HeadTrainable;
 
-use super::{BoundRule, Record, ReproduceSettings, TaskEval};
+use super::records::{BoundRule, Record, ReproduceSettings, TaskEval};
 use crate::presets::{ExactMethod, Preset};
 
 pub(super) struct Ctx<'a> {

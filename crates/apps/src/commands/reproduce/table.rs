@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use smc_bounds::Estimate;
 
-use super::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
+use super::records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
 use crate::presets::Preset;
 
 /// Writes table.md and summary.json from the records and prints the table.

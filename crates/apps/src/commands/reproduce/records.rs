@@ -1,0 +1,119 @@
+//! The settings and records of `tsmc reproduce`: what one evaluation stores, and a row of the
+//! table built from them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use smc_bounds::Estimate;
+use twist_learn::Method;
+
+use crate::presets::Preset;
+use crate::setup::ModelChoice;
+use crate::training::HeadChoice;
+
+/// The validated settings of `tsmc reproduce`.
+#[derive(Debug, Clone)]
+pub struct ReproduceSettings {
+    /// The task preset.
+    pub preset: &'static Preset,
+    /// Output tokens T.
+    pub tokens: usize,
+    /// Conditioning tokens m (infilling presets only).
+    pub cond_tokens: Option<usize>,
+    /// Methods to train.
+    pub methods: Vec<Method>,
+    /// Seeds (each: fresh exact samples, fresh heads, fresh draws).
+    pub seeds: usize,
+    /// Updates per method and seed.
+    pub steps: usize,
+    /// Particles per update.
+    pub particles: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// The heads.
+    pub head: HeadChoice,
+    /// Particles K of the bounds on log Z.
+    pub eval_particles: usize,
+    /// Draws from q for F_q.
+    pub fq_samples: usize,
+    /// Exact samples per seed (infilling: conditioning sequences per seed).
+    pub exact_samples: usize,
+    /// Exact samples per seed that seed the upper bounds.
+    pub upper_samples: usize,
+    /// Runs per lower bound.
+    pub lower_runs: usize,
+    /// Give up collecting exact samples after this many draws.
+    pub max_draws: usize,
+    /// The model.
+    pub model: ModelChoice,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Only rebuild the table from the records.
+    pub table_only: bool,
+}
+
+/// One sampler's evaluation for one seed (infilling: averaged over the seed's tasks, with the
+/// per-task values kept so that log Z can be pinned per task).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// The seed.
+    pub seed: u64,
+    /// "p0" or the method.
+    pub sampler: String,
+    /// Seconds spent training (0 for p0).
+    pub train_seconds: f64,
+    /// Per task (one task for a fixed potential): F_q, G_q and the best lower and upper bounds.
+    pub tasks: Vec<TaskEval>,
+}
+
+/// A sampler's numbers on one task.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TaskEval {
+    /// F_q = E_q[log sigma~ - log q].
+    pub f_q: Estimate,
+    /// G_q = E_sigma[log sigma~ - log q].
+    pub g_q: Estimate,
+    /// This sampler's lower bound on log Z for the task (a mean over runs; see `rule`).
+    pub lower: f64,
+    /// This sampler's upper bound on log Z for the task (a mean over exact samples).
+    pub upper: f64,
+    /// Which estimator `lower` and `upper` are.
+    #[serde(default)]
+    pub rule: BoundRule,
+}
+
+/// How a record's `lower` and `upper` were formed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoundRule {
+    /// Records written before the rule was stored: the larger of the SIS and SMC lower bounds
+    /// and the smaller of the upper ones, a selection between two noisy estimates of the same
+    /// sampler (biased inwards by at most their noise; the table says so).
+    #[default]
+    TightestOfSisSmc,
+    /// The SMC lower bound and the conditional-SMC upper bound, declared in advance: each is a
+    /// bound in expectation by construction.
+    Smc,
+}
+
+/// A row of the final table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// "p0" or the method.
+    pub sampler: String,
+    /// KL(q‖σ) over seeds.
+    pub kl_q_sigma: Estimate,
+    /// KL(σ‖q) over seeds.
+    pub kl_sigma_q: Estimate,
+    /// F_q over seeds.
+    pub f_q: Estimate,
+    /// G_q over seeds.
+    pub g_q: Estimate,
+    /// KL(q‖σ) minus p0's, paired by seed (= F_q of p0 - F_q; free of log Z).
+    pub delta_kl_q_sigma: Estimate,
+    /// KL(σ‖q) minus p0's, paired by seed (= G_q - G_q of p0, on the same exact samples).
+    pub delta_kl_sigma_q: Estimate,
+    /// Mean training time per seed.
+    pub train_seconds: f64,
+}
