@@ -547,3 +547,33 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
         "expected -1.500 ± {half:.3} in\n{stdout}"
     );
 }
+
+/// With systematic resampling conditional SMC has no guaranteed upper bound: the demo prints
+/// none (and writes null) instead of an unguaranteed number.
+#[test]
+fn demo_with_systematic_resampling_prints_no_conditional_smc_upper_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.jsonl");
+    let (ok, stdout, stderr) = tsmc(&[
+        "demo",
+        "--horizon",
+        "3",
+        "--particles",
+        "4",
+        "--seeds",
+        "4",
+        "--scheme",
+        "systematic",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("n/a (needs multinomial)"), "{stdout}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines.iter().all(|l| l["smc_upper"].is_null()), "{lines:?}");
+}
