@@ -1,6 +1,7 @@
 //! `tsmc sample`: SMC from a prompt on a language model with a potential; JSONL output.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -10,7 +11,7 @@ use smc_core::prelude::*;
 
 use crate::jsonl::JsonlWriter;
 use crate::potentials::PotentialSpec;
-use crate::progress::WithProgress;
+use crate::progress::{PhaseTimes, WithProgress};
 use crate::setup::{ModelChoice, load_model_and_prompt, load_twist};
 
 /// The validated settings of `tsmc sample`.
@@ -68,6 +69,48 @@ struct RunRecord<'a> {
     final_ess: f64,
     steps: &'a [StepRecord],
     ancestors: &'a [Vec<usize>],
+    timing: Timing,
+}
+
+/// Where a run's wall time went: the model's phases (prefill, forward passes, output head and
+/// log-softmax, reorder) and the rest (SMC itself: twist, sampling, weights, resampling, and
+/// the potential), with particle-tokens per second (K x T / wall time, prefill included, model
+/// load excluded).
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Timing {
+    wall_s: f64,
+    particle_tokens_per_s: f64,
+    model: PhaseTimes,
+    smc_and_potential_s: f64,
+}
+
+impl Timing {
+    fn new(wall_s: f64, model: PhaseTimes, config: &SmcConfig) -> Self {
+        let tokens = (config.num_particles * config.horizon) as f64;
+        Self {
+            wall_s,
+            particle_tokens_per_s: tokens / wall_s.max(1e-9),
+            model,
+            smc_and_potential_s: (wall_s - model.model_s()).max(0.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.model;
+        write!(
+            f,
+            "{:.1} particle-tokens/s: {:.2} s = prefill {:.2} + forward {:.2} + head and log-softmax {:.2} + reorder {:.2} + SMC and potential {:.2}",
+            self.particle_tokens_per_s,
+            self.wall_s,
+            m.prefill_s,
+            m.forward_s,
+            m.head_s,
+            m.reorder_s,
+            self.smc_and_potential_s
+        )
+    }
 }
 
 /// Runs `tsmc sample`.
@@ -104,7 +147,9 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         &format!("{} x {} particles", args.method, args.particles),
     );
     let twist = head.as_ref().map(|h| h as &dyn Twist);
+    let started = Instant::now();
     let out = run_smc(&with_bar, twist, potential.as_ref(), prompt, &config)?;
+    let timing = Timing::new(started.elapsed().as_secs_f64(), with_bar.times(), &config);
     with_bar.finish();
 
     let weights = out.weights();
@@ -126,6 +171,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         final_ess,
         out.num_resamplings()
     );
+    println!("{timing}");
     for &k in order.iter().take(args.show) {
         println!(
             "  w = {:.3}  log phi = {:>7.2}  {}{}",
@@ -160,6 +206,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             final_ess,
             steps: &out.steps,
             ancestors: &out.ancestors,
+            timing,
         })?;
         w.finish()?;
         if let Some(p) = &args.out {
