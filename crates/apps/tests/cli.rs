@@ -590,3 +590,28 @@ fn demo_with_systematic_resampling_prints_no_conditional_smc_upper_bound() {
     assert!(!lines.is_empty());
     assert!(lines.iter().all(|l| l["smc_upper"].is_null()), "{lines:?}");
 }
+
+/// `tsmc demo | head -0`: a reader that closes the pipe before tsmc writes ends tsmc quietly
+/// (as for other command-line tools), never with a panic.
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsmc"))
+        .args([
+            "demo",
+            "--horizon",
+            "3",
+            "--particles",
+            "4,16",
+            "--seeds",
+            "4",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end at once: tsmc has not printed yet (it is still starting).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

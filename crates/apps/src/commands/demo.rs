@@ -103,6 +103,13 @@ pub fn run(args: &DemoSettings) -> Result<()> {
     );
     let exact_samples: Vec<Vec<u32>> = collected.samples.into_iter().map(|s| s.tokens).collect();
 
+    println!(
+        "± below is the 95% Student t half-width: lower bounds over {} runs ({} degrees of freedom), upper bounds over the {} exact samples ({})",
+        args.seeds,
+        args.seeds - 1,
+        exact_samples.len(),
+        exact_samples.len() - 1
+    );
     let optimal = exact.optimal_twist();
     let learned = optimal.perturbed(
         args.twist_noise,
