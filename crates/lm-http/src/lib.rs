@@ -57,6 +57,9 @@ use error::preview;
 /// How far the returned probabilities may sum above one (servers compute in f32).
 pub const MASS_TOLERANCE: f64 = 1e-3;
 
+/// One answer: `(token, log p0)` pairs, largest first.
+type TopRow = Vec<(u32, f64)>;
+
 /// Largest response body read (a full-vocabulary answer of 256k tokens fits).
 const MAX_BODY_BYTES: u64 = 256 << 20;
 
@@ -385,33 +388,32 @@ impl HttpLm {
         }
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let done: Vec<Vec<(usize, Result<Vec<(u32, f64)>, HttpError>)>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut mine = Vec::new();
-                            while !failed.load(Ordering::Relaxed) {
-                                let i = next.fetch_add(1, Ordering::Relaxed);
-                                if i >= n {
-                                    break;
-                                }
-                                let row = self.top_log_probs(&contexts[i]);
-                                if row.is_err() {
-                                    failed.store(true, Ordering::Relaxed);
-                                }
-                                mine.push((i, row));
+        let done: Vec<Vec<(usize, Result<TopRow, HttpError>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        while !failed.load(Ordering::Relaxed) {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                break;
                             }
-                            mine
-                        })
+                            let row = self.top_log_probs(&contexts[i]);
+                            if row.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
+                            mine.push((i, row));
+                        }
+                        mine
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                    .collect()
-            });
-        let mut rows: Vec<Option<Vec<(u32, f64)>>> = vec![None; n];
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut rows: Vec<Option<TopRow>> = vec![None; n];
         let mut first_error: Option<(usize, HttpError)> = None;
         for (i, row) in done.into_iter().flatten() {
             match row {

@@ -148,7 +148,7 @@ impl Wire for LlamaServer {
     fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
         let first = answer
             .get("completion_probabilities")
-            .ok_or("no completion_probabilities field")?
+            .ok_or("completion_probabilities is missing")?
             .as_array()
             .ok_or("completion_probabilities is not an array")?
             .first()
@@ -221,7 +221,7 @@ impl Wire for OpenAi {
     fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
         let logprobs = answer
             .get("choices")
-            .ok_or("no choices field")?
+            .ok_or("choices is missing")?
             .as_array()
             .ok_or("choices is not an array")?
             .first()
