@@ -11,7 +11,8 @@ use crate::error::{Result, SmcError};
 /// particle, and optionally the hidden states that twist heads read.
 #[derive(Debug, Clone)]
 pub struct StepOutput {
-    /// `K x V` table of log p0(v | prompt, s_{<t}); each row is a normalised log-distribution.
+    /// `K x V` table of log p0(v | prompt, s_{<t}); each row is a normalised log-distribution,
+    /// unless the session says otherwise ([`DecodeSession::log_probs_normalised`]).
     pub log_probs: LogTable,
     /// The base model's last hidden state at the position that predicts s_t, if the model has one.
     pub hidden: Option<HiddenStates>,
@@ -68,6 +69,18 @@ pub trait DecodeSession {
     /// Reorders the particles: particle k continues from old particle `ancestors[k]`.
     /// Implementations should copy only the rows that change.
     fn reorder(&mut self, ancestors: &[usize]) -> Result<()>;
+
+    /// Whether every row of [`next_log_probs`](Self::next_log_probs) sums to one (up to
+    /// rounding). A session that reports p0 only on a subset of the vocabulary (a serving
+    /// engine's top N log-probabilities, `-inf` elsewhere) returns `false`: the base proposal
+    /// then samples from the renormalised row and multiplies the incremental weight by the row's
+    /// mass M_t = sum_v exp(row[v]), so that weight x proposal = p0 on the subset and the run is
+    /// exact SMC for the target restricted to the subset. The twisted proposal always divides by
+    /// its own normaliser, so it needs no flag. The default, `true`, keeps the base proposal's
+    /// weight psi_t / psi_{t-1} of spec §3 bit for bit.
+    fn log_probs_normalised(&self) -> bool {
+        true
+    }
 }
 
 /// What a twist sees at step t: the particles' tokens s_{1:t-1} and the base model's output.

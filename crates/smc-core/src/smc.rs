@@ -9,6 +9,10 @@
 //! - twisted proposal, t = T: log alpha_T = log Z_T + log phi - log psi_{T-1} - log psi_T(s_{1:T})
 //! - base proposal, t < T:    log alpha_t = log psi_t - log psi_{t-1}
 //! - base proposal, t = T:    log alpha_T = log phi - log psi_{T-1}
+//!
+//! A session whose rows are p0 on a subset only (`DecodeSession::log_probs_normalised` false)
+//! makes the base proposal the renormalised row and adds log M_t (the row's log-sum-exp) to
+//! the base proposal's log alpha_t; the twisted proposal's log Z_t already includes it.
 
 use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -281,6 +285,10 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
             None => None,
         };
         let twist_name = self.twist.map_or("twist", |tw| tw.name());
+        // An unnormalised table (p0 on a subset of the vocabulary): the base proposal is the
+        // renormalised row, and its weight carries the row's mass (see
+        // `DecodeSession::log_probs_normalised`).
+        let base_mass = !self.session.log_probs_normalised();
 
         let mut next = vec![0u32; k];
         let mut log_alpha = vec![0.0; k];
@@ -364,6 +372,9 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                 Proposal::Base if t < self.horizon => lpsi - self.log_psi_prev[p],
                 Proposal::Base => -self.log_psi_prev[p],
             };
+            if base_mass && self.proposal == Proposal::Base {
+                log_alpha[p] += log_norm;
+            }
             // A particle whose p0 or twist weight is zero stays at weight zero (never NaN).
             if lp0 == f64::NEG_INFINITY || self.log_psi_prev[p] == f64::NEG_INFINITY {
                 log_alpha[p] = f64::NEG_INFINITY;

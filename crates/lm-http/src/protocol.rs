@@ -1,0 +1,341 @@
+//! The two wire protocols: llama.cpp's `llama-server` (`POST /completion`) and the
+//! OpenAI-compatible completions endpoint (`POST /v1/completions`: vLLM, SGLang). Both ask for
+//! one generated token with the top N next-token log-probabilities, the prompt given as token
+//! ids, and both are parsed into `(token id, log p0)` pairs; what the crate assumes about each
+//! server's answer is written next to its parser (and in the crate README).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{Value, json};
+
+/// Which HTTP API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// llama.cpp's `llama-server`: `POST /completion` with `n_probs`.
+    LlamaServer,
+    /// The OpenAI-compatible `POST /v1/completions` with `logprobs` (vLLM, SGLang).
+    OpenAi,
+}
+
+impl Protocol {
+    /// Both protocols.
+    pub const ALL: [Protocol; 2] = [Protocol::LlamaServer, Protocol::OpenAi];
+
+    /// The path of the completion endpoint.
+    pub fn completion_path(self) -> &'static str {
+        match self {
+            Protocol::LlamaServer => "/completion",
+            Protocol::OpenAi => "/v1/completions",
+        }
+    }
+
+    pub(crate) fn wire(self) -> &'static dyn Wire {
+        match self {
+            Protocol::LlamaServer => &LlamaServer,
+            Protocol::OpenAi => &OpenAi,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::LlamaServer => "llama-server",
+            Protocol::OpenAi => "openai",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "llama-server" | "llama" | "llamacpp" | "llama.cpp" => Ok(Protocol::LlamaServer),
+            "openai" | "vllm" | "sglang" => Ok(Protocol::OpenAi),
+            other => Err(format!(
+                "unknown protocol '{other}' (expected llama-server or openai)"
+            )),
+        }
+    }
+}
+
+/// One protocol: the request body and the parser of the answer.
+pub(crate) trait Wire: Send + Sync {
+    /// The JSON body asking for one token after `tokens` with the top `n` log-probabilities.
+    fn request(&self, tokens: &[u32], n: usize, model: Option<&str>) -> Value;
+
+    /// The `(token id, log-probability)` pairs of the first generated position, as the server
+    /// gave them (ids not yet checked against the vocabulary). `Err` says what is missing.
+    fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String>;
+}
+
+/// A log-probability: a JSON number, or `null` (nlohmann::json, llama-server's JSON library,
+/// writes -inf as `null`: a probability that underflowed to zero).
+fn log_prob(value: Option<&Value>, what: &str) -> Result<f64, String> {
+    match value {
+        Some(Value::Number(x)) => x
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| format!("{what} is not a finite number: {x}")),
+        Some(Value::Null) => Ok(f64::NEG_INFINITY),
+        Some(other) => Err(format!("{what} is not a number: {other}")),
+        None => Err(format!("{what} is missing")),
+    }
+}
+
+/// A probability in [0, 1] (a little above 1 is left to the mass check), as a log; `null`
+/// reads as zero.
+fn prob_as_log(value: Option<&Value>, what: &str) -> Result<f64, String> {
+    let p = log_prob(value, what)?;
+    if p == f64::NEG_INFINITY {
+        return Ok(p);
+    }
+    if p < 0.0 {
+        return Err(format!("{what} is negative: {p}"));
+    }
+    Ok(p.ln())
+}
+
+fn token_id(value: Option<&Value>, what: &str) -> Result<u64, String> {
+    match value {
+        Some(Value::Number(x)) => x
+            .as_u64()
+            .ok_or_else(|| format!("{what} is not a token id: {x}")),
+        Some(other) => Err(format!("{what} is not a token id: {other}")),
+        None => Err(format!("{what} is missing")),
+    }
+}
+
+/// llama.cpp's `llama-server`.
+///
+/// Request: `{"prompt": [ids], "n_predict": 1, "n_probs": N, "cache_prompt": true,
+/// "post_sampling_probs": false}` plus neutral sampler settings (temperature 1, no top-k,
+/// top-p, min-p, typical-p or penalties), so that the probabilities are p0's even on builds
+/// that report them after the sampler chain.
+///
+/// Answer, accepted forms of `completion_probabilities[0]`:
+/// - `top_logprobs: [{"id", "token", "logprob", ...}]` (llama.cpp since late 2024; the
+///   log-probabilities are the model's full-vocabulary softmax, before sampling);
+/// - `top_probs: [{"id", "token", "prob"}]` (the same with `post_sampling_probs`);
+/// - `probs: [{"id" or "tok", "tok_str", "prob"}]` (older builds). Older builds give only the
+///   token strings (`tok_str`); without ids the answer is refused, since a string does not
+///   name a token id reliably.
+struct LlamaServer;
+
+impl Wire for LlamaServer {
+    fn request(&self, tokens: &[u32], n: usize, _model: Option<&str>) -> Value {
+        json!({
+            "prompt": tokens,
+            "n_predict": 1,
+            "n_probs": n,
+            "cache_prompt": true,
+            "post_sampling_probs": false,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "min_p": 0.0,
+            "typical_p": 1.0,
+            "repeat_penalty": 1.0,
+            "repeat_last_n": 0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "stream": false,
+        })
+    }
+
+    fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
+        let first = answer
+            .get("completion_probabilities")
+            .ok_or("completion_probabilities is missing")?
+            .as_array()
+            .ok_or("completion_probabilities is not an array")?
+            .first()
+            .ok_or("completion_probabilities is empty")?;
+        let (list, field) = ["top_logprobs", "top_probs", "probs"]
+            .iter()
+            .find_map(|&f| first.get(f).map(|v| (v, f)))
+            .ok_or("completion_probabilities[0] has none of top_logprobs, top_probs, probs")?;
+        let list = list
+            .as_array()
+            .ok_or_else(|| format!("completion_probabilities[0].{field} is not an array"))?;
+        list.iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let what = |f: &str| format!("completion_probabilities[0].{field}[{i}].{f}");
+                let id = match (entry.get("id"), entry.get("tok")) {
+                    (Some(id), _) => token_id(Some(id), &what("id"))?,
+                    (None, Some(tok)) => token_id(Some(tok), &what("tok"))?,
+                    (None, None) if entry.get("tok_str").is_some() => {
+                        return Err(format!(
+                            "{} carries a token string only (tok_str), no token id: this \
+                             llama-server is too old; use a build that answers top_logprobs \
+                             with ids",
+                            what("id")
+                        ));
+                    }
+                    (None, None) => return Err(format!("{} is missing", what("id"))),
+                };
+                let lp = if field == "top_logprobs" {
+                    log_prob(entry.get("logprob"), &what("logprob"))?
+                } else {
+                    prob_as_log(entry.get("prob"), &what("prob"))?
+                };
+                Ok((id, lp))
+            })
+            .collect()
+    }
+}
+
+/// The OpenAI-compatible completions API of vLLM and SGLang.
+///
+/// Request: `{"model", "prompt": [ids], "max_tokens": 1, "logprobs": N, "temperature": 1,
+/// "top_p": 1, "return_tokens_as_token_ids": true}`.
+///
+/// Answer: `choices[0].logprobs.top_logprobs[0]`, an object keyed `"token_id:NNN"` (vLLM with
+/// `return_tokens_as_token_ids`) with log-probabilities as values, or a list of
+/// `{"token_id" or "id", "logprob"}` objects. Keys that are token strings are refused (the
+/// server ignored `return_tokens_as_token_ids`). vLLM adds the sampled token to the top N
+/// when it is not among them; the backend keeps the N largest (see the crate docs).
+struct OpenAi;
+
+impl Wire for OpenAi {
+    fn request(&self, tokens: &[u32], n: usize, model: Option<&str>) -> Value {
+        let mut body = json!({
+            "prompt": tokens,
+            "max_tokens": 1,
+            "logprobs": n,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "echo": false,
+            "stream": false,
+            "return_tokens_as_token_ids": true,
+        });
+        if let Some(model) = model {
+            body["model"] = Value::from(model);
+        }
+        body
+    }
+
+    fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
+        let logprobs = answer
+            .get("choices")
+            .ok_or("choices is missing")?
+            .as_array()
+            .ok_or("choices is not an array")?
+            .first()
+            .ok_or("choices is empty")?
+            .get("logprobs")
+            .filter(|v| !v.is_null())
+            .ok_or("choices[0].logprobs is missing or null")?;
+        let top = logprobs
+            .get("top_logprobs")
+            .ok_or("choices[0].logprobs.top_logprobs is missing")?
+            .as_array()
+            .ok_or("choices[0].logprobs.top_logprobs is not an array")?
+            .first()
+            .filter(|v| !v.is_null())
+            .ok_or("choices[0].logprobs.top_logprobs[0] is missing or null")?;
+        let prefix = "choices[0].logprobs.top_logprobs[0]";
+        match top {
+            Value::Object(map) => map
+                .iter()
+                .map(|(key, value)| {
+                    let id = key
+                        .strip_prefix("token_id:")
+                        .ok_or_else(|| {
+                            format!(
+                                "{prefix} is keyed by token strings ({key:?}), not token ids: \
+                                 the server ignored return_tokens_as_token_ids"
+                            )
+                        })?
+                        .parse::<u64>()
+                        .map_err(|_| format!("{prefix} key {key:?} has no token id"))?;
+                    Ok((id, log_prob(Some(value), &format!("{prefix}[{key:?}]"))?))
+                })
+                .collect(),
+            Value::Array(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    let what = |f: &str| format!("{prefix}[{i}].{f}");
+                    let id = match entry.get("token_id") {
+                        Some(id) => token_id(Some(id), &what("token_id"))?,
+                        None => token_id(entry.get("id"), &what("token_id"))?,
+                    };
+                    Ok((id, log_prob(entry.get("logprob"), &what("logprob"))?))
+                })
+                .collect(),
+            other => Err(format!("{prefix} is neither an object nor a list: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_server_forms() {
+        let newer = json!({"completion_probabilities": [{"id": 5, "token": "a", "logprob": -0.1,
+            "top_logprobs": [{"id": 5, "token": "a", "logprob": -0.1},
+                             {"id": 2, "token": "b", "logprob": null}]}]});
+        let parsed = LlamaServer.parse(&newer).unwrap();
+        assert_eq!(parsed[0], (5, -0.1));
+        assert_eq!(parsed[1], (2, f64::NEG_INFINITY));
+        let post = json!({"completion_probabilities": [{"top_probs": [{"id": 3, "prob": 0.5}]}]});
+        assert_eq!(LlamaServer.parse(&post).unwrap(), vec![(3, 0.5f64.ln())]);
+        let older = json!({"completion_probabilities": [{"content": "a",
+            "probs": [{"tok": 1, "tok_str": "a", "prob": 0.25}]}]});
+        assert_eq!(LlamaServer.parse(&older).unwrap(), vec![(1, 0.25f64.ln())]);
+        let strings =
+            json!({"completion_probabilities": [{"probs": [{"tok_str": "a", "prob": 1.0}]}]});
+        assert!(LlamaServer.parse(&strings).unwrap_err().contains("too old"));
+        let bad =
+            json!({"completion_probabilities": [{"top_logprobs": [{"id": -1, "logprob": 0.0}]}]});
+        assert!(
+            LlamaServer
+                .parse(&bad)
+                .unwrap_err()
+                .contains("not a token id")
+        );
+        let bad =
+            json!({"completion_probabilities": [{"top_logprobs": [{"id": 1, "logprob": "x"}]}]});
+        assert!(
+            LlamaServer
+                .parse(&bad)
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert!(LlamaServer.parse(&json!({})).is_err());
+    }
+
+    #[test]
+    fn openai_forms() {
+        let keyed = json!({"choices": [{"text": "a", "logprobs": {"tokens": ["token_id:7"],
+            "token_logprobs": [-0.2], "top_logprobs": [{"token_id:7": -0.2, "token_id:1": -2.0}]}}]});
+        let mut parsed = OpenAi.parse(&keyed).unwrap();
+        parsed.sort_by_key(|e| e.0);
+        assert_eq!(parsed, vec![(1, -2.0), (7, -0.2)]);
+        let listed = json!({"choices": [{"logprobs": {"top_logprobs": [[{"token_id": 4, "logprob": -1.0}]]}}]});
+        assert_eq!(OpenAi.parse(&listed).unwrap(), vec![(4, -1.0)]);
+        let strings = json!({"choices": [{"logprobs": {"top_logprobs": [{" the": -0.2}]}}]});
+        assert!(
+            OpenAi
+                .parse(&strings)
+                .unwrap_err()
+                .contains("token strings")
+        );
+        let null = json!({"choices": [{"logprobs": null}]});
+        assert!(OpenAi.parse(&null).unwrap_err().contains("missing or null"));
+    }
+
+    #[test]
+    fn protocol_names_round_trip() {
+        for p in Protocol::ALL {
+            assert_eq!(p.to_string().parse::<Protocol>().unwrap(), p);
+        }
+        assert!("grpc".parse::<Protocol>().is_err());
+    }
+}

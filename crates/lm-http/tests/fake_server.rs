@@ -1,0 +1,391 @@
+//! SMC through the HTTP backend against a fake serving engine that answers with a tabular
+//! model's exact next-token tables: the same runs as in process when N = V, exactness for the
+//! top-N-truncated target when N < V, and typed errors naming the URL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FakeServer, Fault, Format, dead_url, ranked};
+use lm_http::{HttpError, HttpLm, HttpLmOptions, Protocol};
+use smc_core::prelude::*;
+
+const FORMATS: [(Format, Protocol); 3] = [
+    (Format::LlamaTopLogprobs, Protocol::LlamaServer),
+    (Format::LlamaProbs, Protocol::LlamaServer),
+    (Format::OpenAiKeyed, Protocol::OpenAi),
+];
+
+fn model() -> TabularLm {
+    TabularLm::random(4, 2, 1.0, 31)
+}
+
+const PROMPT: [u32; 2] = [2, 0];
+const HORIZON: usize = 3;
+
+fn potential() -> FnPotential<impl Fn(&[u32], &[u32]) -> f64> {
+    FnPotential::new("smooth", |_: &[u32], s: &[u32]| {
+        0.8 * s.iter().filter(|&&x| x == 3).count() as f64 - 0.5 * f64::from(s[0])
+    })
+}
+
+fn connect(server: &FakeServer, protocol: Protocol, vocab: usize, top_n: usize) -> HttpLm {
+    HttpLm::connect(
+        HttpLmOptions::new(&server.url, protocol, vocab)
+            .with_top_n(top_n)
+            .with_timeout(Duration::from_secs(20))
+            .with_parallel(4),
+    )
+    .unwrap()
+}
+
+/// mean and standard error of `x`.
+fn mean_se(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+#[test]
+fn with_the_whole_vocabulary_runs_match_the_in_process_model() {
+    let lm = model();
+    let phi = potential();
+    let psi = Enumeration::new(&lm, &PROMPT, HORIZON, &phi)
+        .unwrap()
+        .optimal_twist()
+        .perturbed(0.4, 2);
+    for (format, protocol) in FORMATS {
+        let server = FakeServer::start(lm.clone(), format, Fault::None);
+        let http = connect(&server, protocol, 4, 4);
+        assert_eq!(http.top_n(), 4);
+        for (name, config, twist) in [
+            ("bootstrap", SmcConfig::bootstrap(6, HORIZON), None),
+            (
+                "twisted",
+                SmcConfig::twisted(6, HORIZON),
+                Some(&psi as &dyn Twist),
+            ),
+            (
+                "twisted, no twist",
+                SmcConfig::twisted(6, HORIZON).with_criterion(Criterion::EssBelow(0.5)),
+                None,
+            ),
+        ] {
+            let mut bitwise = 0;
+            for seed in 0..10 {
+                let cfg = config.with_seed(seed);
+                let local = run_smc(&lm, twist, &phi, &PROMPT, &cfg).unwrap();
+                let remote = run_smc(&http, twist, &phi, &PROMPT, &cfg).unwrap();
+                assert_eq!(local.tokens, remote.tokens, "{format:?} {name} seed {seed}");
+                assert_eq!(
+                    local.ancestors, remote.ancestors,
+                    "{format:?} {name} seed {seed}"
+                );
+                // llama's older format sends probabilities, read back through exp and ln.
+                let tol = if format == Format::LlamaProbs {
+                    1e-12
+                } else {
+                    1e-13
+                };
+                assert!(
+                    (local.log_z_hat - remote.log_z_hat).abs() <= tol,
+                    "{format:?} {name} seed {seed}: log Zhat {} in process, {} over HTTP",
+                    local.log_z_hat,
+                    remote.log_z_hat
+                );
+                for (a, b) in local.log_p0.iter().zip(&remote.log_p0) {
+                    assert!((a - b).abs() <= tol, "{format:?} {name}: log p0 {a} vs {b}");
+                }
+                bitwise += usize::from(local.log_z_hat.to_bits() == remote.log_z_hat.to_bits());
+            }
+            // Not always bit for bit: serde_json's default float parser (lm-http does not turn
+            // on its float_roundtrip feature, which would rebuild the workspace's serde_json
+            // users) may read a shortest-form f64 one ulp off; and the bootstrap run over HTTP
+            // adds log M_t (about 1e-16 here) that the in-process run, whose rows are
+            // normalised, does not.
+            eprintln!("{format:?} {name}: {bitwise}/10 runs bit-for-bit equal");
+        }
+        assert!(server.completion_requests() > 0);
+    }
+}
+
+#[test]
+fn with_the_whole_vocabulary_bootstrap_smc_is_unbiased_for_z() {
+    let lm = model();
+    let phi = potential();
+    let z = Enumeration::new(&lm, &PROMPT, HORIZON, &phi)
+        .unwrap()
+        .log_z()
+        .exp();
+    let server = FakeServer::start(lm, Format::LlamaTopLogprobs, Fault::None);
+    let http = connect(&server, Protocol::LlamaServer, 4, 4);
+    // 300 seeds; |mean(Zhat / Z) - 1| <= 4 SE (a false alarm about 6e-5 of the time for a
+    // normal mean; the seeds are fixed, so the outcome is deterministic).
+    let ratios: Vec<f64> = (0..300)
+        .map(|seed| {
+            let cfg = SmcConfig::bootstrap(4, HORIZON).with_seed(seed);
+            run_smc(&http, None, &phi, &PROMPT, &cfg)
+                .unwrap()
+                .log_z_hat
+                .exp()
+                / z
+        })
+        .collect();
+    let (mean, se) = mean_se(&ratios);
+    assert!(
+        (mean - 1.0).abs() <= 4.0 * se,
+        "mean Zhat / Z = {mean}, SE {se}"
+    );
+}
+
+#[test]
+fn with_the_top_n_smc_is_unbiased_for_the_truncated_normaliser() {
+    let lm = model();
+    let phi = potential();
+    let n = 2;
+    let z = Enumeration::new(&lm, &PROMPT, HORIZON, &phi)
+        .unwrap()
+        .log_z()
+        .exp();
+    // Z_N by enumeration in process: phi times the indicator that every token is among the
+    // top N of its context (p0 not renormalised).
+    let truncated_lm = lm.clone();
+    let inner = potential();
+    let phi_n = FnPotential::new("smooth on top-N paths", move |prompt: &[u32], s: &[u32]| {
+        let on_top = (0..s.len()).all(|t| {
+            let context = [prompt, &s[..t]].concat();
+            let row = truncated_lm.next_log_probs(&context).unwrap();
+            ranked(row)[..n].contains(&(s[t] as usize))
+        });
+        if on_top {
+            inner
+                .log_phi(prompt, &TokenBuffer::from_rows(&[s.to_vec()]))
+                .unwrap()[0]
+        } else {
+            f64::NEG_INFINITY
+        }
+    });
+    let z_n = Enumeration::new(&lm, &PROMPT, HORIZON, &phi_n)
+        .unwrap()
+        .log_z()
+        .exp();
+    assert!(
+        z_n < 0.9 * z,
+        "the truncation must matter: Z_N {z_n}, Z {z}"
+    );
+    // A twist for the untruncated target (perturbed psi*): the twisted proposal's normaliser
+    // then runs over the top N only.
+    let psi = Enumeration::new(&lm, &PROMPT, HORIZON, &phi)
+        .unwrap()
+        .optimal_twist()
+        .perturbed(0.4, 3);
+    for (format, protocol) in FORMATS {
+        let server = FakeServer::start(lm.clone(), format, Fault::None);
+        let http = connect(&server, protocol, 4, n);
+        // Enumeration through the server (rows with -inf entries) gives Z_N too.
+        let z_n_http = Enumeration::new(&http, &PROMPT, HORIZON, &phi)
+            .unwrap()
+            .log_z()
+            .exp();
+        assert!(
+            (z_n_http / z_n - 1.0).abs() < 1e-12,
+            "{format:?}: Z_N {z_n} in process, {z_n_http} enumerated over HTTP"
+        );
+        for (name, config, twist) in [
+            ("bootstrap", SmcConfig::bootstrap(4, HORIZON), None),
+            ("twisted, no twist", SmcConfig::twisted(4, HORIZON), None),
+            (
+                "twisted",
+                SmcConfig::twisted(4, HORIZON),
+                Some(&psi as &dyn Twist),
+            ),
+        ] {
+            // 300 seeds each; |mean(Zhat / Z_N) - 1| <= 4 SE, and the mean is more than 4 SE
+            // below Z (the run does not estimate the untruncated Z).
+            let ratios: Vec<f64> = (0..300)
+                .map(|seed| {
+                    let cfg = config.with_seed(1000 + seed);
+                    run_smc(&http, twist, &phi, &PROMPT, &cfg)
+                        .unwrap()
+                        .log_z_hat
+                        .exp()
+                        / z_n
+                })
+                .collect();
+            let (mean, se) = mean_se(&ratios);
+            assert!(
+                (mean - 1.0).abs() <= 4.0 * se,
+                "{format:?} {name}: mean Zhat / Z_N = {mean}, SE {se}"
+            );
+            assert!(
+                (z / z_n - mean) > 4.0 * se,
+                "{format:?} {name}: mean Zhat / Z_N = {mean} (SE {se}) is not below Z / Z_N = {}",
+                z / z_n
+            );
+        }
+    }
+}
+
+#[test]
+fn particles_with_the_same_prefix_share_one_request() {
+    let lm = model();
+    let server = FakeServer::start(lm, Format::LlamaTopLogprobs, Fault::None);
+    let http = connect(&server, Protocol::LlamaServer, 4, 4);
+    let mut session = http.start(&PROMPT, 16).unwrap();
+    session.next_log_probs().unwrap();
+    assert_eq!(server.completion_requests(), 1);
+    session
+        .push(&[0, 1, 0, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3])
+        .unwrap();
+    let out = session.next_log_probs().unwrap();
+    assert_eq!(server.completion_requests(), 1 + 4);
+    assert_eq!(out.log_probs.row(0), out.log_probs.row(2));
+    session.reorder(&[15; 16]).unwrap();
+    session.next_log_probs().unwrap();
+    assert_eq!(server.completion_requests(), 1 + 4 + 1);
+    assert!(!session.log_probs_normalised());
+}
+
+/// The error of a run against a faulty server: a backend error whose message names the URL,
+/// with the `HttpError` as its source.
+fn run_error(url: &str, protocol: Protocol, lm: &HttpLm) -> HttpError {
+    let err = run_smc(
+        lm,
+        None,
+        &UnitPotential,
+        &PROMPT,
+        &SmcConfig::bootstrap(3, 2),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains(url), "{protocol}: {err}");
+    match err {
+        SmcError::Backend { source, .. } => *source.downcast::<HttpError>().unwrap(),
+        other => panic!("expected a backend error, got {other}"),
+    }
+}
+
+/// Which `HttpError` variant an error must be.
+type ErrorKind = fn(&HttpError) -> bool;
+
+#[test]
+fn faulty_servers_give_typed_errors_naming_the_url() {
+    let cases: [(Fault, ErrorKind, &str); 6] = [
+        (
+            Fault::NotJson,
+            |e| matches!(e, HttpError::Malformed { .. }),
+            "not JSON",
+        ),
+        (
+            Fault::MissingField,
+            |e| matches!(e, HttpError::Malformed { .. }),
+            "missing",
+        ),
+        (
+            Fault::IdOutOfVocab,
+            |e| matches!(e, HttpError::Malformed { .. }),
+            "outside the vocabulary",
+        ),
+        (
+            Fault::PositiveLogprob,
+            |e| matches!(e, HttpError::Malformed { .. }),
+            "more than 1",
+        ),
+        (
+            Fault::ServerError,
+            |e| matches!(e, HttpError::Status { status: 500, .. }),
+            "out of memory",
+        ),
+        (
+            Fault::StringKeys,
+            |e| matches!(e, HttpError::Malformed { .. }),
+            "token strings",
+        ),
+    ];
+    for (fault, is_expected, message) in cases {
+        for (format, protocol) in [
+            (Format::LlamaTopLogprobs, Protocol::LlamaServer),
+            (Format::OpenAiKeyed, Protocol::OpenAi),
+        ] {
+            if fault == Fault::StringKeys && protocol != Protocol::OpenAi {
+                continue;
+            }
+            let server = FakeServer::start(model(), format, fault.clone());
+            let http = connect(&server, protocol, 4, 2);
+            let err = run_error(&server.url, protocol, &http);
+            assert!(is_expected(&err), "{fault:?} {protocol}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(&server.url), "{text}");
+            assert!(text.contains(message), "{fault:?} {protocol}: {text}");
+        }
+    }
+}
+
+#[test]
+fn a_server_that_is_down_is_an_error_at_connection() {
+    let url = dead_url();
+    for protocol in Protocol::ALL {
+        let err = HttpLm::connect(HttpLmOptions::new(&url, protocol, 4)).unwrap_err();
+        assert!(matches!(err, HttpError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+}
+
+#[test]
+fn a_server_that_does_not_answer_times_out() {
+    let server = FakeServer::start(model(), Format::LlamaTopLogprobs, Fault::Hang);
+    let http = HttpLm::connect(
+        HttpLmOptions::new(&server.url, Protocol::LlamaServer, 4)
+            .with_timeout(Duration::from_millis(300)),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = run_error(&server.url, Protocol::LlamaServer, &http);
+    assert!(matches!(err, HttpError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_vocabulary_mismatch_is_an_error_at_connection() {
+    let server = FakeServer::start(model(), Format::LlamaTopLogprobs, Fault::WrongVocab(7));
+    let err =
+        HttpLm::connect(HttpLmOptions::new(&server.url, Protocol::LlamaServer, 4)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HttpError::VocabMismatch {
+                expected: 4,
+                found: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&server.url), "{err}");
+    // The server reports its vocabulary; the right size connects and is recorded.
+    let ok = FakeServer::start(model(), Format::LlamaTopLogprobs, Fault::None);
+    assert_eq!(
+        connect(&ok, Protocol::LlamaServer, 4, 2).server_vocab(),
+        Some(4)
+    );
+    // An OpenAI server names its model (sent with every request) but not its vocabulary.
+    let openai = FakeServer::start(model(), Format::OpenAiKeyed, Fault::None);
+    let http = connect(&openai, Protocol::OpenAi, 4, 2);
+    assert_eq!(http.model(), Some(common::MODEL_NAME));
+    assert_eq!(http.server_vocab(), None);
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let url = "http://127.0.0.1:9";
+    for options in [
+        HttpLmOptions::new("127.0.0.1:8080", Protocol::LlamaServer, 4),
+        HttpLmOptions::new(url, Protocol::LlamaServer, 0),
+        HttpLmOptions::new(url, Protocol::LlamaServer, 4).with_top_n(0),
+        HttpLmOptions::new(url, Protocol::LlamaServer, 4).with_parallel(0),
+        HttpLmOptions::new(url, Protocol::LlamaServer, 4).with_timeout(Duration::ZERO),
+    ] {
+        let err = HttpLm::connect(options).unwrap_err();
+        assert!(matches!(err, HttpError::Config { .. }), "{err}");
+    }
+}
