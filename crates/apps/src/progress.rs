@@ -135,6 +135,9 @@ impl<S: DecodeSession> DecodeSession for ProgressSession<S> {
         self.bar.inc(1);
         Ok(())
     }
+    fn log_probs_normalised(&self) -> bool {
+        self.inner.log_probs_normalised()
+    }
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
         let t = Instant::now();
         let out = self.inner.reorder(ancestors);
