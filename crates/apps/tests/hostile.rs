@@ -230,7 +230,7 @@ fn edit_checkpoint(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     edit(&mut meta);
     header["__metadata__"][key] = meta.to_string().into();
     let mut text = header.to_string();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -225,9 +225,12 @@ pub fn check_optimizer_state(
     Ok(())
 }
 
+/// A state tensor's name, shape and parameter id.
+type StateTensor = (String, Vec<usize>, Option<u64>);
+
 /// The tensors (name, shape, parameter id) of a burnpack buffer: header "NRUB", version (u16),
 /// metadata size (u32), then CBOR metadata `{ tensors: { name: { shape, param_id, .. } }, .. }`.
-fn burnpack_tensors(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>, Option<u64>)>, String> {
+fn burnpack_tensors(bytes: &[u8]) -> Result<Vec<StateTensor>, String> {
     if bytes.len() < 10 || u32::from_le_bytes(bytes[0..4].try_into().expect("4")) != 0x4255_524E {
         return Err("not a burnpack buffer (no BURN header)".into());
     }
