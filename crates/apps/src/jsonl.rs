@@ -8,32 +8,37 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use lm_burn::heads::{TemporaryGuard, remove_stale_temporaries, temporary_path};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// A JSON-lines file that appears at its path only when [`JsonlWriter::finish`] succeeds.
+/// A JSON-lines file that appears at its path only when [`JsonlWriter::finish`] succeeds. It is
+/// written into `.NAME.tmp-tsmc-PID` beside the target; temporaries that killed runs left there
+/// are removed when the next writer of the same path starts.
 pub struct JsonlWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: Option<BufWriter<fs::File>>,
+    _guard: TemporaryGuard,
 }
 
 impl JsonlWriter {
-    /// Creates the temporary file next to `path`.
+    /// Creates the temporary file next to `path` (which must not be a link or a special file).
     pub fn create(path: &Path) -> Result<Self> {
-        let file_name = path
-            .file_name()
-            .with_context(|| format!("output path {} has no file name", path.display()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file_name);
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
+        if path.file_name().is_none() {
+            bail!("output path {} has no file name", path.display());
+        }
+        crate::output::check_target("output", path)?;
+        remove_stale_temporaries(path);
+        let tmp = temporary_path(path);
+        let guard = TemporaryGuard::new(&tmp);
         let file = fs::File::create(&tmp)
             .with_context(|| format!("cannot create output file {}", tmp.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
             out: Some(BufWriter::new(file)),
+            _guard: guard,
         })
     }
 
@@ -59,14 +64,6 @@ impl JsonlWriter {
     }
 }
 
-impl Drop for JsonlWriter {
-    fn drop(&mut self) {
-        if self.out.is_some() {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 /// A JSON-lines file that is appended to and flushed record by record, so that a run that
 /// stops keeps every record written so far.
 pub struct Appender {
@@ -75,8 +72,9 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Creates (truncates) the file.
+    /// Creates (truncates) the file (which must not be a link or a special file).
     pub fn create(path: &Path) -> Result<Self> {
+        crate::output::check_target("output", path)?;
         let file =
             fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self {

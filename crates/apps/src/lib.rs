@@ -8,11 +8,13 @@
 //! - [`commands`]: one module per command, taking its settings;
 //! - library modules shared by commands: [`setup`] (model, prompt, twist loading), [`training`]
 //!   (heads, positives, progress), [`jsonl`] (every reader and writer of our JSONL files),
+//!   [`output`] (the one rule that keeps an output from destroying an input),
 //!   [`progress`], [`potentials`], [`presets`].
 
 pub mod cli;
 pub mod commands;
 pub mod jsonl;
+pub mod output;
 pub mod potentials;
 pub mod presets;
 pub mod progress;

@@ -91,9 +91,11 @@ pub fn train_with<W: twist_learn::TrainableTwist>(
 
 /// A head for `lm`: fresh (from `choice`, `conditioning` and the user's `seed`, through its own
 /// derived stream) or resumed from a checkpoint (head and Adam's state). Returns it with the checkpoint's metadata (null when
-/// fresh) and the update count it starts from.
+/// fresh) and the update count it starts from; `steps` more updates must keep the count in range.
+#[allow(clippy::too_many_arguments)]
 pub fn fresh_or_resumed_head(
     resume: Option<&Path>,
+    steps: usize,
     lm: &BurnLm,
     choice: HeadChoice,
     conditioning: Option<Vec<u32>>,
@@ -105,7 +107,7 @@ pub fn fresh_or_resumed_head(
         Some(path) => {
             let (t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
                 .with_context(|| format!("resuming from {}", path.display()))?;
-            let step = meta["step"].as_u64().unwrap_or(0) as usize;
+            let step = resumed_step(path, &meta, steps)?;
             (t, meta, step)
         }
         None => (
@@ -124,6 +126,33 @@ pub fn fresh_or_resumed_head(
         ),
     })
 }
+
+/// The update count a checkpoint's metadata records (`step`), checked: a count that is missing,
+/// not an integer, or that `steps` more updates would carry past the largest count is an error
+/// rather than a wrap to 0 or a silent restart at 0.
+pub fn resumed_step(path: &Path, meta: &serde_json::Value, steps: usize) -> Result<usize> {
+    let step = meta["step"]
+        .as_u64()
+        .and_then(|s| usize::try_from(s).ok())
+        .with_context(|| {
+            format!(
+                "{}: metadata field `step` must be the update count (a non-negative integer), found {}",
+                path.display(),
+                meta["step"]
+            )
+        })?;
+    if step.checked_add(steps).is_none_or(|end| end > MAX_STEP) {
+        anyhow::bail!(
+            "{}: metadata field `step` is {step}: {steps} more updates would pass the largest update count {MAX_STEP}",
+            path.display()
+        );
+    }
+    Ok(step)
+}
+
+/// The largest update count a run may reach (seeds and schedules are derived from counts; far
+/// beyond any real run, well inside every integer type that carries it).
+pub const MAX_STEP: usize = 1 << 48;
 
 /// The progress bar of a training run (current loss, elapsed and remaining time).
 pub fn train_bar(steps: usize) -> ProgressBar {

@@ -2,7 +2,8 @@
 //! an MLP d -> H -> H -> V with ReLU, outputting one raw value per vocabulary token; optionally
 //! conditional (infilling): the hidden state of the conditioning tokens, encoded alone, is
 //! concatenated to each position's hidden state. Initialisation N(0, 2/(fan_in + fan_out)),
-//! bias 0. Checkpoints are safetensors (weights) plus JSON (metadata), written atomically.
+//! bias 0. A checkpoint is one safetensors file (weights, metadata in its header, optionally the
+//! optimiser's state) renamed into place, so that a reader sees the old one or the new one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -231,9 +232,52 @@ impl TwistHead {
         Ok(LogTable::from_vec(hidden.rows, v, data).expect("shape"))
     }
 
-    /// Writes the head to `path` (safetensors) and `path` with extension `json` (metadata),
-    /// each through a temporary file renamed into place.
+    /// The parameters by name (`layers.{i}.weight` [in, out], `layers.{i}.bias` \[out\]), each
+    /// with its parameter id (which keys the optimiser's state) and shape.
+    pub fn parameters(&self) -> Vec<(String, u64, Vec<usize>)> {
+        self.config
+            .layer_sizes()
+            .into_iter()
+            .zip(&self.module.layers)
+            .enumerate()
+            .flat_map(|(i, ((fan_in, fan_out), l))| {
+                [
+                    (
+                        format!("layers.{i}.weight"),
+                        l.weight.id.val(),
+                        vec![fan_in, fan_out],
+                    ),
+                    (format!("layers.{i}.bias"), l.bias.id.val(), vec![fan_out]),
+                ]
+            })
+            .collect()
+    }
+
+    /// Writes the head to `path` as one file (see [`TwistHead::save_checkpoint`]), without
+    /// optimiser state.
     pub fn save(&self, path: &Path, metadata: &serde_json::Value) -> Result<()> {
+        self.save_checkpoint(path, metadata, None)
+    }
+
+    /// Writes a checkpoint as ONE safetensors file: the weights (tensors `layers.*`), the
+    /// optimiser's state when given (raw bytes, tensor `optimizer.state`) and, in the header's
+    /// `__metadata__` entry `tsmc.twist_head`, the head's configuration, the conditioning state,
+    /// the parameter ids and `metadata`. The file goes through a temporary sibling renamed into
+    /// place, so a reader sees the old checkpoint or the new one, never a mix (a run killed
+    /// while saving leaves the old one). A copy of the metadata is then written to `path` with
+    /// extension `json` for people to read; tsmc never reads it back.
+    pub fn save_checkpoint(
+        &self,
+        path: &Path,
+        metadata: &serde_json::Value,
+        optimizer: Option<&[u8]>,
+    ) -> Result<()> {
+        if path.extension().is_some_and(|e| e == "json") {
+            return Err(LmError::format(
+                path,
+                "a checkpoint path ending in .json would be overwritten by its own metadata copy",
+            ));
+        }
         let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
         for (i, l) in self.module.layers.iter().enumerate() {
             for (name, t) in [
@@ -249,7 +293,7 @@ impl TwistHead {
                 tensors.insert(format!("layers.{i}.{name}"), (shape, bytes));
             }
         }
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
             .iter()
             .map(|(n, (s, b))| {
                 (
@@ -259,91 +303,391 @@ impl TwistHead {
                 )
             })
             .collect();
-        let bytes = safetensors::serialize(views, None)
-            .map_err(|e| LmError::safetensors(path, "cannot serialise the twist head", e))?;
+        if let Some(state) = optimizer {
+            views.push((
+                OPTIMIZER_TENSOR.to_string(),
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::U8,
+                    vec![state.len()],
+                    state,
+                )
+                .expect("consistent"),
+            ));
+        }
         let param_ids: BTreeMap<String, u64> = self
-            .module
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| {
-                [
-                    (format!("layers.{i}.weight"), l.weight.id.val()),
-                    (format!("layers.{i}.bias"), l.bias.id.val()),
-                ]
-            })
+            .parameters()
+            .into_iter()
+            .map(|(name, id, _)| (name, id))
             .collect();
         let meta = serde_json::json!({
+            "format": CHECKPOINT_FORMAT,
             "head": self.config,
             "cond_hidden": self.cond_hidden,
             "param_ids": param_ids,
+            "optimizer_state": optimizer.is_some(),
             "metadata": metadata,
         });
+        let info = std::collections::HashMap::from([(META_KEY.to_string(), meta.to_string())]);
+        let bytes = safetensors::serialize(views, Some(info))
+            .map_err(|e| LmError::safetensors(path, "cannot serialise the twist head", e))?;
         write_atomic(path, &bytes)?;
+        let mut copy = meta;
+        copy["note"] = serde_json::json!(format!(
+            "a copy, for people, of the metadata inside {}; tsmc reads only that file",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
         write_atomic(
             &path.with_extension("json"),
-            serde_json::to_string_pretty(&meta)
+            serde_json::to_string_pretty(&copy)
                 .expect("json")
                 .as_bytes(),
-        )?;
-        Ok(())
+        )
     }
 
-    /// Reads a head written by [`TwistHead::save`]; returns it and the stored metadata.
+    /// Reads a head written by [`TwistHead::save`] or [`TwistHead::save_checkpoint`] (or by an
+    /// older tsmc: weights, with the metadata in the `.json` beside them); returns it and the
+    /// stored metadata.
     pub fn load(path: &Path, device: &Device) -> Result<(Self, serde_json::Value)> {
-        let meta_path = path.with_extension("json");
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| LmError::io(&meta_path, e))?;
-        let meta: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| LmError::json(&meta_path, "invalid JSON", e))?;
+        let c = Self::read_checkpoint(path, device, false)?;
+        Ok((c.head, c.metadata))
+    }
+
+    /// [`TwistHead::load`] with the optimiser state saved with the head, if any (from an older
+    /// tsmc: the `.optim` file beside the weights).
+    pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
+        Self::read_checkpoint(path, device, true)
+    }
+
+    fn read_checkpoint(path: &Path, device: &Device, with_optimizer: bool) -> Result<Checkpoint> {
+        let file = std::fs::File::open(path).map_err(|e| LmError::io(path, e))?;
+        // SAFETY: read-only mapping; tsmc replaces checkpoints by renaming, never in place.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LmError::io(path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+            LmError::safetensors(path, "not a valid safetensors file (truncated?)", e)
+        })?;
+        let embedded = header.metadata().as_ref().and_then(|m| m.get(META_KEY));
+        let (meta, meta_path, optimizer) = match embedded {
+            Some(text) => {
+                let meta: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| LmError::json(path, format!("header entry `{META_KEY}`"), e))?;
+                if meta["format"] != CHECKPOINT_FORMAT {
+                    return Err(config_error(
+                        path,
+                        "format",
+                        format!("{CHECKPOINT_FORMAT} (a twist head checkpoint of this tsmc)"),
+                        &meta["format"],
+                    ));
+                }
+                let optimizer = if with_optimizer {
+                    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| {
+                        LmError::safetensors(path, "not a valid safetensors file (truncated?)", e)
+                    })?;
+                    match st.tensor(OPTIMIZER_TENSOR) {
+                        Ok(v) if v.dtype() == safetensors::Dtype::U8 && v.shape().len() == 1 => {
+                            Some(v.data().to_vec())
+                        }
+                        Ok(v) => {
+                            return Err(LmError::Shape {
+                                path: path.to_path_buf(),
+                                tensor: OPTIMIZER_TENSOR.into(),
+                                expected: vec![v.data().len()],
+                                found: v.shape().to_vec(),
+                            });
+                        }
+                        Err(_) => None,
+                    }
+                } else {
+                    None
+                };
+                if with_optimizer && meta["optimizer_state"] == true && optimizer.is_none() {
+                    return Err(LmError::MissingTensor {
+                        path: path.to_path_buf(),
+                        tensor: OPTIMIZER_TENSOR.into(),
+                    });
+                }
+                (meta, path.to_path_buf(), optimizer)
+            }
+            None => {
+                // An older checkpoint: metadata and optimiser state in separate files.
+                let meta_path = path.with_extension("json");
+                let text =
+                    std::fs::read_to_string(&meta_path).map_err(|e| LmError::io(&meta_path, e))?;
+                let meta: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| LmError::json(&meta_path, "invalid JSON", e))?;
+                let optim_path = path.with_extension("optim");
+                let optimizer = if with_optimizer && optim_path.exists() {
+                    Some(std::fs::read(&optim_path).map_err(|e| LmError::io(&optim_path, e))?)
+                } else {
+                    None
+                };
+                (meta, meta_path, optimizer)
+            }
+        };
+        drop(map);
         let config: HeadConfig = serde_json::from_value(meta["head"].clone())
             .map_err(|e| LmError::json(&meta_path, "field `head`", e))?;
         let cond_hidden: Option<Vec<f32>> = serde_json::from_value(meta["cond_hidden"].clone())
             .map_err(|e| LmError::json(&meta_path, "field `cond_hidden`", e))?;
+        validate_head(&meta_path, &config, cond_hidden.as_deref())?;
+        let ids = param_ids(&meta_path, &meta["param_ids"], &config)?;
         let source = crate::weights::SafetensorsFile::open(path)?;
         let mut loader = crate::weights::Loader::new(&source, device);
+        loader.ignore(|n| n == OPTIMIZER_TENSOR);
         let mut layers = Vec::new();
-        // Parameter ids are kept so that a saved optimiser state matches the reloaded head.
-        let id_of = |name: &str| {
-            meta["param_ids"][name]
-                .as_u64()
-                .map(burn::module::ParamId::from)
-        };
         for (i, (fan_in, fan_out)) in config.layer_sizes().into_iter().enumerate() {
             let (wn, bn) = (format!("layers.{i}.weight"), format!("layers.{i}.bias"));
             let mut weight = Param::from_tensor(loader.tensor(&wn, [fan_in, fan_out])?);
             let mut bias = Param::from_tensor(loader.tensor(&bn, [fan_out])?);
-            if let (Some(w), Some(b)) = (id_of(&wn), id_of(&bn)) {
-                weight.id = w;
-                bias.id = b;
+            // Parameter ids are kept so that a saved optimiser state matches the reloaded head.
+            if let Some(ids) = &ids {
+                weight.id = burn::module::ParamId::from(ids[&wn]);
+                bias.id = burn::module::ParamId::from(ids[&bn]);
             }
             layers.push(Dense { weight, bias });
         }
         loader.finish()?;
-        Ok((
-            Self {
+        Ok(Checkpoint {
+            head: Self {
                 config,
                 module: HeadModule { layers },
                 cond_hidden,
                 device: device.clone(),
             },
-            meta["metadata"].clone(),
-        ))
+            metadata: meta["metadata"].clone(),
+            optimizer,
+            path: path.to_path_buf(),
+        })
     }
 }
 
-/// Writes a file through a temporary sibling renamed into place.
+/// A checkpoint as read back by [`TwistHead::load_checkpoint`].
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The head, its parameters carrying their saved ids.
+    pub head: TwistHead,
+    /// The metadata stored with it.
+    pub metadata: serde_json::Value,
+    /// The optimiser's state saved with it (raw bytes), if any.
+    pub optimizer: Option<Vec<u8>>,
+    /// The checkpoint file.
+    pub path: PathBuf,
+}
+
+/// The version of the one-file checkpoint layout.
+pub const CHECKPOINT_FORMAT: u64 = 2;
+/// The safetensors `__metadata__` entry holding a checkpoint's JSON metadata.
+pub const META_KEY: &str = "tsmc.twist_head";
+/// The tensor holding a checkpoint's optimiser state (raw bytes).
+pub const OPTIMIZER_TENSOR: &str = "optimizer.state";
+
+fn config_error(
+    path: &Path,
+    field: &str,
+    expected: impl Into<String>,
+    found: impl ToString,
+) -> LmError {
+    LmError::Config {
+        path: path.to_path_buf(),
+        field: field.into(),
+        expected: expected.into(),
+        found: found.to_string(),
+    }
+}
+
+/// Checks a head's configuration and conditioning state before anything is sized from them.
+fn validate_head(path: &Path, config: &HeadConfig, cond_hidden: Option<&[f32]>) -> Result<()> {
+    for (field, value) in [
+        ("head.hidden_size", config.hidden_size),
+        ("head.vocab_size", config.vocab_size),
+        ("head.mlp_width", config.mlp_width),
+    ] {
+        if value == 0 {
+            return Err(config_error(path, field, "at least 1", value));
+        }
+    }
+    if let Some(c) = &config.conditioning {
+        if c.is_empty() {
+            return Err(config_error(
+                path,
+                "head.conditioning",
+                "at least one token (or null for an unconditional head)",
+                "[]",
+            ));
+        }
+        if let Some(t) = c.iter().find(|&&t| t as usize >= config.vocab_size) {
+            return Err(config_error(
+                path,
+                "head.conditioning",
+                format!("token ids below head.vocab_size = {}", config.vocab_size),
+                t,
+            ));
+        }
+    }
+    match (&config.conditioning, cond_hidden) {
+        (Some(_), None) => Err(config_error(
+            path,
+            "cond_hidden",
+            "the conditioning tokens' hidden state (head.conditioning is set)",
+            "null",
+        )),
+        (None, Some(_)) => Err(config_error(
+            path,
+            "cond_hidden",
+            "null: head.conditioning is null, so the head is not conditional",
+            "a conditioning state",
+        )),
+        (Some(_), Some(h)) if h.len() != config.hidden_size => Err(config_error(
+            path,
+            "cond_hidden",
+            format!("{} values (head.hidden_size)", config.hidden_size),
+            format!("{} values", h.len()),
+        )),
+        (Some(_), Some(h)) if h.iter().any(|x| !x.is_finite()) => Err(config_error(
+            path,
+            "cond_hidden",
+            "finite values",
+            "a non-finite value",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The saved parameter ids by name: none for a head saved without them; otherwise exactly one
+/// distinct id per parameter.
+fn param_ids(
+    path: &Path,
+    value: &serde_json::Value,
+    config: &HeadConfig,
+) -> Result<Option<BTreeMap<String, u64>>> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let ids: BTreeMap<String, u64> = serde_json::from_value(value.clone())
+        .map_err(|e| LmError::json(path, "field `param_ids`", e))?;
+    let names: Vec<String> = (0..config.layer_sizes().len())
+        .flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")])
+        .collect();
+    let expected = || format!("one id for each of {}", names.join(", "));
+    if let Some(n) = names.iter().find(|n| !ids.contains_key(*n)) {
+        return Err(config_error(
+            path,
+            "param_ids",
+            expected(),
+            format!("none for `{n}`"),
+        ));
+    }
+    if let Some(n) = ids.keys().find(|n| !names.contains(n)) {
+        return Err(config_error(
+            path,
+            "param_ids",
+            expected(),
+            format!("an id for `{n}`, which the head does not have"),
+        ));
+    }
+    let distinct: std::collections::BTreeSet<u64> = ids.values().copied().collect();
+    if distinct.len() != ids.len() {
+        return Err(config_error(
+            path,
+            "param_ids",
+            "distinct ids",
+            format!("{ids:?}"),
+        ));
+    }
+    Ok(Some(ids))
+}
+
+/// Writes a file through a temporary sibling (see [`temporary_path`]) renamed into place,
+/// first removing the temporaries that dead runs left beside it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut tmp = PathBuf::from(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    tmp.set_file_name(format!(".{name}.tmp{}", std::process::id()));
+    remove_stale_temporaries(path);
+    let tmp = temporary_path(path);
+    let _guard = TemporaryGuard::new(&tmp);
     let mut f = std::fs::File::create(&tmp).map_err(|e| LmError::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| LmError::io(&tmp, e))?;
     f.sync_all().map_err(|e| LmError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| LmError::io(path, e))
+}
+
+/// The suffix of tsmc's temporary files, followed by the writing process's id.
+pub const TEMPORARY_MARK: &str = ".tmp-tsmc-";
+
+/// The temporary sibling of `path` this process writes before renaming it into place:
+/// `.NAME.tmp-tsmc-PID`.
+pub fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}{TEMPORARY_MARK}{}", std::process::id()))
+}
+
+/// Removes the temporaries of `path` (`.NAME.tmp-tsmc-PID`) left by processes that no longer
+/// run (a killed run). Where the process table cannot be read (no `/proc`), nothing is removed.
+pub fn remove_stale_temporaries(path: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}{TEMPORARY_MARK}");
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        }) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The temporaries this process is writing, removed by [`remove_live_temporaries`] (from a
+/// signal handler, before exiting).
+static LIVE_TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a temporary file for [`remove_live_temporaries`] until dropped (and removes the
+/// file on drop if it is still there, i.e. it was not renamed into place).
+pub struct TemporaryGuard(PathBuf);
+
+impl TemporaryGuard {
+    /// Registers `path`.
+    pub fn new(path: &Path) -> Self {
+        if let Ok(mut live) = LIVE_TEMPORARIES.lock() {
+            live.push(path.to_path_buf());
+        }
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for TemporaryGuard {
+    fn drop(&mut self) {
+        if let Ok(mut live) = LIVE_TEMPORARIES.lock() {
+            live.retain(|p| p != &self.0);
+        }
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Removes every temporary file this process is writing (for a SIGINT/SIGTERM handler).
+pub fn remove_live_temporaries() {
+    if let Ok(live) = LIVE_TEMPORARIES.lock() {
+        for p in live.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl Twist for TwistHead {

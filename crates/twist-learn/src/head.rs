@@ -40,52 +40,54 @@ impl HeadTrainable {
         &self.head
     }
 
-    /// Writes a checkpoint: the head (safetensors + JSON metadata, see `TwistHead::save`) and
-    /// Adam's state beside it (`.optim`), every file through a temporary renamed into place.
+    /// Writes a checkpoint as one file: the head (see `TwistHead::save_checkpoint`) with Adam's
+    /// state inside it, through a temporary renamed into place (a reader sees the old checkpoint
+    /// or the new one, never weights without their optimiser state).
     pub fn save_checkpoint(
         &self,
         path: &std::path::Path,
         metadata: &serde_json::Value,
     ) -> Result<(), TrainError> {
-        self.head.save(path, metadata)?;
-        let optim_path = path.with_extension("optim");
         let bytes = self
             .optim
             .into_bytes()
             .map_err(|source| TrainError::OptimizerState {
-                path: optim_path.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
-        lm_burn::heads::write_atomic(&optim_path, &bytes)?;
+        self.head.save_checkpoint(path, metadata, Some(&bytes))?;
         Ok(())
     }
 
     /// Resumes from a checkpoint written by [`HeadTrainable::save_checkpoint`], on `device`
-    /// (an autodiff device), restoring Adam's state when its file is present. Returns the
-    /// trainable twist and the stored metadata.
+    /// (an autodiff device), with Adam's state, which must be there and belong to the head's
+    /// parameters (matched by id and shape): a checkpoint without it, or with another head's, is
+    /// an error rather than a silent restart of Adam. Returns the trainable twist and the stored
+    /// metadata.
     pub fn resume(
         path: &std::path::Path,
         device: &burn::tensor::Device,
         param: Parameterization,
         adam: AdamConfig,
     ) -> Result<(Self, serde_json::Value), TrainError> {
-        let (head, meta) = TwistHead::load(path, device)?;
-        let mut me = Self::new(head, param, adam);
-        let optim_path = path.with_extension("optim");
-        if optim_path.exists() {
-            let bytes = std::fs::read(&optim_path).map_err(|source| TrainError::Io {
-                path: optim_path.clone(),
+        let ckpt = TwistHead::load_checkpoint(path, device)?;
+        let bytes = ckpt.optimizer.ok_or_else(|| {
+            optim_error(
+                &ckpt.path,
+                "the optimiser state saved with the head (the checkpoints of `tsmc train` carry it)",
+                "none: a head saved without it cannot resume training with Adam's state",
+            )
+        })?;
+        check_optimizer_state(&ckpt.path, &bytes, &ckpt.head.parameters())?;
+        let mut me = Self::new(ckpt.head, param, adam);
+        let optim = std::mem::replace(&mut me.optim, BurnAdamConfig::new().init());
+        me.optim = optim
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|source| TrainError::OptimizerState {
+                path: ckpt.path.clone(),
                 source,
             })?;
-            let optim = std::mem::replace(&mut me.optim, BurnAdamConfig::new().init());
-            me.optim = optim
-                .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                .map_err(|source| TrainError::OptimizerState {
-                    path: optim_path.clone(),
-                    source,
-                })?;
-        }
-        Ok((me, meta))
+        Ok((me, ckpt.metadata))
     }
 
     /// The head, mutable (e.g. to change a conditional head's conditioning tokens).
@@ -155,5 +157,218 @@ impl TrainableTwist for HeadTrainable {
         let module = self.head.module.clone();
         self.head.module = self.optim.step(learning_rate, module, params);
         Ok(())
+    }
+}
+
+fn optim_error(path: &std::path::Path, expected: &str, found: impl ToString) -> TrainError {
+    TrainError::Lm(lm_burn::LmError::Config {
+        path: path.to_path_buf(),
+        field: lm_burn::heads::OPTIMIZER_TENSOR.into(),
+        expected: expected.into(),
+        found: found.to_string(),
+    })
+}
+
+/// Checks that an optimiser state (burn's burnpack bytes) belongs to `params` (name, id,
+/// shape): every state tensor carries the id of one of them and that parameter's shape, and
+/// either every parameter has state or none does (an optimiser that never stepped). burn itself
+/// would ignore state under foreign ids (silently restarting Adam) or fail on a shape mismatch
+/// at the next step.
+pub fn check_optimizer_state(
+    path: &std::path::Path,
+    bytes: &[u8],
+    params: &[(String, u64, Vec<usize>)],
+) -> Result<(), TrainError> {
+    let tensors = burnpack_tensors(bytes)
+        .map_err(|e| optim_error(path, "a burn optimiser state (burnpack)", e))?;
+    let mut with_state = std::collections::BTreeSet::new();
+    for (name, shape, id) in &tensors {
+        let Some(id) = id else {
+            return Err(optim_error(
+                path,
+                "state tensors that name their parameter",
+                format!("`{name}` without a parameter id"),
+            ));
+        };
+        let Some((pname, _, pshape)) = params.iter().find(|(_, pid, _)| pid == id) else {
+            return Err(optim_error(
+                path,
+                &format!(
+                    "state for this head's parameters (ids {})",
+                    params
+                        .iter()
+                        .map(|(n, i, _)| format!("{n} = {i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!("`{name}` for parameter id {id}: another head's optimiser state"),
+            ));
+        };
+        if shape != pshape {
+            return Err(optim_error(
+                path,
+                &format!("state of shape {pshape:?} for parameter `{pname}`"),
+                format!("`{name}` of shape {shape:?}"),
+            ));
+        }
+        with_state.insert(*id);
+    }
+    if !with_state.is_empty()
+        && let Some((pname, _, _)) = params.iter().find(|(_, id, _)| !with_state.contains(id))
+    {
+        return Err(optim_error(
+            path,
+            "state for every parameter of the head",
+            format!("none for `{pname}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// A state tensor's name, shape and parameter id.
+type StateTensor = (String, Vec<usize>, Option<u64>);
+
+/// The tensors (name, shape, parameter id) of a burnpack buffer: header "NRUB", version (u16),
+/// metadata size (u32), then CBOR metadata `{ tensors: { name: { shape, param_id, .. } }, .. }`.
+fn burnpack_tensors(bytes: &[u8]) -> Result<Vec<StateTensor>, String> {
+    if bytes.len() < 10 || u32::from_le_bytes(bytes[0..4].try_into().expect("4")) != 0x4255_524E {
+        return Err("not a burnpack buffer (no BURN header)".into());
+    }
+    let size = u32::from_le_bytes(bytes[6..10].try_into().expect("4")) as usize;
+    let meta = bytes
+        .get(10..10usize.saturating_add(size))
+        .ok_or_else(|| format!("metadata of {size} bytes beyond the {} held", bytes.len()))?;
+    let mut cbor = Cbor { bytes: meta, at: 0 };
+    let root = cbor.value(0)?;
+    let tensors = root.get("tensors").ok_or("metadata without `tensors`")?;
+    let Cv::Map(entries) = tensors else {
+        return Err("`tensors` is not a map".into());
+    };
+    entries
+        .iter()
+        .map(|(k, d)| {
+            let Cv::Text(name) = k else {
+                return Err("a tensor name that is not text".to_string());
+            };
+            let shape = match d.get("shape") {
+                Some(Cv::Array(dims)) => dims
+                    .iter()
+                    .map(|x| match x {
+                        Cv::Uint(n) => {
+                            usize::try_from(*n).map_err(|_| format!("`{name}`: dimension {n}"))
+                        }
+                        _ => Err(format!("`{name}`: a dimension that is not an integer")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                _ => return Err(format!("`{name}` without a shape")),
+            };
+            let id = match d.get("param_id") {
+                Some(Cv::Uint(id)) => Some(*id),
+                None | Some(Cv::Other) => None,
+                Some(_) => return Err(format!("`{name}`: a parameter id that is not an integer")),
+            };
+            Ok((name.clone(), shape, id))
+        })
+        .collect()
+}
+
+/// A CBOR value, as much of it as the check needs.
+enum Cv {
+    Uint(u64),
+    Text(String),
+    Array(Vec<Cv>),
+    Map(Vec<(Cv, Cv)>),
+    Other,
+}
+
+impl Cv {
+    fn get(&self, key: &str) -> Option<&Cv> {
+        match self {
+            Cv::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(k, Cv::Text(t) if t == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+/// A bounded CBOR reader: lengths are checked against the bytes left, nesting is limited.
+struct Cbor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cbor<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or("truncated CBOR metadata")?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn head(&mut self) -> Result<(u8, u64), String> {
+        let b = self.take(1)?[0];
+        let (major, info) = (b >> 5, b & 31);
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24 => u64::from(self.take(1)?[0]),
+            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().expect("2"))),
+            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().expect("4"))),
+            27 => u64::from_be_bytes(self.take(8)?.try_into().expect("8")),
+            _ => return Err(format!("unsupported CBOR item 0x{b:02x}")),
+        };
+        Ok((major, arg))
+    }
+
+    fn count(&self, n: u64) -> Result<usize, String> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.bytes.len() - self.at)
+            .ok_or_else(|| format!("a CBOR length of {n} beyond the bytes left"))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Cv, String> {
+        if depth > 32 {
+            return Err("CBOR metadata nested too deep".into());
+        }
+        let (major, arg) = self.head()?;
+        Ok(match major {
+            0 => Cv::Uint(arg),
+            1 | 7 => Cv::Other,
+            2 => {
+                let n = self.count(arg)?;
+                self.take(n)?;
+                Cv::Other
+            }
+            3 => {
+                let n = self.count(arg)?;
+                Cv::Text(String::from_utf8_lossy(self.take(n)?).into_owned())
+            }
+            4 => {
+                let n = self.count(arg)?;
+                Cv::Array(
+                    (0..n)
+                        .map(|_| self.value(depth + 1))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            5 => {
+                let n = self.count(arg)?;
+                Cv::Map(
+                    (0..n)
+                        .map(|_| Ok((self.value(depth + 1)?, self.value(depth + 1)?)))
+                        .collect::<Result<_, String>>()?,
+                )
+            }
+            _ => {
+                // A tag: its value follows.
+                self.value(depth + 1)?
+            }
+        })
     }
 }

@@ -65,6 +65,13 @@ impl BoundsArgs {
         if particles.is_empty() || particles.contains(&0) || seeds < 2 {
             bail!("--particles must be positive counts and --seeds at least 2");
         }
+        let model_path = crate::output::model_input(&model.model);
+        let mut inputs = vec![
+            ("--model", model_path.as_path()),
+            ("--exact", exact.as_path()),
+        ];
+        inputs.extend(twist.as_deref().map(|t| ("--twist", t)));
+        crate::output::check_outputs(&[("--out", &out)], &inputs)?;
         if potential.is_infilling() {
             bail!(
                 "infilling targets change with each exact sample's continuation: use `tsmc train`, which evaluates them"

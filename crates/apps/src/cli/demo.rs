@@ -58,6 +58,9 @@ impl DemoArgs {
             seed,
             out,
         } = self;
+        if let Some(out) = &out {
+            crate::output::check_outputs(&[("--out", out)], &[])?;
+        }
         if particles.is_empty() || particles.contains(&0) {
             bail!("--particles must be a list of positive counts, found {particles:?}");
         }

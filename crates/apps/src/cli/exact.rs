@@ -59,6 +59,8 @@ impl ExactArgs {
             seed,
             out,
         } = self;
+        let model_path = crate::output::model_input(&model.model);
+        crate::output::check_outputs(&[("--out", &out)], &[("--model", &model_path)])?;
         let target = match infilling {
             Some(m) => ExactTarget::Infilling(at_least("--infilling", m, 1)?),
             None => ExactTarget::Potential(potential),

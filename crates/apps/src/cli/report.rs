@@ -36,6 +36,15 @@ impl ReportArgs {
         if sample.is_none() && bounds.is_none() && curve.is_none() {
             bail!("nothing to report: give at least one of --sample, --bounds, --curve");
         }
+        let inputs: Vec<(&str, &std::path::Path)> = [
+            ("--sample", &sample),
+            ("--bounds", &bounds),
+            ("--curve", &curve),
+        ]
+        .into_iter()
+        .filter_map(|(o, p)| p.as_deref().map(|p| (o, p)))
+        .collect();
+        crate::output::check_outputs(&[("--out", &out)], &inputs)?;
         Ok(ReportSettings {
             sample,
             bounds,

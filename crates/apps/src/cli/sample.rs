@@ -79,6 +79,12 @@ impl SampleArgs {
             out,
             show,
         } = self;
+        let model_path = crate::output::model_input(&model.model);
+        let mut inputs = vec![("--model", model_path.as_path())];
+        inputs.extend(twist.as_deref().map(|t| ("--twist", t)));
+        if let Some(out) = &out {
+            crate::output::check_outputs(&[("--out", out)], &inputs)?;
+        }
         let (criterion, method) = match method {
             SamplerArg::Smc => (criterion, "smc"),
             SamplerArg::Sis => (Criterion::Never, "sis"),

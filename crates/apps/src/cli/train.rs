@@ -149,6 +149,25 @@ impl TrainArgs {
                 checkpoint.display()
             );
         }
+        // The checkpoint may be the file resumed from (read whole before it is replaced), but
+        // no output may be any other input.
+        let model_path = crate::output::model_input(&model.model);
+        let metadata_copy = checkpoint.with_extension("json");
+        let mut inputs = vec![("--model", model_path.as_path())];
+        if let TaskArg::Potential = task {
+            inputs.extend(exact.as_deref().map(|e| ("--exact", e)));
+        }
+        crate::output::check_outputs(
+            &[
+                ("--out", &out),
+                ("--checkpoint", &checkpoint),
+                ("the metadata copy of --checkpoint", &metadata_copy),
+            ],
+            &inputs,
+        )?;
+        if let Some(resume) = &resume {
+            crate::output::check_outputs(&[("--out", &out)], &[("--resume", resume)])?;
+        }
         let schedule = || twist_learn::train::exponential_schedule(steps);
         let (task, eval_at) = match task {
             TaskArg::Infilling => {

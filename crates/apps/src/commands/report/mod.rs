@@ -3,12 +3,12 @@
 //! bounds on log Z against K, and KL over training.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::jsonl::read_values;
+use crate::jsonl::read_numbered;
 
 mod svg;
 
@@ -27,25 +27,197 @@ pub struct ReportSettings {
     pub out: PathBuf,
 }
 
+/// A field of record `v` on line `line` of `path` as a number.
+fn num(path: &Path, line: usize, v: &Value, field: &str) -> Result<f64> {
+    let mut x = v;
+    for key in field.split('.') {
+        x = &x[key];
+    }
+    x.as_f64().with_context(|| {
+        format!(
+            "{}: line {line}: field `{field}` must be a number, found {x}",
+            path.display()
+        )
+    })
+}
+
+/// A field as a count.
+fn count(path: &Path, line: usize, v: &Value, field: &str) -> Result<usize> {
+    v[field]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .with_context(|| {
+            format!(
+                "{}: line {line}: field `{field}` must be a non-negative integer, found {}",
+                path.display(),
+                v[field]
+            )
+        })
+}
+
+/// Reads a JSONL file of ours, refusing an empty one and records whose `type` is not one of
+/// `types` (when given); `what` names the command that writes it.
+fn read_checked(path: &Path, what: &str, types: &[&str]) -> Result<Vec<(usize, Value)>> {
+    let lines: Vec<(usize, Value)> = read_numbered(path)?;
+    if lines.is_empty() {
+        bail!(
+            "{}: no records (expected the output of {what})",
+            path.display()
+        );
+    }
+    for (line, v) in &lines {
+        if !v.is_object() {
+            bail!(
+                "{}: line {line}: not a JSON object (expected the output of {what})",
+                path.display()
+            );
+        }
+        if !types.is_empty() && !types.iter().any(|t| v["type"] == *t) {
+            bail!(
+                "{}: line {line}: record type {} is not one of {types:?} (expected the output of {what})",
+                path.display(),
+                v["type"]
+            );
+        }
+    }
+    Ok(lines)
+}
+
+/// The run record and particles of a `tsmc sample --out` file, checked: one run record, as many
+/// particles as it declares, the ESS of every step, a genealogy of T - 1 rows of K indices each
+/// below K.
+struct SampleFile {
+    run: Value,
+    ess: Vec<(f64, f64)>,
+    ancestors: Vec<Vec<usize>>,
+    k: usize,
+    particles: Vec<(f64, f64, String)>,
+}
+
+fn read_sample(path: &Path) -> Result<SampleFile> {
+    let what = "`tsmc sample --out`";
+    let lines = read_checked(path, what, &["particle", "run"])?;
+    let mut runs = lines.iter().filter(|(_, l)| l["type"] == "run");
+    let (line, run) = runs.next().with_context(|| {
+        format!(
+            "{}: no run record (expected the output of {what})",
+            path.display()
+        )
+    })?;
+    if let Some((second, _)) = runs.next() {
+        bail!(
+            "{}: line {second}: a second run record (the first is on line {line})",
+            path.display()
+        );
+    }
+    let line = *line;
+    let k = count(path, line, run, "num_particles")?;
+    let t = count(path, line, run, "num_tokens")?;
+    if k == 0 || t == 0 {
+        bail!(
+            "{}: line {line}: num_particles and num_tokens must be at least 1, found {k} and {t}",
+            path.display()
+        );
+    }
+    let particles: Vec<&(usize, Value)> = lines
+        .iter()
+        .filter(|(_, l)| l["type"] == "particle")
+        .collect();
+    if particles.len() != k {
+        bail!(
+            "{}: line {line}: num_particles is {k}, but the file holds {} particle records",
+            path.display(),
+            particles.len()
+        );
+    }
+    let steps = run["steps"].as_array().with_context(|| {
+        format!(
+            "{}: line {line}: field `steps` must be an array",
+            path.display()
+        )
+    })?;
+    if steps.len() != t {
+        bail!(
+            "{}: line {line}: {} steps, but num_tokens is {t}",
+            path.display(),
+            steps.len()
+        );
+    }
+    let ess = steps
+        .iter()
+        .map(|s| Ok((num(path, line, s, "step")?, num(path, line, s, "ess")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let ancestors: Vec<Vec<usize>> = serde_json::from_value(run["ancestors"].clone())
+        .with_context(|| {
+            format!(
+                "{}: line {line}: field `ancestors` must be rows of particle indices",
+                path.display()
+            )
+        })?;
+    if ancestors.len() != t - 1 {
+        bail!(
+            "{}: line {line}: {} rows of ancestors, expected num_tokens - 1 = {}",
+            path.display(),
+            ancestors.len(),
+            t - 1
+        );
+    }
+    for (r, row) in ancestors.iter().enumerate() {
+        if row.len() != k {
+            bail!(
+                "{}: line {line}: ancestors row {r} has {} entries, expected num_particles = {k}",
+                path.display(),
+                row.len()
+            );
+        }
+        if let Some(a) = row.iter().find(|&&a| a >= k) {
+            bail!(
+                "{}: line {line}: ancestors row {r} holds index {a}, not one of the {k} particles",
+                path.display()
+            );
+        }
+    }
+    for field in ["log_z_hat", "final_ess"] {
+        num(path, line, run, field)?;
+    }
+    let particles = particles
+        .iter()
+        .map(|(pl, p)| {
+            let text = p["text"].as_str().with_context(|| {
+                format!(
+                    "{}: line {pl}: field `text` must be a string",
+                    path.display()
+                )
+            })?;
+            // log phi is -inf (null in JSON) where a hard constraint fails.
+            let log_phi = if p["log_phi"].is_null() {
+                f64::NEG_INFINITY
+            } else {
+                num(path, *pl, p, "log_phi")?
+            };
+            Ok((num(path, *pl, p, "weight")?, log_phi, text.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SampleFile {
+        run: run.clone(),
+        ess,
+        ancestors,
+        k,
+        particles,
+    })
+}
+
 /// Runs `tsmc report`.
 pub fn run(args: &ReportSettings) -> Result<()> {
     let mut body = String::new();
     if let Some(path) = &args.sample {
-        let lines = read_values(path)?;
-        let run = lines
-            .iter()
-            .find(|l| l["type"] == "run")
-            .with_context(|| format!("{}: no run record", path.display()))?;
-        let steps = run["steps"].as_array().cloned().unwrap_or_default();
-        let ess: Vec<(f64, f64)> = steps
-            .iter()
-            .map(|s| {
-                (
-                    s["step"].as_f64().unwrap_or(0.0),
-                    s["ess"].as_f64().unwrap_or(f64::NAN),
-                )
-            })
-            .collect();
+        let SampleFile {
+            run,
+            ess,
+            ancestors,
+            k,
+            particles,
+        } = read_sample(path)?;
         let _ = write!(
             body,
             "<h2>Sampling</h2><p>model <code>{}</code>, potential <code>{}</code>, K = {}, T = {}, log Zhat = {:.4}, final ESS = {:.1}</p>",
@@ -63,89 +235,114 @@ pub fn run(args: &ReportSettings) -> Result<()> {
             &[("ESS".into(), ess)],
             false,
         ));
-        let ancestors: Vec<Vec<usize>> =
-            serde_json::from_value(run["ancestors"].clone()).unwrap_or_default();
-        let k = run["num_particles"].as_u64().unwrap_or(0) as usize;
-        if !ancestors.is_empty() && k > 0 {
+        if !ancestors.is_empty() {
             body.push_str("<h3>Genealogy (dark: ancestors of the final particles)</h3>");
             body.push_str(&genealogy(&ancestors, k));
         }
         body.push_str("<h3>Particles, heaviest first</h3><table><tr><th>weight</th><th>log phi</th><th>text</th></tr>");
-        for p in lines.iter().filter(|l| l["type"] == "particle").take(20) {
+        for (weight, log_phi, text) in particles.iter().take(20) {
             let _ = write!(
                 body,
-                "<tr><td>{:.3}</td><td>{:.2}</td><td>{}</td></tr>",
-                p["weight"].as_f64().unwrap_or(0.0),
-                p["log_phi"].as_f64().unwrap_or(0.0),
-                esc(p["text"].as_str().unwrap_or(""))
+                "<tr><td>{weight:.3}</td><td>{log_phi:.2}</td><td>{}</td></tr>",
+                esc(text)
             );
         }
         body.push_str("</table>");
     }
     if let Some(path) = &args.bounds {
-        let lines = read_values(path)?;
-        let rows: Vec<&Value> = lines
-            .iter()
-            .filter(|l| l["type"] == "bounds")
-            .map(|l| &l["row"])
-            .collect();
-        let series = |key: &str| -> Vec<(f64, f64)> {
-            rows.iter()
-                .map(|r| {
-                    (
-                        r["k"].as_f64().unwrap_or(0.0),
-                        r[key]["mean"].as_f64().unwrap_or(f64::NAN),
-                    )
-                })
-                .collect()
-        };
+        let lines = read_checked(path, "`tsmc bounds --out`", &["bounds", "kl"])?;
+        let mut rows = Vec::new();
+        for (line, l) in lines.iter().filter(|(_, l)| l["type"] == "bounds") {
+            let r = &l["row"];
+            let k = count(path, *line, r, "k")?;
+            let mut means = Vec::new();
+            for key in ["sis_lower", "smc_lower", "smc_upper", "sis_upper"] {
+                // The SMC upper bound is null where resampling was not multinomial.
+                means.push(if key == "smc_upper" && r[key].is_null() {
+                    f64::NAN
+                } else {
+                    num(path, *line, r, &format!("{key}.mean"))?
+                });
+            }
+            rows.push((k as f64, means));
+        }
+        if rows.is_empty() {
+            bail!(
+                "{}: no bounds records (expected the output of `tsmc bounds --out`)",
+                path.display()
+            );
+        }
+        let series =
+            |i: usize| -> Vec<(f64, f64)> { rows.iter().map(|(k, m)| (*k, m[i])).collect() };
         body.push_str("<h2>Bounds on log Z against K</h2>");
         body.push_str(&line_chart(
             "lower (SIS, SMC) and upper (SIS, conditional SMC) bounds",
             "K (particles)",
             "log Z",
             &[
-                ("SIS lower".into(), series("sis_lower")),
-                ("SMC lower".into(), series("smc_lower")),
-                ("SMC upper".into(), series("smc_upper")),
-                ("SIS upper".into(), series("sis_upper")),
+                ("SIS lower".into(), series(0)),
+                ("SMC lower".into(), series(1)),
+                ("SMC upper".into(), series(2)),
+                ("SIS upper".into(), series(3)),
             ],
             true,
         ));
-        if let Some(kl) = lines.iter().find(|l| l["type"] == "kl") {
+        if let Some((line, kl)) = lines.iter().find(|(_, l)| l["type"] == "kl") {
             let e = &kl["estimates"];
             let _ = write!(
                 body,
                 "<p>KL(q‖σ) = {:.4} ± {:.4}, KL(σ‖q) = {:.4} ± {:.4} (± 95% Student t half-width), log Z ≈ {:.4}</p>",
-                e["kl_q_sigma"]["mean"].as_f64().unwrap_or(f64::NAN),
+                num(path, *line, e, "kl_q_sigma.mean")?,
                 half_width(&e["kl_q_sigma"]),
-                e["kl_sigma_q"]["mean"].as_f64().unwrap_or(f64::NAN),
+                num(path, *line, e, "kl_sigma_q.mean")?,
                 half_width(&e["kl_sigma_q"]),
-                e["log_z"]["mean"].as_f64().unwrap_or(f64::NAN)
+                num(path, *line, e, "log_z.mean")?
             );
         }
     }
     if let Some(path) = &args.curve {
-        let lines = read_values(path)?;
-        let pick = |sampler: &str, key: &str| -> Vec<(f64, f64)> {
-            lines
-                .iter()
-                .filter(|l| l["sampler"] == sampler)
-                .map(|l| {
-                    (
-                        l["step"].as_f64().unwrap_or(0.0),
-                        l["eval"][key]["mean"].as_f64().unwrap_or(f64::NAN),
+        let lines = read_checked(path, "`tsmc train --out`", &[])?;
+        let mut evals: Vec<(String, f64, f64, f64)> = Vec::new();
+        let mut last = 0.0f64;
+        for (line, l) in &lines {
+            if l["type"].is_string() {
+                continue; // the infilling-fixed task's bounds and summary records
+            }
+            let step = count(path, *line, l, "step")? as f64;
+            last = last.max(step);
+            if l.get("eval").is_some() {
+                let sampler = l["sampler"].as_str().with_context(|| {
+                    format!(
+                        "{}: line {line}: field `sampler` must be a string",
+                        path.display()
                     )
-                })
+                })?;
+                evals.push((
+                    sampler.to_string(),
+                    step,
+                    num(path, *line, l, "eval.kl_q_sigma.mean")?,
+                    num(path, *line, l, "eval.kl_sigma_q.mean")?,
+                ));
+            } else {
+                num(path, *line, l, "loss")?;
+            }
+        }
+        if !evals.iter().any(|e| e.0 == "twisted") {
+            bail!(
+                "{}: no evaluation of the twist (records with \"sampler\": \"twisted\"; `tsmc train --task potential` evaluates with --exact)",
+                path.display()
+            );
+        }
+        let pick = |sampler: &str, kl_q_sigma: bool| -> Vec<(f64, f64)> {
+            evals
+                .iter()
+                .filter(|e| e.0 == sampler)
+                .map(|e| (e.1, if kl_q_sigma { e.2 } else { e.3 }))
                 .collect()
         };
-        let base = |key: &str| -> Vec<(f64, f64)> {
-            let b = pick("p0 (no twist)", key);
-            let last = lines
-                .iter()
-                .filter_map(|l| l["step"].as_f64())
-                .fold(0.0, f64::max);
-            b.first()
+        let base = |kl_q_sigma: bool| -> Vec<(f64, f64)> {
+            pick("p0 (no twist)", kl_q_sigma)
+                .first()
                 .map(|&(_, y)| vec![(0.0, y), (last, y)])
                 .unwrap_or_default()
         };
@@ -155,10 +352,10 @@ pub fn run(args: &ReportSettings) -> Result<()> {
             "update",
             "KL (nats)",
             &[
-                ("KL(q||σ) twisted".into(), pick("twisted", "kl_q_sigma")),
-                ("KL(σ||q) twisted".into(), pick("twisted", "kl_sigma_q")),
-                ("KL(q||σ) p0".into(), base("kl_q_sigma")),
-                ("KL(σ||q) p0".into(), base("kl_sigma_q")),
+                ("KL(q||σ) twisted".into(), pick("twisted", true)),
+                ("KL(σ||q) twisted".into(), pick("twisted", false)),
+                ("KL(q||σ) p0".into(), base(true)),
+                ("KL(σ||q) p0".into(), base(false)),
             ],
             false,
         ));

@@ -24,7 +24,7 @@ use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
 use twist_learn::{Parameterization, TrainConfig};
 
 use super::settings::TrainSettings;
-use crate::jsonl::JsonlWriter;
+use crate::jsonl::Appender;
 use crate::setup::load_model_and_prompt;
 use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
 
@@ -48,7 +48,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
     } = task;
     let method = args.method;
     let param = Parameterization::for_method(method);
-    let mut curve = JsonlWriter::create(&args.out)?;
+    let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tokenizer = lm.tokenizer()?;
@@ -76,6 +76,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
     let ad = loaded.device.clone().autodiff();
     let (mut twist, resumed, start_step) = fresh_or_resumed_head(
         args.resume.as_deref(),
+        args.steps,
         lm,
         args.head,
         None,
@@ -259,7 +260,6 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         "log_z_upper": upper, "train_seconds": train_seconds,
         "seconds": started.elapsed().as_secs_f64(),
     }))?;
-    curve.finish()?;
     print_table(&rows, &lower, &upper);
     println!(
         "{} {} updates for c = {:?} in {:.0} s (training {train_seconds:.0} s); head in {}, curve in {}",

@@ -12,7 +12,7 @@ use twist_learn::{
 };
 
 use super::settings::TrainSettings;
-use crate::jsonl::JsonlWriter;
+use crate::jsonl::Appender;
 use crate::setup::load_model_and_prompt;
 use crate::training::{fresh_or_resumed_head, train_bar};
 
@@ -26,7 +26,7 @@ struct CurvePoint<'a> {
 
 /// Runs `tsmc train --task infilling`.
 pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
-    let mut curve = JsonlWriter::create(&args.out)?;
+    let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let ad = loaded.device.clone().autodiff();
@@ -34,6 +34,7 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
     let placeholder = vec![prompt[0]; args.cond_tokens];
     let (mut twist, _, start_step) = fresh_or_resumed_head(
         args.resume.as_deref(),
+        args.steps,
         lm,
         args.head,
         Some(placeholder),
@@ -52,7 +53,7 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
     let evaluate = |twist: Option<&mut HeadTrainable>,
                     step: usize,
                     label: &str,
-                    curve: &mut JsonlWriter|
+                    curve: &mut Appender|
      -> Result<InfillingEval> {
         let e = evaluate_infilling_with(
             lm,
@@ -116,7 +117,6 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
     })?;
     bar.finish_and_clear();
     twist.save_checkpoint(&args.checkpoint, &meta(start_step + args.steps))?;
-    curve.finish()?;
     println!(
         "trained {} CTL updates in {:.0} s; head in {}, curve in {}",
         args.steps,

@@ -16,7 +16,7 @@ use smc_core::smc::Proposal;
 use twist_learn::{HeadTrainable, Parameterization, TrainConfig};
 
 use super::settings::TrainSettings;
-use crate::jsonl::{JsonlWriter, read_exact};
+use crate::jsonl::{Appender, read_exact};
 use crate::potentials::PotentialSpec;
 use crate::setup::load_model_and_prompt;
 use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
@@ -25,13 +25,14 @@ use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with}
 pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>) -> Result<()> {
     let method = args.method;
     let param = Parameterization::for_method(method);
-    let mut curve = JsonlWriter::create(&args.out)?;
+    let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let phi = potential.build(lm)?;
     let ad = loaded.device.clone().autodiff();
     let (mut twist, _, start_step) = fresh_or_resumed_head(
         args.resume.as_deref(),
+        args.steps,
         lm,
         args.head,
         None,
@@ -92,7 +93,6 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
     )?;
     bar.finish_and_clear();
     twist.save_checkpoint(&args.checkpoint, &meta(start_step + args.steps))?;
-    curve.finish()?;
     println!(
         "trained {} {} updates in {:.0} s; head in {} (evaluate with `tsmc bounds --twist`), curve in {}",
         args.steps,
@@ -158,7 +158,7 @@ impl<'a> PotentialEval<'a> {
 
     fn report(
         &self,
-        curve: &mut JsonlWriter,
+        curve: &mut Appender,
         step: usize,
         label: &str,
         e: &Evaluation,

@@ -1,0 +1,398 @@
+//! Hostile inputs and interrupted runs, as a user meets them through the `tsmc` binary:
+//! checkpoints that are one unit, outputs that cannot destroy inputs, readers of our own JSONL
+//! that validate it, and runs killed part-way that leave old or complete files and no
+//! temporaries behind after the next run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn tsmc(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tsmc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let (ok, _, stderr) = tsmc(args);
+    assert!(!ok, "{args:?} should fail");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected {needle:?} in {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tiny_model_copy(dir: &Path) -> PathBuf {
+    let src = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../testdata/reference/tiny-models/llama");
+    let dst = dir.join("model");
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect()
+}
+
+#[test]
+fn an_output_that_is_an_input_a_link_or_a_device_is_refused_and_the_input_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model_copy(d);
+    let config = model.join("config.json");
+    let config_before = std::fs::read(&config).unwrap();
+    let exact = d.join("exact.jsonl");
+    std::fs::write(&exact, "{\"type\": \"sample\", \"tokens\": [1]}\n").unwrap();
+    let sample = d.join("s.jsonl");
+    std::fs::write(&sample, "{}\n").unwrap();
+    fails_with(
+        &["sample", "--model", s(&model), "--out", s(&config)],
+        "inside --model",
+    );
+    fails_with(
+        &[
+            "train",
+            "--model",
+            s(&model),
+            "--checkpoint",
+            s(&model.join("model.safetensors")),
+        ],
+        "inside --model",
+    );
+    fails_with(
+        &["bounds", "--exact", s(&exact), "--out", s(&exact)],
+        "same file as --exact",
+    );
+    // The same file by another spelling.
+    let other_spelling = d.join("model/../s.jsonl");
+    fails_with(
+        &[
+            "report",
+            "--sample",
+            s(&sample),
+            "--out",
+            s(&other_spelling),
+        ],
+        "same file as --sample",
+    );
+    fails_with(
+        &["train", "--checkpoint", s(&d.join("h.json"))],
+        "ends in .json",
+    );
+    fails_with(
+        &[
+            "train",
+            "--checkpoint",
+            s(&d.join("c.jsonl")),
+            "--out",
+            s(&d.join("c.jsonl")),
+        ],
+        "two outputs",
+    );
+    fails_with(
+        &["train", "--resume", s(&exact), "--out", s(&exact)],
+        "same file as --resume",
+    );
+    #[cfg(unix)]
+    {
+        let link = d.join("link.jsonl");
+        std::os::unix::fs::symlink(&sample, &link).unwrap();
+        fails_with(&["demo", "--out", s(&link)], "symbolic link");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        fails_with(&["demo", "--out", "/dev/null"], "not a regular file");
+    }
+    fails_with(&["demo", "--out", s(&model)], "not a regular file");
+    fails_with(
+        &["train", "--eval-tasks", "0"],
+        "--eval-tasks must be at least 1",
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), config_before);
+    assert_eq!(std::fs::read_to_string(&sample).unwrap(), "{}\n");
+    assert!(std::fs::read_to_string(&exact).unwrap().contains("sample"));
+}
+
+/// A `tsmc sample --out` file of K = 2 particles and T = 2 tokens, with `edit` applied to the
+/// run record.
+fn sample_file(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let particle = |i: usize| {
+        serde_json::json!({ "type": "particle", "particle": i, "text": "x", "tokens": [1, 2],
+            "log_weight": 0.0, "weight": 0.5, "log_p0": -1.0, "log_phi": 0.0 })
+    };
+    let mut run = serde_json::json!({
+        "type": "run", "model": "m", "prompt": "p", "prompt_tokens": [1], "potential": "q",
+        "method": "smc", "num_particles": 2, "num_tokens": 2, "seed": 0, "resampling": null,
+        "log_z_hat": -1.0, "final_ess": 2.0,
+        "steps": [{ "step": 1, "ess": 2.0 }, { "step": 2, "ess": 1.5 }],
+        "ancestors": [[0, 0]],
+    });
+    edit(&mut run);
+    let text = format!("{}\n{}\n{}\n", particle(0), particle(1), run);
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn report_validates_every_record_and_names_the_line_of_the_first_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (input, html) = (d.join("in.jsonl"), d.join("r.html"));
+    let report = |option: &str, needle: &str| {
+        fails_with(&["report", option, s(&input), "--out", s(&html)], needle);
+        assert!(!html.exists());
+    };
+    sample_file(&input, |_| {});
+    let (ok, _, stderr) = tsmc(&["report", "--sample", s(&input), "--out", s(&html)]);
+    assert!(ok, "{stderr}");
+    std::fs::remove_file(&html).unwrap();
+    sample_file(&input, |r| r["ancestors"] = serde_json::json!([[0, 7]]));
+    report("--sample", "line 3: ancestors row 0 holds index 7");
+    sample_file(&input, |r| r["ancestors"] = serde_json::json!([[0]]));
+    report("--sample", "line 3: ancestors row 0 has 1 entries");
+    sample_file(&input, |r| {
+        r["num_particles"] = serde_json::json!(1_000_000_000_000u64)
+    });
+    report("--sample", "holds 2 particle records");
+    sample_file(&input, |r| r["num_tokens"] = serde_json::json!(5));
+    report("--sample", "2 steps, but num_tokens is 5");
+    sample_file(&input, |r| r["steps"][1]["ess"] = serde_json::json!("many"));
+    report("--sample", "line 3: field `ess` must be a number");
+    std::fs::write(&input, "").unwrap();
+    for option in ["--sample", "--bounds", "--curve"] {
+        report(option, "no records");
+    }
+    std::fs::write(&input, "{\"type\": \"particle\"}\n[1, 2]\n").unwrap();
+    report("--sample", "line 2: not a JSON object");
+    // A bounds file given as a sample, a sample file as bounds: wrong-typed inputs.
+    std::fs::write(&input, "{\"type\": \"bounds\", \"row\": {}}\n").unwrap();
+    report("--sample", "line 1: record type \"bounds\"");
+    sample_file(&input, |_| {});
+    report("--bounds", "line 1: record type \"particle\"");
+    std::fs::write(
+        &input,
+        "{\"type\": \"bounds\", \"row\": {\"k\": 4, \"sis_lower\": {\"mean\": null}}}\n",
+    )
+    .unwrap();
+    report(
+        "--bounds",
+        "line 1: field `sis_lower.mean` must be a number",
+    );
+    // Curves: null KLs (what --eval-tasks 0 once wrote), loss lines only, a bad step.
+    std::fs::write(
+        &input,
+        "{\"step\": 0, \"loss\": 1.0}\n{\"step\": 1, \"sampler\": \"twisted\", \"eval\": {\"kl_q_sigma\": {\"mean\": null}, \"kl_sigma_q\": {\"mean\": 1.0}}}\n",
+    )
+    .unwrap();
+    report(
+        "--curve",
+        "line 2: field `eval.kl_q_sigma.mean` must be a number",
+    );
+    std::fs::write(&input, "{\"step\": 0, \"loss\": 1.0}\n").unwrap();
+    report("--curve", "no evaluation of the twist");
+    std::fs::write(&input, "{\"step\": -1, \"loss\": 1.0}\n").unwrap();
+    report("--curve", "line 1: field `step`");
+    std::fs::write(&input, "{\"step\": 0, \"loss\": 1.0}\nnot json\n").unwrap();
+    report("--curve", "line 2 is not a valid record");
+}
+
+/// The JSON metadata inside a checkpoint's safetensors header, edited as a hostile user would.
+fn edit_checkpoint(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let key = "tsmc.twist_head";
+    let mut meta: serde_json::Value =
+        serde_json::from_str(header["__metadata__"][key].as_str().unwrap()).unwrap();
+    edit(&mut meta);
+    header["__metadata__"][key] = meta.to_string().into();
+    let mut text = header.to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Whether a checkpoint file is complete: its header parses, carries the metadata and Adam's
+/// state, and the file holds exactly the bytes the header declares.
+fn checkpoint_is_complete(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let end = header
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|t| t["data_offsets"][1].as_u64())
+        .max()
+        .unwrap() as usize;
+    header["__metadata__"]["tsmc.twist_head"].is_string()
+        && header["optimizer.state"].is_object()
+        && bytes.len() == 8 + n + end
+}
+
+fn train_args<'a>(ckpt: &'a str, curve: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--task",
+        "potential",
+        "--method",
+        "ctl",
+        "--steps",
+        "2",
+        "-k",
+        "2",
+        "-t",
+        "1",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        curve,
+    ]
+}
+
+#[test]
+fn checkpoints_with_a_wrapping_step_or_inconsistent_conditioning_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ckpt, curve) = (d.join("h.safetensors"), d.join("c.jsonl"));
+    let (ok, _, stderr) = tsmc(&train_args(s(&ckpt), s(&curve)));
+    assert!(ok, "{stderr}");
+    assert!(checkpoint_is_complete(&ckpt));
+    let resume = |needle: &str| {
+        let mut args = train_args(s(&ckpt), s(&curve));
+        args.extend(["--resume", s(&ckpt)]);
+        fails_with(&args, needle);
+    };
+    edit_checkpoint(&ckpt, |m| {
+        m["metadata"]["step"] = serde_json::json!(u64::MAX)
+    });
+    resume("more updates would pass the largest update count");
+    edit_checkpoint(&ckpt, |m| m["metadata"]["step"] = serde_json::json!("two"));
+    resume("metadata field `step` must be the update count");
+    // A conditioning state without conditioning tokens: no panic in sample, bounds or resume.
+    edit_checkpoint(&ckpt, |m| {
+        m["metadata"]["step"] = serde_json::json!(2);
+        m["cond_hidden"] = serde_json::json!(vec![0.1f32; 576]);
+    });
+    fails_with(
+        &["sample", "-t", "1", "-k", "2", "--twist", s(&ckpt)],
+        "cond_hidden",
+    );
+    let exact = d.join("e.jsonl");
+    std::fs::write(&exact, "{\"type\": \"sample\", \"tokens\": [1]}\n").unwrap();
+    fails_with(
+        &[
+            "bounds",
+            "-t",
+            "1",
+            "--twist",
+            s(&ckpt),
+            "--exact",
+            s(&exact),
+            "--out",
+            s(&d.join("b.jsonl")),
+        ],
+        "cond_hidden",
+    );
+    resume("cond_hidden");
+}
+
+/// Kills `args` after `delay` (or lets it finish when it is quicker).
+fn run_and_kill(args: &[&str], delay: Duration) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsmc"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+#[test]
+fn killed_runs_leave_old_or_complete_outputs_and_the_next_run_clears_their_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("s.jsonl");
+    let sample = [
+        "sample",
+        "-t",
+        "2",
+        "-k",
+        "4",
+        "--potential",
+        "keyword:the",
+        "--out",
+        s(&out),
+    ];
+    for ms in [100, 400, 700] {
+        run_and_kill(&sample, Duration::from_millis(ms));
+        if let Ok(text) = std::fs::read_to_string(&out) {
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.len(), 5, "killed at {ms} ms: {text}");
+            assert_eq!(lines[4]["type"], "run");
+        }
+    }
+    // A temporary of a dead run is removed by the next run; one of a live process is not.
+    let dead = d.join(".s.jsonl.tmp-tsmc-4000000000");
+    let live = d.join(format!(".s.jsonl.tmp-tsmc-{}", std::process::id()));
+    std::fs::write(&dead, "partial").unwrap();
+    std::fs::write(&live, "in progress").unwrap();
+    let (ok, _, stderr) = tsmc(&sample);
+    assert!(ok, "{stderr}");
+    assert!(!dead.exists() && live.exists());
+    std::fs::remove_file(&live).unwrap();
+    assert!(temporaries(d).is_empty(), "{:?}", temporaries(d));
+
+    let (ckpt, curve) = (d.join("h.safetensors"), d.join("c.jsonl"));
+    let train = train_args(s(&ckpt), s(&curve));
+    for ms in [1500, 3500, 5500] {
+        run_and_kill(&train, Duration::from_millis(ms));
+        if ckpt.exists() {
+            assert!(checkpoint_is_complete(&ckpt), "killed at {ms} ms");
+        }
+        // The curve keeps every record written before the kill, each whole.
+        if let Ok(text) = std::fs::read_to_string(&curve) {
+            for l in text.lines() {
+                serde_json::from_str::<serde_json::Value>(l).unwrap();
+            }
+        }
+    }
+    let (ok, _, stderr) = tsmc(&train);
+    assert!(ok, "{stderr}");
+    assert!(checkpoint_is_complete(&ckpt));
+    assert!(temporaries(d).is_empty(), "{:?}", temporaries(d));
+}
