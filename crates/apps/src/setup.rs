@@ -14,6 +14,8 @@ pub struct ModelChoice {
     pub model: String,
     /// The compute backend.
     pub backend: Backend,
+    /// The most memory a run may need, in bytes (`None`: the memory available now).
+    pub memory_budget: Option<u64>,
 }
 
 /// A loaded model with its tokenised prompt.
@@ -43,6 +45,55 @@ pub fn load_model_and_prompt(choice: &ModelChoice, prompt: &str) -> Result<Loade
         prompt: ids,
         device,
     })
+}
+
+impl Loaded {
+    /// Checks, before anything is allocated, that `particles` sequences of `tokens` generated
+    /// tokens fit the model's context and the memory budget: the keys and values (the prompt's
+    /// once, the particles' with room for the cache to double) and the K x V tables of a step (log p0, twist,
+    /// proposal in f64, logits in f32). The error gives the estimate and what to change.
+    pub fn check_size(&self, choice: &ModelChoice, particles: usize, tokens: usize) -> Result<()> {
+        self.lm.check_horizon(self.prompt.len(), tokens)?;
+        let d = self.lm.dims();
+        // Per position: keys and values of every layer in f32. The prompt's are stored once for
+        // all particles; each particle's own positions may take twice their size while the
+        // cache doubles.
+        let per_position = (d.layers * 2 * d.kv_heads * d.head_dim * 4) as f64;
+        let kv = per_position * (self.prompt.len() as f64 + 2.0 * particles as f64 * tokens as f64);
+        let tables = particles as f64 * d.vocab as f64 * (3.0 * 8.0 + 2.0 * 4.0);
+        let need = kv + tables;
+        let (budget, source) = match choice.memory_budget {
+            Some(b) => (b as f64, "--memory-budget"),
+            None => (available_memory() as f64, "the memory available now"),
+        };
+        if need > budget {
+            bail!(
+                "{particles} particles of {tokens} tokens need about {:.1} GiB (keys and values {:.1} GiB, K x V tables {:.1} GiB) but {source} is {:.1} GiB: lower the particle count or raise --memory-budget (GiB)",
+                need / GIB,
+                kv / GIB,
+                tables / GIB,
+                budget / GIB
+            );
+        }
+        Ok(())
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// MemAvailable from /proc/meminfo, or 16 GiB where it cannot be read.
+fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemAvailable:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(16 << 30, |kib| kib.saturating_mul(1024))
 }
 
 /// Loads a twist head saved by `tsmc train` for `lm`; a conditional (infilling) head is

@@ -396,3 +396,41 @@ fn killed_runs_leave_old_or_complete_outputs_and_the_next_run_clears_their_tempo
     assert!(checkpoint_is_complete(&ckpt));
     assert!(temporaries(d).is_empty(), "{:?}", temporaries(d));
 }
+
+/// Sizes are checked before anything is allocated: counts beyond any use, runs that would need
+/// more memory than the budget, horizons beyond the model's context, demo tables and
+/// enumerations that would not fit. Each is a clear error naming the option.
+#[test]
+fn sizes_are_checked_before_allocation() {
+    let bin = env!("CARGO_BIN_EXE_tsmc");
+    for (args, needle) in [
+        (
+            &["sample", "-k", "100000000", "-t", "2"][..],
+            "--particles must be at most",
+        ),
+        (
+            &["sample", "-k", "18446744073709551615", "-t", "2"][..],
+            "--particles must be at most",
+        ),
+        (
+            &["sample", "-k", "1000000", "-t", "2", "--memory-budget", "8"][..],
+            "raise --memory-budget",
+        ),
+        (
+            &["sample", "-k", "2", "-t", "10000000"][..],
+            "context length",
+        ),
+        (&["demo", "--horizon", "64"][..], "enumeration size"),
+        (&["demo", "--vocab", "100000"][..], "--vocab 100000"),
+        (
+            &["sample", "--memory-budget=-1"][..],
+            "--memory-budget must be a positive",
+        ),
+    ] {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

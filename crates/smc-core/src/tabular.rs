@@ -59,6 +59,17 @@ impl TabularLm {
     }
 
     /// A random model: logits `sharpness * N(0, 1)` per context and token.
+    /// The number of log-probabilities a table of this shape holds, (V + 1)^order x V, or
+    /// `None` when it does not fit in a `usize` (check it before [`TabularLm::random`] with
+    /// sizes from a user).
+    pub fn table_len(vocab: usize, order: usize) -> Option<usize> {
+        u32::try_from(order)
+            .ok()
+            .and_then(|o| vocab.checked_add(1)?.checked_pow(o))
+            .and_then(|c| c.checked_mul(vocab))
+    }
+
+    /// A random table (see [`TabularLm::table_len`] for its size).
     pub fn random(vocab: usize, order: usize, sharpness: f64, seed: u64) -> Self {
         let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
         let contexts = (vocab + 1).pow(order as u32);
@@ -364,8 +375,12 @@ impl Enumeration {
         potential: &dyn Potential,
     ) -> Result<Self> {
         let vocab = lm.vocab_size();
-        let n = (vocab as u128).pow(horizon as u32);
-        if horizon == 0 || n > MAX_ENUMERATED_SEQUENCES as u128 {
+        // checked: V^T for T = 64 and V = 4 already overflows u128, and a wrapped value would
+        // pass the limit.
+        let n = u32::try_from(horizon)
+            .ok()
+            .and_then(|t| (vocab as u128).checked_pow(t));
+        if horizon == 0 || n.is_none_or(|n| n > MAX_ENUMERATED_SEQUENCES as u128) {
             return Err(SmcError::config(
                 "enumeration size V^T",
                 format!("between 1 and {MAX_ENUMERATED_SEQUENCES} with T >= 1"),

@@ -445,3 +445,18 @@ fn zero_particles_or_steps_and_wrong_reference_length_are_config_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("ess fraction"), "{e}");
 }
+
+/// Sizes that overflow are refused, not wrapped: V^T for T = 64 does not fit in a u128.
+#[test]
+fn enumeration_and_table_sizes_that_overflow_are_errors() {
+    let lm = TabularLm::random(4, 1, 1.0, 0);
+    let phi = UnitPotential;
+    assert!(Enumeration::new(&lm, &[], 64, &phi).is_err());
+    assert!(Enumeration::new(&lm, &[], 200, &phi).is_err());
+    assert_eq!(TabularLm::table_len(4, 2), Some(100));
+    assert_eq!(TabularLm::table_len(usize::MAX, 2), None);
+    assert_eq!(
+        TabularLm::table_len(100_000, 2),
+        Some(100_001 * 100_001 * 100_000)
+    );
+}

@@ -78,7 +78,7 @@ impl BoundsArgs {
             );
         }
         Ok(BoundsSettings {
-            model: model.choice(),
+            model: model.choice()?,
             prompt: prompt.prompt()?,
             potential,
             tokens: at_least("--tokens", tokens, 1)?,

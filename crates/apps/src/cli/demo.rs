@@ -67,6 +67,14 @@ impl DemoArgs {
         if seeds < 2 {
             bail!("--seeds must be at least 2 (standard errors need two runs), found {seeds}");
         }
+        // The demo's model is an order-2 table of (V + 1)^2 x V log-probabilities: refuse sizes
+        // that would not fit before allocating them (V^T is checked by the enumeration).
+        const MAX_TABLE: usize = 1 << 24;
+        if smc_core::tabular::TabularLm::table_len(vocab, 2).is_none_or(|n| n > MAX_TABLE) {
+            bail!(
+                "--vocab {vocab}: the demo's order-2 table would hold (V + 1)^2 x V log-probabilities, more than {MAX_TABLE}; use --vocab 250 or less"
+            );
+        }
         if !twist_noise.is_finite() || twist_noise < 0.0 {
             bail!("--twist-noise must be a finite non-negative number, found {twist_noise}");
         }

@@ -66,7 +66,7 @@ impl ExactArgs {
             None => ExactTarget::Potential(potential),
         };
         Ok(ExactSettings {
-            model: model.choice(),
+            model: model.choice()?,
             prompt: prompt.prompt()?,
             target,
             tokens: at_least("--tokens", tokens, 1)?,

@@ -19,15 +19,27 @@ pub struct ModelArgs {
     /// The compute backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     pub backend: BackendArg,
+    /// The most memory (GiB) a run may plan to use; default: the memory available now. A run
+    /// whose particles and tokens would need more is refused before it allocates anything.
+    #[arg(long, value_name = "GIB")]
+    pub memory_budget: Option<f64>,
 }
 
 impl ModelArgs {
     /// The validated model choice.
-    pub fn choice(self) -> ModelChoice {
-        ModelChoice {
+    pub fn choice(self) -> anyhow::Result<ModelChoice> {
+        let memory_budget = match self.memory_budget {
+            None => None,
+            Some(g) if g.is_finite() && g > 0.0 && g < 1e9 => {
+                Some((g * (1u64 << 30) as f64) as u64)
+            }
+            Some(g) => anyhow::bail!("--memory-budget must be a positive number of GiB, found {g}"),
+        };
+        Ok(ModelChoice {
             model: self.model,
             backend: self.backend.into(),
-        }
+            memory_budget,
+        })
     }
 }
 
@@ -188,10 +200,17 @@ impl From<SchemeArg> for Scheme {
     }
 }
 
-/// Checks that a count is at least `min`, naming the option.
+/// The largest particle count or token count any command accepts before the model's own limits
+/// (context length, memory budget) are checked: sizes beyond it only overflow arithmetic.
+pub const MAX_COUNT: usize = 1 << 24;
+
+/// Checks that a count is at least `min` (and at most [`MAX_COUNT`]), naming the option.
 pub fn at_least(option: &str, value: usize, min: usize) -> anyhow::Result<usize> {
     if value < min {
         anyhow::bail!("{option} must be at least {min}, found {value}");
+    }
+    if value > MAX_COUNT {
+        anyhow::bail!("{option} must be at most {MAX_COUNT}, found {value}");
     }
     Ok(value)
 }

@@ -130,7 +130,7 @@ impl ReproduceArgs {
             upper_samples,
             lower_runs,
             max_draws,
-            model: model.choice(),
+            model: model.choice()?,
             out_dir: out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name))),
             table_only,
         })

@@ -90,7 +90,7 @@ impl SampleArgs {
             SamplerArg::Sis => (Criterion::Never, "sis"),
         };
         Ok(SampleSettings {
-            model: model.choice(),
+            model: model.choice()?,
             prompt: prompt.prompt()?,
             potential,
             tokens: at_least("--tokens", tokens, 1)?,

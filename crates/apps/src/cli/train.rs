@@ -215,7 +215,7 @@ impl TrainArgs {
             task,
             method,
             positives,
-            model: model.choice(),
+            model: model.choice()?,
             prompt,
             tokens,
             cond_tokens,

@@ -46,6 +46,8 @@ pub fn run(args: &BoundsSettings) -> Result<()> {
     let exact = read_exact(&args.exact, args.tokens)?;
     let mut out = JsonlWriter::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    let k_max = args.particles.iter().copied().max().unwrap_or(1);
+    loaded.check_size(&args.model, k_max.max(args.fq_samples), args.tokens)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let phi = args.potential.build(lm)?;
     let head = args

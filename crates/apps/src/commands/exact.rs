@@ -62,6 +62,12 @@ struct SampleRecord<'a> {
 pub fn run(args: &ExactSettings) -> Result<()> {
     let mut out = JsonlWriter::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    // Joint ancestral draws decode all samples at once; rejection decodes batches.
+    let (k, extra) = match &args.target {
+        ExactTarget::Infilling(m) => (args.samples, *m),
+        ExactTarget::Potential(_) => (args.batch, 0),
+    };
+    loaded.check_size(&args.model, k, args.tokens + extra)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tok = lm.tokenizer()?;
     let mut rng = rng_from_seed(smc_core::seed::derive(

@@ -118,6 +118,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     // Create the output first so that an unwritable path fails before minutes of sampling.
     let writer = args.out.as_deref().map(JsonlWriter::create).transpose()?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    loaded.check_size(&args.model, args.particles, args.tokens)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tokenizer = lm.tokenizer()?;
     let potential = args.potential.build(lm)?;

@@ -65,6 +65,14 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
         .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
     let mut records_out = Appender::create(&records_path)?;
     let loaded = load_model_and_prompt(&args.model, preset.prompt)?;
+    loaded.check_size(
+        &args.model,
+        args.particles
+            .max(args.eval_particles)
+            .max(args.fq_samples)
+            .max(64),
+        args.tokens + args.cond_tokens.unwrap_or(0),
+    )?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let ad = loaded.device.clone().autodiff();
     let ctx = Ctx {

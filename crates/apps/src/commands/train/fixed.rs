@@ -50,6 +50,11 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
     let param = Parameterization::for_method(method);
     let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    loaded.check_size(
+        &args.model,
+        args.particles.max(eval_particles).max(args.fq_samples),
+        args.tokens + args.cond_tokens,
+    )?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tokenizer = lm.tokenizer()?;
     let pair = smc_bounds::joint_ancestral(

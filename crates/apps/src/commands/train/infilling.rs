@@ -28,6 +28,7 @@ struct CurvePoint<'a> {
 pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
     let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    loaded.check_size(&args.model, args.particles, args.tokens + args.cond_tokens)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let ad = loaded.device.clone().autodiff();
     // A conditional head; its conditioning is set per task, so a placeholder sizes it.

@@ -27,6 +27,11 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
     let param = Parameterization::for_method(method);
     let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    loaded.check_size(
+        &args.model,
+        args.particles.max(64).max(args.fq_samples),
+        args.tokens,
+    )?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let phi = potential.build(lm)?;
     let ad = loaded.device.clone().autodiff();
