@@ -30,6 +30,9 @@ struct File {
     heads: Vec<Head>,
 }
 
+/// The largest classifier file read (the shipped ones are about 2 MiB).
+pub const MAX_CLASSIFIER_BYTES: u64 = 256 << 20;
+
 /// A TF-IDF + linear-heads classifier: p = mean over heads of 1 / (1 + exp(a d + b)),
 /// d = coef · x + intercept, x the l2-normalised TF-IDF vector of the lowercased text.
 pub struct LinearTextClassifier {
@@ -84,10 +87,25 @@ impl LinearTextClassifier {
         })
     }
 
-    /// Reads a classifier file.
+    /// Reads a classifier file of at most [`MAX_CLASSIFIER_BYTES`] (a device such as
+    /// /dev/zero or a huge file is refused after that many bytes, not read without limit).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        use std::io::Read;
+        let file = std::fs::File::open(path)
             .with_context(|| format!("cannot read classifier file {}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CLASSIFIER_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read classifier file {}", path.display()))?;
+        if bytes.len() as u64 > MAX_CLASSIFIER_BYTES {
+            bail!(
+                "classifier file {} is larger than {} MiB (the shipped ones are about 2 MiB)",
+                path.display(),
+                MAX_CLASSIFIER_BYTES >> 20
+            );
+        }
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("classifier file {} is not UTF-8 text", path.display()))?;
         Self::from_json(&text, &path.display().to_string())
     }
 
@@ -249,6 +267,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{e:#}").contains("/no/such/clf.json"), "{e:#}");
+        // An endless device is read up to the limit, then refused.
+        if Path::new("/dev/zero").exists() {
+            let e = LinearTextClassifier::from_file(Path::new("/dev/zero"))
+                .err()
+                .unwrap();
+            assert!(format!("{e:#}").contains("larger than"), "{e:#}");
+        }
         let e = LinearTextClassifier::from_json(r#"{"token_pattern": "x", "stop_words": [], "vocab": {"a": 0}, "idf": [], "heads": []}"#, "bad.json")
             .err()
             .unwrap();
