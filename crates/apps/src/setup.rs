@@ -6,6 +6,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use lm_burn::heads::TwistHead;
 use lm_burn::{Backend, BurnLm, Device};
+use smc_bounds::Sampler;
+use smc_core::feynman_kac::Resampling;
+use smc_core::model::{Potential, Twist};
+use smc_core::smc::Proposal;
 
 /// Which model to run, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,4 +128,28 @@ pub fn load_twist(
         );
     }
     Ok(head)
+}
+
+/// The sampler the commands measure: p0 as the proposal without a twist, the twisted proposal
+/// with one, and the default resampling (multinomial, adaptive).
+pub fn sampler<'a>(
+    lm: &'a BurnLm,
+    prompt: &'a [u32],
+    horizon: usize,
+    potential: &'a dyn Potential,
+    twist: Option<&'a dyn Twist>,
+) -> Sampler<'a, BurnLm> {
+    Sampler {
+        lm,
+        prompt,
+        horizon,
+        potential,
+        twist,
+        proposal: if twist.is_some() {
+            Proposal::Twisted
+        } else {
+            Proposal::Base
+        },
+        resampling: Resampling::default(),
+    }
 }

@@ -3,15 +3,15 @@
 use anyhow::{Result, bail};
 
 use lm_burn::BurnLm;
-use smc_bounds::{EvalPlan, Method as BoundMethod, Sampler};
-use smc_core::feynman_kac::Resampling;
+use smc_bounds::{EvalPlan, Method as BoundMethod};
 use smc_core::model::{Potential, Twist};
 use smc_core::seed;
-use smc_core::smc::{Proposal, rng_from_seed};
+use smc_core::smc::rng_from_seed;
 use twist_learn::HeadTrainable;
 
 use super::records::{BoundRule, Record, ReproduceSettings, TaskEval};
 use crate::presets::{ExactMethod, Preset};
+use crate::setup::sampler;
 
 pub(super) struct Ctx<'a> {
     pub lm: &'a BurnLm,
@@ -69,19 +69,8 @@ pub(super) fn evaluate(
         if let (Some(t), Some(c)) = (twist.as_deref_mut(), &task.conditioning) {
             t.head_mut().set_conditioning(ctx.lm, c)?;
         }
-        let (tw, proposal) = match twist.as_deref() {
-            Some(t) => (Some(t as &dyn Twist), Proposal::Twisted),
-            None => (None, Proposal::Base),
-        };
-        let sampler = Sampler {
-            lm: ctx.lm,
-            prompt: ctx.prompt,
-            horizon: ctx.horizon,
-            potential: task.potential.as_ref(),
-            twist: tw,
-            proposal,
-            resampling: Resampling::default(),
-        };
+        let tw = twist.as_deref().map(|t| t as &dyn Twist);
+        let sampler = sampler(ctx.lm, ctx.prompt, ctx.horizon, task.potential.as_ref(), tw);
         // One plan per (seed, task), shared by every sampler: common random numbers, so the
         // samplers' differences are paired. The bounds are the SMC pair declared in advance
         // (BoundRule::Smc); the upper bounds' references are the first exact samples in the

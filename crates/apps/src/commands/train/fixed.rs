@@ -13,19 +13,18 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use serde_json::json;
 
-use lm_burn::BurnLm;
 use lm_burn::heads::TwistHead;
 use lm_burn::infilling::InfillingPotential;
-use smc_bounds::{Estimate, EvalPlan, Evaluation, KlEstimates, Method as BoundMethod, Sampler};
+use smc_bounds::{Estimate, EvalPlan, Evaluation, KlEstimates, Method as BoundMethod};
 use smc_core::feynman_kac::Resampling;
-use smc_core::model::{Potential, Twist};
+use smc_core::model::Twist;
 use smc_core::seed;
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
 use twist_learn::{Parameterization, TrainConfig};
 
 use super::settings::TrainSettings;
 use crate::jsonl::Appender;
-use crate::setup::load_model_and_prompt;
+use crate::setup::{load_model_and_prompt, sampler};
 use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
 
 /// What defines the task and its measurement.
@@ -205,10 +204,10 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         )
     };
     let mut evals: Vec<(String, usize, Evaluation)> = Vec::new();
-    let p0_eval = sampler_of(lm, prompt, args.tokens, &phi, None).evaluate(&exact, &plan)?;
+    let p0_eval = sampler(lm, prompt, args.tokens, &phi, None).evaluate(&exact, &plan)?;
     evals.push(("p0 (no twist)".to_string(), start_step, p0_eval));
     for (step, head) in &snapshots {
-        let e = sampler_of(lm, prompt, args.tokens, &phi, Some(head)).evaluate(&exact, &plan)?;
+        let e = sampler(lm, prompt, args.tokens, &phi, Some(head)).evaluate(&exact, &plan)?;
         evals.push(("twisted".to_string(), *step, e));
     }
     // log Z: the last head's twisted SMC pair, declared in advance (no selection between
@@ -276,28 +275,6 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-fn sampler_of<'a>(
-    lm: &'a BurnLm,
-    prompt: &'a [u32],
-    horizon: usize,
-    potential: &'a dyn Potential,
-    twist: Option<&'a dyn Twist>,
-) -> Sampler<'a, BurnLm> {
-    Sampler {
-        lm,
-        prompt,
-        horizon,
-        potential,
-        twist,
-        proposal: if twist.is_some() {
-            Proposal::Twisted
-        } else {
-            Proposal::Base
-        },
-        resampling: Resampling::default(),
-    }
 }
 
 fn print_table(

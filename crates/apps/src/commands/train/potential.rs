@@ -8,17 +8,15 @@ use std::time::Instant;
 use anyhow::Result;
 
 use lm_burn::BurnLm;
-use smc_bounds::{EvalPlan, Evaluation, LogZBounds, Method, Sampler};
-use smc_core::feynman_kac::Resampling;
+use smc_bounds::{EvalPlan, Evaluation, LogZBounds, Method};
 use smc_core::model::{Potential, Twist};
 use smc_core::seed;
-use smc_core::smc::Proposal;
 use twist_learn::{HeadTrainable, Parameterization, TrainConfig};
 
 use super::settings::TrainSettings;
 use crate::jsonl::{Appender, read_exact};
 use crate::potentials::PotentialSpec;
-use crate::setup::load_model_and_prompt;
+use crate::setup::{load_model_and_prompt, sampler};
 use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
 
 /// Runs `tsmc train --task potential`: checkpoints at the evaluation steps and at the end.
@@ -142,7 +140,7 @@ impl<'a> PotentialEval<'a> {
             upper_methods: vec![Method::Sis],
             ..EvalPlan::new(64, seed::derive(args.seed, seed::label::APP_EVAL, 0))
         };
-        let p0 = sampler_of(lm, prompt, horizon, potential, None).evaluate(&exact, &plan)?;
+        let p0 = sampler(lm, prompt, horizon, potential, None).evaluate(&exact, &plan)?;
         let me = Self {
             lm,
             prompt,
@@ -157,7 +155,7 @@ impl<'a> PotentialEval<'a> {
 
     fn evaluate(&self, twist: Option<&HeadTrainable>) -> Result<Evaluation> {
         let tw = twist.map(|t| t as &dyn Twist);
-        let sampler = sampler_of(self.lm, self.prompt, self.horizon, self.potential, tw);
+        let sampler = sampler(self.lm, self.prompt, self.horizon, self.potential, tw);
         Ok(sampler.evaluate(&self.exact, &self.plan)?)
     }
 
@@ -181,27 +179,5 @@ impl<'a> PotentialEval<'a> {
             kl.kl_q_sigma, kl.kl_sigma_q, e.kl_sum, e.f_q.mean, e.g_q.mean, kl.log_z.mean
         );
         Ok(())
-    }
-}
-
-fn sampler_of<'b>(
-    lm: &'b BurnLm,
-    prompt: &'b [u32],
-    horizon: usize,
-    potential: &'b dyn Potential,
-    twist: Option<&'b dyn Twist>,
-) -> Sampler<'b, BurnLm> {
-    Sampler {
-        lm,
-        prompt,
-        horizon,
-        potential,
-        twist,
-        proposal: if twist.is_some() {
-            Proposal::Twisted
-        } else {
-            Proposal::Base
-        },
-        resampling: Resampling::default(),
     }
 }
