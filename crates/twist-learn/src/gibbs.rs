@@ -15,7 +15,7 @@ use crate::batch::{Batch, TrainableTwist};
 use crate::error::{Result, TrainError};
 use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets};
 use crate::method::Method;
-use crate::train::{TrainConfig, TrainRecord};
+use crate::train::{TrainConfig, TrainRecord, check_config};
 
 /// What one update learned from and where the chain moved.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,18 +159,13 @@ fn chain_start<L: LanguageModel, W: TrainableTwist>(
             format!("{:?}", cfg.method),
         ));
     }
-    if cfg.batch_size < 2 || cfg.horizon == 0 {
+    check_config(cfg)?;
+    // Conditional SMC needs the reference and at least one free particle.
+    if cfg.batch_size < 2 {
         return Err(TrainError::config(
-            "batch size and horizon",
-            "K >= 2 and T >= 1",
-            format!("K = {}, T = {}", cfg.batch_size, cfg.horizon),
-        ));
-    }
-    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        return Err(TrainError::config(
-            "learning rate",
-            "a positive number",
-            cfg.learning_rate,
+            "batch size",
+            "K >= 2",
+            format!("K = {}", cfg.batch_size),
         ));
     }
     match start {

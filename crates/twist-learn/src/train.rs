@@ -123,7 +123,8 @@ where
     Ok(records)
 }
 
-fn check_config(cfg: &TrainConfig) -> Result<()> {
+/// The checks every training loop makes on its configuration.
+pub(crate) fn check_config(cfg: &TrainConfig) -> Result<()> {
     if cfg.batch_size == 0 || cfg.horizon == 0 {
         return Err(TrainError::config(
             "batch size and horizon",
