@@ -8,7 +8,7 @@
 //! [`run_smc_constrained`](crate::smc::run_smc_constrained) and friends then propose from the
 //! masked, renormalised distribution and gain the log of the allowed mass as incremental weight
 //! (llamppl's `observe(mask)` with p0 proposals), and multiply the final potential by
-//! 1[accepted].
+//! 1\[accepted\].
 //!
 //! Two levels of interface:
 //! - [`Constraint`] / [`ConstraintSession`]: a batch of K particle states, advanced with the
@@ -595,7 +595,7 @@ pub struct ConstrainedPotential<'a> {
 }
 
 impl<'a> ConstrainedPotential<'a> {
-    /// phi × 1[accepted] (phi = 1 when `potential` is `None`), over a vocabulary of `vocab`.
+    /// phi × 1\[accepted\] (phi = 1 when `potential` is `None`), over a vocabulary of `vocab`.
     pub fn new(
         constraint: &'a dyn Constraint,
         potential: Option<&'a dyn Potential>,

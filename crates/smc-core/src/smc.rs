@@ -15,7 +15,7 @@
 //! renormalised distribution (the twisted one from p0 psi_t on A_t, the base one from p0 on
 //! A_t) and the proposal's log normaliser over A_t enters the weight (for the base proposal it
 //! is log of the allowed p0 mass, llamppl's `observe(mask)`); the final potential is
-//! phi × 1[accepted]. Without a constraint every formula and every draw is unchanged.
+//! phi × 1\[accepted\]. Without a constraint every formula and every draw is unchanged.
 
 use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -213,7 +213,7 @@ impl<'a, S: DecodeSession> TwistedLm<'a, S> {
 
     /// The same model under a prefix constraint: psi^C_t = 1[viable prefix] multiplies the
     /// twist (or replaces psi = 1), proposals draw from the masked distribution, and the final
-    /// potential is phi × 1[accepted] (spec §8).
+    /// potential is phi × 1\[accepted\] (spec §8).
     pub fn with_constraint(mut self, constraint: &'a dyn Constraint) -> Result<Self> {
         let k = self.tokens.num_particles();
         let session = constraint.start(self.prompt, k, self.horizon, self.vocab)?;
@@ -578,7 +578,7 @@ pub fn run_smc<L: LanguageModel>(
 /// p0(s | prompt) phi(s) 1[s accepted] / Z, the twist (or psi = 1) is multiplied by the
 /// constraint's indicator twist 1[viable prefix], proposals draw from the masked, renormalised
 /// distribution, and the incremental weights gain the log of the allowed proposal mass.
-/// Zhat stays unbiased for Z = E_{p0}[phi 1[accepted]].
+/// Zhat stays unbiased for Z = E_{p0}[phi 1\[accepted\]].
 ///
 /// Errors with [`SmcError::Constraint`] when every particle's mask is empty at some step or no
 /// particle's output is accepted at T.
@@ -695,7 +695,7 @@ pub fn log_weights_of<L: LanguageModel>(
 }
 
 /// [`log_weights_of`] under a prefix constraint: log sigma~(s) - log q(s) with
-/// sigma~ = p0 phi 1[accepted] and q the masked proposal of [`run_smc_constrained`], i.e.
+/// sigma~ = p0 phi 1\[accepted\] and q the masked proposal of [`run_smc_constrained`], i.e.
 /// Σ_t (log M_t - log psi_t(s_{1:t})) + log phi(s) for the twisted proposal and
 /// Σ_t log M_t + log phi(s) for the base one, M_t the proposal's mass on the allowed tokens;
 /// `-inf` for an output that the constraint does not accept at T. A token outside the mask
