@@ -362,6 +362,14 @@ impl TokenSetConstraint {
         })
     }
 
+    /// Allows exactly the tokens of `allowed` at every step (its length is the vocabulary).
+    pub fn allowing(name: impl Into<String>, allowed: TokenMask) -> Self {
+        Self {
+            name: name.into(),
+            allowed,
+        }
+    }
+
     /// The tokens allowed at every step.
     pub fn allowed_tokens(&self) -> &TokenMask {
         &self.allowed

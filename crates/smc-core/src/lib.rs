@@ -8,7 +8,8 @@
 //! Language models, twists and potentials plug in through the traits of [`model`]; the
 //! drivers of [`smc`] run SIS, bootstrap SMC with twisted targets, twisted SMC and conditional
 //! SMC. [`tabular`] holds an enumerable language model where Z, sigma and the optimal twists
-//! are exact, against which every estimator is tested. [`seed`] derives every seed that a
+//! are exact, against which every estimator is tested. [`constraint`] holds prefix constraints
+//! (token masks) that act as exact indicator twists in the `*_constrained` drivers. [`seed`] derives every seed that a
 //! program makes from another (one scheme, documented there).
 //!
 //! ```
