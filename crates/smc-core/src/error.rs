@@ -29,6 +29,24 @@ pub enum SmcError {
         /// The number of particles K.
         num_particles: usize,
     },
+    /// A prefix constraint leaves no particle a way on: every particle's mask of allowed next
+    /// tokens is empty at `step` (t < T or t = T), or no particle's complete output is accepted
+    /// (`step` = T).
+    #[error(
+        "constraint {constraint} leaves none of the {num_particles} particles a viable \
+         continuation at step {step} of {horizon} (every mask of allowed tokens is empty, or no \
+         complete output is accepted)"
+    )]
+    Constraint {
+        /// The constraint's name.
+        constraint: String,
+        /// The step (1-based).
+        step: usize,
+        /// The number of steps T.
+        horizon: usize,
+        /// The number of particles K.
+        num_particles: usize,
+    },
     /// A component returned NaN (or +inf, where only finite values or -inf make sense).
     #[error("{component} returned {value} for particle {particle} at step {step}")]
     InvalidValue {

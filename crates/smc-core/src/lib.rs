@@ -8,7 +8,8 @@
 //! Language models, twists and potentials plug in through the traits of [`model`]; the
 //! drivers of [`smc`] run SIS, bootstrap SMC with twisted targets, twisted SMC and conditional
 //! SMC. [`tabular`] holds an enumerable language model where Z, sigma and the optimal twists
-//! are exact, against which every estimator is tested. [`seed`] derives every seed that a
+//! are exact, against which every estimator is tested. [`constraint`] holds prefix constraints
+//! (token masks) that act as exact indicator twists in the `*_constrained` drivers. [`seed`] derives every seed that a
 //! program makes from another (one scheme, documented there).
 //!
 //! ```
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod batch;
+pub mod constraint;
 pub mod error;
 pub mod feynman_kac;
 pub mod logspace;
@@ -37,6 +39,10 @@ pub use error::{Result, SmcError};
 /// The names most programs need.
 pub mod prelude {
     pub use crate::batch::{HiddenStates, LogTable, TokenBuffer};
+    pub use crate::constraint::{
+        ConstrainedPotential, Constraint, ConstraintSession, DfaConstraint, PrefixAutomaton,
+        TokenMask, TokenSetConstraint,
+    };
     pub use crate::error::{Result, SmcError};
     pub use crate::feynman_kac::{Resampling, StepRecord};
     pub use crate::logspace::{ess, log_indicator, log_sum_exp, normalized_weights};
@@ -46,8 +52,8 @@ pub mod prelude {
     };
     pub use crate::resampling::{Criterion, Scheme};
     pub use crate::smc::{
-        Proposal, SmcConfig, SmcOutput, SmcRng, log_weights_of, rng_from_seed, run_csmc, run_smc,
-        sample_base,
+        Proposal, SmcConfig, SmcOutput, SmcRng, log_weights_of, log_weights_of_constrained,
+        rng_from_seed, run_csmc, run_csmc_constrained, run_smc, run_smc_constrained, sample_base,
     };
     pub use crate::tabular::{Enumeration, TabularLm, TabularTwist};
 }

@@ -13,11 +13,19 @@
 //! A session whose rows are p0 on a subset only (`DecodeSession::log_probs_normalised` false)
 //! makes the base proposal the renormalised row and adds log M_t (the row's log-sum-exp) to
 //! the base proposal's log alpha_t; the twisted proposal's log Z_t already includes it.
+//!
+//! With a prefix constraint ([`crate::constraint`], spec §8) the twist becomes
+//! psi_t = psi^C_t psi_t, psi^C_t = 1[s_{1:t} viable]: both proposals draw from the masked,
+//! renormalised distribution (the twisted one from p0 psi_t on A_t, the base one from p0 on
+//! A_t) and the proposal's log normaliser over A_t enters the weight (for the base proposal it
+//! is log of the allowed p0 mass, llamppl's `observe(mask)`); the final potential is
+//! phi × 1\[accepted\]. Without a constraint every formula and every draw is unchanged.
 
 use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{LogTable, TokenBuffer, gather};
+use crate::constraint::{Constraint, ConstraintSession, TokenMask};
 use crate::error::{Result, SmcError};
 use crate::feynman_kac::{self, FeynmanKac, LoopOutput, Resampling, StepRecord};
 use crate::logspace::{log_sum_exp, log_sum_exp_sum, normalized_weights};
@@ -168,6 +176,14 @@ pub struct TwistedLm<'a, S: DecodeSession> {
     log_p0: Vec<f64>,
     log_q: Vec<f64>,
     log_phi: Vec<f64>,
+    constraint: Option<ActiveConstraint<'a>>,
+}
+
+/// A constraint's session during a run, with its mask buffer.
+struct ActiveConstraint<'a> {
+    name: String,
+    session: Box<dyn ConstraintSession + 'a>,
+    mask: TokenMask,
 }
 
 impl<'a, S: DecodeSession> TwistedLm<'a, S> {
@@ -195,7 +211,30 @@ impl<'a, S: DecodeSession> TwistedLm<'a, S> {
             log_p0: vec![0.0; k],
             log_q: vec![0.0; k],
             log_phi: vec![0.0; k],
+            constraint: None,
         }
+    }
+
+    /// The same model under a prefix constraint: psi^C_t = 1[viable prefix] multiplies the
+    /// twist (or replaces psi = 1), proposals draw from the masked distribution, and the final
+    /// potential is phi × 1\[accepted\] (spec §8).
+    pub fn with_constraint(mut self, constraint: &'a dyn Constraint) -> Result<Self> {
+        let k = self.tokens.num_particles();
+        let session = constraint.start(self.prompt, k, self.horizon, self.vocab)?;
+        if session.num_particles() != k {
+            return Err(SmcError::Shape {
+                component: format!("{} session particles", constraint.name()),
+                step: 0,
+                expected: k,
+                found: session.num_particles(),
+            });
+        }
+        self.constraint = Some(ActiveConstraint {
+            name: constraint.name().to_string(),
+            session,
+            mask: TokenMask::none(self.vocab),
+        });
+        Ok(self)
     }
 
     fn check_table(&self, table: &LogTable, component: &str, step: usize) -> Result<()> {
@@ -257,6 +296,26 @@ fn sample_categorical(
     last_positive
 }
 
+/// log Σ_{v in mask} exp(row_p0[v] + row_psi[v]) (row_psi = 0 when absent); `-inf` for an
+/// empty mask; NaN if an allowed entry is NaN. Same arithmetic as [`log_sum_exp_sum`] and
+/// [`log_sum_exp`] when every token is allowed.
+fn masked_log_sum_exp(row_p0: &[f64], row_psi: Option<&[f64]>, mask: &TokenMask) -> f64 {
+    let term = |v: u32| row_p0[v as usize] + row_psi.map_or(0.0, |psi| psi[v as usize]);
+    let mut max = f64::NEG_INFINITY;
+    for v in mask.iter() {
+        let x = term(v);
+        if x.is_nan() {
+            return f64::NAN;
+        }
+        max = max.max(x);
+    }
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f64 = mask.iter().map(|v| (term(v) - max).exp()).sum();
+    max + sum.ln()
+}
+
 impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
     fn num_particles(&self) -> usize {
         self.tokens.num_particles()
@@ -293,28 +352,70 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
         let mut next = vec![0u32; k];
         let mut log_alpha = vec![0.0; k];
         let mut log_psi_now = vec![0.0; k];
+        let mut empty_masks = 0;
         for p in 0..k {
             let row_p0 = out.log_probs.row(p);
             let row_psi = log_psi.as_ref().map(|tab| tab.row(p));
-            // The proposal's log normaliser: log Z_t for the twisted proposal, 0 for p0.
-            let log_norm = match (self.proposal, row_psi) {
-                (Proposal::Twisted, Some(psi)) => log_sum_exp_sum(row_p0, psi),
-                _ => log_sum_exp(row_p0),
+            let twisted = self.proposal == Proposal::Twisted && row_psi.is_some();
+            if let Some(c) = self.constraint.as_mut() {
+                c.session.allowed(p, &mut c.mask)?;
+                if c.mask.len() != self.vocab {
+                    return Err(SmcError::Shape {
+                        component: format!("{} mask", c.name),
+                        step: t,
+                        expected: self.vocab,
+                        found: c.mask.len(),
+                    });
+                }
+            }
+            let mask = self.constraint.as_ref().map(|c| (&c.mask, c.name.as_str()));
+            // The proposal's log normaliser: log Z_t for the twisted proposal, 0 for p0; under
+            // a constraint, over the allowed tokens only.
+            let log_norm = match (mask, twisted) {
+                (None, true) => log_sum_exp_sum(row_p0, row_psi.unwrap_or_default()),
+                (None, false) => log_sum_exp(row_p0),
+                (Some((m, _)), true) => masked_log_sum_exp(row_p0, row_psi, m),
+                (Some((m, _)), false) => masked_log_sum_exp(row_p0, None, m),
             };
             if log_norm.is_nan() || log_norm == f64::INFINITY {
-                let component = if row_psi.is_some() && self.proposal == Proposal::Twisted {
+                let component = if twisted {
                     twist_name
                 } else {
                     "language model"
                 };
                 return Err(invalid(component, t, p, log_norm));
             }
+            if let (Some((m, name)), 0, Some(tok)) = (mask, p, clamp)
+                && !m.contains(tok)
+            {
+                return Err(SmcError::Reference(format!(
+                    "token {tok} at step {t} is not allowed by constraint {name}: no output \
+                     accepted by the constraint starts with the reference's prefix"
+                )));
+            }
             if log_norm == f64::NEG_INFINITY {
-                return Err(SmcError::NoPositiveWeight {
-                    step: t,
-                    horizon: self.horizon,
-                    num_particles: k,
-                });
+                let Some((m, _)) = mask else {
+                    return Err(SmcError::NoPositiveWeight {
+                        step: t,
+                        horizon: self.horizon,
+                        num_particles: k,
+                    });
+                };
+                // Under a constraint: nothing allowed has positive proposal mass, so the
+                // particle's weight is zero from here on; it carries a placeholder token.
+                if !m.any() {
+                    empty_masks += 1;
+                }
+                let token = match (p, clamp) {
+                    (0, Some(tok)) => tok,
+                    _ => m.iter().next().unwrap_or(0),
+                };
+                self.log_p0[p] += row_p0[token as usize];
+                self.log_q[p] = f64::NEG_INFINITY;
+                next[p] = token;
+                log_psi_now[p] = f64::NEG_INFINITY;
+                log_alpha[p] = f64::NEG_INFINITY;
+                continue;
             }
             let token = match (p, clamp) {
                 (0, Some(tok)) => {
@@ -327,13 +428,27 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                     tok as usize
                 }
                 _ => {
-                    let drawn = match (self.proposal, row_psi) {
-                        (Proposal::Twisted, Some(psi)) => sample_categorical(
+                    let drawn = match (mask, twisted, row_psi) {
+                        (None, true, Some(psi)) => sample_categorical(
                             row_p0.iter().zip(psi).map(|(a, b)| a + b),
                             log_norm,
                             rng,
                         ),
-                        _ => sample_categorical(row_p0.iter().copied(), log_norm, rng),
+                        (None, _, _) => sample_categorical(row_p0.iter().copied(), log_norm, rng),
+                        (Some((m, _)), _, _) => {
+                            let psi = if twisted { row_psi } else { None };
+                            sample_categorical(
+                                (0..self.vocab as u32).map(|v| {
+                                    if m.contains(v) {
+                                        row_p0[v as usize] + psi.map_or(0.0, |psi| psi[v as usize])
+                                    } else {
+                                        f64::NEG_INFINITY
+                                    }
+                                }),
+                                log_norm,
+                                rng,
+                            )
+                        }
                     };
                     drawn.ok_or(SmcError::NoPositiveWeight {
                         step: t,
@@ -358,9 +473,10 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                      target is"
                 )));
             }
-            let log_q_token = match (self.proposal, row_psi) {
-                (Proposal::Twisted, Some(_)) => lp0 + lpsi - log_norm,
-                _ => lp0 - log_norm,
+            let log_q_token = if twisted {
+                lp0 + lpsi - log_norm
+            } else {
+                lp0 - log_norm
             };
             self.log_p0[p] += lp0;
             self.log_q[p] += log_q_token;
@@ -372,7 +488,11 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                 Proposal::Base if t < self.horizon => lpsi - self.log_psi_prev[p],
                 Proposal::Base => -self.log_psi_prev[p],
             };
-            if base_mass && self.proposal == Proposal::Base {
+            // The base proposal under a constraint is p0 restricted to A_t, and with an
+            // unnormalised session p0 on the returned subset: in both p0 / q = the row's mass on
+            // what may be drawn (log_norm is log 1 = 0 up to rounding otherwise, and is left
+            // out there so that unconstrained runs stay bit-identical).
+            if (base_mass || mask.is_some()) && self.proposal == Proposal::Base {
                 log_alpha[p] += log_norm;
             }
             // A particle whose p0 or twist weight is zero stays at weight zero (never NaN).
@@ -380,12 +500,49 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                 log_alpha[p] = f64::NEG_INFINITY;
             }
         }
+        if let Some(c) = &self.constraint
+            && empty_masks == k
+        {
+            return Err(SmcError::Constraint {
+                constraint: c.name.clone(),
+                step: t,
+                horizon: self.horizon,
+                num_particles: k,
+            });
+        }
         self.tokens.push(&next);
         self.session.push(&next)?;
+        if let Some(c) = self.constraint.as_mut() {
+            c.session.push(&next)?;
+        }
         self.log_psi_prev = log_psi_now;
 
         if t == self.horizon {
-            let log_phi = checked_log_phi(self.potential, self.prompt, &self.tokens, t)?;
+            let mut log_phi = checked_log_phi(self.potential, self.prompt, &self.tokens, t)?;
+            if let Some(c) = &self.constraint {
+                let mut any_accepted = false;
+                for (p, lphi) in log_phi.iter_mut().enumerate() {
+                    if c.session.accepts(p)? {
+                        any_accepted = true;
+                    } else {
+                        if p == 0 && clamp.is_some() {
+                            return Err(SmcError::Reference(format!(
+                                "the reference is not accepted by constraint {}",
+                                c.name
+                            )));
+                        }
+                        *lphi = f64::NEG_INFINITY;
+                    }
+                }
+                if !any_accepted {
+                    return Err(SmcError::Constraint {
+                        constraint: c.name.clone(),
+                        step: t,
+                        horizon: self.horizon,
+                        num_particles: k,
+                    });
+                }
+            }
             for (&lphi, a) in log_phi.iter().zip(log_alpha.iter_mut()) {
                 if *a != f64::NEG_INFINITY {
                     // For the twisted proposal the sampled token's psi_T cancels only where it
@@ -407,6 +564,9 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
         gather(&mut self.log_psi_prev, ancestors);
         gather(&mut self.log_p0, ancestors);
         gather(&mut self.log_q, ancestors);
+        if let Some(c) = self.constraint.as_mut() {
+            c.session.reorder(ancestors)?;
+        }
         self.session.reorder(ancestors)
     }
 }
@@ -420,7 +580,26 @@ pub fn run_smc<L: LanguageModel>(
     prompt: &[u32],
     config: &SmcConfig,
 ) -> Result<SmcOutput> {
-    run_inner(lm, twist, potential, prompt, config, None)
+    run_inner(lm, twist, potential, None, prompt, config, None)
+}
+
+/// [`run_smc`] under a prefix constraint (spec §8): the target is
+/// p0(s | prompt) phi(s) 1[s accepted] / Z, the twist (or psi = 1) is multiplied by the
+/// constraint's indicator twist 1[viable prefix], proposals draw from the masked, renormalised
+/// distribution, and the incremental weights gain the log of the allowed proposal mass.
+/// Zhat stays unbiased for Z = E_{p0}[phi 1\[accepted\]].
+///
+/// Errors with [`SmcError::Constraint`] when every particle's mask is empty at some step or no
+/// particle's output is accepted at T.
+pub fn run_smc_constrained<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    constraint: &dyn Constraint,
+    prompt: &[u32],
+    config: &SmcConfig,
+) -> Result<SmcOutput> {
+    run_inner(lm, twist, potential, Some(constraint), prompt, config, None)
 }
 
 /// Conditional SMC: particle 0 is clamped to `reference` (an exact target sample gives the SMC
@@ -438,13 +617,37 @@ pub fn run_csmc<L: LanguageModel>(
     config: &SmcConfig,
     reference: &[u32],
 ) -> Result<SmcOutput> {
-    run_inner(lm, twist, potential, prompt, config, Some(reference))
+    run_inner(lm, twist, potential, None, prompt, config, Some(reference))
+}
+
+/// [`run_csmc`] under a prefix constraint (see [`run_smc_constrained`]). A reference with a
+/// token outside the constraint's mask, or not accepted at T, is an
+/// [`SmcError::Reference`] error naming the constraint.
+pub fn run_csmc_constrained<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    constraint: &dyn Constraint,
+    prompt: &[u32],
+    config: &SmcConfig,
+    reference: &[u32],
+) -> Result<SmcOutput> {
+    run_inner(
+        lm,
+        twist,
+        potential,
+        Some(constraint),
+        prompt,
+        config,
+        Some(reference),
+    )
 }
 
 fn run_inner<L: LanguageModel>(
     lm: &L,
     twist: Option<&dyn Twist>,
     potential: &dyn Potential,
+    constraint: Option<&dyn Constraint>,
     prompt: &[u32],
     config: &SmcConfig,
     reference: Option<&[u32]>,
@@ -476,6 +679,9 @@ fn run_inner<L: LanguageModel>(
         prompt,
         config.horizon,
     );
+    if let Some(c) = constraint {
+        model = model.with_constraint(c)?;
+    }
     let mut rng = rng_from_seed(config.seed);
     let out = feynman_kac::run(&mut model, config.resampling, reference, &mut rng)?;
     Ok(model.into_output(out))
@@ -490,6 +696,44 @@ pub fn log_weights_of<L: LanguageModel>(
     lm: &L,
     twist: Option<&dyn Twist>,
     potential: &dyn Potential,
+    prompt: &[u32],
+    proposal: Proposal,
+    sequences: &[Vec<u32>],
+) -> Result<Vec<f64>> {
+    log_weights_inner(lm, twist, potential, None, prompt, proposal, sequences)
+}
+
+/// [`log_weights_of`] under a prefix constraint: log sigma~(s) - log q(s) with
+/// sigma~ = p0 phi 1\[accepted\] and q the masked proposal of [`run_smc_constrained`], i.e.
+/// Σ_t (log M_t - log psi_t(s_{1:t})) + log phi(s) for the twisted proposal and
+/// Σ_t log M_t + log phi(s) for the base one, M_t the proposal's mass on the allowed tokens;
+/// `-inf` for an output that the constraint does not accept at T. A token outside the mask
+/// (q(s) = 0) is an [`SmcError::Reference`] error naming the constraint.
+pub fn log_weights_of_constrained<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    constraint: &dyn Constraint,
+    prompt: &[u32],
+    proposal: Proposal,
+    sequences: &[Vec<u32>],
+) -> Result<Vec<f64>> {
+    log_weights_inner(
+        lm,
+        twist,
+        potential,
+        Some(constraint),
+        prompt,
+        proposal,
+        sequences,
+    )
+}
+
+fn log_weights_inner<L: LanguageModel>(
+    lm: &L,
+    twist: Option<&dyn Twist>,
+    potential: &dyn Potential,
+    constraint: Option<&dyn Constraint>,
     prompt: &[u32],
     proposal: Proposal,
     sequences: &[Vec<u32>],
@@ -509,6 +753,14 @@ pub fn log_weights_of<L: LanguageModel>(
     let twisted = match twist {
         Some(tw) if proposal == Proposal::Twisted => Some(tw),
         _ => None,
+    };
+    let mut active = match constraint {
+        Some(c) => Some((
+            c.name(),
+            c.start(prompt, n, horizon, vocab)?,
+            TokenMask::none(vocab),
+        )),
+        None => None,
     };
     for (t, out) in (1..=horizon).zip(&outputs) {
         let column: Vec<u32> = sequences.iter().map(|s| s[t - 1]).collect();
@@ -532,32 +784,57 @@ pub fn log_weights_of<L: LanguageModel>(
             if row_p0[tok as usize] == f64::NEG_INFINITY {
                 log_w[p] = f64::NEG_INFINITY;
             }
-            let (Some(tw), Some(table)) = (twisted, psi.as_ref()) else {
+            let row_psi = psi.as_ref().map(|table| table.row(p));
+            let lpsi = match (twisted, row_psi) {
+                (Some(tw), Some(row_psi)) => {
+                    let lpsi = row_psi[tok as usize];
+                    if lpsi.is_nan() || lpsi == f64::INFINITY {
+                        return Err(invalid(tw.name(), t, p, lpsi));
+                    }
+                    if lpsi == f64::NEG_INFINITY {
+                        return Err(SmcError::Reference(format!(
+                            "token {tok} at step {t} of sequence {p} has zero probability under \
+                             the twisted proposal ({} gives log psi = -inf)",
+                            tw.name()
+                        )));
+                    }
+                    lpsi
+                }
+                _ => 0.0,
+            };
+            let log_norm = if let Some((name, session, mask)) = active.as_mut() {
+                session.allowed(p, mask)?;
+                if !mask.contains(tok) {
+                    return Err(SmcError::Reference(format!(
+                        "token {tok} at step {t} of sequence {p} is not allowed by constraint \
+                         {name}"
+                    )));
+                }
+                masked_log_sum_exp(row_p0, row_psi, mask)
+            } else if let Some(row_psi) = row_psi {
+                log_sum_exp_sum(row_p0, row_psi)
+            } else {
                 continue;
             };
-            let row_psi = table.row(p);
-            let log_norm = log_sum_exp_sum(row_p0, row_psi);
-            let lpsi = row_psi[tok as usize];
             if log_norm.is_nan() || log_norm == f64::INFINITY {
-                return Err(invalid(tw.name(), t, p, log_norm));
-            }
-            if lpsi.is_nan() || lpsi == f64::INFINITY {
-                return Err(invalid(tw.name(), t, p, lpsi));
-            }
-            if lpsi == f64::NEG_INFINITY {
-                return Err(SmcError::Reference(format!(
-                    "token {tok} at step {t} of sequence {p} has zero probability under the \
-                     twisted proposal ({} gives log psi = -inf)",
-                    tw.name()
-                )));
+                let component = twisted.map_or("language model", |tw| tw.name());
+                return Err(invalid(component, t, p, log_norm));
             }
             log_w[p] += log_norm - lpsi;
+        }
+        if let Some((_, session, _)) = active.as_mut() {
+            session.push(&column)?;
         }
         prefixes.push(&column);
     }
     let log_phi = checked_log_phi(potential, prompt, &prefixes, horizon)?;
-    for (w, &lphi) in log_w.iter_mut().zip(&log_phi) {
+    for (p, (w, &lphi)) in log_w.iter_mut().zip(&log_phi).enumerate() {
         *w += lphi;
+        if let Some((_, session, _)) = &active
+            && !session.accepts(p)?
+        {
+            *w = f64::NEG_INFINITY;
+        }
     }
     Ok(log_w)
 }

@@ -460,3 +460,446 @@ fn enumeration_and_table_sizes_that_overflow_are_errors() {
         Some(100_001 * 100_001 * 100_000)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Prefix constraints (spec §8): exact properties against enumeration.
+
+use common::{ConstrainedProblem, LooseDfa, constrained_problems, count_twos_dfa, parity_dfa};
+use smc_core::constraint::{ConstraintSession, accepts_all};
+use smc_core::tabular::decode_index;
+
+/// Every sequence of `len` tokens, by index.
+fn all_sequences(vocab: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..vocab.pow(len as u32))
+        .map(|i| decode_index(i, vocab, len))
+        .collect()
+}
+
+/// Brute force: can `prefix` followed by `v` be completed to T tokens that `accepts`?
+fn completable(
+    accepts: &dyn Fn(&[u32]) -> bool,
+    vocab: usize,
+    horizon: usize,
+    prefix: &[u32],
+    v: u32,
+) -> bool {
+    let rest = horizon - prefix.len() - 1;
+    all_sequences(vocab, rest).iter().any(|tail| {
+        let mut s = prefix.to_vec();
+        s.push(v);
+        s.extend_from_slice(tail);
+        accepts(&s)
+    })
+}
+
+/// A session with every prefix of length t - 1 pushed, one particle per prefix.
+fn session_at<'a>(
+    constraint: &'a dyn Constraint,
+    vocab: usize,
+    horizon: usize,
+    prefixes: &[Vec<u32>],
+) -> Box<dyn ConstraintSession + 'a> {
+    let mut session = constraint
+        .start(&[], prefixes.len(), horizon, vocab)
+        .unwrap();
+    let len = prefixes.first().map_or(0, Vec::len);
+    for pos in 0..len {
+        let col: Vec<u32> = prefixes.iter().map(|s| s[pos]).collect();
+        session.push(&col).unwrap();
+    }
+    session
+}
+
+#[test]
+fn token_set_and_dfa_masks_match_brute_force_enumeration_of_completable_prefixes() {
+    let parity = parity_dfa();
+    let two_twos = count_twos_dfa(3, 2);
+    let impossible = count_twos_dfa(3, 3);
+    let no_one = TokenSetConstraint::forbidding("no 1", 4, [1]).unwrap();
+    let nothing = TokenSetConstraint::forbidding("nothing allowed", 3, [0, 1, 2]).unwrap();
+    let everything = TokenSetConstraint::forbidding("everything allowed", 3, []).unwrap();
+    type Case<'a> = (
+        &'a dyn Constraint,
+        Box<dyn Fn(&[u32]) -> bool + 'a>,
+        usize,
+        usize,
+    );
+    let cases: Vec<Case> = vec![
+        (&parity, Box::new(|s| parity.accepts_sequence(s)), 3, 4),
+        (&two_twos, Box::new(|s| two_twos.accepts_sequence(s)), 3, 4),
+        (&two_twos, Box::new(|s| two_twos.accepts_sequence(s)), 3, 2),
+        (
+            &impossible,
+            Box::new(|s| impossible.accepts_sequence(s)),
+            3,
+            2,
+        ),
+        (&no_one, Box::new(|s| no_one.accepts_sequence(s)), 4, 3),
+        (&nothing, Box::new(|s| nothing.accepts_sequence(s)), 3, 2),
+        (
+            &everything,
+            Box::new(|s| everything.accepts_sequence(s)),
+            3,
+            3,
+        ),
+    ];
+    for (constraint, accepts, vocab, horizon) in cases {
+        let name = constraint.name().to_string();
+        for t in 1..=horizon {
+            let prefixes = all_sequences(vocab, t - 1);
+            let mut session = session_at(constraint, vocab, horizon, &prefixes);
+            let mut mask = TokenMask::none(vocab);
+            for (p, prefix) in prefixes.iter().enumerate() {
+                session.allowed(p, &mut mask).unwrap();
+                assert_eq!(mask.len(), vocab);
+                for v in 0..vocab as u32 {
+                    assert_eq!(
+                        mask.contains(v),
+                        completable(&*accepts, vocab, horizon, prefix, v),
+                        "{name} T={horizon}: prefix {prefix:?}, token {v}"
+                    );
+                }
+            }
+        }
+        // Final acceptance through a session equals the direct check on every output.
+        let outputs = all_sequences(vocab, horizon);
+        let buffer = smc_core::batch::TokenBuffer::from_rows(&outputs);
+        let accepted = accepts_all(constraint, &[], &buffer, vocab).unwrap();
+        for (s, a) in outputs.iter().zip(accepted) {
+            assert_eq!(a, accepts(s), "{name}: {s:?}");
+        }
+    }
+    // The loose automaton's masks are a superset of the completable tokens.
+    let loose = LooseDfa(count_twos_dfa(3, 2));
+    let exact = count_twos_dfa(3, 2);
+    for t in 1..=4 {
+        let prefixes = all_sequences(3, t - 1);
+        let mut session = session_at(&loose, 3, 4, &prefixes);
+        let mut mask = TokenMask::none(3);
+        for (p, prefix) in prefixes.iter().enumerate() {
+            session.allowed(p, &mut mask).unwrap();
+            for v in 0..3 {
+                if completable(&|s| exact.accepts_sequence(s), 3, 4, prefix, v) {
+                    assert!(mask.contains(v), "loose: {prefix:?} {v}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sessions_follow_ancestors_at_reorder_and_share_duplicate_states() {
+    let dfa = count_twos_dfa(3, 2);
+    let mut session = dfa.start(&[], 3, 4, 3).unwrap();
+    session.push(&[2, 0, 1]).unwrap();
+    session.push(&[2, 0, 0]).unwrap();
+    // Particle 0 has two 2s: everything allowed; particles 1, 2 need 2 2s in the last 2 steps.
+    session.reorder(&[1, 0, 0]).unwrap();
+    let mut mask = TokenMask::none(3);
+    session.allowed(0, &mut mask).unwrap();
+    assert_eq!(mask.iter().collect::<Vec<_>>(), vec![2]);
+    for p in [1, 2] {
+        session.allowed(p, &mut mask).unwrap();
+        assert_eq!(mask.count(), 3, "particle {p}");
+    }
+    session.push(&[2, 1, 2]).unwrap();
+    session.push(&[2, 0, 0]).unwrap();
+    assert!((0..3).all(|p| session.accepts(p).unwrap()));
+}
+
+fn run_constrained(
+    problem: &ConstrainedProblem,
+    twist: Option<&dyn Twist>,
+    cfg: &SmcConfig,
+) -> smc_core::Result<SmcOutput> {
+    run_smc_constrained(
+        &problem.lm,
+        twist,
+        problem.phi(),
+        problem.constraint.as_ref(),
+        &problem.prompt,
+        cfg,
+    )
+}
+
+#[test]
+fn optimal_twist_under_the_constraint_gives_exact_log_z_for_every_seed_scheme_and_criterion() {
+    for problem in constrained_problems() {
+        let exact = problem.exact();
+        assert!(
+            exact.log_z().is_finite(),
+            "{}: the constraint is satisfiable",
+            problem.name
+        );
+        let psi = exact.optimal_twist();
+        for scheme in Scheme::ALL {
+            for criterion in CRITERIA {
+                for k in [1, 4, 16] {
+                    for seed in 0..10 {
+                        let cfg = SmcConfig::twisted(k, problem.horizon)
+                            .with_scheme(scheme)
+                            .with_criterion(criterion)
+                            .with_seed(seed);
+                        let out = run_constrained(&problem, Some(&psi), &cfg).unwrap();
+                        assert!(
+                            (out.log_z_hat - exact.log_z()).abs() < 1e-9,
+                            "{}: {scheme} {criterion} K={k} seed={seed}: {} vs {}",
+                            problem.name,
+                            out.log_z_hat,
+                            exact.log_z()
+                        );
+                        let accepted = accepts_all(
+                            problem.constraint.as_ref(),
+                            &problem.prompt,
+                            &smc_core::batch::TokenBuffer::from_rows(&out.tokens),
+                            problem.lm.vocab(),
+                        )
+                        .unwrap();
+                        assert!(accepted.iter().all(|&a| a), "{}", problem.name);
+                    }
+                }
+            }
+        }
+        // Conditional SMC around exact samples is exact too.
+        let mut rng = rng_from_seed(5);
+        for (i, reference) in exact.sample_sigma(10, &mut rng).iter().enumerate() {
+            let cfg = SmcConfig::twisted(6, problem.horizon).with_seed(i as u64);
+            let out = run_csmc_constrained(
+                &problem.lm,
+                Some(&psi),
+                problem.phi(),
+                problem.constraint.as_ref(),
+                &problem.prompt,
+                &cfg,
+                reference,
+            )
+            .unwrap();
+            assert_eq!(&out.tokens[0], reference);
+            assert!(
+                (out.log_z_hat - exact.log_z()).abs() < 1e-9,
+                "{}",
+                problem.name
+            );
+        }
+    }
+}
+
+#[test]
+fn masked_unigram_proposal_has_constant_weight_the_allowed_mass() {
+    // Order 0: p0 does not depend on the prefix, so the allowed mass M is the same at every
+    // step, the masked proposal is sigma itself and log Zhat = T log M = log Z for every seed.
+    let lm = TabularLm::random(4, 0, 1.0, 5);
+    let constraint = TokenSetConstraint::forbidding("no 1 or 2", 4, [1, 2]).unwrap();
+    let p = lm.next_log_probs(&[]).unwrap();
+    let log_m = (p[0].exp() + p[3].exp()).ln();
+    let horizon = 5;
+    let exact = Enumeration::new(
+        &lm,
+        &[],
+        horizon,
+        &ConstrainedPotential::new(&constraint, None, 4),
+    )
+    .unwrap();
+    assert!((exact.log_z() - horizon as f64 * log_m).abs() < 1e-12);
+    for cfg in [
+        SmcConfig::bootstrap(5, horizon),
+        SmcConfig::twisted(3, horizon),
+        SmcConfig::sis(1, horizon, Proposal::Base),
+    ] {
+        for seed in 0..10 {
+            let out = run_smc_constrained(
+                &lm,
+                None,
+                &UnitPotential,
+                &constraint,
+                &[],
+                &cfg.with_seed(seed),
+            )
+            .unwrap();
+            assert!((out.log_z_hat - exact.log_z()).abs() < 1e-12);
+            assert!(out.tokens.iter().flatten().all(|&t| t == 0 || t == 3));
+        }
+    }
+}
+
+#[test]
+fn a_constraint_that_allows_everything_changes_nothing() {
+    let problem = &problems()[0];
+    let psi = problem.exact().optimal_twist().perturbed(0.5, 8);
+    let everything = TokenSetConstraint::forbidding("everything", 3, []).unwrap();
+    for (twist, cfg) in [
+        (None, SmcConfig::twisted(8, problem.horizon)),
+        (Some(&psi), SmcConfig::twisted(8, problem.horizon)),
+        (Some(&psi), SmcConfig::bootstrap(8, problem.horizon)),
+        (None, SmcConfig::bootstrap(8, problem.horizon)),
+    ] {
+        for seed in 0..10 {
+            let cfg = cfg.with_seed(seed);
+            let twist = twist.map(|t| t as &dyn Twist);
+            let plain = run_smc(
+                &problem.lm,
+                twist,
+                problem.potential.as_ref(),
+                &problem.prompt,
+                &cfg,
+            )
+            .unwrap();
+            let masked = run_smc_constrained(
+                &problem.lm,
+                twist,
+                problem.potential.as_ref(),
+                &everything,
+                &problem.prompt,
+                &cfg,
+            )
+            .unwrap();
+            assert_eq!(plain.tokens, masked.tokens);
+            if cfg.proposal == Proposal::Twisted {
+                // The same arithmetic, bit for bit.
+                assert_eq!(plain.log_z_hat, masked.log_z_hat);
+            } else {
+                // The base proposal adds log of the allowed mass, 0 up to rounding.
+                assert!((plain.log_z_hat - masked.log_z_hat).abs() < 1e-12);
+            }
+        }
+    }
+}
+
+#[test]
+fn constrained_log_weights_normalise_the_masked_proposal_and_equal_clamped_sis() {
+    // For exact masks and phi > 0, the masked proposal q has the support of sigma, so
+    // sum over that support of sigma~(s) / w(s) = sum q(s) = 1 with w = log_weights_of.
+    for problem in constrained_problems().into_iter().take(3) {
+        let exact = problem.exact();
+        let psi = problem
+            .exact_unconstrained()
+            .optimal_twist()
+            .perturbed(0.6, 3);
+        let support: Vec<usize> = (0..exact.len())
+            .filter(|&i| exact.log_phi()[i] > f64::NEG_INFINITY)
+            .collect();
+        let sequences: Vec<Vec<u32>> = support.iter().map(|&i| exact.sequence(i)).collect();
+        for (twist, proposal) in [
+            (None, Proposal::Base),
+            (Some(&psi as &dyn Twist), Proposal::Base),
+            (Some(&psi as &dyn Twist), Proposal::Twisted),
+        ] {
+            let w = log_weights_of_constrained(
+                &problem.lm,
+                twist,
+                problem.phi(),
+                problem.constraint.as_ref(),
+                &problem.prompt,
+                proposal,
+                &sequences,
+            )
+            .unwrap();
+            let total_q: f64 = support
+                .iter()
+                .zip(&w)
+                .map(|(&i, lw)| (exact.log_p0()[i] + exact.log_phi()[i] - lw).exp())
+                .sum();
+            assert!(
+                (total_q - 1.0).abs() < 1e-12,
+                "{} {proposal:?}: sum q = {total_q}",
+                problem.name
+            );
+            for (s, lw) in sequences.iter().zip(&w).step_by(5) {
+                let cfg = SmcConfig::sis(1, problem.horizon, proposal);
+                let out = run_csmc_constrained(
+                    &problem.lm,
+                    twist,
+                    problem.phi(),
+                    problem.constraint.as_ref(),
+                    &problem.prompt,
+                    &cfg,
+                    s,
+                )
+                .unwrap();
+                assert!(
+                    (out.log_z_hat - lw).abs() < 1e-12,
+                    "{}: {s:?}",
+                    problem.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn constraint_errors_are_typed_and_name_the_constraint() {
+    let lm = TabularLm::random(3, 1, 1.0, 9);
+    let cfg = SmcConfig::twisted(4, 2);
+    // Every token forbidden: every mask empty at step 1.
+    let nothing = TokenSetConstraint::forbidding("nothing allowed", 3, [0, 1, 2]).unwrap();
+    let err = run_smc_constrained(&lm, None, &UnitPotential, &nothing, &[], &cfg).unwrap_err();
+    assert!(matches!(err, SmcError::Constraint { step: 1, .. }), "{err}");
+    assert!(err.to_string().contains("nothing allowed"));
+    // Three 2s in two tokens: the exact masks are empty at step 1.
+    let three = count_twos_dfa(3, 3);
+    let err = run_smc_constrained(&lm, None, &UnitPotential, &three, &[], &cfg).unwrap_err();
+    assert!(matches!(err, SmcError::Constraint { step: 1, .. }), "{err}");
+    // The loose masks let the particles through; no output is accepted at T.
+    let loose = LooseDfa(count_twos_dfa(3, 3));
+    let err = run_smc_constrained(&lm, None, &UnitPotential, &loose, &[], &cfg).unwrap_err();
+    assert!(matches!(err, SmcError::Constraint { step: 2, .. }), "{err}");
+    assert!(err.to_string().contains("loose DFA"));
+
+    // Conditional SMC with a reference outside the constraint.
+    let two = count_twos_dfa(3, 2);
+    let cfg = SmcConfig::twisted(4, 3);
+    let err =
+        run_csmc_constrained(&lm, None, &UnitPotential, &two, &[], &cfg, &[0, 0, 2]).unwrap_err();
+    assert!(
+        matches!(err, SmcError::Reference(ref m) if m.contains("at least 2 2s") && m.contains("step 2")),
+        "{err}"
+    );
+    let loose = LooseDfa(count_twos_dfa(3, 2));
+    let err =
+        run_csmc_constrained(&lm, None, &UnitPotential, &loose, &[], &cfg, &[0, 0, 2]).unwrap_err();
+    assert!(
+        matches!(err, SmcError::Reference(ref m) if m.contains("not accepted") && m.contains("loose DFA")),
+        "{err}"
+    );
+    // Teacher-forced weights of a sequence the masked proposal cannot produce.
+    let err = log_weights_of_constrained(
+        &lm,
+        None,
+        &UnitPotential,
+        &two,
+        &[],
+        Proposal::Base,
+        &[vec![0, 0, 2]],
+    )
+    .unwrap_err();
+    assert!(matches!(err, SmcError::Reference(_)), "{err}");
+    // A constraint over another vocabulary.
+    let other = TokenSetConstraint::forbidding("V=5", 5, [1]).unwrap();
+    let err = run_smc_constrained(&lm, None, &UnitPotential, &other, &[], &cfg).unwrap_err();
+    assert!(matches!(err, SmcError::InvalidConfig { .. }), "{err}");
+}
+
+#[test]
+fn particles_that_die_under_a_loose_mask_keep_weight_zero_not_nan() {
+    // Loose masks: particles can reach T unaccepted; their weight is exactly zero, the rest
+    // carry the estimate, with no NaN anywhere.
+    let lm = TabularLm::random(3, 1, 1.0, 4);
+    let loose = LooseDfa(count_twos_dfa(3, 2));
+    let mut saw_dead = false;
+    for seed in 0..50 {
+        let cfg = SmcConfig::sis(16, 3, Proposal::Base).with_seed(seed);
+        match run_smc_constrained(&lm, None, &UnitPotential, &loose, &[], &cfg) {
+            Ok(out) => {
+                assert!(out.log_w.iter().all(|w| !w.is_nan()));
+                assert!(!out.log_z_hat.is_nan());
+                for (s, w) in out.tokens.iter().zip(&out.log_w) {
+                    let ok = count_twos_dfa(3, 2).accepts_sequence(s);
+                    assert_eq!(ok, *w > f64::NEG_INFINITY, "{s:?}");
+                    saw_dead |= !ok;
+                }
+            }
+            Err(e) => assert!(matches!(e, SmcError::Constraint { .. }), "{e}"),
+        }
+    }
+    assert!(saw_dead);
+}

@@ -83,3 +83,149 @@ pub fn problems() -> Vec<Problem> {
         },
     ]
 }
+
+/// A constrained problem: the target is p0(s | prompt) phi(s) 1[s accepted] / Z.
+pub struct ConstrainedProblem {
+    pub name: &'static str,
+    pub lm: TabularLm,
+    pub prompt: Vec<u32>,
+    pub horizon: usize,
+    pub constraint: Box<dyn Constraint>,
+    /// phi (None: phi = 1, the target is p0 restricted to the constraint).
+    pub potential: Option<Box<dyn Potential>>,
+}
+
+impl ConstrainedProblem {
+    /// phi alone (without the indicator), as the drivers take it.
+    pub fn phi(&self) -> &dyn Potential {
+        self.potential.as_deref().unwrap_or(&UnitPotential)
+    }
+
+    /// Enumeration of the constrained target phi × 1[accepted]: Z = E_{p0}[phi 1[accepted]].
+    pub fn exact(&self) -> Enumeration {
+        let target = ConstrainedPotential::new(
+            self.constraint.as_ref(),
+            self.potential.as_deref(),
+            self.lm.vocab(),
+        );
+        Enumeration::new(&self.lm, &self.prompt, self.horizon, &target).unwrap()
+    }
+
+    /// Enumeration of phi without the constraint (its psi* is a learned-looking twist with no
+    /// zeros: the constraint's zeros must come from the constraint).
+    pub fn exact_unconstrained(&self) -> Enumeration {
+        Enumeration::new(&self.lm, &self.prompt, self.horizon, self.phi()).unwrap()
+    }
+}
+
+/// V = 3: an even number of 0s and never two 1s in a row. State 2 * parity + [last was 1].
+pub fn parity_dfa() -> DfaConstraint {
+    let mut transitions = vec![None; 4 * 3];
+    for q in 0..4u32 {
+        let (parity, last_one) = (q / 2, q % 2);
+        transitions[q as usize * 3] = Some((parity ^ 1) * 2);
+        transitions[q as usize * 3 + 1] = (last_one == 0).then_some(parity * 2 + 1);
+        transitions[q as usize * 3 + 2] = Some(parity * 2);
+    }
+    DfaConstraint::new(
+        "even 0s, no 1 1",
+        3,
+        0,
+        transitions,
+        vec![true, true, false, false],
+    )
+    .unwrap()
+}
+
+/// At least `n` tokens equal to 2 (count capped at n), vocabulary `vocab`.
+pub fn count_twos_dfa(vocab: usize, n: u32) -> DfaConstraint {
+    let states = n as usize + 1;
+    let mut transitions = vec![None; states * vocab];
+    for q in 0..states as u32 {
+        for v in 0..vocab as u32 {
+            let next = if v == 2 { (q + 1).min(n) } else { q };
+            transitions[q as usize * vocab + v as usize] = Some(next);
+        }
+    }
+    let accepting = (0..states).map(|q| q == n as usize).collect();
+    DfaConstraint::new(format!("at least {n} 2s"), vocab, 0, transitions, accepting).unwrap()
+}
+
+/// A DFA whose masks are a superset of the viable tokens: every token with a transition is
+/// allowed, whatever the remaining length (the final acceptance removes the rest). Tests that
+/// a loose mask keeps the weights exact.
+pub struct LooseDfa(pub DfaConstraint);
+
+impl PrefixAutomaton for LooseDfa {
+    type State = smc_core::constraint::DfaState;
+
+    fn name(&self) -> &str {
+        "loose DFA"
+    }
+    fn initial(
+        &self,
+        prompt: &[u32],
+        horizon: usize,
+        vocab: usize,
+    ) -> smc_core::Result<Self::State> {
+        self.0.initial(prompt, horizon, vocab)
+    }
+    fn allowed(
+        &self,
+        state: &Self::State,
+        _remaining: usize,
+        mask: &mut TokenMask,
+    ) -> smc_core::Result<()> {
+        mask.fill(false);
+        for v in 0..mask.len() as u32 {
+            if self.0.next(state.state(), v).is_some() {
+                mask.insert(v);
+            }
+        }
+        Ok(())
+    }
+    fn advance(&self, state: &Self::State, token: u32) -> smc_core::Result<Option<Self::State>> {
+        self.0.advance(state, token)
+    }
+    fn accepts(&self, state: &Self::State) -> bool {
+        PrefixAutomaton::accepts(&self.0, state)
+    }
+}
+
+/// The constrained problems the constraint tests sweep over.
+pub fn constrained_problems() -> Vec<ConstrainedProblem> {
+    vec![
+        ConstrainedProblem {
+            name: "V3 order1 T4 parity DFA x smooth",
+            lm: TabularLm::random(3, 1, 1.0, 21),
+            prompt: vec![],
+            horizon: 4,
+            constraint: Box::new(parity_dfa()),
+            potential: Some(smooth_potential()),
+        },
+        ConstrainedProblem {
+            name: "V3 order2 T4 at least two 2s",
+            lm: TabularLm::random(3, 2, 1.5, 22),
+            prompt: vec![1],
+            horizon: 4,
+            constraint: Box::new(count_twos_dfa(3, 2)),
+            potential: None,
+        },
+        ConstrainedProblem {
+            name: "V4 order2 T3 no token 1 x classifier",
+            lm: TabularLm::random(4, 2, 1.0, 23),
+            prompt: vec![0, 3],
+            horizon: 3,
+            constraint: Box::new(TokenSetConstraint::forbidding("no token 1", 4, [1]).unwrap()),
+            potential: Some(classifier_potential()),
+        },
+        ConstrainedProblem {
+            name: "V3 order1 T4 loose DFA at least two 2s x smooth",
+            lm: TabularLm::random(3, 1, 1.2, 24),
+            prompt: vec![],
+            horizon: 4,
+            constraint: Box::new(LooseDfa(count_twos_dfa(3, 2))),
+            potential: Some(smooth_potential()),
+        },
+    ]
+}
