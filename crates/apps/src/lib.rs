@@ -6,13 +6,14 @@
 //! - [`cli`]: clap types only (argument groups flattened into commands, typed choices), parsed
 //!   and validated once into settings;
 //! - [`commands`]: one module per command, taking its settings;
-//! - library modules shared by commands: [`setup`] (model, prompt, twist loading), [`training`]
+//! - library modules shared by commands: [`constraints`] (prefix constraints), [`setup`] (model, prompt, twist loading), [`training`]
 //!   (heads, positives, progress), [`jsonl`] (every reader and writer of our JSONL files),
 //!   [`output`] (the one rule that keeps an output from destroying an input),
 //!   [`progress`], [`potentials`], [`presets`].
 
 pub mod cli;
 pub mod commands;
+pub mod constraints;
 pub mod jsonl;
 pub mod output;
 pub mod potentials;

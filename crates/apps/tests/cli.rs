@@ -615,3 +615,45 @@ fn a_closed_stdout_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A constraint on every token is an exact twist: every particle satisfies it (no token of the
+/// continuation contains an "e"), and log Zhat estimates log p0(constraint holds) < 0.
+#[test]
+fn sample_with_a_token_constraint_draws_only_allowed_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lipogram.jsonl");
+    let (ok, stdout, stderr) = tsmc(&[
+        "sample",
+        "-k",
+        "4",
+        "-t",
+        "4",
+        "--constraint",
+        "no-chars:e",
+        "--potential",
+        "none",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("constraint no-chars:e"), "{stdout}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let particles: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["type"] == "particle").collect();
+    assert_eq!(particles.len(), 4);
+    for p in &particles {
+        let text = p["text"].as_str().unwrap();
+        assert!(!text.contains('e'), "{text:?}");
+        assert!(p["weight"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    let run = lines.iter().find(|l| l["type"] == "run").unwrap();
+    assert_eq!(run["constraint"], "no-chars:e");
+    let log_z = run["log_z_hat"].as_f64().unwrap();
+    assert!(log_z.is_finite() && log_z < 0.0, "{log_z}");
+    let (ok, _, stderr) = tsmc(&["sample", "--constraint", "letters:e"]);
+    assert!(!ok && stderr.contains("unknown constraint"), "{stderr}");
+}

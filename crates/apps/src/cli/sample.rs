@@ -10,6 +10,7 @@ use smc_core::resampling::Criterion;
 
 use super::groups::{ModelArgs, PromptArgs, SchemeArg, at_least};
 use crate::commands::sample::SampleSettings;
+use crate::constraints::ConstraintSpec;
 use crate::potentials::PotentialSpec;
 
 /// Arguments of `tsmc sample`.
@@ -23,6 +24,12 @@ pub struct SampleArgs {
     /// or judge:QUESTION.
     #[arg(long, default_value = r"regex:(?i)\b(dragon|princess|castle|king)\b")]
     potential: PotentialSpec,
+    /// A constraint on every generated token, applied as an exact twist (the proposal draws
+    /// only allowed tokens and the weight gains the allowed p0 mass): no-chars:SET forbids
+    /// tokens containing a character of SET. Use with --potential none for p0 under the
+    /// constraint.
+    #[arg(long)]
+    constraint: Option<ConstraintSpec>,
     /// Number of output tokens T.
     #[arg(long, short = 't', default_value_t = 15)]
     tokens: usize,
@@ -69,6 +76,7 @@ impl SampleArgs {
             model,
             prompt,
             potential,
+            constraint,
             tokens,
             particles,
             twist,
@@ -93,6 +101,7 @@ impl SampleArgs {
             model: model.choice()?,
             prompt: prompt.prompt()?,
             potential,
+            constraint,
             tokens: at_least("--tokens", tokens, 1)?,
             particles: at_least("--particles", particles, 1)?,
             twist,

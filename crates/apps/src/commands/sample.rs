@@ -9,6 +9,7 @@ use serde::Serialize;
 use smc_core::feynman_kac::{Resampling, StepRecord};
 use smc_core::prelude::*;
 
+use crate::constraints::ConstraintSpec;
 use crate::jsonl::JsonlWriter;
 use crate::potentials::PotentialSpec;
 use crate::progress::{PhaseTimes, WithProgress};
@@ -23,6 +24,9 @@ pub struct SampleSettings {
     pub prompt: String,
     /// The potential.
     pub potential: PotentialSpec,
+    /// A prefix constraint on every token (an exact twist: masked proposal, allowed mass in the
+    /// weight).
+    pub constraint: Option<ConstraintSpec>,
     /// Output tokens T (at least 1).
     pub tokens: usize,
     /// Particles K (at least 1).
@@ -60,6 +64,7 @@ struct RunRecord<'a> {
     prompt: &'a str,
     prompt_tokens: &'a [u32],
     potential: &'a str,
+    constraint: Option<String>,
     method: &'a str,
     num_particles: usize,
     num_tokens: usize,
@@ -149,7 +154,11 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     );
     let twist = head.as_ref().map(|h| h as &dyn Twist);
     let started = Instant::now();
-    let out = run_smc(&with_bar, twist, potential.as_ref(), prompt, &config)?;
+    let constraint = args.constraint.as_ref().map(|c| c.build(lm)).transpose()?;
+    let out = match &constraint {
+        Some(c) => run_smc_constrained(&with_bar, twist, potential.as_ref(), c, prompt, &config)?,
+        None => run_smc(&with_bar, twist, potential.as_ref(), prompt, &config)?,
+    };
     let timing = Timing::new(started.elapsed().as_secs_f64(), with_bar.times(), &config);
     with_bar.finish();
 
@@ -163,9 +172,12 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]));
     let final_ess = ess(&out.log_w);
     println!(
-        "model {} | potential {} | K = {}, T = {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
+        "model {} | potential {}{} | K = {}, T = {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
         lm.name(),
         potential.name(),
+        args.constraint
+            .as_ref()
+            .map_or(String::new(), |c| format!(" | constraint {c}")),
         args.particles,
         args.tokens,
         out.log_z_hat,
@@ -198,6 +210,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             prompt: &args.prompt,
             prompt_tokens: prompt,
             potential: potential.name(),
+            constraint: args.constraint.as_ref().map(|c| c.to_string()),
             method: args.method,
             num_particles: args.particles,
             num_tokens: args.tokens,

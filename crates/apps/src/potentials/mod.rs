@@ -34,7 +34,8 @@ pub enum ClassifierKind {
 /// - `sentiment:positive:beta=1`, `sentiment:negative:threshold=0.9` (the shipped sentiment
 ///   classifier); `classifier=PATH` after the form uses another classifier file;
 /// - `infilling:TEXT`: log p0(TEXT | prompt, s), the continuation TEXT after the sample;
-/// - `judge:QUESTION`: log p0(" yes" | a template asking QUESTION about prompt + s).
+/// - `judge:QUESTION`: log p0(" yes" | a template asking QUESTION about prompt + s);
+/// - `none`: phi = 1 (with a constraint, the target is p0 under the constraint).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PotentialSpec {
     /// The continuation contains a word.
@@ -58,6 +59,8 @@ pub enum PotentialSpec {
     Infilling(String),
     /// The model judging its own output.
     Judge(String),
+    /// phi = 1: no potential (with a `--constraint`, the target is p0 under the constraint).
+    Unit,
 }
 
 impl PotentialSpec {
@@ -73,6 +76,7 @@ impl PotentialSpec {
                 Box::new(lm_burn::infilling::InfillingPotential::new(lm, c))
             }
             PotentialSpec::Judge(q) => Box::new(judge::JudgePotential::new(lm, q)?),
+            PotentialSpec::Unit => Box::new(smc_core::model::UnitPotential),
             PotentialSpec::Keyword(w) => Box::new(KeywordPotential::new(tokenizer.clone(), w)),
             PotentialSpec::Regex(r) => Box::new(RegexPotential::new(tokenizer.clone(), r)?),
             PotentialSpec::Classifier {
@@ -125,6 +129,7 @@ impl fmt::Display for PotentialSpec {
             PotentialSpec::Classifier { text, .. } => f.write_str(text),
             PotentialSpec::Infilling(t) => write!(f, "infilling:{t}"),
             PotentialSpec::Judge(q) => write!(f, "judge:{q}"),
+            PotentialSpec::Unit => f.write_str("none"),
         }
     }
 }
@@ -135,6 +140,7 @@ impl FromStr for PotentialSpec {
     fn from_str(spec: &str) -> Result<Self> {
         let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
         match kind {
+            "none" if arg.is_empty() => Ok(PotentialSpec::Unit),
             "infilling" if !arg.is_empty() => Ok(PotentialSpec::Infilling(arg.to_string())),
             "judge" if !arg.is_empty() => Ok(PotentialSpec::Judge(arg.to_string())),
             "keyword" if !arg.is_empty() => Ok(PotentialSpec::Keyword(arg.to_string())),
@@ -149,7 +155,7 @@ impl FromStr for PotentialSpec {
                 bail!("potential {spec:?}: {kind} needs an argument, e.g. {kind}:dragon")
             }
             _ => bail!(
-                "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:..., sentiment:..., infilling:TEXT or judge:QUESTION"
+                "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:..., sentiment:..., infilling:TEXT, judge:QUESTION or none"
             ),
         }
     }
