@@ -20,7 +20,7 @@ use smc_core::feynman_kac::Resampling;
 use smc_core::model::Twist;
 use smc_core::seed;
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
-use twist_learn::{Parameterization, TrainConfig};
+use twist_learn::Parameterization;
 
 use super::settings::TrainSettings;
 use crate::jsonl::Appender;
@@ -106,15 +106,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
             "conditioning": c, "conditioning_text": c_text, "lr": args.lr, "init": args.head.init_name(),
         })
     };
-    let cfg = TrainConfig {
-        method,
-        steps: args.steps,
-        batch_size: args.particles,
-        horizon: args.tokens,
-        learning_rate: args.lr,
-        seed: smc_core::seed::derive(args.seed, smc_core::seed::label::APP_TRAIN, 0),
-        start_step,
-    };
+    let cfg = args.train_config(start_step);
     let started = Instant::now();
     let mut snapshots: Vec<(usize, TwistHead)> = vec![(start_step, twist.head().clone())];
     let bar = train_bar(args.steps);

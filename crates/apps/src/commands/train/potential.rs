@@ -11,7 +11,7 @@ use lm_burn::BurnLm;
 use smc_bounds::{EvalPlan, Evaluation, LogZBounds, Method};
 use smc_core::model::{Potential, Twist};
 use smc_core::seed;
-use twist_learn::{HeadTrainable, Parameterization, TrainConfig};
+use twist_learn::{HeadTrainable, Parameterization};
 
 use super::settings::TrainSettings;
 use crate::jsonl::{Appender, read_exact};
@@ -44,15 +44,7 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
         &ad,
     )?;
     let eval_at = &args.eval_at;
-    let cfg = TrainConfig {
-        method,
-        steps: args.steps,
-        batch_size: args.particles,
-        horizon: args.tokens,
-        learning_rate: args.lr,
-        seed: smc_core::seed::derive(args.seed, smc_core::seed::label::APP_TRAIN, 0),
-        start_step,
-    };
+    let cfg = args.train_config(start_step);
     let meta = |step: usize| {
         serde_json::json!({
             "method": method_name(method), "positives": args.positives.name(), "task": "potential", "potential": potential.to_string(), "base_model": lm.name(),

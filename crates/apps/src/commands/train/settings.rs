@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use twist_learn::Method;
+use twist_learn::{Method, TrainConfig};
 
 use crate::potentials::PotentialSpec;
 use crate::setup::ModelChoice;
@@ -72,4 +72,20 @@ pub struct TrainSettings {
     pub resume: Option<PathBuf>,
     /// Training curve (JSONL).
     pub out: PathBuf,
+}
+
+impl TrainSettings {
+    /// twist-learn's loop configuration for a run that has done `start_step` updates: the
+    /// training streams are derived from `--seed` under their own label.
+    pub fn train_config(&self, start_step: usize) -> TrainConfig {
+        TrainConfig {
+            method: self.method,
+            steps: self.steps,
+            batch_size: self.particles,
+            horizon: self.tokens,
+            learning_rate: self.lr,
+            seed: smc_core::seed::derive(self.seed, smc_core::seed::label::APP_TRAIN, 0),
+            start_step,
+        }
+    }
 }
