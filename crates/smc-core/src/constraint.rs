@@ -192,6 +192,21 @@ pub trait Constraint {
         horizon: usize,
         vocab: usize,
     ) -> Result<Box<dyn ConstraintSession + '_>>;
+
+    /// Starts states for variable-length outputs of at most `max_tokens` tokens: masks then
+    /// keep the prefixes that can be completed within (not exactly) the remaining steps. The
+    /// default is [`Constraint::start`], right for constraints whose masks do not depend on
+    /// the number of remaining steps (grammars, token sets); a [`PrefixAutomaton`] gets it
+    /// from [`PrefixAutomaton::allowed_within`].
+    fn start_within(
+        &self,
+        prompt: &[u32],
+        num_particles: usize,
+        max_tokens: usize,
+        vocab: usize,
+    ) -> Result<Box<dyn ConstraintSession + '_>> {
+        self.start(prompt, num_particles, max_tokens, vocab)
+    }
 }
 
 /// The constraint states of K particles during one run.
@@ -215,8 +230,20 @@ pub trait ConstraintSession {
     /// Reorders the particles: particle k continues from old particle `ancestors[k]`.
     fn reorder(&mut self, ancestors: &[usize]) -> Result<()>;
 
-    /// Whether the constraint accepts the particle's complete output (asked after T pushes).
+    /// Whether the constraint accepts the particle's output so far (asked after T pushes, and
+    /// with variable-length outputs before any step, where it decides whether an end token is
+    /// allowed).
     fn accepts(&self, particle: usize) -> Result<bool>;
+
+    /// The particle has drawn an end-of-sequence token (variable-length outputs): the next
+    /// [`ConstraintSession::push`] carries that end token for it, and so does every later one.
+    /// The session must keep the particle's acceptance as it was before the end token (it was
+    /// accepting, since the end token was allowed) and ignore those tokens. The default does
+    /// nothing, right for sessions that consume an end token as accepting and ignore tokens
+    /// after it (as grammar matchers do).
+    fn end(&mut self, _particle: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A constraint given by one state per particle: implement this and the type is a
@@ -237,6 +264,26 @@ pub trait PrefixAutomaton {
     /// with exactly `remaining` more tokens (T - t at step t) into an accepted output (a
     /// superset is allowed, see [`ConstraintSession::allowed`]).
     fn allowed(&self, state: &Self::State, remaining: usize, mask: &mut TokenMask) -> Result<()>;
+
+    /// Overwrites `mask` with the tokens v such that the prefix followed by v can be completed
+    /// with at most `remaining` more tokens into an accepted output (variable-length outputs).
+    /// The default is the union of [`PrefixAutomaton::allowed`] over 0..=remaining.
+    fn allowed_within(
+        &self,
+        state: &Self::State,
+        remaining: usize,
+        mask: &mut TokenMask,
+    ) -> Result<()> {
+        let mut exact = TokenMask::none(mask.len());
+        mask.fill(false);
+        for r in 0..=remaining {
+            self.allowed(state, r, &mut exact)?;
+            for (w, e) in mask.words_mut().iter_mut().zip(exact.words()) {
+                *w |= e;
+            }
+        }
+        Ok(())
+    }
 
     /// The state after `token`; `None` if no accepted output starts with the extended prefix.
     fn advance(&self, state: &Self::State, token: u32) -> Result<Option<Self::State>>;
@@ -261,7 +308,28 @@ impl<A: PrefixAutomaton> Constraint for A {
         Ok(Box::new(AutomatonSession {
             automaton: self,
             states: vec![Some(first); num_particles],
+            ended: vec![false; num_particles],
             horizon,
+            within: false,
+            pushed: 0,
+            cache: None,
+        }))
+    }
+
+    fn start_within(
+        &self,
+        prompt: &[u32],
+        num_particles: usize,
+        max_tokens: usize,
+        vocab: usize,
+    ) -> Result<Box<dyn ConstraintSession + '_>> {
+        let first = Arc::new(self.initial(prompt, max_tokens, vocab)?);
+        Ok(Box::new(AutomatonSession {
+            automaton: self,
+            states: vec![Some(first); num_particles],
+            ended: vec![false; num_particles],
+            horizon: max_tokens,
+            within: true,
             pushed: 0,
             cache: None,
         }))
@@ -272,7 +340,11 @@ impl<A: PrefixAutomaton> Constraint for A {
 struct AutomatonSession<'a, A: PrefixAutomaton> {
     automaton: &'a A,
     states: Vec<Option<Arc<A::State>>>,
+    /// Particles that drew an end token: their state is frozen.
+    ended: Vec<bool>,
     horizon: usize,
+    /// Masks for completions within, not exactly, the remaining steps.
+    within: bool,
     pushed: usize,
     /// The last mask computed, with the state it belongs to (kept alive, so the pointer
     /// identifies it) and the step: resampled duplicates share a state and are adjacent.
@@ -297,7 +369,11 @@ impl<A: PrefixAutomaton> ConstraintSession for AutomatonSession<'_, A> {
             return Ok(());
         }
         let remaining = self.horizon.saturating_sub(self.pushed + 1);
-        self.automaton.allowed(state, remaining, mask)?;
+        if self.within {
+            self.automaton.allowed_within(state, remaining, mask)?;
+        } else {
+            self.automaton.allowed(state, remaining, mask)?;
+        }
         self.cache = Some((Arc::clone(state), self.pushed, mask.clone()));
         Ok(())
     }
@@ -311,7 +387,10 @@ impl<A: PrefixAutomaton> ConstraintSession for AutomatonSession<'_, A> {
                 found: tokens.len(),
             });
         }
-        for (slot, &tok) in self.states.iter_mut().zip(tokens) {
+        for ((slot, &tok), &ended) in self.states.iter_mut().zip(tokens).zip(&self.ended) {
+            if ended {
+                continue;
+            }
             *slot = match slot.take() {
                 Some(s) => self.automaton.advance(&s, tok)?.map(Arc::new),
                 None => None,
@@ -325,6 +404,12 @@ impl<A: PrefixAutomaton> ConstraintSession for AutomatonSession<'_, A> {
     fn reorder(&mut self, ancestors: &[usize]) -> Result<()> {
         let old = std::mem::take(&mut self.states);
         self.states = ancestors.iter().map(|&a| old[a].clone()).collect();
+        self.ended = ancestors.iter().map(|&a| self.ended[a]).collect();
+        Ok(())
+    }
+
+    fn end(&mut self, particle: usize) -> Result<()> {
+        self.ended[particle] = true;
         Ok(())
     }
 
@@ -440,6 +525,8 @@ pub struct DfaState {
     /// `viable[r][q]`: an accepting state is reachable from q with exactly r tokens
     /// (shared by all particles of a run).
     viable: Arc<Vec<Vec<bool>>>,
+    /// `within[r][q]`: with at most r tokens.
+    within: Arc<Vec<Vec<bool>>>,
 }
 
 impl DfaState {
@@ -542,16 +629,55 @@ impl PrefixAutomaton for DfaConstraint {
 
     fn initial(&self, _prompt: &[u32], horizon: usize, vocab: usize) -> Result<DfaState> {
         check_vocab(&self.name, self.vocab, vocab)?;
+        let viable = self.viability(horizon);
+        let mut within = viable.clone();
+        for r in 1..within.len() {
+            let (done, rest) = within.split_at_mut(r);
+            for (w, prev) in rest[0].iter_mut().zip(&done[r - 1]) {
+                *w |= prev;
+            }
+        }
         Ok(DfaState {
             state: self.start,
-            viable: Arc::new(self.viability(horizon)),
+            viable: Arc::new(viable),
+            within: Arc::new(within),
         })
     }
 
     fn allowed(&self, state: &DfaState, remaining: usize, mask: &mut TokenMask) -> Result<()> {
+        self.mask_from(state, state.viable.get(remaining), mask);
+        Ok(())
+    }
+
+    fn allowed_within(
+        &self,
+        state: &DfaState,
+        remaining: usize,
+        mask: &mut TokenMask,
+    ) -> Result<()> {
+        self.mask_from(state, state.within.get(remaining), mask);
+        Ok(())
+    }
+
+    fn advance(&self, state: &DfaState, token: u32) -> Result<Option<DfaState>> {
+        Ok(self.next(state.state, token).map(|n| DfaState {
+            state: n,
+            viable: Arc::clone(&state.viable),
+            within: Arc::clone(&state.within),
+        }))
+    }
+
+    fn accepts(&self, state: &DfaState) -> bool {
+        self.accepting[state.state as usize]
+    }
+}
+
+impl DfaConstraint {
+    /// The tokens leading from `state` to a state marked in `viable` (none without a row).
+    fn mask_from(&self, state: &DfaState, viable: Option<&Vec<bool>>, mask: &mut TokenMask) {
         mask.fill(false);
-        let Some(viable) = state.viable.get(remaining) else {
-            return Ok(());
+        let Some(viable) = viable else {
+            return;
         };
         let row = &self.transitions
             [state.state as usize * self.vocab..(state.state as usize + 1) * self.vocab];
@@ -560,18 +686,6 @@ impl PrefixAutomaton for DfaConstraint {
                 mask.insert(v as u32);
             }
         }
-        Ok(())
-    }
-
-    fn advance(&self, state: &DfaState, token: u32) -> Result<Option<DfaState>> {
-        Ok(self.next(state.state, token).map(|n| DfaState {
-            state: n,
-            viable: Arc::clone(&state.viable),
-        }))
-    }
-
-    fn accepts(&self, state: &DfaState) -> bool {
-        self.accepting[state.state as usize]
     }
 }
 

@@ -24,6 +24,21 @@ pub trait FeynmanKac {
 
     /// Replaces the particles by their ancestors (particle k continues from `ancestors[k]`).
     fn reorder(&mut self, ancestors: &[usize]) -> Result<()>;
+
+    /// Whether every particle has ended (end of sequence) after the last step: the loop then
+    /// stops before the horizon, since no later step can change a weight.
+    fn finished(&self) -> bool {
+        false
+    }
+
+    /// Whether `particle` is at a boundary after the last step, where it may be resampled
+    /// (every particle by default). When the criterion fires and only some particles are at
+    /// a boundary, those are resampled among themselves and share their total weight (partial
+    /// resampling): the others keep their lineage and weight, so the sum of the weights, and
+    /// with it the unbiasedness of Zhat, is unchanged.
+    fn at_boundary(&self, _particle: usize) -> bool {
+        true
+    }
 }
 
 /// How the loop resamples.
@@ -162,34 +177,48 @@ pub fn run<M: FeynmanKac + ?Sized>(
         log_z_hat += lse - lse_prev;
         lse_prev = lse;
         let step_ess = ess(&log_w);
-        let resample = t < horizon && resampling.criterion.fires(&log_w);
-        if t < horizon {
-            let ancestors = if resample {
-                let weights = normalized_weights(&log_w);
-                let a = match reference {
-                    None => resampling.scheme.resample(&weights, k, rng),
-                    Some(_) => {
-                        let mut a = Vec::with_capacity(k);
-                        a.push(0);
-                        a.extend(resampling.scheme.resample(&weights, k - 1, rng));
-                        a
+        let finished = model.finished();
+        let mut resampled = false;
+        if t < horizon && !finished {
+            let mut ancestors: Vec<usize> = (0..k).collect();
+            if resampling.criterion.fires(t, &log_w) {
+                let at: Vec<usize> = (0..k).filter(|&p| model.at_boundary(p)).collect();
+                if at.len() == k {
+                    ancestors = draw_ancestors(resampling, &log_w, reference.is_some(), rng);
+                    log_w.iter_mut().for_each(|w| *w = 0.0);
+                    lse_prev = (k as f64).ln();
+                    resampled = true;
+                } else if at.len() >= 2 {
+                    let sub: Vec<f64> = at.iter().map(|&p| log_w[p]).collect();
+                    let lse_sub = log_sum_exp(&sub);
+                    if lse_sub > f64::NEG_INFINITY {
+                        // Particle 0 is the reference: kept when it is at a boundary.
+                        let keep_first = reference.is_some() && at[0] == 0;
+                        let drawn = draw_ancestors(resampling, &sub, keep_first, rng);
+                        let shared = lse_sub - (at.len() as f64).ln();
+                        for (slot, a) in at.iter().zip(drawn) {
+                            ancestors[*slot] = at[a];
+                            log_w[*slot] = shared;
+                        }
+                        lse_prev = log_sum_exp(&log_w);
+                        resampled = true;
                     }
-                };
-                model.reorder(&a)?;
-                log_w.iter_mut().for_each(|w| *w = 0.0);
-                lse_prev = (k as f64).ln();
-                a
-            } else {
-                (0..k).collect()
-            };
+                }
+                if resampled {
+                    model.reorder(&ancestors)?;
+                }
+            }
             genealogy.push(ancestors);
         }
         steps.push(StepRecord {
             step: t,
             ess: step_ess,
             log_z_hat,
-            resampled: resample,
+            resampled,
         });
+        if finished {
+            break;
+        }
     }
     Ok(LoopOutput {
         log_w,
@@ -197,4 +226,25 @@ pub fn run<M: FeynmanKac + ?Sized>(
         steps,
         ancestors: genealogy,
     })
+}
+
+/// Ancestors of `log_w.len()` particles drawn by the scheme from their normalised weights;
+/// with `keep_first`, particle 0 keeps its own lineage and the others are drawn from all
+/// (the conditional form of multinomial resampling).
+fn draw_ancestors(
+    resampling: Resampling,
+    log_w: &[f64],
+    keep_first: bool,
+    rng: &mut dyn Rng,
+) -> Vec<usize> {
+    let weights = normalized_weights(log_w);
+    let n = log_w.len();
+    if keep_first {
+        let mut a = Vec::with_capacity(n);
+        a.push(0);
+        a.extend(resampling.scheme.resample(&weights, n - 1, rng));
+        a
+    } else {
+        resampling.scheme.resample(&weights, n, rng)
+    }
 }

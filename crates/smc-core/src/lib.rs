@@ -9,7 +9,8 @@
 //! drivers of [`smc`] run SIS, bootstrap SMC with twisted targets, twisted SMC and conditional
 //! SMC. [`tabular`] holds an enumerable language model where Z, sigma and the optimal twists
 //! are exact, against which every estimator is tested. [`constraint`] holds prefix constraints
-//! (token masks) that act as exact indicator twists in the `*_constrained` drivers. [`seed`] derives every seed that a
+//! (token masks) that act as exact indicator twists in the `*_constrained` drivers;
+//! [`smc::RunOptions`] adds variable-length outputs (end-of-sequence) and boundary resampling. [`seed`] derives every seed that a
 //! program makes from another (one scheme, documented there).
 //!
 //! ```
@@ -52,8 +53,9 @@ pub mod prelude {
     };
     pub use crate::resampling::{Criterion, Scheme};
     pub use crate::smc::{
-        Proposal, SmcConfig, SmcOutput, SmcRng, log_weights_of, log_weights_of_constrained,
-        rng_from_seed, run_csmc, run_csmc_constrained, run_smc, run_smc_constrained, sample_base,
+        AtMaxTokens, EndOfSequence, Proposal, RunOptions, SmcConfig, SmcOutput, SmcRng,
+        log_weights_of, log_weights_of_constrained, rng_from_seed, run_csmc, run_csmc_constrained,
+        run_csmc_with, run_smc, run_smc_constrained, run_smc_with, sample_base,
     };
     pub use crate::tabular::{Enumeration, TabularLm, TabularTwist};
 }

@@ -83,6 +83,9 @@ pub enum Criterion {
     Never,
     /// When ESS < fraction * K, with fraction in (0, 1].
     EssBelow(f64),
+    /// After every n-th step (n >= 1): a fixed schedule, so the decision never depends on
+    /// the particles.
+    Every(usize),
 }
 
 impl Criterion {
@@ -93,15 +96,23 @@ impl Criterion {
         {
             return Err(SmcError::config("ess fraction", "in (0, 1]", f));
         }
+        if self == Criterion::Every(0) {
+            return Err(SmcError::config(
+                "resampling period n of every:n",
+                ">= 1",
+                0,
+            ));
+        }
         Ok(())
     }
 
-    /// Whether to resample given the current log weights.
-    pub fn fires(self, log_w: &[f64]) -> bool {
+    /// Whether to resample after step `step` (1-based) given the current log weights.
+    pub fn fires(self, step: usize, log_w: &[f64]) -> bool {
         match self {
             Criterion::Always => true,
             Criterion::Never => false,
             Criterion::EssBelow(f) => ess(log_w) < f * log_w.len() as f64,
+            Criterion::Every(n) => n > 0 && step.is_multiple_of(n),
         }
     }
 }
@@ -112,25 +123,34 @@ impl fmt::Display for Criterion {
             Criterion::Always => f.write_str("always"),
             Criterion::Never => f.write_str("never"),
             Criterion::EssBelow(x) => write!(f, "ess<{x}"),
+            Criterion::Every(n) => write!(f, "every:{n}"),
         }
     }
 }
 
 impl FromStr for Criterion {
     type Err = String;
-    /// Parses `always`, `never`, or `ess:0.5` / `ess<0.5`.
+    /// Parses `always`, `never`, `ess:0.5` / `ess<0.5`, or `every:4`.
     fn from_str(s: &str) -> Result<Self, String> {
         let lower = s.to_ascii_lowercase();
         match lower.as_str() {
             "always" | "every" => Ok(Criterion::Always),
             "never" => Ok(Criterion::Never),
+            _ if lower.starts_with("every:") => {
+                let n = lower["every:".len()..].parse::<usize>().map_err(|_| {
+                    format!("resampling criterion {s:?}: every:N needs a whole number N >= 1")
+                })?;
+                let c = Criterion::Every(n);
+                c.validate().map_err(|e| e.to_string())?;
+                Ok(c)
+            }
             _ => {
                 let frac = lower
                     .strip_prefix("ess:")
                     .or_else(|| lower.strip_prefix("ess<"))
                     .and_then(|x| x.parse::<f64>().ok())
                     .ok_or_else(|| {
-                        format!("unknown resampling criterion {s:?}: expected always, never or ess:FRACTION")
+                        format!("unknown resampling criterion {s:?}: expected always, never, ess:FRACTION or every:N")
                     })?;
                 let c = Criterion::EssBelow(frac);
                 c.validate().map_err(|e| e.to_string())?;

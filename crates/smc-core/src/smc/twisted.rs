@@ -1,0 +1,630 @@
+//! The Feynman–Kac model of twisted SMC on a language model (see the module docs of
+//! [`crate::smc`] for the weights).
+
+use rand::{Rng, RngExt};
+
+use super::ending::{AtMaxTokens, EndOfSequence};
+use super::{Proposal, SmcOutput};
+use crate::batch::{LogTable, TokenBuffer, gather};
+use crate::constraint::{Constraint, ConstraintSession, TokenMask};
+use crate::error::{Result, SmcError};
+use crate::feynman_kac::{FeynmanKac, LoopOutput};
+use crate::logspace::{log_sum_exp, log_sum_exp_sum};
+use crate::model::{DecodeSession, Potential, Twist, TwistInput, checked_log_phi};
+
+/// The Feynman–Kac model of twisted SMC on a language model.
+pub struct TwistedLm<'a, S: DecodeSession> {
+    session: S,
+    twist: Option<&'a dyn Twist>,
+    potential: &'a dyn Potential,
+    proposal: Proposal,
+    prompt: &'a [u32],
+    /// Steps of the loop: T, or T + 1 when an end token is forced after T tokens.
+    horizon: usize,
+    /// The most tokens an output has (T).
+    max_tokens: usize,
+    vocab: usize,
+    tokens: TokenBuffer,
+    log_psi_prev: Vec<f64>,
+    log_p0: Vec<f64>,
+    log_q: Vec<f64>,
+    log_phi: Vec<f64>,
+    constraint: Option<ActiveConstraint<'a>>,
+    end: Option<ActiveEnd<'a>>,
+    boundaries: Option<&'a TokenMask>,
+    /// Whether some particle's output has been accepted by the constraint so far.
+    accepted_any: bool,
+}
+
+/// A constraint's session during a run, with its mask buffer.
+struct ActiveConstraint<'a> {
+    name: String,
+    session: Box<dyn ConstraintSession + 'a>,
+    mask: TokenMask,
+}
+
+/// Variable-length outputs during a run.
+struct ActiveEnd<'a> {
+    rule: &'a EndOfSequence,
+    /// The end tokens as a mask (the proposal of the forced step).
+    mask: TokenMask,
+    /// Whether each particle has ended, and its output length (without the end token).
+    finished: Vec<bool>,
+    lengths: Vec<usize>,
+}
+
+impl<'a, S: DecodeSession> TwistedLm<'a, S> {
+    /// Builds the model from a started session, for outputs of exactly `horizon` tokens.
+    pub fn new(
+        session: S,
+        vocab: usize,
+        twist: Option<&'a dyn Twist>,
+        potential: &'a dyn Potential,
+        proposal: Proposal,
+        prompt: &'a [u32],
+        horizon: usize,
+    ) -> Self {
+        let k = session.num_particles();
+        Self {
+            session,
+            twist,
+            potential,
+            proposal,
+            prompt,
+            horizon,
+            max_tokens: horizon,
+            vocab,
+            tokens: TokenBuffer::new(k, horizon),
+            log_psi_prev: vec![0.0; k],
+            log_p0: vec![0.0; k],
+            log_q: vec![0.0; k],
+            log_phi: vec![0.0; k],
+            constraint: None,
+            end: None,
+            boundaries: None,
+            accepted_any: false,
+        }
+    }
+
+    /// The same model with variable-length outputs of at most `horizon` tokens (call before
+    /// [`TwistedLm::with_constraint`]): a particle ends at an end token; with
+    /// [`AtMaxTokens::ForceEnd`] one more step forces an end token after T tokens.
+    pub fn with_end(mut self, end: &'a EndOfSequence) -> Result<Self> {
+        if self.constraint.is_some() {
+            return Err(SmcError::config(
+                "order of TwistedLm options",
+                "with_end before with_constraint",
+                "with_constraint first",
+            ));
+        }
+        let k = self.tokens.num_particles();
+        let mask = end.mask(self.vocab)?;
+        if end.at_max() == AtMaxTokens::ForceEnd {
+            self.horizon = self.max_tokens + 1;
+            self.tokens = TokenBuffer::new(k, self.horizon);
+        }
+        self.end = Some(ActiveEnd {
+            rule: end,
+            mask,
+            finished: vec![false; k],
+            lengths: vec![0; k],
+        });
+        Ok(self)
+    }
+
+    /// The same model under a prefix constraint: psi^C_t = 1[viable prefix] multiplies the
+    /// twist (or replaces psi = 1), proposals draw from the masked distribution, and the final
+    /// potential is phi × 1\[accepted\] (spec §8).
+    pub fn with_constraint(mut self, constraint: &'a dyn Constraint) -> Result<Self> {
+        let k = self.tokens.num_particles();
+        let session = match self.end {
+            Some(_) => constraint.start_within(self.prompt, k, self.max_tokens, self.vocab)?,
+            None => constraint.start(self.prompt, k, self.horizon, self.vocab)?,
+        };
+        if session.num_particles() != k {
+            return Err(SmcError::Shape {
+                component: format!("{} session particles", constraint.name()),
+                step: 0,
+                expected: k,
+                found: session.num_particles(),
+            });
+        }
+        self.constraint = Some(ActiveConstraint {
+            name: constraint.name().to_string(),
+            session,
+            mask: TokenMask::none(self.vocab),
+        });
+        Ok(self)
+    }
+
+    /// The same model resampling only particles at a boundary: those whose last token is in
+    /// `boundaries`, and finished ones.
+    pub fn with_boundaries(mut self, boundaries: &'a TokenMask) -> Result<Self> {
+        if boundaries.len() != self.vocab {
+            return Err(SmcError::Shape {
+                component: "boundary token mask".into(),
+                step: 0,
+                expected: self.vocab,
+                found: boundaries.len(),
+            });
+        }
+        self.boundaries = Some(boundaries);
+        Ok(self)
+    }
+
+    fn check_table(&self, table: &LogTable, component: &str, step: usize) -> Result<()> {
+        let k = self.tokens.num_particles();
+        if table.rows() != k || table.cols() != self.vocab {
+            return Err(SmcError::Shape {
+                component: component.to_string(),
+                step,
+                expected: k * self.vocab,
+                found: table.rows() * table.cols(),
+            });
+        }
+        Ok(())
+    }
+
+    fn is_finished(&self, p: usize) -> bool {
+        self.end.as_ref().is_some_and(|e| e.finished[p])
+    }
+
+    /// Fills the constraint's mask for particle `p`, with the end tokens allowed exactly when
+    /// the constraint accepts the prefix; `Ok(false)` without a constraint.
+    fn constraint_mask(&mut self, p: usize, t: usize) -> Result<bool> {
+        let Some(c) = self.constraint.as_mut() else {
+            return Ok(false);
+        };
+        c.session.allowed(p, &mut c.mask)?;
+        if c.mask.len() != self.vocab {
+            return Err(SmcError::Shape {
+                component: format!("{} mask", c.name),
+                step: t,
+                expected: self.vocab,
+                found: c.mask.len(),
+            });
+        }
+        if let Some(end) = &self.end {
+            let accepts = c.session.accepts(p)?;
+            for &eos in end.rule.tokens() {
+                if accepts {
+                    c.mask.insert(eos);
+                } else {
+                    c.mask.remove(eos);
+                }
+            }
+            if t == self.horizon && end.rule.at_max() == AtMaxTokens::ForceEnd {
+                c.mask.intersect_with(&end.mask);
+            }
+        }
+        Ok(true)
+    }
+
+    /// log phi of the particles `which` (each with `len` tokens), with the constraint's
+    /// acceptance (a particle it does not accept gets phi = 0); errors for a reference that
+    /// is not accepted. Returns whether any of them is accepted.
+    fn weigh_outputs(
+        &mut self,
+        which: &[usize],
+        len: usize,
+        t: usize,
+        clamp: Option<u32>,
+        log_alpha: &mut [f64],
+    ) -> Result<bool> {
+        if which.is_empty() {
+            return Ok(false);
+        }
+        let rows: Vec<Vec<u32>> = which
+            .iter()
+            .map(|&p| self.tokens.row(p)[..len].to_vec())
+            .collect();
+        let mut log_phi = checked_log_phi(
+            self.potential,
+            self.prompt,
+            &TokenBuffer::from_rows(&rows),
+            t,
+        )?;
+        let mut any_accepted = false;
+        for (&p, lphi) in which.iter().zip(log_phi.iter_mut()) {
+            if let Some(c) = &self.constraint {
+                if c.session.accepts(p)? {
+                    any_accepted = true;
+                } else {
+                    if p == 0 && clamp.is_some() {
+                        return Err(SmcError::Reference(format!(
+                            "the reference is not accepted by constraint {}",
+                            c.name
+                        )));
+                    }
+                    *lphi = f64::NEG_INFINITY;
+                }
+            }
+            let a = &mut log_alpha[p];
+            if *a != f64::NEG_INFINITY {
+                // For the twisted proposal the sampled token's psi cancels only where it is
+                // finite; a particle with psi = 0 cannot have been proposed.
+                *a = if *lphi == f64::NEG_INFINITY {
+                    f64::NEG_INFINITY
+                } else {
+                    *a + *lphi
+                };
+            }
+            self.log_phi[p] = *lphi;
+        }
+        Ok(any_accepted)
+    }
+
+    /// Consumes the model into the run's output.
+    pub(super) fn into_output(self, out: LoopOutput) -> SmcOutput {
+        let steps_run = self.tokens.len();
+        let (lengths, finished) = match &self.end {
+            Some(e) => (
+                e.lengths
+                    .iter()
+                    .zip(&e.finished)
+                    .map(|(&l, &f)| if f { l } else { steps_run })
+                    .collect(),
+                e.finished.clone(),
+            ),
+            None => (
+                vec![steps_run; self.log_p0.len()],
+                vec![false; self.log_p0.len()],
+            ),
+        };
+        let tokens = self
+            .tokens
+            .iter()
+            .zip(&lengths)
+            .map(|(row, &l)| row[..l].to_vec())
+            .collect();
+        SmcOutput {
+            tokens,
+            lengths,
+            finished,
+            log_w: out.log_w,
+            log_p0: self.log_p0,
+            log_q: self.log_q,
+            log_phi: self.log_phi,
+            log_z_hat: out.log_z_hat,
+            steps: out.steps,
+            ancestors: out.ancestors,
+        }
+    }
+}
+
+pub(super) fn invalid(component: &str, step: usize, particle: usize, value: f64) -> SmcError {
+    SmcError::InvalidValue {
+        component: component.to_string(),
+        step,
+        particle,
+        value,
+    }
+}
+
+/// Draws an index from an unnormalised log-distribution with log normaliser `lse`.
+pub(super) fn sample_categorical(
+    log_p: impl Iterator<Item = f64>,
+    lse: f64,
+    rng: &mut dyn Rng,
+) -> Option<usize> {
+    let u: f64 = rng.random();
+    let mut cum = 0.0;
+    let mut last_positive = None;
+    for (i, lp) in log_p.enumerate() {
+        let p = (lp - lse).exp();
+        if p > 0.0 {
+            cum += p;
+            last_positive = Some(i);
+            if u < cum {
+                return Some(i);
+            }
+        }
+    }
+    last_positive
+}
+
+/// log Σ_{v in mask} exp(row_p0[v] + row_psi[v]) (row_psi = 0 when absent); `-inf` for an
+/// empty mask; NaN if an allowed entry is NaN. Same arithmetic as [`log_sum_exp_sum`] and
+/// [`log_sum_exp`] when every token is allowed.
+pub(super) fn masked_log_sum_exp(row_p0: &[f64], row_psi: Option<&[f64]>, mask: &TokenMask) -> f64 {
+    let term = |v: u32| row_p0[v as usize] + row_psi.map_or(0.0, |psi| psi[v as usize]);
+    let mut max = f64::NEG_INFINITY;
+    for v in mask.iter() {
+        let x = term(v);
+        if x.is_nan() {
+            return f64::NAN;
+        }
+        max = max.max(x);
+    }
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f64 = mask.iter().map(|v| (term(v) - max).exp()).sum();
+    max + sum.ln()
+}
+
+impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
+    fn num_particles(&self) -> usize {
+        self.tokens.num_particles()
+    }
+
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    fn step(&mut self, t: usize, clamp: Option<u32>, rng: &mut dyn Rng) -> Result<Vec<f64>> {
+        let k = self.num_particles();
+        let out = self.session.next_log_probs()?;
+        self.check_table(&out.log_probs, "language model", t)?;
+        // The forced end step proposes end tokens only, with psi = 1 there.
+        let forced = t > self.max_tokens;
+        let log_psi = match self.twist {
+            Some(twist) if !forced => {
+                let table = twist.log_psi(&TwistInput {
+                    step: t,
+                    horizon: self.max_tokens,
+                    prompt: self.prompt,
+                    prefixes: &self.tokens,
+                    hidden: out.hidden.as_ref(),
+                })?;
+                self.check_table(&table, twist.name(), t)?;
+                Some(table)
+            }
+            _ => None,
+        };
+        let twist_name = self.twist.map_or("twist", |tw| tw.name());
+        // An unnormalised table (p0 on a subset of the vocabulary): the base proposal is the
+        // renormalised row, and its weight carries the row's mass (see
+        // `DecodeSession::log_probs_normalised`).
+        let base_mass = !self.session.log_probs_normalised();
+
+        let mut next = vec![0u32; k];
+        let mut log_alpha = vec![0.0; k];
+        let mut log_psi_now = vec![0.0; k];
+        let mut ending = Vec::new();
+        let mut empty_masks = 0;
+        for p in 0..k {
+            if self.is_finished(p) {
+                // A finished particle repeats its end token and keeps its weight.
+                next[p] = self.tokens.row(p)[t - 2];
+                continue;
+            }
+            let row_p0 = out.log_probs.row(p);
+            let row_psi = log_psi.as_ref().map(|tab| tab.row(p));
+            let twisted = self.proposal == Proposal::Twisted && row_psi.is_some();
+            let has_constraint = self.constraint_mask(p, t)?;
+            let mask = match (&self.constraint, &self.end) {
+                (Some(c), _) if has_constraint => Some((&c.mask, c.name.as_str())),
+                (None, Some(e)) if forced => Some((&e.mask, "end of sequence")),
+                _ => None,
+            };
+            // The proposal's log normaliser: log Z_t for the twisted proposal, 0 for p0; under
+            // a constraint, over the allowed tokens only.
+            let log_norm = match (mask, twisted) {
+                (None, true) => log_sum_exp_sum(row_p0, row_psi.unwrap_or_default()),
+                (None, false) => log_sum_exp(row_p0),
+                (Some((m, _)), true) => masked_log_sum_exp(row_p0, row_psi, m),
+                (Some((m, _)), false) => masked_log_sum_exp(row_p0, None, m),
+            };
+            if log_norm.is_nan() || log_norm == f64::INFINITY {
+                let component = if twisted {
+                    twist_name
+                } else {
+                    "language model"
+                };
+                return Err(invalid(component, t, p, log_norm));
+            }
+            if let (Some((m, name)), 0, Some(tok)) = (mask, p, clamp)
+                && !m.contains(tok)
+            {
+                return Err(SmcError::Reference(format!(
+                    "token {tok} at step {t} is not allowed by constraint {name}: no output \
+                     accepted by the constraint starts with the reference's prefix"
+                )));
+            }
+            if log_norm == f64::NEG_INFINITY {
+                let Some((m, _)) = mask else {
+                    return Err(SmcError::NoPositiveWeight {
+                        step: t,
+                        horizon: self.horizon,
+                        num_particles: k,
+                    });
+                };
+                // Under a constraint: nothing allowed has positive proposal mass, so the
+                // particle's weight is zero from here on; it carries a placeholder token.
+                if !m.any() {
+                    empty_masks += 1;
+                }
+                let token = match (p, clamp) {
+                    (0, Some(tok)) => tok,
+                    _ => m.iter().next().unwrap_or(0),
+                };
+                self.log_p0[p] += row_p0[token as usize];
+                self.log_q[p] = f64::NEG_INFINITY;
+                next[p] = token;
+                log_psi_now[p] = f64::NEG_INFINITY;
+                log_alpha[p] = f64::NEG_INFINITY;
+                if forced {
+                    ending.push(p);
+                }
+                continue;
+            }
+            let token = match (p, clamp) {
+                (0, Some(tok)) => {
+                    if tok as usize >= self.vocab {
+                        return Err(SmcError::Reference(format!(
+                            "token {tok} at step {t} is outside the vocabulary of size {}",
+                            self.vocab
+                        )));
+                    }
+                    tok as usize
+                }
+                _ => {
+                    let drawn = match (mask, twisted, row_psi) {
+                        (None, true, Some(psi)) => sample_categorical(
+                            row_p0.iter().zip(psi).map(|(a, b)| a + b),
+                            log_norm,
+                            rng,
+                        ),
+                        (None, _, _) => sample_categorical(row_p0.iter().copied(), log_norm, rng),
+                        (Some((m, _)), _, _) => {
+                            let psi = if twisted { row_psi } else { None };
+                            sample_categorical(
+                                (0..self.vocab as u32).map(|v| {
+                                    if m.contains(v) {
+                                        row_p0[v as usize] + psi.map_or(0.0, |psi| psi[v as usize])
+                                    } else {
+                                        f64::NEG_INFINITY
+                                    }
+                                }),
+                                log_norm,
+                                rng,
+                            )
+                        }
+                    };
+                    drawn.ok_or(SmcError::NoPositiveWeight {
+                        step: t,
+                        horizon: self.horizon,
+                        num_particles: k,
+                    })?
+                }
+            };
+            let lp0 = row_p0[token];
+            let lpsi = row_psi.map_or(0.0, |psi| psi[token]);
+            if lpsi.is_nan() || lpsi == f64::INFINITY {
+                return Err(invalid(twist_name, t, p, lpsi));
+            }
+            if clamp.is_some()
+                && p == 0
+                && self.proposal == Proposal::Twisted
+                && lpsi == f64::NEG_INFINITY
+            {
+                return Err(SmcError::Reference(format!(
+                    "token {token} at step {t} has zero probability under the twisted proposal \
+                     ({twist_name} gives log psi = -inf): the twist must be positive wherever the \
+                     target is"
+                )));
+            }
+            let log_q_token = if twisted {
+                lp0 + lpsi - log_norm
+            } else {
+                lp0 - log_norm
+            };
+            self.log_p0[p] += lp0;
+            self.log_q[p] += log_q_token;
+            next[p] = token as u32;
+            log_psi_now[p] = lpsi;
+            // The output is complete after an end token or at the last step: the target
+            // trades psi for phi there (added once the potential is known).
+            let ends = self.end.as_ref().is_some_and(|e| e.rule.ends(token as u32));
+            let terminal = ends || t == self.horizon;
+            log_alpha[p] = match self.proposal {
+                Proposal::Twisted if !terminal => log_norm - self.log_psi_prev[p],
+                Proposal::Twisted => log_norm - self.log_psi_prev[p] - lpsi,
+                Proposal::Base if !terminal => lpsi - self.log_psi_prev[p],
+                Proposal::Base => -self.log_psi_prev[p],
+            };
+            // The base proposal under a constraint is p0 restricted to A_t, and with an
+            // unnormalised session p0 on the returned subset: in both p0 / q = the row's mass on
+            // what may be drawn (log_norm is log 1 = 0 up to rounding otherwise, and is left
+            // out there so that unconstrained runs stay bit-identical).
+            if (base_mass || mask.is_some()) && self.proposal == Proposal::Base {
+                log_alpha[p] += log_norm;
+            }
+            // A particle whose p0 or twist weight is zero stays at weight zero (never NaN).
+            if lp0 == f64::NEG_INFINITY || self.log_psi_prev[p] == f64::NEG_INFINITY {
+                log_alpha[p] = f64::NEG_INFINITY;
+            }
+            if ends {
+                ending.push(p);
+            }
+        }
+        if let Some(c) = &self.constraint
+            && empty_masks == k
+        {
+            return Err(SmcError::Constraint {
+                constraint: c.name.clone(),
+                step: t,
+                horizon: self.horizon,
+                num_particles: k,
+            });
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            for &p in &ending {
+                c.session.end(p)?;
+            }
+        }
+        self.tokens.push(&next);
+        self.session.push(&next)?;
+        if let Some(c) = self.constraint.as_mut() {
+            c.session.push(&next)?;
+        }
+        for (p, psi) in log_psi_now.into_iter().enumerate() {
+            if !self.is_finished(p) {
+                self.log_psi_prev[p] = psi;
+            }
+        }
+        let mut any_accepted = self.weigh_outputs(&ending, t - 1, t, clamp, &mut log_alpha)?;
+        if let Some(e) = self.end.as_mut() {
+            for &p in &ending {
+                e.finished[p] = true;
+                e.lengths[p] = t - 1;
+            }
+        }
+        if t == self.horizon {
+            let running: Vec<usize> = (0..k)
+                .filter(|&p| !self.is_finished(p) && !ending.contains(&p))
+                .collect();
+            any_accepted |= self.weigh_outputs(&running, t, t, clamp, &mut log_alpha)?;
+        }
+        self.accepted_any |= any_accepted;
+        if let Some(c) = &self.constraint
+            && t == self.horizon
+            && !self.accepted_any
+        {
+            return Err(SmcError::Constraint {
+                constraint: c.name.clone(),
+                step: t,
+                horizon: self.horizon,
+                num_particles: k,
+            });
+        }
+        Ok(log_alpha)
+    }
+
+    fn reorder(&mut self, ancestors: &[usize]) -> Result<()> {
+        self.tokens.gather(ancestors);
+        gather(&mut self.log_psi_prev, ancestors);
+        gather(&mut self.log_p0, ancestors);
+        gather(&mut self.log_q, ancestors);
+        gather(&mut self.log_phi, ancestors);
+        if let Some(e) = self.end.as_mut() {
+            gather(&mut e.finished, ancestors);
+            gather(&mut e.lengths, ancestors);
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            c.session.reorder(ancestors)?;
+        }
+        self.session.reorder(ancestors)
+    }
+
+    fn finished(&self) -> bool {
+        self.end
+            .as_ref()
+            .is_some_and(|e| e.finished.iter().all(|&f| f))
+    }
+
+    fn at_boundary(&self, particle: usize) -> bool {
+        match self.boundaries {
+            None => true,
+            Some(b) => {
+                self.is_finished(particle)
+                    || self
+                        .tokens
+                        .row(particle)
+                        .last()
+                        .is_some_and(|&tok| b.contains(tok))
+            }
+        }
+    }
+}
