@@ -11,6 +11,7 @@
 //!   [`output`] (the one rule that keeps an output from destroying an input),
 //!   [`progress`], [`potentials`], [`presets`].
 
+pub mod boundaries;
 pub mod cli;
 pub mod commands;
 pub mod constraints;

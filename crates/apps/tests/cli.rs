@@ -657,3 +657,64 @@ fn sample_with_a_token_constraint_draws_only_allowed_tokens() {
     let (ok, _, stderr) = tsmc(&["sample", "--constraint", "letters:e"]);
     assert!(!ok && stderr.contains("unknown constraint"), "{stderr}");
 }
+
+/// Variable-length outputs: with `--max-tokens` a particle ends at the model's end token
+/// (JSONL: its length and whether it finished); `force-end` makes every output end, truncate
+/// leaves unfinished ones at exactly the maximum. Boundary resampling runs beside it.
+#[test]
+fn sample_with_max_tokens_ends_particles_at_the_end_token() {
+    let dir = tempfile::tempdir().unwrap();
+    for at_max in ["truncate", "force-end"] {
+        let out = dir.path().join(format!("{at_max}.jsonl"));
+        let (ok, stdout, stderr) = tsmc(&[
+            "sample",
+            "-k",
+            "6",
+            "--max-tokens",
+            "12",
+            "--at-max",
+            at_max,
+            "--resample-at",
+            "word",
+            "--potential",
+            "none",
+            "--prompt",
+            "Say hi.",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("at most 12 tokens"), "{stdout}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let run = lines.iter().find(|l| l["type"] == "run").unwrap();
+        assert_eq!(run["max_tokens"], 12);
+        assert_eq!(run["resample_at"], "word");
+        let end_tokens = run["end_tokens"].as_array().unwrap().clone();
+        assert!(!end_tokens.is_empty());
+        let mut finished = 0;
+        for p in lines.iter().filter(|l| l["type"] == "particle") {
+            let len = p["length"].as_u64().unwrap();
+            let tokens = p["tokens"].as_array().unwrap();
+            assert_eq!(tokens.len() as u64, len, "{p}");
+            assert!(tokens.iter().all(|t| !end_tokens.contains(t)), "{p}");
+            assert!(len <= 12, "{p}");
+            if p["finished"].as_bool().unwrap() {
+                finished += 1;
+            } else {
+                assert_eq!(len, 12, "an unfinished output stops at the maximum: {p}");
+                assert_eq!(at_max, "truncate", "{p}");
+            }
+        }
+        assert_eq!(run["num_finished"], finished);
+    }
+    let (ok, _, stderr) = tsmc(&["sample", "--at-max", "force-end"]);
+    assert!(!ok && stderr.contains("--max-tokens"), "{stderr}");
+    let (ok, _, stderr) = tsmc(&["sample", "--max-tokens", "4", "-t", "4"]);
+    assert!(!ok && stderr.contains("--tokens"), "{stderr}");
+    let (ok, _, stderr) = tsmc(&["sample", "--criterion", "every:0"]);
+    assert!(!ok && stderr.contains("every"), "{stderr}");
+}

@@ -7,9 +7,11 @@ use clap::{Args, ValueEnum};
 
 use smc_core::feynman_kac::Resampling;
 use smc_core::resampling::Criterion;
+use smc_core::smc::AtMaxTokens;
 
 use super::groups::{ModelArgs, PromptArgs, SchemeArg, at_least};
-use crate::commands::sample::SampleSettings;
+use crate::boundaries::Boundary;
+use crate::commands::sample::{Length, SampleSettings};
 use crate::constraints::ConstraintSpec;
 use crate::potentials::PotentialSpec;
 
@@ -30,9 +32,22 @@ pub struct SampleArgs {
     /// constraint.
     #[arg(long)]
     constraint: Option<ConstraintSpec>,
-    /// Number of output tokens T.
+    /// Number of output tokens T (every output has exactly T; see --max-tokens).
     #[arg(long, short = 't', default_value_t = 15)]
     tokens: usize,
+    /// Variable-length outputs of at most this many tokens: a particle ends at the model's
+    /// end-of-sequence token (allowed under a constraint exactly when it accepts).
+    #[arg(long, conflicts_with = "tokens")]
+    max_tokens: Option<usize>,
+    /// With --max-tokens: what happens to an output still running at the maximum: truncate
+    /// (it stops there, unfinished) or force-end (an end token is forced and the weight gains
+    /// its p0 probability, so only outputs that end in time count).
+    #[arg(long, value_enum, default_value_t = AtMaxArg::Truncate, requires = "max_tokens")]
+    at_max: AtMaxArg,
+    /// Resample only particles at a boundary (word, sentence or newline; finished particles
+    /// count as at one), among themselves: never mid-word. log Zhat stays unbiased.
+    #[arg(long, value_enum)]
+    resample_at: Option<BoundaryArg>,
     /// Number of particles K.
     #[arg(long, short = 'k', default_value_t = 64)]
     particles: usize,
@@ -46,7 +61,7 @@ pub struct SampleArgs {
     /// Resampling scheme.
     #[arg(long, value_enum, default_value_t = SchemeArg::Multinomial)]
     scheme: SchemeArg,
-    /// Resampling criterion: always, never or ess:FRACTION.
+    /// Resampling criterion: always, never, ess:FRACTION or every:N.
     #[arg(long, default_value = "ess:0.5")]
     criterion: Criterion,
     /// Seed of the sampler.
@@ -58,6 +73,45 @@ pub struct SampleArgs {
     /// How many particles to print, heaviest first.
     #[arg(long, default_value_t = 5)]
     show: usize,
+}
+
+/// The rule at --max-tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AtMaxArg {
+    /// The output stops unfinished.
+    Truncate,
+    /// An end-of-sequence token is forced (weight times its p0 probability).
+    ForceEnd,
+}
+
+impl From<AtMaxArg> for AtMaxTokens {
+    fn from(a: AtMaxArg) -> Self {
+        match a {
+            AtMaxArg::Truncate => AtMaxTokens::Truncate,
+            AtMaxArg::ForceEnd => AtMaxTokens::ForceEnd,
+        }
+    }
+}
+
+/// Boundaries for --resample-at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BoundaryArg {
+    /// After a token ending in whitespace or punctuation.
+    Word,
+    /// After a token ending a sentence (. ! ?) or holding a newline.
+    Sentence,
+    /// After a token holding a newline.
+    Newline,
+}
+
+impl From<BoundaryArg> for Boundary {
+    fn from(b: BoundaryArg) -> Self {
+        match b {
+            BoundaryArg::Word => Boundary::Word,
+            BoundaryArg::Sentence => Boundary::Sentence,
+            BoundaryArg::Newline => Boundary::Newline,
+        }
+    }
 }
 
 /// SMC or SIS.
@@ -78,6 +132,9 @@ impl SampleArgs {
             potential,
             constraint,
             tokens,
+            max_tokens,
+            at_max,
+            resample_at,
             particles,
             twist,
             method,
@@ -102,7 +159,11 @@ impl SampleArgs {
             prompt: prompt.prompt()?,
             potential,
             constraint,
-            tokens: at_least("--tokens", tokens, 1)?,
+            length: match max_tokens {
+                Some(m) => Length::AtMost(at_least("--max-tokens", m, 1)?, at_max.into()),
+                None => Length::Exactly(at_least("--tokens", tokens, 1)?),
+            },
+            boundaries: resample_at.map(Boundary::from),
             particles: at_least("--particles", particles, 1)?,
             twist,
             resampling: Resampling {

@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use smc_core::feynman_kac::{Resampling, StepRecord};
 use smc_core::prelude::*;
+use smc_core::smc::AtMaxTokens;
 
+use crate::boundaries::Boundary;
 use crate::constraints::ConstraintSpec;
 use crate::jsonl::JsonlWriter;
 use crate::potentials::PotentialSpec;
@@ -27,8 +29,10 @@ pub struct SampleSettings {
     /// A prefix constraint on every token (an exact twist: masked proposal, allowed mass in the
     /// weight).
     pub constraint: Option<ConstraintSpec>,
-    /// Output tokens T (at least 1).
-    pub tokens: usize,
+    /// How long outputs are.
+    pub length: Length,
+    /// Resample only particles at this boundary.
+    pub boundaries: Option<Boundary>,
     /// Particles K (at least 1).
     pub particles: usize,
     /// A twist head checkpoint: twisted SMC with its twisted proposal.
@@ -45,12 +49,40 @@ pub struct SampleSettings {
     pub show: usize,
 }
 
+/// How long a run's outputs are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// Exactly T tokens (the paper's tasks).
+    Exactly(usize),
+    /// At most this many, ending at the model's end-of-sequence token.
+    AtMost(usize, AtMaxTokens),
+}
+
+impl Length {
+    /// T, or the maximum.
+    pub fn tokens(self) -> usize {
+        match self {
+            Length::Exactly(t) | Length::AtMost(t, _) => t,
+        }
+    }
+
+    /// The most tokens pushed through the model (the forced end token included).
+    fn steps(self) -> usize {
+        match self {
+            Length::AtMost(t, AtMaxTokens::ForceEnd) => t + 1,
+            _ => self.tokens(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ParticleRecord<'a> {
     r#type: &'static str,
     particle: usize,
     text: &'a str,
     tokens: &'a [u32],
+    length: usize,
+    finished: bool,
     log_weight: f64,
     weight: f64,
     log_p0: f64,
@@ -68,6 +100,12 @@ struct RunRecord<'a> {
     method: &'a str,
     num_particles: usize,
     num_tokens: usize,
+    /// The maximum length and the rule there, with variable-length outputs.
+    max_tokens: Option<usize>,
+    at_max: Option<AtMaxTokens>,
+    end_tokens: &'a [u32],
+    resample_at: Option<String>,
+    num_finished: usize,
     seed: u64,
     resampling: Resampling,
     log_z_hat: f64,
@@ -90,8 +128,8 @@ struct Timing {
 }
 
 impl Timing {
-    fn new(wall_s: f64, model: PhaseTimes, config: &SmcConfig) -> Self {
-        let tokens = (config.num_particles * config.horizon) as f64;
+    fn new(wall_s: f64, model: PhaseTimes, particles: usize, steps: usize) -> Self {
+        let tokens = (particles * steps) as f64;
         Self {
             wall_s,
             particle_tokens_per_s: tokens / wall_s.max(1e-9),
@@ -123,7 +161,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     // Create the output first so that an unwritable path fails before minutes of sampling.
     let writer = args.out.as_deref().map(JsonlWriter::create).transpose()?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
-    loaded.check_size(&args.model, args.particles, args.tokens)?;
+    loaded.check_size(&args.model, args.particles, args.length.steps())?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tokenizer = lm.tokenizer()?;
     let potential = args.potential.build(lm)?;
@@ -138,7 +176,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         .transpose()?;
     let config = SmcConfig {
         num_particles: args.particles,
-        horizon: args.tokens,
+        horizon: args.length.tokens(),
         proposal: if head.is_some() {
             Proposal::Twisted
         } else {
@@ -149,17 +187,36 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     };
     let with_bar = WithProgress::new(
         lm,
-        args.tokens as u64,
+        args.length.steps() as u64,
         &format!("{} x {} particles", args.method, args.particles),
     );
     let twist = head.as_ref().map(|h| h as &dyn Twist);
     let started = Instant::now();
     let constraint = args.constraint.as_ref().map(|c| c.build(lm)).transpose()?;
-    let out = match &constraint {
-        Some(c) => run_smc_constrained(&with_bar, twist, potential.as_ref(), c, prompt, &config)?,
-        None => run_smc(&with_bar, twist, potential.as_ref(), prompt, &config)?,
+    let end = match args.length {
+        Length::Exactly(_) => None,
+        Length::AtMost(_, at_max) => {
+            if lm.eos_tokens().is_empty() {
+                bail!(
+                    "--max-tokens: {} declares no end-of-sequence token; use --tokens for outputs of a fixed length",
+                    lm.name()
+                );
+            }
+            Some(EndOfSequence::new(lm.eos_tokens().to_vec(), at_max)?)
+        }
     };
-    let timing = Timing::new(started.elapsed().as_secs_f64(), with_bar.times(), &config);
+    let boundaries = args.boundaries.map(|b| b.mask(lm)).transpose()?;
+    let mut options = RunOptions::twist(twist);
+    options.constraint = constraint.as_ref().map(|c| c as &dyn Constraint);
+    options.end = end.as_ref();
+    options.boundaries = boundaries.as_ref();
+    let out = run_smc_with(&with_bar, potential.as_ref(), &options, prompt, &config)?;
+    let timing = Timing::new(
+        started.elapsed().as_secs_f64(),
+        with_bar.times(),
+        args.particles,
+        out.steps.len(),
+    );
     with_bar.finish();
 
     let weights = out.weights();
@@ -171,15 +228,20 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     let mut order: Vec<usize> = (0..weights.len()).collect();
     order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]));
     let final_ess = ess(&out.log_w);
+    let num_finished = out.finished.iter().filter(|&&f| f).count();
+    let length = match args.length {
+        Length::Exactly(t) => format!("T = {t}"),
+        Length::AtMost(t, _) => format!("at most {t} tokens, {num_finished} finished"),
+    };
     println!(
-        "model {} | potential {}{} | K = {}, T = {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
+        "model {} | potential {}{} | K = {}, {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
         lm.name(),
         potential.name(),
         args.constraint
             .as_ref()
             .map_or(String::new(), |c| format!(" | constraint {c}")),
         args.particles,
-        args.tokens,
+        length,
         out.log_z_hat,
         final_ess,
         out.num_resamplings()
@@ -198,6 +260,8 @@ pub fn run(args: &SampleSettings) -> Result<()> {
                 particle: k,
                 text: &texts[k],
                 tokens: &out.tokens[k],
+                length: out.lengths[k],
+                finished: out.finished[k],
                 log_weight: out.log_w[k],
                 weight: weights[k],
                 log_p0: out.log_p0[k],
@@ -213,7 +277,15 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             constraint: args.constraint.as_ref().map(|c| c.to_string()),
             method: args.method,
             num_particles: args.particles,
-            num_tokens: args.tokens,
+            num_tokens: args.length.tokens(),
+            max_tokens: matches!(args.length, Length::AtMost(..)).then(|| args.length.tokens()),
+            at_max: match args.length {
+                Length::AtMost(_, a) => Some(a),
+                Length::Exactly(_) => None,
+            },
+            end_tokens: end.as_ref().map_or(&[], |e| e.tokens()),
+            resample_at: args.boundaries.map(|b| b.to_string()),
+            num_finished,
             seed: args.seed,
             resampling: config.resampling,
             log_z_hat: out.log_z_hat,

@@ -29,6 +29,7 @@ pub struct BurnLm {
     tokenizer: Option<Tokenizer>,
     device: Device,
     name: String,
+    eos_tokens: Vec<u32>,
 }
 
 impl BurnLm {
@@ -49,7 +50,26 @@ impl BurnLm {
             tokenizer,
             device: device.clone(),
             name: name.into(),
+            eos_tokens: Vec::new(),
         })
+    }
+
+    /// The same model with these end-of-sequence token ids (those of the vocabulary are kept,
+    /// duplicates removed).
+    pub fn with_eos_tokens(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        let vocab = self.dims().vocab;
+        let mut ids: Vec<u32> = ids.into_iter().filter(|&i| (i as usize) < vocab).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.eos_tokens = ids;
+        self
+    }
+
+    /// The end-of-sequence token ids the model's files declare (GGUF
+    /// `tokenizer.ggml.eos_token_id` and `eot_token_id`; config.json `eos_token_id`, a number or
+    /// a list); empty when they declare none.
+    pub fn eos_tokens(&self) -> &[u32] {
+        &self.eos_tokens
     }
 
     /// The model's name (its path).
