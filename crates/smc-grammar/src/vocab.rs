@@ -83,26 +83,22 @@ impl TokenBytes {
     /// A byte-level BPE vocabulary (GPT-2, SmolLM2, Llama 3, ...) from its token strings:
     /// `tokens[id]` is `None` for an unused id, else the token string and whether it is a
     /// special token. Ordinary token strings are mapped through the GPT-2 byte-to-unicode
-    /// table; a string with a character outside that alphabet is an error naming the token.
+    /// table; a string with a character outside that alphabet (an added token written as
+    /// plain text) stands for its own UTF-8 bytes, as the byte-level decoder reads it.
     pub fn byte_level(
         tokens: impl IntoIterator<Item = Option<(String, bool)>>,
         eos: Vec<u32>,
     ) -> Result<Self> {
-        let mut pieces = Vec::new();
-        for (id, token) in tokens.into_iter().enumerate() {
-            pieces.push(match token {
+        let pieces = tokens
+            .into_iter()
+            .map(|token| match token {
                 None => TokenPiece::Unused,
                 Some((text, true)) => TokenPiece::Special(text),
                 Some((text, false)) => {
-                    TokenPiece::Bytes(byte_level_bytes(&text).ok_or_else(|| {
-                        GrammarError::Vocabulary(format!(
-                            "token {id} ({text:?}) has a character outside the byte-level \
-                             alphabet: not a byte-level BPE vocabulary"
-                        ))
-                    })?)
+                    TokenPiece::Bytes(byte_level_bytes(&text).unwrap_or_else(|| text.into_bytes()))
                 }
-            });
-        }
+            })
+            .collect();
         Self::new(pieces, eos)
     }
 
@@ -257,7 +253,7 @@ mod tests {
         let e = TokenBytes::new(vec![TokenPiece::Unused], vec![1]).unwrap_err();
         assert!(e.to_string().contains("end-of-sequence id 1"), "{e}");
         assert!(TokenBytes::new(vec![TokenPiece::Unused], vec![]).is_err());
-        let e = TokenBytes::byte_level([Some(("x€".to_string(), false))], vec![0]).unwrap_err();
-        assert!(e.to_string().contains("token 0"), "{e}");
+        let plain = TokenBytes::byte_level([Some(("x€".to_string(), false))], vec![0]).unwrap();
+        assert_eq!(plain.decode(&[0]), "x€".as_bytes());
     }
 }
