@@ -32,6 +32,7 @@ pub fn token_bytes(lm: &BurnLm) -> Result<TokenBytes> {
 /// llguidance's tokenizer state once, on first use.
 pub struct GrammarConstraints<'a> {
     lm: &'a BurnLm,
+    tokens: OnceCell<TokenBytes>,
     compiler: OnceCell<GrammarCompiler>,
 }
 
@@ -40,8 +41,18 @@ impl<'a> GrammarConstraints<'a> {
     pub fn new(lm: &'a BurnLm) -> Self {
         Self {
             lm,
+            tokens: OnceCell::new(),
             compiler: OnceCell::new(),
         }
+    }
+
+    /// The model's token bytes (see [`token_bytes`]).
+    pub fn tokens(&self) -> Result<&TokenBytes> {
+        if let Some(t) = self.tokens.get() {
+            return Ok(t);
+        }
+        let t = token_bytes(self.lm)?;
+        Ok(self.tokens.get_or_init(|| t))
     }
 
     /// Compiles `spec` into a constraint named `name`.
@@ -49,8 +60,10 @@ impl<'a> GrammarConstraints<'a> {
         let compiler = match self.compiler.get() {
             Some(c) => c,
             None => {
-                let tokens = token_bytes(self.lm).with_context(|| format!("constraint {name}"))?;
-                let c = GrammarCompiler::new(&tokens)?;
+                let tokens = self
+                    .tokens()
+                    .with_context(|| format!("constraint {name}"))?;
+                let c = GrammarCompiler::new(tokens)?;
                 self.compiler.get_or_init(|| c)
             }
         };
@@ -104,7 +117,7 @@ pub fn search_grammar(pattern: &str) -> Result<(GrammarSpec, bool)> {
 
 /// `pattern` without its zero-width assertions outside character classes (escaped
 /// characters and classes stay as they are).
-fn without_assertions(pattern: &str) -> String {
+pub(crate) fn without_assertions(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut chars = pattern.chars().peekable();
     // Depth of character classes ([a-z], nested [[:alpha:]]).

@@ -9,6 +9,7 @@
 
 pub mod both;
 pub mod grammar;
+pub mod search;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,9 +31,10 @@ pub enum ConstraintSpec {
     NoChars(String),
     /// `regex:PATTERN`: the whole output matches PATTERN.
     Regex(String),
-    /// `search:PATTERN`: the output contains a match of PATTERN.
+    /// `search:PATTERN`: the output contains a match of PATTERN (a token automaton whose masks
+    /// know the remaining steps; zero-width assertions such as `\b` are dropped from it).
     Search(String),
-    /// `keyword:WORD`: the output contains WORD, ignoring case.
+    /// `keyword:WORD`: the output contains WORD, ignoring case (the same automaton).
     Keyword(String),
     /// `json-schema:FILE`: the output is JSON valid under the schema in FILE.
     JsonSchema {
@@ -64,17 +66,35 @@ impl ConstraintSpec {
         })
     }
 
+    /// The search pattern of `keyword:` and `search:` (`None` for the others).
+    fn search_pattern(&self) -> Option<String> {
+        match self {
+            ConstraintSpec::Keyword(w) => Some(format!("(?i){}", regex::escape(w))),
+            ConstraintSpec::Search(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
     /// The constraint for `lm`'s vocabulary (grammars through `grammars`, which builds the
-    /// vocabulary's token bytes once for all of them).
+    /// vocabulary's token bytes once for all of them). `keyword:` and `search:` become token
+    /// automata when their DFA is small, llguidance searches otherwise.
     pub fn build(
         &self,
         lm: &BurnLm,
         grammars: &GrammarConstraints<'_>,
     ) -> Result<Box<dyn Constraint>> {
-        match (self, self.grammar()) {
-            (ConstraintSpec::NoChars(set), _) => Ok(Box::new(no_chars(self, set, lm)?)),
-            (_, Some(spec)) => Ok(Box::new(grammars.compile(&self.to_string(), &spec)?)),
-            (_, None) => bail!("constraint {self}: no grammar"),
+        if let ConstraintSpec::NoChars(set) = self {
+            return Ok(Box::new(no_chars(self, set, lm)?));
+        }
+        if let Some(pattern) = self.search_pattern() {
+            let name = self.to_string();
+            if let Some(dfa) = search::search_automaton(&name, &pattern, grammars.tokens()?)? {
+                return Ok(Box::new(dfa));
+            }
+        }
+        match self.grammar() {
+            Some(spec) => Ok(Box::new(grammars.compile(&self.to_string(), &spec)?)),
+            None => bail!("constraint {self}: llguidance cannot match it"),
         }
     }
 }
@@ -149,10 +169,17 @@ impl FromStr for ConstraintSpec {
                  search:PATTERN, keyword:WORD, json-schema:FILE or lark:FILE"
             ),
         };
-        if let ConstraintSpec::Search(p) = &parsed {
-            search_grammar(p).with_context(|| format!("constraint {spec:?}"))?;
-        } else if let Some(g) = parsed.grammar() {
-            grammar::check(&parsed.to_string(), &g)?;
+        match &parsed {
+            ConstraintSpec::Search(p) => {
+                regex::Regex::new(p)
+                    .with_context(|| format!("constraint {spec:?}: invalid regular expression"))?;
+            }
+            ConstraintSpec::NoChars(_) | ConstraintSpec::Keyword(_) => {}
+            other => {
+                if let Some(g) = other.grammar() {
+                    grammar::check(&other.to_string(), &g)?;
+                }
+            }
         }
         Ok(parsed)
     }

@@ -8,7 +8,8 @@ use smc_core::constraint::Constraint;
 use smc_core::model::{Potential, UnitPotential};
 
 use super::PotentialSpec;
-use crate::constraints::{AllOf, ConstraintSpec, GrammarConstraints, search_grammar};
+use crate::constraints::grammar::without_assertions;
+use crate::constraints::{AllOf, ConstraintSpec, GrammarConstraints};
 
 /// How a potential can be checked prefix by prefix.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,8 +21,6 @@ pub enum PrefixCheck {
     /// A constraint whose language contains the potential's (a regex with word boundaries):
     /// its masks prune, and phi stays to make the final check exact.
     Superset(ConstraintSpec),
-    /// A regex that llguidance cannot match (its message): complete outputs only.
-    Unavailable(String),
 }
 
 impl PotentialSpec {
@@ -29,11 +28,10 @@ impl PotentialSpec {
     pub fn prefix_check(&self) -> PrefixCheck {
         match self {
             PotentialSpec::Keyword(w) => PrefixCheck::Exact(ConstraintSpec::Keyword(w.clone())),
-            PotentialSpec::Regex(p) => match search_grammar(p) {
-                Ok((_, true)) => PrefixCheck::Exact(ConstraintSpec::Search(p.clone())),
-                Ok((_, false)) => PrefixCheck::Superset(ConstraintSpec::Search(p.clone())),
-                Err(e) => PrefixCheck::Unavailable(format!("{e:#}")),
-            },
+            PotentialSpec::Regex(p) if without_assertions(p) == *p => {
+                PrefixCheck::Exact(ConstraintSpec::Search(p.clone()))
+            }
+            PotentialSpec::Regex(p) => PrefixCheck::Superset(ConstraintSpec::Search(p.clone())),
             PotentialSpec::Grammar(c) => PrefixCheck::Exact(c.clone()),
             _ => PrefixCheck::None,
         }
@@ -71,22 +69,24 @@ impl<'a> Targets<'a> {
                     Some(format!("potential {potential} is checked at every token")),
                 )
             }
-            PrefixCheck::Superset(c) => {
-                parts.push(c.build(lm, &grammars)?);
-                (
+            PrefixCheck::Superset(c) => match c.build(lm, &grammars) {
+                Ok(built) => {
+                    parts.push(built);
+                    (
+                        potential.build(lm)?,
+                        Some(format!(
+                            "potential {potential}: tokens are pruned by {c} without its word \
+                             boundaries and anchors, and complete outputs are checked exactly"
+                        )),
+                    )
+                }
+                Err(e) => (
                     potential.build(lm)?,
                     Some(format!(
-                        "potential {potential}: tokens are pruned by {c} without its word \
-                         boundaries and anchors, and complete outputs are checked exactly"
+                        "potential {potential} is checked on complete outputs only ({e:#})"
                     )),
-                )
-            }
-            PrefixCheck::Unavailable(why) => (
-                potential.build(lm)?,
-                Some(format!(
-                    "potential {potential} is checked on complete outputs only ({why})"
-                )),
-            ),
+                ),
+            },
         };
         let constraint = match parts.len() {
             0 => None,
