@@ -1,9 +1,9 @@
 //! The cost of constraint masks next to a decode step, on the default model's vocabulary
 //! (V = 49152) at K = 64: per step, the mask of every running particle and the push of its
-//! token, for 64 distinct states (no two particles share a state: the worst case; resampled
-//! duplicates share theirs and cost one mask). The tokens replay random walks under each
-//! constraint (a uniformly drawn allowed token per step, drawn once outside the timing), so
-//! the states are the ones a run visits: inside strings, keys, numbers, between items.
+//! token. The tokens replay 64 outputs the model drew under each constraint (sequential
+//! importance sampling, drawn once outside the timing): no two particles share a state, the
+//! worst case (resampled duplicates share theirs and cost one mask), and the states are the
+//! ones a run visits (inside strings, keys, numbers, between items).
 //!
 //! Group `masks_K64_per_step` (median time of one step; compare with `decode_step`, the
 //! model's `next_log_probs` + `push` at K = 64).
@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use lm_burn::{BurnLm, default_device};
-use rand::{RngExt, SeedableRng};
 use smc_core::constraint::{Constraint, TokenMask};
-use smc_core::model::{DecodeSession, LanguageModel};
+use smc_core::prelude::*;
 use tsmc_apps::constraints::{ConstraintSpec, GrammarConstraints};
 
 const K: usize = 64;
@@ -30,40 +29,25 @@ const SCHEMA: &str = r#"{"type": "array", "items": {"type": "object", "propertie
     "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}}},
     "required": ["name", "age", "email", "tags"], "additionalProperties": false}}"#;
 
-/// The token of each particle at each step of random walks under `c` (`None` once ended).
-fn walks(c: &dyn Constraint, vocab: usize, eos: &[u32]) -> Vec<Vec<u32>> {
-    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(5);
-    let mut s = c.start_within(&PROMPT, K, STEPS, vocab).unwrap();
-    let mut ended = vec![false; K];
-    let mut mask = TokenMask::none(vocab);
-    let mut steps = Vec::new();
-    for _ in 0..STEPS {
-        let mut tokens = Vec::with_capacity(K);
-        for (p, done) in ended.iter_mut().enumerate() {
-            if *done {
-                tokens.push(eos[0]);
-                continue;
-            }
-            s.allowed(p, &mut mask).unwrap();
-            let text: Vec<u32> = mask.iter().filter(|t| !eos.contains(t)).collect();
-            let t = if text.is_empty() {
-                s.end(p).unwrap();
-                *done = true;
-                eos[0]
-            } else {
-                text[rng.random_range(0..text.len())]
-            };
-            tokens.push(t);
-        }
-        s.push(&tokens).unwrap();
-        steps.push(tokens);
-    }
-    steps
+/// The token of each particle at each step of 64 outputs drawn by SIS under `c` from the
+/// chat `prompt` (an ended particle repeats the end token).
+fn walks(lm: &BurnLm, c: &dyn Constraint, prompt: &[u32], eos: &[u32]) -> Vec<Vec<u32>> {
+    let end = EndOfSequence::new(eos.to_vec(), AtMaxTokens::Truncate).unwrap();
+    let options = RunOptions::default().with_constraint(c).with_end(&end);
+    let config = SmcConfig::sis(K, STEPS, Proposal::Base).with_seed(3);
+    let out = run_smc_with(lm, &UnitPotential, &options, prompt, &config).unwrap();
+    (0..STEPS)
+        .map(|t| {
+            (0..K)
+                .map(|p| out.tokens[p].get(t).copied().unwrap_or(eos[0]))
+                .collect()
+        })
+        .collect()
 }
 
 /// One replay of the walks: masks and pushes at every step.
 fn replay(c: &dyn Constraint, vocab: usize, eos: &[u32], steps: &[Vec<u32>]) {
-    let mut s = c.start_within(&PROMPT, K, STEPS, vocab).unwrap();
+    let mut s = c.start_within(&[], K, STEPS, vocab).unwrap();
     let mut ended = vec![false; K];
     let mut mask = TokenMask::none(vocab);
     for tokens in steps {
