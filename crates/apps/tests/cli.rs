@@ -718,3 +718,35 @@ fn sample_with_max_tokens_ends_particles_at_the_end_token() {
     let (ok, _, stderr) = tsmc(&["sample", "--criterion", "every:0"]);
     assert!(!ok && stderr.contains("every"), "{stderr}");
 }
+
+/// A classifier scoring partial text acts as a twist on the targets (`--prefix-twist`): the run
+/// completes, records it, and its log Zhat estimates the same quantity (finite, below 0).
+#[test]
+fn sample_with_a_prefix_twist_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("prefix.jsonl");
+    let (ok, _, stderr) = tsmc(&[
+        "sample",
+        "-k",
+        "4",
+        "-t",
+        "4",
+        "--potential",
+        "toxicity:beta=1",
+        "--prefix-twist",
+        "toxicity:beta=1",
+        "--prefix-stride",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let run: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(run["prefix_stride"], 2);
+    assert!(run["prefix_twist"].as_str().unwrap().contains("toxicity"), "{run}");
+    let log_z = run["log_z_hat"].as_f64().unwrap();
+    assert!(log_z.is_finite() && log_z < 0.0, "{log_z}");
+    let (ok, _, stderr) = tsmc(&["sample", "--prefix-stride", "2"]);
+    assert!(!ok && stderr.contains("--prefix-twist"), "{stderr}");
+}

@@ -33,6 +33,8 @@ pub struct SampleSettings {
     pub length: Length,
     /// Resample only particles at this boundary.
     pub boundaries: Option<Boundary>,
+    /// A potential scoring prefixes, used as a twist on the targets, and its stride.
+    pub prefix_twist: Option<(PotentialSpec, usize)>,
     /// Particles K (at least 1).
     pub particles: usize,
     /// A twist head checkpoint: twisted SMC with its twisted proposal.
@@ -105,6 +107,8 @@ struct RunRecord<'a> {
     at_max: Option<AtMaxTokens>,
     end_tokens: &'a [u32],
     resample_at: Option<String>,
+    prefix_twist: Option<String>,
+    prefix_stride: Option<usize>,
     num_finished: usize,
     seed: u64,
     resampling: Resampling,
@@ -210,6 +214,14 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     options.constraint = constraint.as_ref().map(|c| c as &dyn Constraint);
     options.end = end.as_ref();
     options.boundaries = boundaries.as_ref();
+    let prefix = args
+        .prefix_twist
+        .as_ref()
+        .map(|(spec, stride)| spec.build(lm).map(|p| (p, *stride)))
+        .transpose()?;
+    if let Some((p, stride)) = &prefix {
+        options = options.with_prefix_twist(p.as_ref(), *stride);
+    }
     let out = run_smc_with(&with_bar, potential.as_ref(), &options, prompt, &config)?;
     let timing = Timing::new(
         started.elapsed().as_secs_f64(),
@@ -285,6 +297,8 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             },
             end_tokens: end.as_ref().map_or(&[], |e| e.tokens()),
             resample_at: args.boundaries.map(|b| b.to_string()),
+            prefix_twist: prefix.as_ref().map(|(p, _)| p.name().to_string()),
+            prefix_stride: args.prefix_twist.as_ref().map(|(_, s)| *s),
             num_finished,
             seed: args.seed,
             resampling: config.resampling,
