@@ -160,6 +160,17 @@ impl std::fmt::Display for Timing {
     }
 }
 
+/// exp(-log_z) in words, e.g. "3.2e12".
+fn rejection_cost(log_z: f64) -> String {
+    let log10 = -log_z / std::f64::consts::LN_10;
+    if log10 < 6.0 {
+        format!("{:.0}", (-log_z).exp())
+    } else {
+        let exponent = log10.floor();
+        format!("{:.1}e{exponent}", 10f64.powf(log10 - exponent))
+    }
+}
+
 /// Runs `tsmc sample`.
 pub fn run(args: &SampleSettings) -> Result<()> {
     // Create the output first so that an unwritable path fails before minutes of sampling.
@@ -258,6 +269,15 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         final_ess,
         out.num_resamplings()
     );
+    if args.constraint.is_some() && out.log_z_hat < -1.0 {
+        // Zhat estimates the constraint's p0 mass (times E[phi]): what plain sampling from p0
+        // with rejection would pay for each accepted output.
+        println!(
+            "log Zhat = {:.2}: rejection sampling from p0 would accept about 1 output in {}",
+            out.log_z_hat,
+            rejection_cost(out.log_z_hat)
+        );
+    }
     println!("{timing}");
     for &k in order.iter().take(args.show) {
         println!(
