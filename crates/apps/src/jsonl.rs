@@ -105,10 +105,24 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     Ok(read_numbered(path)?.into_iter().map(|(_, r)| r).collect())
 }
 
+/// The largest JSON-lines file tsmc reads: far above what its commands write for any run that
+/// fits in memory, and a bound on a file that never ends (`/dev/zero`).
+pub const MAX_JSONL_BYTES: u64 = 1 << 30;
+
 /// [`read_records`] with each record's line number (from 1).
 pub fn read_numbered<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_JSONL_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if text.len() as u64 > MAX_JSONL_BYTES {
+        bail!(
+            "{}: larger than {} GiB, more than any tsmc run writes",
+            path.display(),
+            MAX_JSONL_BYTES >> 30
+        );
+    }
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -209,3 +209,38 @@ fn inconsistent_conditioning_metadata_is_an_error_naming_the_field() {
     let e = err_text(TwistHead::load(&path, &default_device()).err().unwrap());
     assert!(e.contains("head.conditioning"), "{e}");
 }
+
+/// Found by fuzzing: a checkpoint whose header lost its `tsmc.twist_head` entry was reported as
+/// a missing `.json` file, without naming the checkpoint; now the error names the checkpoint
+/// and says what its header lacks.
+#[test]
+fn a_checkpoint_without_its_metadata_entry_is_named_in_the_error() {
+    let lm = tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.safetensors");
+    trained(&lm, 1, None)
+        .save_checkpoint(&path, &serde_json::json!({ "step": 2 }))
+        .unwrap();
+    std::fs::remove_file(path.with_extension("json")).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.as_object_mut().unwrap().remove("__metadata__");
+    let mut text = header.to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&path, out).unwrap();
+    for e in [
+        err_text(TwistHead::load(&path, &default_device()).err().unwrap()),
+        err_text(resume(&path).err().unwrap()),
+    ] {
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("no `tsmc.twist_head` entry"),
+            "{e}"
+        );
+    }
+}
