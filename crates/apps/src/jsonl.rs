@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use lm_burn::heads::{TemporaryGuard, remove_stale_temporaries, temporary_path};
+use lm_burn::temporaries::Temporary;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,9 +17,8 @@ use serde::de::DeserializeOwned;
 /// are removed when the next writer of the same path starts.
 pub struct JsonlWriter {
     path: PathBuf,
-    tmp: PathBuf,
+    tmp: Temporary,
     out: Option<BufWriter<fs::File>>,
-    _guard: TemporaryGuard,
 }
 
 impl JsonlWriter {
@@ -29,16 +28,12 @@ impl JsonlWriter {
             bail!("output path {} has no file name", path.display());
         }
         crate::output::check_target("output", path)?;
-        remove_stale_temporaries(path);
-        let tmp = temporary_path(path);
-        let guard = TemporaryGuard::new(&tmp);
-        let file = fs::File::create(&tmp)
-            .with_context(|| format!("cannot create output file {}", tmp.display()))?;
+        let (tmp, file) = Temporary::create(path)
+            .with_context(|| format!("cannot create a temporary file beside {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
             out: Some(BufWriter::new(file)),
-            _guard: guard,
         })
     }
 
@@ -56,9 +51,11 @@ impl JsonlWriter {
         let file = out
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+            .with_context(|| format!("cannot write {}", self.tmp.path().display()))?;
         file.sync_all()?;
-        fs::rename(&self.tmp, &self.path)
+        drop(file);
+        self.tmp
+            .persist(&self.path)
             .with_context(|| format!("cannot move output into {}", self.path.display()))?;
         Ok(())
     }

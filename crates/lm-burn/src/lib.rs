@@ -27,6 +27,7 @@ pub mod llama;
 pub mod model;
 pub mod ops;
 pub mod registry;
+pub mod temporaries;
 pub mod tokenizer;
 pub mod weights;
 

@@ -210,7 +210,7 @@ fn read_sample(path: &Path) -> Result<SampleFile> {
 /// Runs `tsmc report`.
 pub fn run(args: &ReportSettings) -> Result<()> {
     let html = render(args)?;
-    lm_burn::heads::write_atomic(&args.out, html.as_bytes())?;
+    lm_burn::temporaries::write_atomic(&args.out, html.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -15,8 +15,8 @@ pub(super) fn finish(
     md: &str,
     summary: &serde_json::Value,
 ) -> Result<()> {
-    lm_burn::heads::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
-    lm_burn::heads::write_atomic(
+    lm_burn::temporaries::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
+    lm_burn::temporaries::write_atomic(
         &out_dir.join("summary.json"),
         serde_json::to_string_pretty(summary)?.as_bytes(),
     )?;
