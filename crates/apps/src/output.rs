@@ -136,7 +136,10 @@ mod tests {
         assert!(e.to_string().contains("inside --model"), "{e}");
         // Inside the model by way of folders that do not exist yet (an output directory the
         // run would create).
-        for p in ["model/runs/records.jsonl", "new/../model/runs/a/../table.md"] {
+        for p in [
+            "model/runs/records.jsonl",
+            "new/../model/runs/a/../table.md",
+        ] {
             let e = ok(&[("--out", &d.join(p))]).unwrap_err();
             assert!(e.to_string().contains("inside --model"), "{p}: {e}");
         }

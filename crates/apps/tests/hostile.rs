@@ -42,6 +42,16 @@ fn tiny_model_copy(dir: &Path) -> PathBuf {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
+    // A tokenizer of the words w0..w319 (ids 0..319), so that the model runs without download.
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..320)
+        .map(|i| (format!("w{i}"), serde_json::json!(i)))
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null,
+        "decoder": null, "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "w0" }
+    });
+    std::fs::write(dst.join("tokenizer.json"), tok.to_string()).unwrap();
     dst
 }
 
@@ -407,5 +417,131 @@ fn sizes_are_checked_before_allocation() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// The rest of the probe's size failures, on the tiny model (context 128): counts of 2^64 - 1
+/// in every command that takes them (capacity overflows once), a 10,000-token prompt and
+/// horizons past the context (memory filled once), particle counts over the memory budget in
+/// `train` and `bounds`. Each is a clear error naming the option or the context.
+#[test]
+fn every_command_checks_counts_prompts_and_horizons_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model_copy(d);
+    let m = s(&model);
+    let max = "18446744073709551615";
+    let exact = d.join("e.jsonl");
+    std::fs::write(&exact, "{\"type\": \"sample\", \"tokens\": [1, 2]}\n").unwrap();
+    let e = s(&exact);
+    let long_prompt = vec!["w1"; 10_000].join(" ");
+    let lp = long_prompt.as_str();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["sample", "-t", max], "--tokens must be at most"),
+        (vec!["exact", "-n", max], "--samples must be at most"),
+        (vec!["exact", "-t", max], "--tokens must be at most"),
+        (
+            vec!["exact", "--infilling", max],
+            "--infilling must be at most",
+        ),
+        (vec!["train", "-k", max], "--particles must be at most"),
+        (vec!["train", "-t", max], "--tokens must be at most"),
+        (
+            vec!["bounds", "--exact", e, "--fq-samples", max],
+            "--fq-samples must be at most",
+        ),
+        (
+            vec!["reproduce", "--task", "toxicity", "-k", max],
+            "--particles must be at most",
+        ),
+        (
+            vec!["sample", "--model", m, "--prompt", lp, "-t", "2"],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--prompt",
+                lp,
+                "--task",
+                "potential",
+                "--potential",
+                "keyword:w5",
+            ],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "exact",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "--potential",
+                "keyword:w5",
+                "-t",
+                "1000",
+            ],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "exact",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "--infilling",
+                "200",
+                "-t",
+                "2",
+            ],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "-k",
+                "16777216",
+                "-t",
+                "2",
+                "--task",
+                "potential",
+                "--potential",
+                "keyword:w5",
+                "--memory-budget",
+                "1",
+            ],
+            "raise --memory-budget",
+        ),
+        (
+            vec![
+                "bounds",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "--exact",
+                e,
+                "-t",
+                "2",
+                "--potential",
+                "keyword:w5",
+                "--fq-samples",
+                "16777216",
+                "--memory-budget",
+                "1",
+            ],
+            "raise --memory-budget",
+        ),
+    ];
+    for (args, needle) in cases {
+        fails_with(&args, needle);
     }
 }

@@ -268,6 +268,18 @@ fn kill_9_at_random_moments_leaves_old_or_complete_outputs_and_the_next_run_clea
             assert!(curve_whole(&curve), "train killed at {delay:?}");
         }
     }
+    // A run killed late keeps the curve records of the evaluations done before the kill (the
+    // curve is appended as each evaluation finishes, not written at exit).
+    let mut kept = None;
+    for _ in 0..5 {
+        let delay = delays.next(train_time.mul_f64(0.5), train_time.mul_f64(0.8));
+        if signal_after(&train_args(&model, &ckpt, &curve), libc::SIGKILL, delay).is_some() {
+            kept = Some(std::fs::read_to_string(&curve).unwrap().lines().count());
+            break;
+        }
+    }
+    let kept = kept.expect("a train run still running at 50-80% of its time");
+    assert!(kept >= 1, "a killed run's curve is empty");
     // The next runs remove what the killed ones left; a temporary of a live process (this
     // test's) is not touched.
     let live = d.join(format!(".s.jsonl.tmp-tsmc-{}", std::process::id()));
