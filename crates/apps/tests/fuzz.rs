@@ -143,7 +143,7 @@ fn fuzz_cli_validation() {
     let cmds = commands();
     fuzz(
         "cli",
-        2000,
+        10000,
         (
             any::<Index>(),
             prop::collection::vec(arg(), 0..8),
@@ -370,7 +370,7 @@ fn fuzz_jsonl_readers() {
     }
     fuzz(
         "jsonl",
-        1000,
+        5000,
         (
             0..seeds.len(),
             prop::collection::vec(line_mutation(), 1..=3),

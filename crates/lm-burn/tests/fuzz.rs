@@ -321,7 +321,7 @@ fn fuzz_gguf_reader() {
     drop(lm);
     fuzz(
         "gguf",
-        150,
+        1000,
         bytes::byte_mutations(6, true),
         |case: &Case<'_>, mutations: Vec<ByteMutation>| {
             let mut b = seed.clone();
@@ -405,7 +405,7 @@ fn fuzz_hf_model_loader() {
     let seeds = hf_seeds();
     fuzz(
         "hf-model",
-        150,
+        1000,
         (0..TINY.len(), prop::collection::vec(hf_mutation(), 1..=3)),
         |case: &Case<'_>, (model, mutations): (usize, Vec<HfMutation>)| {
             let seed = &seeds[model];
@@ -518,7 +518,7 @@ fn fuzz_tokenizer_loader() {
     );
     fuzz(
         "tokenizer",
-        300,
+        1000,
         strategy.prop_map(|(s, j, b)| {
             let mut ms = vec![TokMutation::Json(j)];
             ms.extend(b.map(TokMutation::Text));

@@ -157,7 +157,7 @@ fn fuzz_checkpoint_reader() {
     }
     fuzz(
         "checkpoint",
-        100,
+        2000,
         (0..seeds.len(), prop::collection::vec(mutation(), 1..=3)),
         |case: &Case<'_>, (seed, mutations): (usize, Vec<CkptMutation>)| {
             let s = &seeds[seed];
