@@ -141,6 +141,9 @@ fn node<'a>(mut v: &'a Value, path: &[Step]) -> Option<&'a Value> {
     Some(v)
 }
 
+/// The most bytes one `Grow` may add to a document.
+const GROW_LIMIT: usize = 1 << 20;
+
 /// Applies `mutations` to `doc` in order.
 pub fn apply(doc: &mut Value, mutations: &[JsonMutation]) {
     for m in mutations {
@@ -165,16 +168,23 @@ pub fn apply(doc: &mut Value, mutations: &[JsonMutation]) {
                     _ => {}
                 }
             }
+            // Growth is capped (GROW_LIMIT bytes added): repeated growth of one node would
+            // otherwise make the harness itself allocate gigabytes.
             JsonMutation::Grow(n, times) => match node_mut(doc, &pick(n)) {
                 Some(Value::Array(items)) => {
-                    if let Some(last) = items.last().cloned() {
+                    if let Some(last) = items.last().cloned()
+                        && last.to_string().len().saturating_mul(*times) <= GROW_LIMIT
+                    {
                         items.extend(std::iter::repeat_n(last, *times));
                     }
                 }
-                Some(Value::String(s)) => *s = s.repeat(times + 1),
+                Some(Value::String(s)) if s.len().saturating_mul(*times) <= GROW_LIMIT => {
+                    *s = s.repeat(times + 1)
+                }
                 Some(Value::Object(map)) => {
                     if let Some((k, v)) =
                         map.iter().next_back().map(|(k, v)| (k.clone(), v.clone()))
+                        && v.to_string().len().saturating_mul(*times) <= GROW_LIMIT
                     {
                         for i in 0..*times {
                             map.insert(format!("{k}.{i}"), v.clone());

@@ -17,6 +17,39 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
+/// The `tokenizers` crate slices each BPE merge's second token after the model's
+/// `continuing_subword_prefix` without checking that it is that long (a panic, not an error):
+/// such a merge is refused here, named.
+fn check_bpe_merges(source_name: &str, doc: &serde_json::Value) -> Result<()> {
+    let model = &doc["model"];
+    let (Some(prefix), Some(merges)) = (
+        model["continuing_subword_prefix"].as_str(),
+        model["merges"].as_array(),
+    ) else {
+        return Ok(());
+    };
+    for merge in merges {
+        let second = match merge {
+            serde_json::Value::String(m) => m.split_once(' ').map(|(_, b)| b),
+            serde_json::Value::Array(pair) => pair.get(1).and_then(|b| b.as_str()),
+            _ => None,
+        };
+        if let Some(b) = second
+            && !b.is_char_boundary(prefix.len())
+        {
+            return Err(LmError::Tokenizer {
+                source_name: source_name.to_string(),
+                detail: format!(
+                    "merge {merge}: its second token {b:?} does not start with a whole \
+                     continuing_subword_prefix {prefix:?}"
+                ),
+                source: None,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A text tokenizer (the `tokenizers` crate underneath).
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -63,9 +96,10 @@ impl Tokenizer {
                 ),
             ));
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        let doc: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| LmError::json(path, "tokenizer.json is not valid JSON", e))?;
         let source_name = path.display().to_string();
+        check_bpe_merges(&source_name, &doc)?;
         let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>()).map_err(
             |panic| LmError::Tokenizer {
                 source_name: source_name.clone(),

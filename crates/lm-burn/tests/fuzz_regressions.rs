@@ -33,3 +33,29 @@ fn an_endless_tokenizer_file_is_refused_after_a_bounded_read() {
     let e = Tokenizer::from_file(std::path::Path::new("/dev/zero")).unwrap_err();
     assert!(e.to_string().contains("larger than 256 MiB"), "{e}");
 }
+
+/// A BPE merge whose second token is shorter than the model's `continuing_subword_prefix` made
+/// the `tokenizers` crate panic (slicing past the token's end).
+#[test]
+fn a_bpe_merge_shorter_than_the_subword_prefix_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let tok = |prefix: &str| {
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2, "##b": 3, "a##b": 4 },
+                "merges": ["a b"], "continuing_subword_prefix": prefix }
+        })
+        .to_string()
+    };
+    std::fs::write(&path, tok("")).unwrap();
+    Tokenizer::from_file(&path).unwrap();
+    std::fs::write(&path, tok("##")).unwrap();
+    let e = Tokenizer::from_file(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("continuing_subword_prefix"),
+        "{msg}"
+    );
+}

@@ -244,3 +244,35 @@ fn a_checkpoint_without_its_metadata_entry_is_named_in_the_error() {
         );
     }
 }
+
+/// Found by fuzzing: Adam's state records the rank of each parameter's state (`{id}.__rank`);
+/// a wrong one was accepted and burn panicked at the next update ("Given dimensions differ from
+/// the tensor rank"). Now resume refuses it, naming the parameter.
+#[test]
+fn adam_state_with_a_wrong_parameter_rank_is_refused() {
+    let lm = tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.safetensors");
+    let a = trained(&lm, 1, None);
+    a.save_checkpoint(&path, &serde_json::json!({})).unwrap();
+    let mut state = optimizer_of(&path);
+    // Each `{id}.__rank` key is followed by the CBOR map {"UInt": rank}; every rank here is 1
+    // or 2, a one-byte CBOR integer right after "UInt".
+    let at = state
+        .windows(6)
+        .position(|w| w == b"__rank")
+        .expect("a rank scalar");
+    let rank = at
+        + state[at..]
+            .windows(4)
+            .position(|w| w == b"UInt")
+            .expect("its value")
+        + 4;
+    assert!(matches!(state[rank], 1 | 2), "{}", state[rank]);
+    state[rank] = 3;
+    a.head()
+        .save_checkpoint(&path, &serde_json::json!({}), Some(&state))
+        .unwrap();
+    let e = err_text(resume(&path).err().unwrap());
+    assert!(e.contains("__rank") && e.contains("rank"), "{e}");
+}
