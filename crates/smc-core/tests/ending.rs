@@ -404,3 +404,77 @@ fn csmc_with_variable_length_references() {
         );
     }
 }
+
+#[test]
+fn a_prefix_twist_keeps_zhat_unbiased_and_zero_is_an_error() {
+    // rho: a smooth positive score of the prefix, as a classifier on partial text would be.
+    let rho = FnPotential::new("prefix score", |_: &[u32], s: &[u32]| {
+        0.8 * s.iter().filter(|&&x| x == 0).count() as f64
+            - 0.3 * s.iter().filter(|&&x| x == 2).count() as f64
+    });
+    for (name, p) in problems() {
+        let end = p.end();
+        for stride in [1, 2] {
+            let options = p.options(&end, None).with_prefix_twist(&rho, stride);
+            for proposal in [Proposal::Base, Proposal::Twisted] {
+                let config = SmcConfig {
+                    proposal,
+                    ..SmcConfig::bootstrap(4, p.max)
+                };
+                check_unbiased(
+                    &format!("{name}, prefix twist stride {stride}, {proposal:?}"),
+                    &p,
+                    &options,
+                    config,
+                    3000,
+                );
+            }
+        }
+    }
+    // A fixed-length run (no end token) with a prefix twist is unbiased too.
+    let mut p = Problem::new(7, AtMaxTokens::Truncate, false);
+    p.constraint = None;
+    let fixed = RunOptions::default().with_prefix_twist(&rho, 1);
+    let exact = Enumeration::new(&p.lm, &p.prompt, p.max, p.potential.as_ref())
+        .unwrap()
+        .log_z();
+    let n = 3000;
+    let zs: Vec<f64> = (0..n)
+        .map(|seed| {
+            run_smc_with(
+                &p.lm,
+                p.potential.as_ref(),
+                &fixed,
+                &p.prompt,
+                &SmcConfig::bootstrap(4, p.max).with_seed(seed),
+            )
+            .unwrap()
+            .log_z_hat
+            .exp()
+        })
+        .collect();
+    let m = zs.iter().sum::<f64>() / n as f64;
+    let sd = (zs.iter().map(|z| (z - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let z = (m - exact.exp()) / (sd / (n as f64).sqrt());
+    assert!(
+        z.abs() < 4.0,
+        "fixed length with a prefix twist: off by {z:.2} SE"
+    );
+    // rho = 0 on a prefix is an error naming the prefix twist.
+    let zero = FnPotential::new("zero on 0", |_: &[u32], s: &[u32]| {
+        if s.contains(&0) {
+            f64::NEG_INFINITY
+        } else {
+            0.0
+        }
+    });
+    let e = run_smc_with(
+        &p.lm,
+        p.potential.as_ref(),
+        &RunOptions::default().with_prefix_twist(&zero, 1),
+        &p.prompt,
+        &SmcConfig::bootstrap(16, p.max),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("prefix twist"), "{e}");
+}

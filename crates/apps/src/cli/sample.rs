@@ -37,6 +37,15 @@ pub struct SampleArgs {
     /// p0 under the constraint.
     #[arg(long)]
     constraint: Option<ConstraintSpec>,
+    /// A potential that scores partial text (a classifier such as toxicity:beta=1 or
+    /// sentiment:positive:beta=1), used as a twist on the intermediate targets: SMC resamples
+    /// towards prefixes it already likes; the target and log Zhat's meaning do not change. It
+    /// must be positive on every prefix (beta forms, not thresholds or keywords).
+    #[arg(long, value_name = "SPEC")]
+    prefix_twist: Option<PotentialSpec>,
+    /// Score prefixes with --prefix-twist every N tokens.
+    #[arg(long, default_value_t = 1, requires = "prefix_twist")]
+    prefix_stride: usize,
     /// Number of output tokens T (every output has exactly T; see --max-tokens).
     #[arg(long, short = 't', default_value_t = 15)]
     tokens: usize,
@@ -136,6 +145,8 @@ impl SampleArgs {
             prompt,
             potential,
             constraint,
+            prefix_twist,
+            prefix_stride,
             tokens,
             max_tokens,
             at_max,
@@ -169,6 +180,11 @@ impl SampleArgs {
                 None => Length::Exactly(at_least("--tokens", tokens, 1)?),
             },
             boundaries: resample_at.map(Boundary::from),
+            prefix_twist: prefix_twist
+                .map(|spec| {
+                    Ok::<_, anyhow::Error>((spec, at_least("--prefix-stride", prefix_stride, 1)?))
+                })
+                .transpose()?,
             particles: at_least("--particles", particles, 1)?,
             twist,
             resampling: Resampling {

@@ -33,6 +33,8 @@ pub struct SampleSettings {
     pub length: Length,
     /// Resample only particles at this boundary.
     pub boundaries: Option<Boundary>,
+    /// A potential scoring prefixes, used as a twist on the targets, and its stride.
+    pub prefix_twist: Option<(PotentialSpec, usize)>,
     /// Particles K (at least 1).
     pub particles: usize,
     /// A twist head checkpoint: twisted SMC with its twisted proposal.
@@ -105,6 +107,8 @@ struct RunRecord<'a> {
     at_max: Option<AtMaxTokens>,
     end_tokens: &'a [u32],
     resample_at: Option<String>,
+    prefix_twist: Option<String>,
+    prefix_stride: Option<usize>,
     num_finished: usize,
     seed: u64,
     resampling: Resampling,
@@ -153,6 +157,17 @@ impl std::fmt::Display for Timing {
             m.reorder_s,
             self.smc_and_potential_s
         )
+    }
+}
+
+/// exp(-log_z) in words, e.g. "3.2e12".
+fn rejection_cost(log_z: f64) -> String {
+    let log10 = -log_z / std::f64::consts::LN_10;
+    if log10 < 6.0 {
+        format!("{:.0}", (-log_z).exp())
+    } else {
+        let exponent = log10.floor();
+        format!("{:.1}e{exponent}", 10f64.powf(log10 - exponent))
     }
 }
 
@@ -214,6 +229,14 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     options.constraint = targets.constraint.as_deref();
     options.end = end.as_ref();
     options.boundaries = boundaries.as_ref();
+    let prefix = args
+        .prefix_twist
+        .as_ref()
+        .map(|(spec, stride)| spec.build(lm).map(|p| (p, *stride)))
+        .transpose()?;
+    if let Some((p, stride)) = &prefix {
+        options = options.with_prefix_twist(p.as_ref(), *stride);
+    }
     let out = run_smc_with(&with_bar, potential.as_ref(), &options, prompt, &config).map_err(
         |e| match (&e, args.length) {
             (SmcError::Constraint { .. }, Length::Exactly(t)) => anyhow!(
@@ -259,6 +282,15 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         final_ess,
         out.num_resamplings()
     );
+    if targets.constraint.is_some() && out.log_z_hat < -1.0 {
+        // Zhat estimates the constraint's p0 mass (times E[phi]): what plain sampling from p0
+        // with rejection would pay for each accepted output.
+        println!(
+            "log Zhat = {:.2}: rejection sampling from p0 would accept about 1 output in {}",
+            out.log_z_hat,
+            rejection_cost(out.log_z_hat)
+        );
+    }
     println!("{timing}");
     for &k in order.iter().take(args.show) {
         println!(
@@ -298,6 +330,8 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             },
             end_tokens: end.as_ref().map_or(&[], |e| e.tokens()),
             resample_at: args.boundaries.map(|b| b.to_string()),
+            prefix_twist: prefix.as_ref().map(|(p, _)| p.name().to_string()),
+            prefix_stride: args.prefix_twist.as_ref().map(|(_, s)| *s),
             num_finished,
             seed: args.seed,
             resampling: config.resampling,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, TokenMask};
 use crate::error::{Result, SmcError};
-use crate::model::Twist;
+use crate::model::{Potential, Twist};
 
 /// What happens to a particle that has not ended when its output reaches `--max-tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -81,6 +81,24 @@ pub struct RunOptions<'a> {
     /// criterion fires, only particles at a boundary (or finished) are resampled, among
     /// themselves (see [`crate::feynman_kac::FeynmanKac::at_boundary`]).
     pub boundaries: Option<&'a TokenMask>,
+    /// A potential that can score prefixes (a classifier on partial text), used as a twist
+    /// on the targets: see [`PrefixTwist`].
+    pub prefix_twist: Option<PrefixTwist<'a>>,
+}
+
+/// A potential scoring prefixes, used as a factor rho_t of the intermediate targets:
+/// gamma_t = p0 psi_t rho_t, with rho_t = rho(s_{1:tau}) at tau = the last multiple of `stride`
+/// up to t (rho_0 = 1), and gamma_T = p0 phi at the end. Whatever the proposal, the weight
+/// gains rho_t / rho_{t-1}, and the terminal weight divides by the last rho: Zhat stays
+/// unbiased for the same Z. Useful when phi is itself a smooth score of the text (a
+/// classifier): SMC then resamples towards prefixes the classifier already likes. rho must be
+/// positive (finite log) on every prefix: a zero would drop target mass, so `-inf` is an error.
+#[derive(Clone, Copy)]
+pub struct PrefixTwist<'a> {
+    /// The potential, evaluated on prefixes.
+    pub potential: &'a dyn Potential,
+    /// Evaluate every `stride` tokens (>= 1).
+    pub stride: usize,
 }
 
 impl<'a> RunOptions<'a> {
@@ -101,6 +119,12 @@ impl<'a> RunOptions<'a> {
     /// The same options with variable-length outputs.
     pub fn with_end(mut self, end: &'a EndOfSequence) -> Self {
         self.end = Some(end);
+        self
+    }
+
+    /// The same options with a prefix twist.
+    pub fn with_prefix_twist(mut self, potential: &'a dyn Potential, stride: usize) -> Self {
+        self.prefix_twist = Some(PrefixTwist { potential, stride });
         self
     }
 

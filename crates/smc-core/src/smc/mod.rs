@@ -36,7 +36,7 @@ mod ending;
 mod twisted;
 mod weights;
 
-pub use ending::{AtMaxTokens, EndOfSequence, RunOptions};
+pub use ending::{AtMaxTokens, EndOfSequence, PrefixTwist, RunOptions};
 pub use twisted::TwistedLm;
 pub use weights::{log_weights_of, log_weights_of_constrained, sample_base};
 
@@ -373,6 +373,9 @@ fn run_inner<L: LanguageModel>(
     }
     if let Some(b) = options.boundaries {
         model = model.with_boundaries(b)?;
+    }
+    if let Some(prefix) = options.prefix_twist {
+        model = model.with_prefix_twist(prefix)?;
     }
     let mut rng = rng_from_seed(config.seed);
     let out = feynman_kac::run(&mut model, config.resampling, reference, &mut rng)?;

@@ -3,7 +3,7 @@
 
 use rand::{Rng, RngExt};
 
-use super::ending::{AtMaxTokens, EndOfSequence};
+use super::ending::{AtMaxTokens, EndOfSequence, PrefixTwist};
 use super::{Proposal, SmcOutput};
 use crate::batch::{LogTable, TokenBuffer, gather};
 use crate::constraint::{Constraint, ConstraintSession, TokenMask};
@@ -34,6 +34,13 @@ pub struct TwistedLm<'a, S: DecodeSession> {
     boundaries: Option<&'a TokenMask>,
     /// Whether some particle's output has been accepted by the constraint so far.
     accepted_any: bool,
+    prefix: Option<ActivePrefix<'a>>,
+}
+
+/// A prefix twist during a run: log rho of each particle's last scored prefix.
+struct ActivePrefix<'a> {
+    twist: PrefixTwist<'a>,
+    prev: Vec<f64>,
 }
 
 /// A constraint's session during a run, with its mask buffer.
@@ -83,6 +90,7 @@ impl<'a, S: DecodeSession> TwistedLm<'a, S> {
             end: None,
             boundaries: None,
             accepted_any: false,
+            prefix: None,
         }
     }
 
@@ -150,6 +158,72 @@ impl<'a, S: DecodeSession> TwistedLm<'a, S> {
         }
         self.boundaries = Some(boundaries);
         Ok(self)
+    }
+
+    /// The same model with a prefix twist rho on the targets (see [`PrefixTwist`]).
+    pub fn with_prefix_twist(mut self, twist: PrefixTwist<'a>) -> Result<Self> {
+        if twist.stride == 0 {
+            return Err(SmcError::config("prefix twist stride", ">= 1", 0));
+        }
+        let k = self.tokens.num_particles();
+        self.prefix = Some(ActivePrefix {
+            twist,
+            prev: vec![0.0; k],
+        });
+        Ok(self)
+    }
+
+    /// Multiplies the weights by rho_t / rho_{t-1} (scoring the running particles' prefixes at
+    /// multiples of the stride) and divides the complete outputs' weights by their last rho.
+    fn apply_prefix_twist(
+        &mut self,
+        t: usize,
+        terminal: &[usize],
+        log_alpha: &mut [f64],
+    ) -> Result<()> {
+        let Some(prefix) = self.prefix.as_mut() else {
+            return Ok(());
+        };
+        for &p in terminal {
+            log_alpha[p] -= prefix.prev[p];
+        }
+        let scores_now = t < self.horizon && t.is_multiple_of(prefix.twist.stride);
+        if !scores_now {
+            return Ok(());
+        }
+        let end = self.end.as_ref();
+        let running: Vec<usize> = (0..log_alpha.len())
+            .filter(|&p| {
+                !terminal.contains(&p)
+                    && !end.is_some_and(|e| e.finished[p])
+                    && log_alpha[p] > f64::NEG_INFINITY
+            })
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Vec<u32>> = running
+            .iter()
+            .map(|&p| self.tokens.row(p).to_vec())
+            .collect();
+        let potential = prefix.twist.potential;
+        let scores = checked_log_phi(potential, self.prompt, &TokenBuffer::from_rows(&rows), t)?;
+        for (&p, &lrho) in running.iter().zip(&scores) {
+            if lrho == f64::NEG_INFINITY {
+                return Err(SmcError::InvalidValue {
+                    component: format!(
+                        "prefix twist {} (must be positive on every prefix)",
+                        potential.name()
+                    ),
+                    step: t,
+                    particle: p,
+                    value: lrho,
+                });
+            }
+            log_alpha[p] += lrho - prefix.prev[p];
+            prefix.prev[p] = lrho;
+        }
+        Ok(())
     }
 
     fn check_table(&self, table: &LogTable, component: &str, step: usize) -> Result<()> {
@@ -555,7 +629,17 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
             }
         }
         self.tokens.push(&next);
-        self.session.push(&next)?;
+        // The model's forward pass over the new tokens only serves the next step: after the
+        // last step, or once every particle has ended, nobody reads it.
+        let all_ended = self.end.as_ref().is_some_and(|e| {
+            e.finished
+                .iter()
+                .enumerate()
+                .all(|(p, &f)| f || ending.contains(&p))
+        });
+        if t < self.horizon && !all_ended {
+            self.session.push(&next)?;
+        }
         if let Some(c) = self.constraint.as_mut() {
             c.session.push(&next)?;
         }
@@ -564,6 +648,11 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                 self.log_psi_prev[p] = psi;
             }
         }
+        let mut terminal = ending.clone();
+        if t == self.horizon {
+            terminal.extend((0..k).filter(|&p| !self.is_finished(p) && !ending.contains(&p)));
+        }
+        self.apply_prefix_twist(t, &terminal, &mut log_alpha)?;
         let mut any_accepted = self.weigh_outputs(&ending, t - 1, t, clamp, &mut log_alpha)?;
         if let Some(e) = self.end.as_mut() {
             for &p in &ending {
@@ -598,6 +687,9 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
         gather(&mut self.log_p0, ancestors);
         gather(&mut self.log_q, ancestors);
         gather(&mut self.log_phi, ancestors);
+        if let Some(prefix) = self.prefix.as_mut() {
+            gather(&mut prefix.prev, ancestors);
+        }
         if let Some(e) = self.end.as_mut() {
             gather(&mut e.finished, ancestors);
             gather(&mut e.lengths, ancestors);
