@@ -744,7 +744,10 @@ fn sample_with_a_prefix_twist_records_it() {
     let text = std::fs::read_to_string(&out).unwrap();
     let run: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(run["prefix_stride"], 2);
-    assert!(run["prefix_twist"].as_str().unwrap().contains("toxicity"), "{run}");
+    assert!(
+        run["prefix_twist"].as_str().unwrap().contains("toxicity"),
+        "{run}"
+    );
     let log_z = run["log_z_hat"].as_f64().unwrap();
     assert!(log_z.is_finite() && log_z < 0.0, "{log_z}");
     let (ok, _, stderr) = tsmc(&["sample", "--prefix-stride", "2"]);
