@@ -304,16 +304,14 @@ impl<A: PrefixAutomaton> Constraint for A {
         horizon: usize,
         vocab: usize,
     ) -> Result<Box<dyn ConstraintSession + '_>> {
-        let first = Arc::new(self.initial(prompt, horizon, vocab)?);
-        Ok(Box::new(AutomatonSession {
-            automaton: self,
-            states: vec![Some(first); num_particles],
-            ended: vec![false; num_particles],
+        Ok(Box::new(AutomatonSession::new(
+            self,
+            prompt,
+            num_particles,
             horizon,
-            within: false,
-            pushed: 0,
-            cache: None,
-        }))
+            vocab,
+            false,
+        )?))
     }
 
     fn start_within(
@@ -323,16 +321,38 @@ impl<A: PrefixAutomaton> Constraint for A {
         max_tokens: usize,
         vocab: usize,
     ) -> Result<Box<dyn ConstraintSession + '_>> {
-        let first = Arc::new(self.initial(prompt, max_tokens, vocab)?);
-        Ok(Box::new(AutomatonSession {
-            automaton: self,
+        Ok(Box::new(AutomatonSession::new(
+            self,
+            prompt,
+            num_particles,
+            max_tokens,
+            vocab,
+            true,
+        )?))
+    }
+}
+
+impl<'a, A: PrefixAutomaton> AutomatonSession<'a, A> {
+    /// Every particle in the automaton's state after `prompt`; masks ask for completions in
+    /// exactly (`within` false) or at most (`within` true) the remaining steps.
+    fn new(
+        automaton: &'a A,
+        prompt: &[u32],
+        num_particles: usize,
+        horizon: usize,
+        vocab: usize,
+        within: bool,
+    ) -> Result<Self> {
+        let first = Arc::new(automaton.initial(prompt, horizon, vocab)?);
+        Ok(Self {
+            automaton,
             states: vec![Some(first); num_particles],
             ended: vec![false; num_particles],
-            horizon: max_tokens,
-            within: true,
+            horizon,
+            within,
             pushed: 0,
             cache: None,
-        }))
+        })
     }
 }
 
