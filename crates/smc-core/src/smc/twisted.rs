@@ -629,7 +629,17 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
             }
         }
         self.tokens.push(&next);
-        self.session.push(&next)?;
+        // The model's forward pass over the new tokens only serves the next step: after the
+        // last step, or once every particle has ended, nobody reads it.
+        let all_ended = self.end.as_ref().is_some_and(|e| {
+            e.finished
+                .iter()
+                .enumerate()
+                .all(|(p, &f)| f || ending.contains(&p))
+        });
+        if t < self.horizon && !all_ended {
+            self.session.push(&next)?;
+        }
         if let Some(c) = self.constraint.as_mut() {
             c.session.push(&next)?;
         }
