@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
-use lm_burn::BurnLm;
+use lm_burn::{BurnLm, Tokenizer};
 use smc_core::constraint::TokenSetConstraint;
 
 /// A constraint on every generated token.
@@ -22,9 +22,13 @@ impl ConstraintSpec {
     /// The constraint for `lm`'s vocabulary: a token is forbidden when its decoded text contains
     /// a character of the set, or when the tokenizer has no text for it (padding ids).
     pub fn build(&self, lm: &BurnLm) -> Result<TokenSetConstraint> {
+        self.build_for(lm.tokenizer()?, lm.dims().vocab)
+    }
+
+    /// The constraint for a vocabulary of `vocab` tokens read with `tokenizer` (a served
+    /// model's, held here).
+    pub fn build_for(&self, tokenizer: &Tokenizer, vocab: usize) -> Result<TokenSetConstraint> {
         let ConstraintSpec::NoChars(set) = self;
-        let tokenizer = lm.tokenizer()?;
-        let vocab = lm.dims().vocab;
         let mut forbidden = Vec::new();
         for id in 0..vocab as u32 {
             let allowed = tokenizer
