@@ -11,7 +11,9 @@
 //!   K new tokens, and resampling reorders the per-particle cache rows in place ([`cache`]);
 //! - [`ModelTokenizer`]: a model's tokenizer, vocabulary size and end tokens without its
 //!   weights, for models served elsewhere;
-//! - backends by feature ([`device`]): CPU (flex) by default, `wgpu`, `cuda`.
+//! - backends by feature ([`device`]): CPU (flex) by default, `wgpu`, `cuda`;
+//! - files written whole or not at all ([`temporaries`]): temporaries renamed into place, a
+//!   registry of them that a SIGINT/SIGTERM handler removes, stale ones of killed runs cleared.
 
 pub mod arch;
 pub mod cache;
@@ -30,6 +32,7 @@ pub mod model;
 pub mod model_tokenizer;
 pub mod ops;
 pub mod registry;
+pub mod temporaries;
 pub mod tokenizer;
 pub mod weights;
 
