@@ -95,6 +95,28 @@ fn file_name(model: &str) -> &str {
     model.rsplit(['/', '\\']).next().unwrap_or(model)
 }
 
+/// The keys of llama-server's `meta` that describe the model file (not the server's settings,
+/// such as `n_ctx`, which replicas may choose differently).
+const MODEL_META_KEYS: [&str; 7] = [
+    "vocab_type",
+    "n_vocab",
+    "n_ctx_train",
+    "n_embd",
+    "n_params",
+    "size",
+    "ftype",
+];
+
+fn model_meta(meta: &Option<Value>) -> serde_json::Map<String, Value> {
+    let Some(Value::Object(meta)) = meta else {
+        return serde_json::Map::new();
+    };
+    meta.iter()
+        .filter(|(k, _)| MODEL_META_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Serving engines as one [`LanguageModel`](smc_core::model::LanguageModel) (see the crate
 /// documentation for what is exact and how several servers share the work).
 #[derive(Debug)]
@@ -242,7 +264,8 @@ impl HttpLm {
     }
 
     /// Replicas must serve one model: the same model file name and, where llama-server
-    /// reports them, the same metadata (vocabulary, context, sizes, parameter count).
+    /// reports them, the same model metadata (vocabulary, training context, embedding size,
+    /// parameter count, file size and type; not the server's own context size).
     fn check_replicas(&self, infos: &[ServerInfo]) -> Result<(), HttpError> {
         let Some((first, rest)) = infos.split_first() else {
             return Ok(());
@@ -261,10 +284,13 @@ impl HttpLm {
             {
                 return Err(mismatch("the model", a.clone(), b.clone()));
             }
-            if let (Some(a), Some(b)) = (&first.meta, &info.meta)
-                && a != b
-            {
-                return Err(mismatch("the model metadata", a.to_string(), b.to_string()));
+            let (a, b) = (model_meta(&first.meta), model_meta(&info.meta));
+            if !a.is_empty() && !b.is_empty() && a != b {
+                return Err(mismatch(
+                    "the model metadata",
+                    Value::Object(a).to_string(),
+                    Value::Object(b).to_string(),
+                ));
             }
         }
         Ok(())
@@ -401,7 +427,9 @@ impl HttpLm {
         let malformed = |what: String| HttpError::Malformed { url: url(), what };
         let answer: Value = serde_json::from_str(&body)
             .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
-        let entries = wire.parse(&answer).map_err(malformed)?;
+        let entries = wire
+            .parse(&answer)
+            .map_err(|what| malformed(format!("{what} in {}", preview(&body))))?;
         self.checked(entries).map_err(malformed)
     }
 

@@ -190,6 +190,15 @@ fn servers_that_are_not_replicas_of_one_model_are_refused_at_connection() {
         text.contains(&a.url) && text.contains("other.gguf"),
         "{text}"
     );
+    // Another parameter count is another model; another context size is a server setting.
+    let e = FakeServer::start(model(), Format::LlamaTopLogprobs, Fault::OtherParams);
+    let err = HttpLm::connect(options(&[&a.url, &e.url], Protocol::LlamaServer)).unwrap_err();
+    assert!(
+        matches!(&err, HttpError::ReplicaMismatch { what, .. } if what.contains("metadata")),
+        "{err}"
+    );
+    let f = FakeServer::start(model(), Format::LlamaTopLogprobs, Fault::OtherContext);
+    HttpLm::connect(options(&[&a.url, &f.url], Protocol::LlamaServer)).unwrap();
     // The same model file in another folder is the same model.
     let d = FakeServer::start(
         model(),

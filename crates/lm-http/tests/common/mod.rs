@@ -53,6 +53,10 @@ pub enum Fault {
     Die,
     /// Reports another model name at `/v1/models`.
     ModelName(String),
+    /// Reports another context size (`meta.n_ctx`, a server setting) at `/v1/models`.
+    OtherContext,
+    /// Reports another parameter count (`meta.n_params`: another model file).
+    OtherParams,
     /// Has no `/tokenize` endpoint (404).
     NoTokenize,
     /// Tokenizes every byte as `(byte + 1) % V` (another tokenizer).
@@ -238,8 +242,17 @@ fn models(lm: &TabularLm, format: Format, fault: &Fault) -> Value {
         Format::OpenAiKeyed => {
             json!({"object": "list", "data": [{"id": name, "object": "model"}]})
         }
-        _ => json!({"object": "list", "data": [{"id": name, "object": "model",
-            "meta": {"vocab_type": 2, "n_vocab": n_vocab}}]}),
+        _ => {
+            let n_ctx = if *fault == Fault::OtherContext {
+                512
+            } else {
+                4096
+            };
+            let n_params = if *fault == Fault::OtherParams { 7 } else { 5 };
+            json!({"object": "list", "data": [{"id": name, "object": "model",
+                "meta": {"vocab_type": 2, "n_vocab": n_vocab, "n_ctx": n_ctx,
+                    "n_ctx_train": 8192, "n_params": n_params}}]})
+        }
     }
 }
 
