@@ -171,7 +171,9 @@ fn fuzz(args: &[String]) -> Result<()> {
         .collect();
     let mut build = cargo();
     build.args(["test", "--release", "--no-run"]);
-    for (_, package, _) in &targets {
+    let mut packages: Vec<&str> = targets.iter().map(|t| t.1).collect();
+    packages.dedup();
+    for package in packages {
         build.args(["-p", package]);
     }
     run(build.args(["--test", "fuzz"]))?;

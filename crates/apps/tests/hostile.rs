@@ -191,6 +191,27 @@ fn reproduce_out_dir_files_cannot_be_inputs_links_or_devices() {
         std::fs::read(model.join("config.json")).unwrap(),
         config_before
     );
+    // A run that cannot load its model leaves the records of an earlier run alone.
+    let kept = d.join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::write(kept.join("records.jsonl"), "{}\n").unwrap();
+    let missing = d.join("no-such-model");
+    fails_with(
+        &[
+            "reproduce",
+            "--task",
+            "toxicity",
+            "--model",
+            s(&missing),
+            "--out-dir",
+            s(&kept),
+        ],
+        "no-such-model",
+    );
+    assert_eq!(
+        std::fs::read_to_string(kept.join("records.jsonl")).unwrap(),
+        "{}\n"
+    );
 }
 
 /// A `tsmc sample --out` file of K = 2 particles and T = 2 tokens, with `edit` applied to the
@@ -434,6 +455,9 @@ fn every_command_checks_counts_prompts_and_horizons_before_allocating() {
     let exact = d.join("e.jsonl");
     std::fs::write(&exact, "{\"type\": \"sample\", \"tokens\": [1, 2]}\n").unwrap();
     let e = s(&exact);
+    // The train runs' outputs go to the test's folder (the defaults would land in the crate).
+    let (curve, ckpt) = (d.join("c.jsonl"), d.join("h.safetensors"));
+    let (c, h) = (s(&curve), s(&ckpt));
     let long_prompt = vec!["w1"; 10_000].join(" ");
     let lp = long_prompt.as_str();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -541,7 +565,15 @@ fn every_command_checks_counts_prompts_and_horizons_before_allocating() {
             "raise --memory-budget",
         ),
     ];
-    for (args, needle) in cases {
+    let o = d.join("o.jsonl");
+    for (mut args, needle) in cases {
+        match args[0] {
+            "train" => args.extend(["--out", c, "--checkpoint", h]),
+            "exact" | "bounds" => args.extend(["--out", s(&o)]),
+            _ => {}
+        }
         fails_with(&args, needle);
     }
+    // A run refused before it starts leaves no output behind.
+    assert!(!curve.exists() && !ckpt.exists() && !o.exists());
 }

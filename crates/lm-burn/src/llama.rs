@@ -315,6 +315,6 @@ impl CausalLm for Llama {
     }
 
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        crate::ops::linear(hidden, &self.lm_head, None)
+        crate::ops::output_head(hidden, &self.lm_head)
     }
 }

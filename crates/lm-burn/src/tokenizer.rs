@@ -190,4 +190,28 @@ impl Tokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+
+    /// The token strings of ids `0..n` as the vocabulary stores them (for byte-level BPE in
+    /// the GPT-2 byte-to-unicode alphabet, `"Ġthe"` for `" the"`), each with whether it is a
+    /// special token; `None` for an id without a token (padding of a larger model vocabulary).
+    /// Grammar engines need every token's exact bytes, which decoding one token at a time
+    /// cannot give for tokens that hold part of a UTF-8 character.
+    pub fn token_strings(&self, n: usize) -> Vec<Option<(String, bool)>> {
+        let added = self.inner.get_added_tokens_decoder();
+        (0..n as u32)
+            .map(|id| {
+                let special = added.get(&id).is_some_and(|t| t.special);
+                self.inner.id_to_token(id).map(|s| (s, special))
+            })
+            .collect()
+    }
+
+    /// Whether the decoder is byte-level (GPT-2 style): token strings then spell bytes in the
+    /// byte-to-unicode alphabet (see [`Tokenizer::token_strings`]).
+    pub fn is_byte_level(&self) -> bool {
+        matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::decoders::DecoderWrapper::ByteLevel(_))
+        )
+    }
 }

@@ -43,9 +43,6 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
         let (md, summary) = rebuild_table(args)?;
         return finish(&out_dir, &md, &summary);
     }
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
-    let mut records_out = Appender::create(&records_path)?;
     let loaded = load_model_and_prompt(&args.model, preset.prompt)?;
     loaded.check_size(
         &args.model,
@@ -55,6 +52,10 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             .max(64),
         args.tokens + args.cond_tokens.unwrap_or(0),
     )?;
+    // Only now: a run refused before it starts leaves an earlier run's records alone.
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
+    let mut records_out = Appender::create(&records_path)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let ad = loaded.device.clone().autodiff();
     let ctx = Ctx {
