@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use lm_burn::{BurnLm, default_device};
+use rand::{RngExt, SeedableRng};
 use smc_core::constraint::{Constraint, TokenMask};
 use smc_core::prelude::*;
 use tsmc_apps::constraints::{ConstraintSpec, GrammarConstraints};
@@ -29,26 +30,65 @@ const SCHEMA: &str = r#"{"type": "array", "items": {"type": "object", "propertie
     "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}}},
     "required": ["name", "age", "email", "tags"], "additionalProperties": false}}"#;
 
-/// The token of each particle at each step of 64 outputs drawn by SIS under `c` from the
-/// chat `prompt` (an ended particle repeats the end token).
+/// The token of each particle at each step of 64 outputs the model draws under `c` from the
+/// chat `prompt` (p0 restricted to the mask, no resampling, no final acceptance needed; an
+/// ended particle repeats the end token).
 fn walks(lm: &BurnLm, c: &dyn Constraint, prompt: &[u32], eos: &[u32]) -> Vec<Vec<u32>> {
-    let end = EndOfSequence::new(eos.to_vec(), AtMaxTokens::Truncate).unwrap();
-    let options = RunOptions::default().with_constraint(c).with_end(&end);
-    let config = SmcConfig::sis(K, STEPS, Proposal::Base).with_seed(3);
-    let out = run_smc_with(lm, &UnitPotential, &options, prompt, &config).unwrap();
-    (0..STEPS)
-        .map(|t| {
-            (0..K)
-                .map(|p| out.tokens[p].get(t).copied().unwrap_or(eos[0]))
-                .collect()
-        })
-        .collect()
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(3);
+    let vocab = lm.dims().vocab;
+    let mut model = lm.start(prompt, K).unwrap();
+    let mut s = c.start_within(&[], K, STEPS, vocab).unwrap();
+    let mut mask = TokenMask::none(vocab);
+    let mut ended = [false; K];
+    let mut steps = Vec::new();
+    for _ in 0..STEPS {
+        let table = model.next_log_probs().unwrap().log_probs;
+        let mut tokens = Vec::with_capacity(K);
+        for (p, done) in ended.iter_mut().enumerate() {
+            if *done {
+                tokens.push(eos[0]);
+                continue;
+            }
+            s.allowed(p, &mut mask).unwrap();
+            if s.accepts(p).unwrap() {
+                eos.iter().for_each(|&e| mask.insert(e));
+            }
+            let row = table.row(p);
+            let allowed: Vec<u32> = mask.iter().collect();
+            let top = allowed
+                .iter()
+                .map(|&v| row[v as usize])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = allowed
+                .iter()
+                .map(|&v| (row[v as usize] - top).exp())
+                .collect();
+            let mut u = rng.random::<f64>() * weights.iter().sum::<f64>();
+            let mut t = *allowed.last().unwrap_or(&eos[0]);
+            for (&v, w) in allowed.iter().zip(&weights) {
+                u -= w;
+                if u <= 0.0 {
+                    t = v;
+                    break;
+                }
+            }
+            if eos.contains(&t) {
+                s.end(p).unwrap();
+                *done = true;
+            }
+            tokens.push(t);
+        }
+        s.push(&tokens).unwrap();
+        model.push(&tokens).unwrap();
+        steps.push(tokens);
+    }
+    steps
 }
 
 /// One replay of the walks: masks and pushes at every step.
 fn replay(c: &dyn Constraint, vocab: usize, eos: &[u32], steps: &[Vec<u32>]) {
     let mut s = c.start_within(&[], K, STEPS, vocab).unwrap();
-    let mut ended = vec![false; K];
+    let mut ended = [false; K];
     let mut mask = TokenMask::none(vocab);
     for tokens in steps {
         for p in 0..K {
@@ -80,17 +120,50 @@ fn masks(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
-    for (label, spec) in [
-        ("json_schema", format!("json-schema:{}", schema.display())),
+    let tokenizer = lm.tokenizer().unwrap();
+    let chat = |request: &str| {
+        let text = format!("<|im_start|>user\n{request}<|im_end|>\n<|im_start|>assistant\n");
+        tokenizer.encode(&text).unwrap()
+    };
+    for (label, spec, request) in [
+        (
+            "json_schema",
+            format!("json-schema:{}", schema.display()),
+            "List three people with their name, age, email and favourite colours, as JSON.",
+        ),
         (
             "regex",
             r"regex:[A-Z][a-z]+( [a-z]+,?)* (dragon|castle)\.".to_string(),
+            "Write a sentence about a dragon.",
         ),
-        ("keyword_automaton", "keyword:dragon".to_string()),
+        (
+            "keyword_automaton",
+            "keyword:dragon".to_string(),
+            "Tell a story.",
+        ),
     ] {
         let spec: ConstraintSpec = spec.parse().unwrap();
         let constraint = spec.build(&lm, &grammars).unwrap();
-        let steps = walks(constraint.as_ref(), vocab, &eos);
+        let steps = walks(&lm, constraint.as_ref(), &chat(request), &eos);
+        let running = steps
+            .iter()
+            .map(|t| t.iter().filter(|x| !eos.contains(x)).count())
+            .sum::<usize>() as f64
+            / STEPS as f64;
+        // Particles with the same history share one state (and one mask), as in a run.
+        let distinct = (1..=STEPS)
+            .map(|t| {
+                (0..K)
+                    .filter(|&p| !eos.contains(&steps[t - 1][p]))
+                    .map(|p| steps[..t].iter().map(|s| s[p]).collect::<Vec<_>>())
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            })
+            .sum::<usize>() as f64
+            / STEPS as f64;
+        eprintln!(
+            "{label}: per step on average {running:.1} particles running, {distinct:.1} distinct states"
+        );
         group.bench_function(label, |b| {
             b.iter_custom(|iters| {
                 let started = std::time::Instant::now();

@@ -16,7 +16,9 @@
 //!   by enumeration, with exactly T tokens and with variable-length outputs (truncated or
 //!   forced end at the maximum): over N = 3000 seeds, |mean Zhat - Z| / SE < 4 (SE the sample
 //!   standard deviation over sqrt(N)); a false alarm has probability about 6e-5 per check,
-//!   8 checks. Every particle with positive weight is accepted by the oracle.
+//!   6 checks. Every particle with positive weight is accepted by the oracle. Power: masks
+//!   that drop their lowest allowed token whenever more than two are allowed (a subset, the
+//!   bug that biases Z low) fail the first variable-length check at -10 SE.
 
 use rand::{RngExt, SeedableRng};
 use smc_core::prelude::*;
@@ -166,7 +168,7 @@ struct Problem {
 impl Problem {
     fn new(seed: u64) -> Self {
         Self {
-            lm: TabularLm::random(V, 1, 1.5, seed),
+            lm: TabularLm::random(V, 1, 0.5, seed),
             prompt: vec![3],
             max: 4,
             rx: oracle(),
@@ -305,6 +307,7 @@ fn check_unbiased(name: &str, p: &Problem, options: &RunOptions<'_>, config: Smc
     let m = zs.iter().sum::<f64>() / N as f64;
     let var = zs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (N - 1) as f64;
     let zz = (m - z) / (var / N as f64).sqrt();
+    eprintln!("{name}: mean Zhat {m} vs Z {z}: {zz:.2} SE");
     assert!(zz.abs() < 4.0, "{name}: mean Zhat {m} vs Z {z}: {zz:.2} SE");
 }
 

@@ -64,13 +64,32 @@ impl<'a> Targets<'a> {
         }
         let (phi, note): (Box<dyn Potential + 'a>, _) = match potential.prefix_check() {
             PrefixCheck::None => (potential.build_with(text, local)?, None),
-            PrefixCheck::Exact(c) => {
-                parts.push(c.build(text, &grammars)?);
-                (
-                    Box::new(UnitPotential),
-                    Some(format!("potential {potential} is checked at every token")),
-                )
-            }
+            PrefixCheck::Exact(c) => match c.build(text, &grammars) {
+                Ok(built) => {
+                    parts.push(built);
+                    (
+                        Box::new(UnitPotential),
+                        Some(format!("potential {potential} is checked at every token")),
+                    )
+                }
+                // A keyword or regex keeps its complete-output check where no prefix check can
+                // be built (a tokenizer whose token bytes are unknown); a grammar potential has
+                // no such fallback worth having.
+                Err(e)
+                    if matches!(
+                        potential,
+                        PotentialSpec::Keyword(_) | PotentialSpec::Regex(_)
+                    ) =>
+                {
+                    (
+                        potential.build_with(text, local)?,
+                        Some(format!(
+                            "potential {potential} is checked on complete outputs only ({e:#})"
+                        )),
+                    )
+                }
+                Err(e) => return Err(e),
+            },
             PrefixCheck::Superset(c) => match c.build(text, &grammars) {
                 Ok(built) => {
                     parts.push(built);
