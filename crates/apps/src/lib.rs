@@ -6,7 +6,7 @@
 //! - [`cli`]: clap types only (argument groups flattened into commands, typed choices), parsed
 //!   and validated once into settings;
 //! - [`commands`]: one module per command, taking its settings;
-//! - library modules shared by commands: [`constraints`] (prefix constraints), [`setup`] (model, prompt, twist loading), [`training`]
+//! - library modules shared by commands: [`constraints`] (prefix constraints), [`setup`] (model, prompt, twist loading), [`model`] (a local or served model behind one `LanguageModel`), [`training`]
 //!   (heads, positives, progress), [`jsonl`] (every reader and writer of our JSONL files),
 //!   [`output`] (the one rule that keeps an output from destroying an input),
 //!   [`progress`], [`potentials`], [`presets`], [`signals`] (SIGINT/SIGTERM remove this
@@ -17,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod constraints;
 pub mod jsonl;
+pub mod model;
 pub mod output;
 pub mod potentials;
 pub mod presets;

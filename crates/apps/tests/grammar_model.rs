@@ -19,12 +19,18 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use lm_burn::default_model::ensure_default_model;
-use lm_burn::{BurnLm, default_device};
+use lm_burn::{BurnLm, ModelTokenizer, default_device};
 use smc_core::prelude::*;
 use tsmc_apps::constraints::{ConstraintSpec, GrammarConstraints, grammar::token_bytes};
 
 const K: usize = 4;
 const MAX_TOKENS: usize = 64;
+
+/// The default model's tokenizer side (what constraints are built against).
+fn text() -> &'static ModelTokenizer {
+    static TEXT: OnceLock<ModelTokenizer> = OnceLock::new();
+    TEXT.get_or_init(|| ModelTokenizer::of(model()).expect("the default model's tokenizer"))
+}
 
 fn model() -> &'static BurnLm {
     static LM: OnceLock<BurnLm> = OnceLock::new();
@@ -53,7 +59,7 @@ fn weighted_outputs(
     request: &str,
 ) -> Vec<String> {
     let lm = model();
-    let constraint = spec.build(lm, grammars).unwrap();
+    let constraint = spec.build(text(), grammars).unwrap();
     let end = EndOfSequence::new(lm.eos_tokens().to_vec(), AtMaxTokens::Truncate).unwrap();
     let options = RunOptions::default()
         .with_constraint(constraint.as_ref())
@@ -80,7 +86,7 @@ fn weighted_outputs(
 fn token_bytes_concatenate_to_the_decoded_text() {
     let lm = model();
     let tokenizer = lm.tokenizer().unwrap();
-    let bytes = token_bytes(lm).unwrap();
+    let bytes = token_bytes(text()).unwrap();
     assert_eq!(bytes.len(), lm.dims().vocab);
     assert_eq!(bytes.eos_tokens(), lm.eos_tokens());
     for text in [
@@ -101,8 +107,7 @@ fn token_bytes_concatenate_to_the_decoded_text() {
 
 #[test]
 fn every_weighted_output_validates_against_its_json_schema() {
-    let lm = model();
-    let grammars = GrammarConstraints::new(lm);
+    let grammars = GrammarConstraints::new(text());
     let mut files: Vec<PathBuf> = std::fs::read_dir(testdata().join("json-schemas"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -132,8 +137,7 @@ fn every_weighted_output_validates_against_its_json_schema() {
 
 #[test]
 fn every_weighted_output_satisfies_a_lark_grammar_and_a_regex() {
-    let lm = model();
-    let grammars = GrammarConstraints::new(lm);
+    let grammars = GrammarConstraints::new(text());
     let lark = testdata().join("grammars/greeting.lark");
     let spec: ConstraintSpec = format!("lark:{}", lark.display()).parse().unwrap();
     let greeting = regex::Regex::new(r"^(Hello|Hi|Dear)(, | )[A-Z][a-z]{1,9}[!.]$").unwrap();

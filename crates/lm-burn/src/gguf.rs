@@ -856,7 +856,15 @@ impl GgufModel {
         Ok(JsonConfig::from_value(path, value).with_field_names(names))
     }
 
-    /// The byte-level BPE tokenizer described by the metadata.
+    /// The byte-level BPE tokenizer described by the metadata ([`GgufFile::tokenizer`]).
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        self.file.tokenizer()
+    }
+}
+
+impl GgufFile {
+    /// The byte-level BPE tokenizer described by the metadata (any architecture: only the
+    /// `tokenizer.ggml.*` keys are read).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         use tokenizers::models::bpe::{BPE, Vocab};
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -864,14 +872,13 @@ impl GgufModel {
         use tokenizers::pre_tokenizers::sequence::Sequence;
         use tokenizers::{AddedToken, PreTokenizerWrapper};
 
-        let name = self.file.path().display().to_string();
+        let name = self.path().display().to_string();
         let err = |detail: String| LmError::Tokenizer {
             source_name: name.clone(),
             detail,
             source: None,
         };
         let model = self
-            .file
             .meta("tokenizer.ggml.model")
             .and_then(MetaValue::as_str)
             .unwrap_or("");
@@ -881,7 +888,7 @@ impl GgufModel {
             )));
         }
         let strings = |key: &str| -> Result<Vec<String>> {
-            match self.file.meta(key) {
+            match self.meta(key) {
                 Some(MetaValue::Array(items)) => items
                     .strings()
                     .map(<[String]>::to_vec)
@@ -917,7 +924,6 @@ impl GgufModel {
                 source: Some(e),
             })?;
         let pre = self
-            .file
             .meta("tokenizer.ggml.pre")
             .and_then(MetaValue::as_str)
             .unwrap_or("default");
@@ -935,7 +941,7 @@ impl GgufModel {
         tok.with_pre_tokenizer(Some(pre_tokenizer));
         tok.with_decoder(Some(ByteLevel::default()));
         // Control tokens (type 3) are special: never split, kept whole.
-        if let Some(MetaValue::Array(types)) = self.file.meta("tokenizer.ggml.token_type") {
+        if let Some(MetaValue::Array(types)) = self.meta("tokenizer.ggml.token_type") {
             let special: Vec<AddedToken> = tokens
                 .iter()
                 .enumerate()

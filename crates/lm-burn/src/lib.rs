@@ -9,6 +9,8 @@
 //! - [`model::BurnLm`] implements [`smc_core::model::LanguageModel`]: the prompt is prefilled
 //!   once and its keys/values shared by all K particles, each step is one forward pass for the
 //!   K new tokens, and resampling reorders the per-particle cache rows in place ([`cache`]);
+//! - [`ModelTokenizer`]: a model's tokenizer, vocabulary size and end tokens without its
+//!   weights, for models served elsewhere;
 //! - backends by feature ([`device`]): CPU (flex) by default, `wgpu`, `cuda`;
 //! - files written whole or not at all ([`temporaries`]): temporaries renamed into place, a
 //!   registry of them that a SIGINT/SIGTERM handler removes, stale ones of killed runs cleared.
@@ -27,6 +29,7 @@ pub mod heads;
 pub mod infilling;
 pub mod llama;
 pub mod model;
+pub mod model_tokenizer;
 pub mod ops;
 pub mod registry;
 pub mod temporaries;
@@ -38,4 +41,5 @@ pub use burn::tensor::Device;
 pub use device::{Backend, default_device};
 pub use error::{LmError, Result};
 pub use model::{BurnLm, BurnSession};
+pub use model_tokenizer::ModelTokenizer;
 pub use tokenizer::Tokenizer;

@@ -136,3 +136,39 @@ fn greedy_decoding_with_the_particle_cache_reproduces_the_reference() {
     }
     assert_eq!(got, want);
 }
+
+/// The tokenizer alone (no weights) is the model's: same ids, vocabulary and end tokens, from
+/// the GGUF file and from `default`; a directory without tokenizer.json is an error.
+#[test]
+fn the_tokenizer_alone_is_the_models() {
+    use lm_burn::ModelTokenizer;
+    let lm = model();
+    let path = ensure_default_model().unwrap();
+    for alone in [
+        ModelTokenizer::load(&path.display().to_string()).unwrap(),
+        ModelTokenizer::load("default").unwrap(),
+    ] {
+        assert_eq!(alone.vocab, lm.dims().vocab);
+        assert_eq!(alone.eos_tokens, lm.eos_tokens());
+        assert!(!alone.eos_tokens.is_empty());
+        for text in [
+            "Once upon a time, there was a",
+            " 1234 dragons!\n",
+            "é ü 😀",
+        ] {
+            assert_eq!(
+                alone.tokenizer.encode(text).unwrap(),
+                lm.tokenizer().unwrap().encode(text).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+    let of = ModelTokenizer::of(lm).unwrap();
+    assert_eq!(
+        (of.vocab, of.eos_tokens.as_slice()),
+        (lm.dims().vocab, lm.eos_tokens())
+    );
+    let no_tokenizer = reference_dir().join("tiny-models").join("llama");
+    assert!(ModelTokenizer::load(&no_tokenizer.display().to_string()).is_err());
+    assert!(ModelTokenizer::load("/nonexistent/model").is_err());
+}

@@ -66,6 +66,70 @@ pub enum HttpError {
         /// The server's vocabulary size.
         found: usize,
     },
+    /// Two servers given as replicas of one model report different models.
+    #[error(
+        "the language-model servers are not replicas of one model: {url} reports {what} \
+         {found}, but {first_url} reports {expected}"
+    )]
+    ReplicaMismatch {
+        /// The server that differs.
+        url: String,
+        /// The first server, the reference.
+        first_url: String,
+        /// What differs (model name, model metadata, ...).
+        what: &'static str,
+        /// The first server's value.
+        expected: String,
+        /// This server's value.
+        found: String,
+    },
+    /// Every attempt of a request failed with a transient error (server down, timeout,
+    /// 429/5xx), each on the server named in its message.
+    #[error("all {} attempts failed: {}", .earlier.len() + 1, attempts(.earlier, .last))]
+    Exhausted {
+        /// The failures before the last, in order.
+        earlier: Vec<HttpError>,
+        /// The last failure.
+        #[source]
+        last: Box<HttpError>,
+    },
+}
+
+impl HttpError {
+    /// Whether another attempt (later, or on another replica) may succeed: the server could
+    /// not be reached or its connection broke, it timed out, or it answered 429 (too many
+    /// requests) or 5xx. Nonsense answers, refused requests (other 4xx) and mismatches are
+    /// permanent: asking again would get the same answer.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HttpError::Timeout { .. } => true,
+            HttpError::Status { status, .. } => *status == 429 || (500..600).contains(status),
+            HttpError::Unreachable { source, .. } => matches!(
+                source,
+                ureq::Error::Io(_)
+                    | ureq::Error::Timeout(_)
+                    | ureq::Error::ConnectionFailed
+                    | ureq::Error::HostNotFound
+                    | ureq::Error::Protocol(_)
+            ),
+            HttpError::Exhausted { last, .. } => last.is_transient(),
+            HttpError::Config { .. }
+            | HttpError::Malformed { .. }
+            | HttpError::VocabMismatch { .. }
+            | HttpError::ReplicaMismatch { .. } => false,
+        }
+    }
+}
+
+/// Every failure of an exhausted request, numbered, for its message.
+fn attempts(earlier: &[HttpError], last: &HttpError) -> String {
+    earlier
+        .iter()
+        .chain(std::iter::once(last))
+        .enumerate()
+        .map(|(i, e)| format!("({}) {e}", i + 1))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The first `max` characters of a response body, for error messages.

@@ -15,13 +15,29 @@
 //!
 //! - with N < V, q is zero outside the top N, so the run is exact SMC for the target
 //!   restricted to top-N continuations, sigma_N(s) ∝ p0(s) phi(s) 1[s_t in S_t(s_{<t}) for
-//!   every t]: E[Zhat] = Z_N = sum over such s of p0(s) phi(s) <= Z, so log Zhat is also a
+//!   every t]: E\[Zhat\] = Z_N = sum over such s of p0(s) phi(s) <= Z, so log Zhat is also a
 //!   lower bound on log Z in expectation;
 //! - with N >= V the set is the whole vocabulary and the run is exact for sigma itself
 //!   (Z_N = Z), up to the server's own arithmetic (f32 on llama-server).
 //!
+//! [`LanguageModel`]: smc_core::model::LanguageModel
+//! [`DecodeSession::log_probs_normalised`]: smc_core::model::DecodeSession::log_probs_normalised
+//!
 //! Both hold for the base proposal (bootstrap SMC) and for the twisted proposal, whose
 //! normaliser sum_v p0(v) psi(v) runs over the returned tokens only.
+//!
+//! ## Many servers
+//!
+//! Several URLs are replicas of one model ([`HttpLmOptions::with_servers`]): at connection
+//! each is asked what it serves (`GET /v1/models`) and they must agree (model name,
+//! llama-server's model metadata, the vocabulary size), or the error names the one that
+//! differs. Each particle's lineage stays on one server, so that its prefix is in that
+//! server's cache, with the distinct prefixes of a step spread evenly (see `routing`).
+//! Transient failures (a server down, a broken connection, a timeout, HTTP 429 or 5xx) are
+//! retried with exponential backoff on another replica ([`RetryPolicy`]); a server that failed
+//! gets no new work for a cool-down. Every answer is checked as it arrives, so a run either
+//! completes with answers of the one model or ends in an error naming each server that failed
+//! and what it said — never with a wrong answer.
 //!
 //! ## Example
 //!
@@ -29,7 +45,9 @@
 //! use lm_http::{HttpLm, HttpLmOptions, Protocol};
 //! use smc_core::prelude::*;
 //!
-//! let options = HttpLmOptions::new("http://127.0.0.1:8080", Protocol::LlamaServer, 32000)
+//! // Two replicas of one model; lineages stay on a server, failures are retried on the other.
+//! let options = HttpLmOptions::new("http://10.0.0.1:8080", Protocol::LlamaServer, 32000)
+//!     .with_servers(["http://10.0.0.1:8080", "http://10.0.0.2:8080"])
 //!     .with_top_n(100);
 //! let lm = HttpLm::connect(options)?;
 //! let out = run_smc(&lm, None, &UnitPotential, &[1, 450, 4996], &SmcConfig::bootstrap(16, 10))?;
@@ -38,91 +56,30 @@
 //! ```
 
 pub mod error;
+mod options;
 pub mod protocol;
+mod routing;
+mod server;
+mod session;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use serde_json::Value;
-use smc_core::SmcError;
-use smc_core::batch::LogTable;
-use smc_core::model::{DecodeSession, LanguageModel, StepOutput};
 
 pub use error::HttpError;
+pub use options::{HttpLmOptions, RetryPolicy};
 pub use protocol::Protocol;
+pub use server::ServerInfo;
+pub use session::HttpSession;
 
 use error::preview;
+use server::Server;
 
 /// How far the returned probabilities may sum above one (servers compute in f32).
 pub const MASS_TOLERANCE: f64 = 1e-3;
 
 /// One answer: `(token, log p0)` pairs, largest first.
 type TopRow = Vec<(u32, f64)>;
-
-/// Largest response body read (a full-vocabulary answer of 256k tokens fits).
-const MAX_BODY_BYTES: u64 = 256 << 20;
-
-/// Where the server is, what it speaks, and how to ask it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpLmOptions {
-    /// The server's base URL, e.g. `http://127.0.0.1:8080` (no path; http or https).
-    pub url: String,
-    /// The protocol.
-    pub protocol: Protocol,
-    /// The vocabulary size V (the length of the model's logit vector). Checked against the
-    /// server at [`HttpLm::connect`] when it reports one.
-    pub vocab_size: usize,
-    /// N, the number of top log-probabilities asked for per step (`n_probs` / `logprobs`);
-    /// `N >= V` asks for the whole vocabulary. Servers cap it (vLLM: `--max-logprobs`, 20 by
-    /// default).
-    pub top_n: usize,
-    /// Timeout of one request, connection included.
-    pub timeout: Duration,
-    /// The most requests in flight at once.
-    pub parallel: usize,
-    /// The `model` field of OpenAI requests; by default the first model `/v1/models` lists.
-    pub model: Option<String>,
-}
-
-impl HttpLmOptions {
-    /// Options with N = 20, a 60 s timeout and 8 requests in flight.
-    pub fn new(url: impl Into<String>, protocol: Protocol, vocab_size: usize) -> Self {
-        Self {
-            url: url.into(),
-            protocol,
-            vocab_size,
-            top_n: 20,
-            timeout: Duration::from_secs(60),
-            parallel: 8,
-            model: None,
-        }
-    }
-
-    /// The same options with another N.
-    pub fn with_top_n(mut self, top_n: usize) -> Self {
-        self.top_n = top_n;
-        self
-    }
-
-    /// The same options with another timeout per request.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The same options with another bound on requests in flight.
-    pub fn with_parallel(mut self, parallel: usize) -> Self {
-        self.parallel = parallel;
-        self
-    }
-
-    /// The same options with a model name for OpenAI requests.
-    pub fn with_model(mut self, model: impl Into<String>) -> Self {
-        self.model = Some(model.into());
-        self
-    }
-}
 
 fn config_error(field: &'static str, expected: &str, found: impl ToString) -> HttpError {
     HttpError::Config {
@@ -132,40 +89,73 @@ fn config_error(field: &'static str, expected: &str, found: impl ToString) -> Ht
     }
 }
 
-/// Whether the URL's host is the loopback interface (reached without any proxy).
-fn is_loopback(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = if let Some(v6) = rest.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        rest.split([':', '/']).next().unwrap_or("")
-    };
-    host == "localhost" || host == "::1" || host.starts_with("127.")
+/// The last component of a model path (replicas on different machines keep one model file
+/// in different folders).
+fn file_name(model: &str) -> &str {
+    model.rsplit(['/', '\\']).next().unwrap_or(model)
 }
 
-/// A serving engine as a [`LanguageModel`] (see the crate documentation for what is exact).
+/// The keys of llama-server's `meta` that describe the model file (not the server's settings,
+/// such as `n_ctx`, which replicas may choose differently).
+const MODEL_META_KEYS: [&str; 7] = [
+    "vocab_type",
+    "n_vocab",
+    "n_ctx_train",
+    "n_embd",
+    "n_params",
+    "size",
+    "ftype",
+];
+
+fn model_meta(meta: &Option<Value>) -> serde_json::Map<String, Value> {
+    let Some(Value::Object(meta)) = meta else {
+        return serde_json::Map::new();
+    };
+    meta.iter()
+        .filter(|(k, _)| MODEL_META_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Serving engines as one [`LanguageModel`](smc_core::model::LanguageModel) (see the crate
+/// documentation for what is exact and how several servers share the work).
 #[derive(Debug)]
 pub struct HttpLm {
     options: HttpLmOptions,
-    agent: ureq::Agent,
-    endpoint: String,
-    model: Option<String>,
-    server_vocab: Option<usize>,
+    servers: Vec<Server>,
+    /// Rotates the server that new lineages and single requests start on.
+    next_start: AtomicUsize,
 }
 
 impl HttpLm {
-    /// Checks the options, reaches the server (`GET /v1/models`) and checks the vocabulary
-    /// size where the server reports it (llama-server: `meta.n_vocab`). A server that cannot be
-    /// reached is an error here; one without `/v1/models` is used unchecked.
+    /// Checks the options, reaches every server (`GET /v1/models`, retried like any request),
+    /// checks the vocabulary size where a server reports it (llama-server: `meta.n_vocab`) and
+    /// that the servers agree on what they serve. A server that cannot be reached is an error
+    /// here; one without `/v1/models` is used unchecked.
     pub fn connect(mut options: HttpLmOptions) -> Result<Self, HttpError> {
-        let url = options.url.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(config_error(
-                "server URL",
-                "http://host:port or https://host:port",
-                &options.url,
-            ));
+        if options.urls.is_empty() {
+            return Err(config_error("server URLs", "at least one", "none"));
         }
+        let mut urls: Vec<String> = Vec::with_capacity(options.urls.len());
+        for given in &options.urls {
+            let url = given.trim().trim_end_matches('/').to_string();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(config_error(
+                    "server URL",
+                    "http://host:port or https://host:port",
+                    given,
+                ));
+            }
+            if urls.contains(&url) {
+                return Err(config_error(
+                    "server URLs",
+                    "distinct",
+                    format!("{url} twice"),
+                ));
+            }
+            urls.push(url);
+        }
+        options.urls = urls;
         if options.vocab_size == 0 {
             return Err(config_error("vocabulary size V", ">= 1", 0));
         }
@@ -178,111 +168,229 @@ impl HttpLm {
         if options.timeout.is_zero() {
             return Err(config_error("timeout", "> 0", "0 s"));
         }
-        options.url = url;
-        let mut config = ureq::Agent::config_builder()
-            .timeout_global(Some(options.timeout))
-            .http_status_as_error(false)
-            .max_idle_connections_per_host(options.parallel.max(3));
-        if is_loopback(&options.url) {
-            config = config.proxy(None);
+        if options.retry.attempts == 0 {
+            return Err(config_error("attempts per request", ">= 1", 0));
         }
-        let agent: ureq::Agent = config.build().into();
-        let endpoint = format!("{}{}", options.url, options.protocol.completion_path());
+        let servers = options
+            .urls
+            .iter()
+            .map(|u| Server::new(u.clone(), options.timeout, options.parallel))
+            .collect();
         let mut lm = Self {
-            agent,
-            endpoint,
-            model: options.model.clone(),
-            server_vocab: None,
             options,
+            servers,
+            next_start: AtomicUsize::new(0),
         };
-        lm.probe()?;
+        let infos = (0..lm.servers.len())
+            .map(|s| lm.with_retries(s, true, None, |server| lm.probe(server)))
+            .map(|r| r.map(|(info, _)| info))
+            .collect::<Result<Vec<_>, _>>()?;
+        lm.check_replicas(&infos)?;
+        for (server, info) in lm.servers.iter_mut().zip(infos) {
+            if lm.options.protocol == Protocol::OpenAi {
+                server.model = lm.options.model.clone().or_else(|| info.model.clone());
+            }
+            server.info = info;
+        }
         Ok(lm)
     }
 
-    /// `GET /v1/models`: the model name (for OpenAI requests) and the vocabulary size.
-    fn probe(&mut self) -> Result<(), HttpError> {
-        let url = format!("{}/v1/models", self.options.url);
-        let (status, body) = self.transfer(&url, None)?;
+    /// `GET /v1/models`: the model name and the vocabulary size, checked against V.
+    fn probe(&self, server: &Server) -> Result<ServerInfo, HttpError> {
+        let (status, body) = server.transfer("/v1/models", None)?;
+        let url = format!("{}/v1/models", server.url());
+        let mut info = ServerInfo {
+            url: server.url().to_string(),
+            ..ServerInfo::default()
+        };
         if !(200..300).contains(&status) {
-            return Ok(());
+            let refused = HttpError::Status {
+                url,
+                status,
+                body: preview(&body),
+            };
+            // A server without the endpoint is used unchecked; one that is overloaded or
+            // starting is retried.
+            return if refused.is_transient() {
+                Err(refused)
+            } else {
+                Ok(info)
+            };
         }
         let answer: Value = serde_json::from_str(&body).map_err(|e| HttpError::Malformed {
             url: url.clone(),
             what: format!("not JSON ({e}): {}", preview(&body)),
         })?;
-        let first = answer
+        let listed: Vec<&Value> = answer
             .get("data")
             .and_then(Value::as_array)
-            .and_then(|d| d.first());
-        if self.model.is_none() && self.options.protocol == Protocol::OpenAi {
-            self.model = first
-                .and_then(|m| m.get("id"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-        }
-        let n_vocab = first
-            .and_then(|m| m.get("meta"))
+            .map(|d| d.iter().collect())
+            .unwrap_or_default();
+        let first = listed.first();
+        info.model = first
+            .and_then(|m| m.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        info.meta = first.and_then(|m| m.get("meta")).cloned();
+        info.vocab = info
+            .meta
+            .as_ref()
             .and_then(|m| m.get("n_vocab"))
-            .and_then(Value::as_u64);
-        if let Some(found) = n_vocab {
-            let found = found as usize;
-            self.server_vocab = Some(found);
-            if found != self.options.vocab_size {
-                return Err(HttpError::VocabMismatch {
-                    url,
-                    expected: self.options.vocab_size,
-                    found,
+            .and_then(Value::as_u64)
+            .map(|v| v as usize);
+        if let Some(found) = info.vocab
+            && found != self.options.vocab_size
+        {
+            return Err(HttpError::VocabMismatch {
+                url,
+                expected: self.options.vocab_size,
+                found,
+            });
+        }
+        if let Some(wanted) = &self.options.model {
+            let ids: Vec<&str> = listed
+                .iter()
+                .filter_map(|m| m.get("id").and_then(Value::as_str))
+                .collect();
+            if !ids.is_empty() && !ids.contains(&wanted.as_str()) {
+                return Err(HttpError::Config {
+                    field: "model",
+                    expected: format!("one of the models {url} serves: {}", ids.join(", ")),
+                    found: wanted.clone(),
                 });
+            }
+        }
+        Ok(info)
+    }
+
+    /// Replicas must serve one model: the same model file name and, where llama-server
+    /// reports them, the same model metadata (vocabulary, training context, embedding size,
+    /// parameter count, file size and type; not the server's own context size).
+    fn check_replicas(&self, infos: &[ServerInfo]) -> Result<(), HttpError> {
+        let Some((first, rest)) = infos.split_first() else {
+            return Ok(());
+        };
+        for info in rest {
+            let mismatch = |what, expected: String, found: String| HttpError::ReplicaMismatch {
+                url: info.url.clone(),
+                first_url: first.url.clone(),
+                what,
+                expected,
+                found,
+            };
+            if let (Some(a), Some(b)) = (&first.model, &info.model)
+                && file_name(a) != file_name(b)
+                && self.options.model.is_none()
+            {
+                return Err(mismatch("the model", a.clone(), b.clone()));
+            }
+            let (a, b) = (model_meta(&first.meta), model_meta(&info.meta));
+            if !a.is_empty() && !b.is_empty() && a != b {
+                return Err(mismatch(
+                    "the model metadata",
+                    Value::Object(a).to_string(),
+                    Value::Object(b).to_string(),
+                ));
             }
         }
         Ok(())
     }
 
-    /// One HTTP exchange: GET without a body, POST with a JSON body. Returns the status and
-    /// the body text.
-    fn transfer(&self, url: &str, body: Option<String>) -> Result<(u16, String), HttpError> {
-        let sent = match body {
-            Some(body) => self
-                .agent
-                .post(url)
-                .header("content-type", "application/json")
-                .send(body),
-            None => self.agent.get(url).call(),
-        };
-        let transport = |source: ureq::Error| match source {
-            ureq::Error::Timeout(_) => HttpError::Timeout {
-                url: url.to_string(),
-                timeout: self.options.timeout,
-            },
-            source => HttpError::Unreachable {
-                url: url.to_string(),
-                source,
-            },
-        };
-        let mut response = sent.map_err(transport)?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES)
-            .read_to_string()
-            .map_err(transport)?;
-        Ok((status, text))
+    /// Runs `op` on server `first` and, after each transient failure, again after a pause
+    /// ([`RetryPolicy::pause`]) on another usable server (the same one when `pinned`), up to
+    /// [`RetryPolicy::attempts`] attempts or until `abort` is set. Returns the answer and the
+    /// server that gave it; a permanent failure at once; [`HttpError::Exhausted`] with every
+    /// failure when all attempts failed (the failure itself when there was one attempt).
+    fn with_retries<T>(
+        &self,
+        first: usize,
+        pinned: bool,
+        abort: Option<&AtomicBool>,
+        op: impl Fn(&Server) -> Result<T, HttpError>,
+    ) -> Result<(T, usize), HttpError> {
+        let policy = &self.options.retry;
+        let n = self.servers.len();
+        let mut tried = vec![false; n];
+        let mut failures: Vec<HttpError> = Vec::new();
+        let mut s = first % n;
+        if !pinned && !self.servers[s].usable() {
+            s = self.next_server(s, &tried, true);
+        }
+        for attempt in 0..policy.attempts {
+            if attempt > 0 {
+                if abort.is_some_and(|a| a.load(Ordering::Relaxed)) {
+                    break;
+                }
+                std::thread::sleep(policy.pause(attempt));
+                if !pinned {
+                    s = self.next_server(s, &tried, false);
+                }
+            }
+            tried[s] = true;
+            match op(&self.servers[s]) {
+                Ok(answer) => {
+                    self.servers[s].answered();
+                    return Ok((answer, s));
+                }
+                Err(e) if e.is_transient() => {
+                    self.servers[s].failed(policy.cooldown);
+                    failures.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let last = failures
+            .pop()
+            .ok_or_else(|| config_error("attempts per request", ">= 1", 0))?;
+        Err(if failures.is_empty() {
+            last
+        } else {
+            HttpError::Exhausted {
+                earlier: failures,
+                last: Box::new(last),
+            }
+        })
     }
 
-    /// The options (URL without a trailing slash).
+    /// The server after `s` to try next: a usable one not yet tried, else one not yet tried,
+    /// else a usable one, else the next (with `include_s`, `s` itself counts as a candidate).
+    fn next_server(&self, s: usize, tried: &[bool], include_s: bool) -> usize {
+        let n = self.servers.len();
+        let start = if include_s { 0 } else { 1 };
+        let candidates: Vec<usize> = (start..n + start).map(|i| (s + i) % n).collect();
+        let usable = |c: &usize| self.servers[*c].usable();
+        candidates
+            .iter()
+            .find(|c| usable(c) && !tried[**c])
+            .or_else(|| candidates.iter().find(|c| !tried[**c]))
+            .or_else(|| candidates.iter().find(|c| usable(c)))
+            .copied()
+            .unwrap_or((s + 1) % n)
+    }
+
+    fn rotate(&self) -> usize {
+        self.next_start.fetch_add(1, Ordering::Relaxed) % self.servers.len()
+    }
+
+    /// The options (URLs without a trailing slash).
     pub fn options(&self) -> &HttpLmOptions {
         &self.options
     }
 
-    /// The model name sent with OpenAI requests, if any.
-    pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+    /// What each server said about itself at connection, in the order of the URLs.
+    pub fn servers(&self) -> Vec<&ServerInfo> {
+        self.servers.iter().map(|s| &s.info).collect()
     }
 
-    /// The vocabulary size the server reported at connection, if it reported one.
+    /// The model name sent with OpenAI requests to the first server, if any.
+    pub fn model(&self) -> Option<&str> {
+        self.servers[0].model.as_deref()
+    }
+
+    /// The vocabulary size the first server reported at connection, if it reported one (every
+    /// server that reports one was checked against V).
     pub fn server_vocab(&self) -> Option<usize> {
-        self.server_vocab
+        self.servers[0].info.vocab
     }
 
     /// The number of log-probabilities kept per step: min(N, V).
@@ -290,47 +398,42 @@ impl HttpLm {
         self.options.top_n.min(self.options.vocab_size)
     }
 
-    /// The URL of the completion endpoint.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
     /// The top-N `(token, log p0)` pairs after `context` (prompt and output tokens), largest
     /// first (ties by token id), checked: ids inside the vocabulary and distinct, at least
     /// min(N, V) of them, log-probabilities numbers, their mass at most 1 (and 1 when the whole
     /// vocabulary is asked for) within [`MASS_TOLERANCE`]. Extra entries beyond N (vLLM adds
-    /// the sampled token) are dropped, so the set is a function of the context alone.
+    /// the sampled token) are dropped, so the set is a function of the context alone. Retried
+    /// as the [`RetryPolicy`] says.
     pub fn top_log_probs(&self, context: &[u32]) -> Result<Vec<(u32, f64)>, HttpError> {
+        self.with_retries(self.rotate(), false, None, |s| self.ask(s, context))
+            .map(|(row, _)| row)
+    }
+
+    /// One completion request to one server, checked.
+    fn ask(&self, server: &Server, context: &[u32]) -> Result<TopRow, HttpError> {
         let n = self.top_n();
-        let request = self
-            .options
-            .protocol
-            .wire()
-            .request(context, n, self.model.as_deref());
-        let (status, body) = self.transfer(&self.endpoint, Some(request.to_string()))?;
+        let wire = self.options.protocol.wire();
+        let request = wire.request(context, n, server.model.as_deref());
+        let path = self.options.protocol.completion_path();
+        let (status, body) = server.transfer(path, Some(&request))?;
+        let url = || format!("{}{path}", server.url());
         if !(200..300).contains(&status) {
             return Err(HttpError::Status {
-                url: self.endpoint.clone(),
+                url: url(),
                 status,
                 body: preview(&body),
             });
         }
-        let malformed = |what: String| HttpError::Malformed {
-            url: self.endpoint.clone(),
-            what,
-        };
+        let malformed = |what: String| HttpError::Malformed { url: url(), what };
         let answer: Value = serde_json::from_str(&body)
             .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
-        let entries = self
-            .options
-            .protocol
-            .wire()
+        let entries = wire
             .parse(&answer)
-            .map_err(malformed)?;
+            .map_err(|what| malformed(format!("{what} in {}", preview(&body))))?;
         self.checked(entries).map_err(malformed)
     }
 
-    fn checked(&self, entries: Vec<(u64, f64)>) -> Result<Vec<(u32, f64)>, String> {
+    fn checked(&self, entries: Vec<(u64, f64)>) -> Result<TopRow, String> {
         let v = self.options.vocab_size;
         let n = self.top_n();
         let mut out = Vec::with_capacity(entries.len());
@@ -375,30 +478,49 @@ impl HttpLm {
         Ok(out)
     }
 
-    /// [`top_log_probs`](Self::top_log_probs) for every context, at most
-    /// [`HttpLmOptions::parallel`] requests in flight; the first error (by context) if any.
+    /// [`top_log_probs`](Self::top_log_probs) for every context, spread evenly over the
+    /// servers, at most [`HttpLmOptions::parallel`] requests in flight on each; the first error
+    /// (by context) if any.
     pub fn top_log_probs_many(
         &self,
         contexts: &[Vec<u32>],
     ) -> Result<Vec<Vec<(u32, f64)>>, HttpError> {
+        let rows = self.fetch_many(contexts, &vec![None; contexts.len()])?;
+        Ok(rows.into_iter().map(|(row, _)| row).collect())
+    }
+
+    /// The rows of `contexts`, each sent to its lineage's server (`preferred`, see
+    /// `routing::assign`) and retried elsewhere if it fails; with the server that answered.
+    pub(crate) fn fetch_many(
+        &self,
+        contexts: &[Vec<u32>],
+        preferred: &[Option<usize>],
+    ) -> Result<Vec<(TopRow, usize)>, HttpError> {
         let n = contexts.len();
-        let workers = self.options.parallel.min(n);
+        let usable: Vec<bool> = self.servers.iter().map(Server::usable).collect();
+        let assigned = routing::assign(preferred, &usable, self.rotate());
+        let order = routing::interleaved(&assigned, self.servers.len());
+        let workers = (self.options.parallel * self.servers.len()).min(n);
         if workers <= 1 {
-            return contexts.iter().map(|c| self.top_log_probs(c)).collect();
+            return (0..n)
+                .map(|i| self.with_retries(assigned[i], false, None, |s| self.ask(s, &contexts[i])))
+                .collect();
         }
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let done: Vec<Vec<(usize, Result<TopRow, HttpError>)>> = std::thread::scope(|scope| {
+        type Done = Vec<(usize, Result<(TopRow, usize), HttpError>)>;
+        let done: Vec<Done> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
                         let mut mine = Vec::new();
                         while !failed.load(Ordering::Relaxed) {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if i >= n {
+                            let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
                                 break;
-                            }
-                            let row = self.top_log_probs(&contexts[i]);
+                            };
+                            let row = self.with_retries(assigned[i], false, Some(&failed), |s| {
+                                self.ask(s, &contexts[i])
+                            });
                             if row.is_err() {
                                 failed.store(true, Ordering::Relaxed);
                             }
@@ -413,7 +535,7 @@ impl HttpLm {
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         });
-        let mut rows: Vec<Option<TopRow>> = vec![None; n];
+        let mut rows: Vec<Option<(TopRow, usize)>> = vec![None; n];
         let mut first_error: Option<(usize, HttpError)> = None;
         for (i, row) in done.into_iter().flatten() {
             match row {
@@ -433,175 +555,47 @@ impl HttpLm {
             .map(|r| r.expect("every context answered when none failed"))
             .collect())
     }
-}
 
-fn backend_error(lm: &HttpLm, e: HttpError) -> SmcError {
-    SmcError::backend(
-        format!(
-            "{} next-token log-probabilities from {}",
-            lm.options.protocol, lm.options.url
-        ),
-        e,
-    )
-}
-
-impl LanguageModel for HttpLm {
-    type Session<'a> = HttpSession<'a>;
-
-    fn vocab_size(&self) -> usize {
-        self.options.vocab_size
-    }
-
-    fn start(&self, prompt: &[u32], num_particles: usize) -> smc_core::Result<HttpSession<'_>> {
-        if let Some((i, &tok)) = prompt
-            .iter()
-            .enumerate()
-            .find(|&(_, &t)| t as usize >= self.options.vocab_size)
-        {
-            return Err(SmcError::InvalidConfig {
-                field: "prompt token",
-                expected: format!("< vocabulary size {}", self.options.vocab_size),
-                found: format!("{tok} at position {i}"),
-            });
-        }
-        Ok(HttpSession {
-            lm: self,
-            prompt: prompt.to_vec(),
-            outputs: vec![Vec::new(); num_particles],
-        })
-    }
-}
-
-/// K particles decoding over HTTP: each particle's output tokens; every step sends one request
-/// per distinct prefix (the server's prompt cache makes the shared prompt cheap).
-#[derive(Debug)]
-pub struct HttpSession<'a> {
-    lm: &'a HttpLm,
-    prompt: Vec<u32>,
-    outputs: Vec<Vec<u32>>,
-}
-
-impl HttpSession<'_> {
-    /// The particles' output tokens so far.
-    pub fn outputs(&self) -> &[Vec<u32>] {
-        &self.outputs
-    }
-}
-
-impl DecodeSession for HttpSession<'_> {
-    fn num_particles(&self) -> usize {
-        self.outputs.len()
-    }
-
-    fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
-        let k = self.outputs.len();
-        let v = self.lm.options.vocab_size;
-        // One request per distinct prefix.
-        let mut index: HashMap<&[u32], usize> = HashMap::new();
-        let mut representatives = Vec::new();
-        let which: Vec<usize> = self
-            .outputs
-            .iter()
-            .enumerate()
-            .map(|(p, out)| {
-                *index.entry(out.as_slice()).or_insert_with(|| {
-                    representatives.push(p);
-                    representatives.len() - 1
-                })
-            })
-            .collect();
-        let contexts: Vec<Vec<u32>> = representatives
-            .iter()
-            .map(|&p| [self.prompt.as_slice(), &self.outputs[p]].concat())
-            .collect();
-        let rows = self
-            .lm
-            .top_log_probs_many(&contexts)
-            .map_err(|e| backend_error(self.lm, e))?;
-        let mut table = LogTable::filled(k, v, f64::NEG_INFINITY);
-        for (p, &u) in which.iter().enumerate() {
-            let row = table.row_mut(p);
-            for &(tok, lp) in &rows[u] {
-                row[tok as usize] = lp;
+    /// The server's token ids of `text`, without special tokens (`POST /tokenize`), for
+    /// checking a local tokenizer against the served model; `None` when the server has no
+    /// tokenizer endpoint (HTTP 404, 405 or 501). Ids are checked to be below V.
+    pub fn tokenize(&self, text: &str) -> Result<Option<Vec<u32>>, HttpError> {
+        let wire = self.options.protocol.wire();
+        let path = self.options.protocol.tokenize_path();
+        let (ids, _) = self.with_retries(self.rotate(), false, None, |s| {
+            let request = wire.tokenize_request(text, s.model.as_deref());
+            let (status, body) = s.transfer(path, Some(&request))?;
+            let url = || format!("{}{path}", s.url());
+            if matches!(status, 404 | 405 | 501) {
+                return Ok(None);
             }
-        }
-        Ok(StepOutput {
-            log_probs: table,
-            hidden: None,
-        })
-    }
-
-    fn push(&mut self, tokens: &[u32]) -> smc_core::Result<()> {
-        let v = self.lm.options.vocab_size;
-        if tokens.len() != self.outputs.len() {
-            return Err(SmcError::Shape {
-                component: "tokens pushed to the HTTP session".into(),
-                step: self.outputs.first().map_or(0, Vec::len) + 1,
-                expected: self.outputs.len(),
-                found: tokens.len(),
-            });
-        }
-        if let Some(&tok) = tokens.iter().find(|&&t| t as usize >= v) {
-            return Err(SmcError::InvalidConfig {
-                field: "pushed token",
-                expected: format!("< vocabulary size {v}"),
-                found: tok.to_string(),
-            });
-        }
-        for (out, &tok) in self.outputs.iter_mut().zip(tokens) {
-            out.push(tok);
-        }
-        Ok(())
-    }
-
-    fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
-        let k = self.outputs.len();
-        if ancestors.len() != k {
-            return Err(SmcError::Shape {
-                component: "ancestors of the HTTP session".into(),
-                step: self.outputs.first().map_or(0, Vec::len),
-                expected: k,
-                found: ancestors.len(),
-            });
-        }
-        if let Some(&a) = ancestors.iter().find(|&&a| a >= k) {
-            return Err(SmcError::InvalidConfig {
-                field: "ancestor index",
-                expected: format!("< number of particles {k}"),
-                found: a.to_string(),
-            });
-        }
-        self.outputs = ancestors.iter().map(|&a| self.outputs[a].clone()).collect();
-        Ok(())
-    }
-
-    /// The rows are p0 on the top N only: smc-core's base proposal renormalises them and
-    /// weighs by their mass.
-    fn log_probs_normalised(&self) -> bool {
-        false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_loopback;
-
-    #[test]
-    fn loopback_hosts() {
-        for url in [
-            "http://127.0.0.1:8080",
-            "http://localhost/",
-            "http://[::1]:9",
-            "https://127.0.0.2",
-        ] {
-            assert!(is_loopback(url), "{url}");
-        }
-        for url in [
-            "http://10.0.0.1:8080",
-            "http://example.com",
-            "http://[fe80::1]:1",
-        ] {
-            assert!(!is_loopback(url), "{url}");
-        }
+            if !(200..300).contains(&status) {
+                return Err(HttpError::Status {
+                    url: url(),
+                    status,
+                    body: preview(&body),
+                });
+            }
+            let malformed = |what: String| HttpError::Malformed { url: url(), what };
+            let answer: Value = serde_json::from_str(&body)
+                .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
+            let v = self.options.vocab_size;
+            wire.parse_tokens(&answer)
+                .map_err(malformed)?
+                .into_iter()
+                .map(|id| {
+                    u32::try_from(id)
+                        .ok()
+                        .filter(|&t| (t as usize) < v)
+                        .ok_or_else(|| {
+                            malformed(format!(
+                                "token id {id} is outside the vocabulary of size {v}"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<u32>, _>>()
+                .map(Some)
+        })?;
+        Ok(ids)
     }
 }

@@ -30,6 +30,12 @@ impl Protocol {
         }
     }
 
+    /// The path of the tokenizer endpoint (llama-server, vLLM and SGLang all serve
+    /// `POST /tokenize`).
+    pub fn tokenize_path(self) -> &'static str {
+        "/tokenize"
+    }
+
     pub(crate) fn wire(self) -> &'static dyn Wire {
         match self {
             Protocol::LlamaServer => &LlamaServer,
@@ -69,6 +75,26 @@ pub(crate) trait Wire: Send + Sync {
     /// The `(token id, log-probability)` pairs of the first generated position, as the server
     /// gave them (ids not yet checked against the vocabulary). `Err` says what is missing.
     fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String>;
+
+    /// The JSON body asking for the token ids of `text`, without special tokens (no BOS).
+    fn tokenize_request(&self, text: &str, model: Option<&str>) -> Value;
+
+    /// The token ids of a tokenizer answer, `{"tokens": [ids]}` in every protocol
+    /// (llama-server with `with_pieces` answers `[{"id", "piece"}]`, also accepted).
+    fn parse_tokens(&self, answer: &Value) -> Result<Vec<u64>, String> {
+        answer
+            .get("tokens")
+            .ok_or("tokens is missing")?
+            .as_array()
+            .ok_or("tokens is not an array")?
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t {
+                Value::Object(o) => token_id(o.get("id"), &format!("tokens[{i}].id")),
+                other => token_id(Some(other), &format!("tokens[{i}]")),
+            })
+            .collect()
+    }
 }
 
 /// A log-probability: a JSON number, or `null` (nlohmann::json, llama-server's JSON library,
@@ -110,6 +136,9 @@ fn token_id(value: Option<&Value>, what: &str) -> Result<u64, String> {
 
 /// llama.cpp's `llama-server`.
 ///
+/// Tokenizer: `POST /tokenize {"content", "add_special": false, "with_pieces": false}` →
+/// `{"tokens": [ids]}`.
+///
 /// Request: `{"prompt": [ids], "n_predict": 1, "n_probs": N, "cache_prompt": true,
 /// "post_sampling_probs": false}` plus neutral sampler settings (temperature 1, no top-k,
 /// top-p, min-p, typical-p or penalties), so that the probabilities are p0's even on builds
@@ -143,6 +172,10 @@ impl Wire for LlamaServer {
             "frequency_penalty": 0.0,
             "stream": false,
         })
+    }
+
+    fn tokenize_request(&self, text: &str, _model: Option<&str>) -> Value {
+        json!({"content": text, "add_special": false, "with_pieces": false})
     }
 
     fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
@@ -188,7 +221,8 @@ impl Wire for LlamaServer {
     }
 }
 
-/// The OpenAI-compatible completions API of vLLM and SGLang.
+/// The OpenAI-compatible completions API of vLLM (and SGLang, whose answers key `top_logprobs`
+/// by token text and are therefore refused; see the crate README).
 ///
 /// Request: `{"model", "prompt": [ids], "max_tokens": 1, "logprobs": N, "temperature": 1,
 /// "top_p": 1, "return_tokens_as_token_ids": true}`.
@@ -198,6 +232,9 @@ impl Wire for LlamaServer {
 /// `{"token_id" or "id", "logprob"}` objects. Keys that are token strings are refused (the
 /// server ignored `return_tokens_as_token_ids`). vLLM adds the sampled token to the top N
 /// when it is not among them; the backend keeps the N largest (see the crate docs).
+///
+/// Tokenizer (vLLM and SGLang): `POST /tokenize {"model", "prompt", "add_special_tokens":
+/// false}` → `{"tokens": [ids], "count", "max_model_len"}`.
 struct OpenAi;
 
 impl Wire for OpenAi {
@@ -212,6 +249,14 @@ impl Wire for OpenAi {
             "stream": false,
             "return_tokens_as_token_ids": true,
         });
+        if let Some(model) = model {
+            body["model"] = Value::from(model);
+        }
+        body
+    }
+
+    fn tokenize_request(&self, text: &str, model: Option<&str>) -> Value {
+        let mut body = json!({"prompt": text, "add_special_tokens": false});
         if let Some(model) = model {
             body["model"] = Value::from(model);
         }
@@ -329,6 +374,32 @@ mod tests {
         );
         let null = json!({"choices": [{"logprobs": null}]});
         assert!(OpenAi.parse(&null).unwrap_err().contains("missing or null"));
+    }
+
+    #[test]
+    fn tokenizer_answers() {
+        for wire in [&LlamaServer as &dyn Wire, &OpenAi] {
+            let ids = json!({"tokens": [3, 1, 4], "count": 3});
+            assert_eq!(wire.parse_tokens(&ids).unwrap(), vec![3, 1, 4]);
+            let pieces = json!({"tokens": [{"id": 7, "piece": "a"}]});
+            assert_eq!(wire.parse_tokens(&pieces).unwrap(), vec![7]);
+            assert!(
+                wire.parse_tokens(&json!({}))
+                    .unwrap_err()
+                    .contains("missing")
+            );
+            let bad = json!({"tokens": ["a"]});
+            assert!(
+                wire.parse_tokens(&bad)
+                    .unwrap_err()
+                    .contains("not a token id")
+            );
+        }
+        assert_eq!(
+            OpenAi.tokenize_request("hi", Some("m")),
+            json!({"prompt": "hi", "add_special_tokens": false, "model": "m"})
+        );
+        assert_eq!(LlamaServer.tokenize_request("hi", None)["content"], "hi");
     }
 
     #[test]

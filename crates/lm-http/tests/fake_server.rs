@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FakeServer, Fault, Format, dead_url, ranked};
-use lm_http::{HttpError, HttpLm, HttpLmOptions, Protocol};
+use common::{FakeServer, Fault, Format, dead_url, quick_retries, ranked};
+use lm_http::{HttpError, HttpLm, HttpLmOptions, Protocol, RetryPolicy};
 use smc_core::prelude::*;
 
 const FORMATS: [(Format, Protocol); 3] = [
@@ -34,7 +34,8 @@ fn connect(server: &FakeServer, protocol: Protocol, vocab: usize, top_n: usize) 
         HttpLmOptions::new(&server.url, protocol, vocab)
             .with_top_n(top_n)
             .with_timeout(Duration::from_secs(20))
-            .with_parallel(4),
+            .with_parallel(4)
+            .with_retry(quick_retries()),
     )
     .unwrap()
 }
@@ -268,6 +269,8 @@ fn run_error(url: &str, protocol: Protocol, lm: &HttpLm) -> HttpError {
 /// Which `HttpError` variant an error must be.
 type ErrorKind = fn(&HttpError) -> bool;
 
+/// Permanent faults fail at the first attempt; a server error (transient) is tried three times
+/// and the error lists every attempt.
 #[test]
 fn faulty_servers_give_typed_errors_naming_the_url() {
     let cases: [(Fault, ErrorKind, &str); 6] = [
@@ -293,8 +296,13 @@ fn faulty_servers_give_typed_errors_naming_the_url() {
         ),
         (
             Fault::ServerError,
-            |e| matches!(e, HttpError::Status { status: 500, .. }),
-            "out of memory",
+            |e| match e {
+                HttpError::Exhausted { earlier, last } => {
+                    earlier.len() == 2 && matches!(**last, HttpError::Status { status: 500, .. })
+                }
+                _ => false,
+            },
+            "all 3 attempts failed",
         ),
         (
             Fault::StringKeys,
@@ -317,17 +325,46 @@ fn faulty_servers_give_typed_errors_naming_the_url() {
             let text = err.to_string();
             assert!(text.contains(&server.url), "{text}");
             assert!(text.contains(message), "{fault:?} {protocol}: {text}");
+            let attempts = if fault == Fault::ServerError { 3 } else { 1 };
+            assert_eq!(
+                server.completion_requests(),
+                attempts,
+                "{fault:?} {protocol}"
+            );
         }
     }
+}
+
+/// A request the server refuses (HTTP 404: a llama-server client against an OpenAI-only
+/// server) is permanent: not retried.
+#[test]
+fn refused_requests_are_not_retried() {
+    let server = FakeServer::start(model(), Format::OpenAiKeyed, Fault::None);
+    let http = connect(&server, Protocol::LlamaServer, 4, 2);
+    let err = run_error(&server.url, Protocol::LlamaServer, &http);
+    assert!(
+        matches!(err, HttpError::Status { status: 404, .. }),
+        "{err}"
+    );
+    assert_eq!(server.completion_requests(), 1);
 }
 
 #[test]
 fn a_server_that_is_down_is_an_error_at_connection() {
     let url = dead_url();
     for protocol in Protocol::ALL {
-        let err = HttpLm::connect(HttpLmOptions::new(&url, protocol, 4)).unwrap_err();
-        assert!(matches!(err, HttpError::Unreachable { .. }), "{err}");
+        let options = HttpLmOptions::new(&url, protocol, 4).with_retry(quick_retries());
+        let err = HttpLm::connect(options).unwrap_err();
+        let HttpError::Exhausted { earlier, last } = &err else {
+            panic!("expected every attempt to fail, got {err}");
+        };
+        assert_eq!(earlier.len(), 2, "{err}");
+        assert!(matches!(**last, HttpError::Unreachable { .. }), "{err}");
         assert!(err.to_string().contains(&url), "{err}");
+        // Without retries, the failure itself.
+        let once = HttpLmOptions::new(&url, protocol, 4).with_retry(RetryPolicy::none());
+        let err = HttpLm::connect(once).unwrap_err();
+        assert!(matches!(err, HttpError::Unreachable { .. }), "{err}");
     }
 }
 
@@ -336,12 +373,16 @@ fn a_server_that_does_not_answer_times_out() {
     let server = FakeServer::start(model(), Format::LlamaTopLogprobs, Fault::Hang);
     let http = HttpLm::connect(
         HttpLmOptions::new(&server.url, Protocol::LlamaServer, 4)
-            .with_timeout(Duration::from_millis(300)),
+            .with_timeout(Duration::from_millis(300))
+            .with_retry(quick_retries()),
     )
     .unwrap();
     let started = std::time::Instant::now();
     let err = run_error(&server.url, Protocol::LlamaServer, &http);
-    assert!(matches!(err, HttpError::Timeout { .. }), "{err}");
+    let HttpError::Exhausted { last, .. } = &err else {
+        panic!("expected every attempt to time out, got {err}");
+    };
+    assert!(matches!(**last, HttpError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 

@@ -8,6 +8,7 @@ pub mod groups;
 pub mod report;
 pub mod reproduce;
 pub mod sample;
+pub mod serving;
 pub mod train;
 
 use anyhow::Result;

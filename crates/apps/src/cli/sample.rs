@@ -10,10 +10,12 @@ use smc_core::resampling::Criterion;
 use smc_core::smc::AtMaxTokens;
 
 use super::groups::{ModelArgs, PromptArgs, SchemeArg, at_least};
+use super::serving::ServingArgs;
 use crate::boundaries::Boundary;
 use crate::commands::sample::{Length, SampleSettings};
 use crate::constraints::ConstraintSpec;
 use crate::potentials::PotentialSpec;
+use crate::setup::ModelSource;
 
 /// Arguments of `tsmc sample`.
 #[derive(Debug, Args)]
@@ -87,6 +89,9 @@ pub struct SampleArgs {
     /// How many particles to print, heaviest first.
     #[arg(long, default_value_t = 5)]
     show: usize,
+    // Last: its help heading holds for every argument after it.
+    #[command(flatten)]
+    serving: ServingArgs,
 }
 
 /// The rule at --max-tokens.
@@ -142,6 +147,7 @@ impl SampleArgs {
     pub fn settings(self) -> Result<SampleSettings> {
         let Self {
             model,
+            serving,
             prompt,
             potential,
             constraint,
@@ -160,8 +166,20 @@ impl SampleArgs {
             out,
             show,
         } = self;
-        let model_path = crate::output::model_input(&model.model);
-        let mut inputs = vec![("--model", model_path.as_path())];
+        let source = serving.source(model.clone())?;
+        // The files read: the model (a served model's server list and tokenizer).
+        let read: Vec<(&str, PathBuf)> = match &source {
+            ModelSource::Local(_) => vec![("--model", crate::output::model_input(&model.model))],
+            ModelSource::Served(served) => model
+                .model
+                .strip_prefix('@')
+                .map(|file| ("--model", PathBuf::from(file)))
+                .into_iter()
+                .chain([("--tokenizer", crate::output::model_input(&served.tokenizer))])
+                .collect(),
+        };
+        let mut inputs: Vec<(&str, &std::path::Path)> =
+            read.iter().map(|(o, p)| (*o, p.as_path())).collect();
         inputs.extend(twist.as_deref().map(|t| ("--twist", t)));
         if let Some(out) = &out {
             crate::output::check_outputs(&[("--out", out)], &inputs)?;
@@ -171,7 +189,7 @@ impl SampleArgs {
             SamplerArg::Sis => (Criterion::Never, "sis"),
         };
         Ok(SampleSettings {
-            model: model.choice()?,
+            model: source,
             prompt: prompt.prompt()?,
             potential,
             constraint,

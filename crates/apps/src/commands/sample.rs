@@ -13,15 +13,16 @@ use smc_core::smc::AtMaxTokens;
 use crate::boundaries::Boundary;
 use crate::constraints::ConstraintSpec;
 use crate::jsonl::JsonlWriter;
+use crate::model::BackendRecord;
 use crate::potentials::{PotentialSpec, Targets};
 use crate::progress::{PhaseTimes, WithProgress};
-use crate::setup::{ModelChoice, load_model_and_prompt, load_twist};
+use crate::setup::{ModelSource, load_any, load_twist};
 
 /// The validated settings of `tsmc sample`.
 #[derive(Debug, Clone)]
 pub struct SampleSettings {
-    /// The model.
-    pub model: ModelChoice,
+    /// The model: run here or served over HTTP.
+    pub model: ModelSource,
     /// The prompt (non-empty).
     pub prompt: String,
     /// The potential.
@@ -95,6 +96,7 @@ struct ParticleRecord<'a> {
 struct RunRecord<'a> {
     r#type: &'static str,
     model: &'a str,
+    backend: BackendRecord,
     prompt: &'a str,
     prompt_tokens: &'a [u32],
     potential: &'a str,
@@ -122,23 +124,26 @@ struct RunRecord<'a> {
 /// Where a run's wall time went: the model's phases (prefill, forward passes, output head and
 /// log-softmax, reorder) and the rest (SMC itself: twist, sampling, weights, resampling, and
 /// the potential), with particle-tokens per second (K x T / wall time, prefill included, model
-/// load excluded).
+/// load excluded). A served model's requests are timed as the `head` phase (`next_log_probs`).
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Timing {
     wall_s: f64,
     particle_tokens_per_s: f64,
     model: PhaseTimes,
     smc_and_potential_s: f64,
+    #[serde(skip)]
+    served: bool,
 }
 
 impl Timing {
-    fn new(wall_s: f64, model: PhaseTimes, particles: usize, steps: usize) -> Self {
+    fn new(wall_s: f64, model: PhaseTimes, particles: usize, steps: usize, served: bool) -> Self {
         let tokens = (particles * steps) as f64;
         Self {
             wall_s,
             particle_tokens_per_s: tokens / wall_s.max(1e-9),
             model,
             smc_and_potential_s: (wall_s - model.model_s()).max(0.0),
+            served,
         }
     }
 }
@@ -146,6 +151,16 @@ impl Timing {
 impl std::fmt::Display for Timing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = &self.model;
+        if self.served {
+            return write!(
+                f,
+                "{:.1} particle-tokens/s: {:.2} s = server requests {:.2} + SMC and potential {:.2}",
+                self.particle_tokens_per_s,
+                self.wall_s,
+                m.model_s(),
+                self.smc_and_potential_s
+            );
+        }
         write!(
             f,
             "{:.1} particle-tokens/s: {:.2} s = prefill {:.2} + forward {:.2} + head and log-softmax {:.2} + reorder {:.2} + SMC and potential {:.2}",
@@ -175,12 +190,13 @@ fn rejection_cost(log_z: f64) -> String {
 pub fn run(args: &SampleSettings) -> Result<()> {
     // Create the output first so that an unwritable path fails before minutes of sampling.
     let writer = args.out.as_deref().map(JsonlWriter::create).transpose()?;
-    let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
-    loaded.check_size(&args.model, args.particles, args.length.steps())?;
-    let (lm, prompt) = (&loaded.lm, &loaded.prompt);
-    let tokenizer = lm.tokenizer()?;
+    let loaded = load_any(&args.model, &args.prompt)?;
+    loaded.check_size(args.particles, args.length.steps())?;
+    let (lm, prompt, text) = (&loaded.lm, &loaded.prompt, &loaded.text);
+    let name = lm.name();
+    let tokenizer = &text.tokenizer;
     // Grammars compile against the vocabulary before any sampling.
-    let targets = Targets::build(&args.potential, args.constraint.as_ref(), lm)?;
+    let targets = Targets::build(&args.potential, args.constraint.as_ref(), text, lm.local())?;
     if let Some(note) = &targets.note {
         eprintln!("note: {note}");
     }
@@ -189,11 +205,17 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         PotentialSpec::Infilling(text) => Some(text.as_str()),
         _ => None,
     };
-    let head = args
-        .twist
-        .as_deref()
-        .map(|path| load_twist(path, lm, &loaded.device, conditioning))
-        .transpose()?;
+    let head = match (args.twist.as_deref(), lm.local(), &loaded.device) {
+        (None, ..) => None,
+        (Some(path), Some(local), Some(device)) => {
+            Some(load_twist(path, local, device, conditioning)?)
+        }
+        (Some(path), ..) => bail!(
+            "--twist {}: a twist head reads the model's hidden states, which a served model \
+             (--model http://...) does not return: use a local --model",
+            path.display()
+        ),
+    };
     let config = SmcConfig {
         num_particles: args.particles,
         horizon: args.length.tokens(),
@@ -215,16 +237,19 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     let end = match args.length {
         Length::Exactly(_) => None,
         Length::AtMost(_, at_max) => {
-            if lm.eos_tokens().is_empty() {
+            if text.eos_tokens.is_empty() {
                 bail!(
                     "--max-tokens: {} declares no end-of-sequence token; use --tokens for outputs of a fixed length",
-                    lm.name()
+                    text.name
                 );
             }
-            Some(EndOfSequence::new(lm.eos_tokens().to_vec(), at_max)?)
+            Some(EndOfSequence::new(text.eos_tokens.clone(), at_max)?)
         }
     };
-    let boundaries = args.boundaries.map(|b| b.mask(lm)).transpose()?;
+    let boundaries = args
+        .boundaries
+        .map(|b| b.mask_for(tokenizer, text.vocab, &text.name))
+        .transpose()?;
     let mut options = RunOptions::twist(twist);
     options.constraint = targets.constraint.as_deref();
     options.end = end.as_ref();
@@ -232,7 +257,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     let prefix = args
         .prefix_twist
         .as_ref()
-        .map(|(spec, stride)| spec.build(lm).map(|p| (p, *stride)))
+        .map(|(spec, stride)| spec.build_with(text, lm.local()).map(|p| (p, *stride)))
         .transpose()?;
     if let Some((p, stride)) = &prefix {
         options = options.with_prefix_twist(p.as_ref(), *stride);
@@ -251,6 +276,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         with_bar.times(),
         args.particles,
         out.steps.len(),
+        lm.local().is_none(),
     );
     with_bar.finish();
 
@@ -270,7 +296,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     };
     println!(
         "model {} | potential {}{} | K = {}, {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
-        lm.name(),
+        name,
         args.potential,
         targets
             .constraint
@@ -315,7 +341,8 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         }
         w.write(&RunRecord {
             r#type: "run",
-            model: lm.name(),
+            model: &name,
+            backend: BackendRecord::of(lm, text, loaded.tokenizer_check),
             prompt: &args.prompt,
             prompt_tokens: prompt,
             potential: &args.potential.to_string(),

@@ -4,13 +4,14 @@ use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
-use lm_burn::BurnLm;
+use lm_burn::ModelTokenizer;
 use smc_grammar::{GrammarCompiler, GrammarConstraint, GrammarSpec, TokenBytes, TokenPiece};
 
-/// The token bytes of `lm`'s vocabulary and its end-of-sequence ids, for grammar engines.
-/// Needs a byte-level BPE tokenizer (every model tsmc loads from GGUF has one).
-pub fn token_bytes(lm: &BurnLm) -> Result<TokenBytes> {
-    let tokenizer = lm.tokenizer()?;
+/// The token bytes of a model's vocabulary and its end-of-sequence ids, for grammar engines
+/// (from its tokenizer: a local model's, or a served model's held here). Needs a byte-level
+/// BPE tokenizer (every model tsmc loads from GGUF has one).
+pub fn token_bytes(text: &ModelTokenizer) -> Result<TokenBytes> {
+    let tokenizer = &text.tokenizer;
     if !tokenizer.is_byte_level() {
         bail!(
             "grammar constraints need a byte-level BPE tokenizer (GPT-2 style) to know each \
@@ -18,29 +19,29 @@ pub fn token_bytes(lm: &BurnLm) -> Result<TokenBytes> {
             tokenizer.source_name()
         );
     }
-    if lm.eos_tokens().is_empty() {
+    if text.eos_tokens.is_empty() {
         bail!(
             "grammar constraints need the model's end-of-sequence token; {} declares none",
-            lm.name()
+            text.name
         );
     }
-    let strings = tokenizer.token_strings(lm.dims().vocab);
-    Ok(TokenBytes::byte_level(strings, lm.eos_tokens().to_vec())?)
+    let strings = tokenizer.token_strings(text.vocab);
+    Ok(TokenBytes::byte_level(strings, text.eos_tokens.clone())?)
 }
 
 /// Compiles grammars against one model's vocabulary, building its token bytes and
 /// llguidance's tokenizer state once, on first use.
 pub struct GrammarConstraints<'a> {
-    lm: &'a BurnLm,
+    text: &'a ModelTokenizer,
     tokens: OnceCell<TokenBytes>,
     compiler: OnceCell<GrammarCompiler>,
 }
 
 impl<'a> GrammarConstraints<'a> {
-    /// Grammars for `lm`.
-    pub fn new(lm: &'a BurnLm) -> Self {
+    /// Grammars for the vocabulary of `text`.
+    pub fn new(text: &'a ModelTokenizer) -> Self {
         Self {
-            lm,
+            text,
             tokens: OnceCell::new(),
             compiler: OnceCell::new(),
         }
@@ -51,7 +52,7 @@ impl<'a> GrammarConstraints<'a> {
         if let Some(t) = self.tokens.get() {
             return Ok(t);
         }
-        let t = token_bytes(self.lm)?;
+        let t = token_bytes(self.text)?;
         Ok(self.tokens.get_or_init(|| t))
     }
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
-use lm_burn::BurnLm;
+use lm_burn::ModelTokenizer;
 use smc_core::constraint::{Constraint, TokenSetConstraint};
 use smc_grammar::GrammarSpec;
 
@@ -75,16 +75,16 @@ impl ConstraintSpec {
         }
     }
 
-    /// The constraint for `lm`'s vocabulary (grammars through `grammars`, which builds the
+    /// The constraint for the vocabulary of `text` (grammars through `grammars`, which builds the
     /// vocabulary's token bytes once for all of them). `keyword:` and `search:` become token
     /// automata when their DFA is small, llguidance searches otherwise.
     pub fn build(
         &self,
-        lm: &BurnLm,
+        text: &ModelTokenizer,
         grammars: &GrammarConstraints<'_>,
     ) -> Result<Box<dyn Constraint>> {
         if let ConstraintSpec::NoChars(set) = self {
-            return Ok(Box::new(no_chars(self, set, lm)?));
+            return Ok(Box::new(no_chars(self, set, text)?));
         }
         if let Some(pattern) = self.search_pattern() {
             let name = self.to_string();
@@ -101,9 +101,9 @@ impl ConstraintSpec {
 
 /// The token-set constraint of `no-chars:SET`: a token is forbidden when its decoded text
 /// contains a character of the set, or when the tokenizer has no text for it (padding ids).
-fn no_chars(spec: &ConstraintSpec, set: &str, lm: &BurnLm) -> Result<TokenSetConstraint> {
-    let tokenizer = lm.tokenizer()?;
-    let vocab = lm.dims().vocab;
+fn no_chars(spec: &ConstraintSpec, set: &str, text: &ModelTokenizer) -> Result<TokenSetConstraint> {
+    let tokenizer = &text.tokenizer;
+    let vocab = text.vocab;
     let mut forbidden = Vec::new();
     for id in 0..vocab as u32 {
         let allowed = tokenizer

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
-use lm_burn::BurnLm;
+use lm_burn::{BurnLm, ModelTokenizer};
 use smc_core::model::Potential;
 
 use crate::constraints::{ConstraintSpec, GrammarConstraints};
@@ -75,21 +75,43 @@ pub enum PotentialSpec {
 impl PotentialSpec {
     /// Builds the potential for `lm` (its tokenizer; infilling and judge score with it).
     pub fn build<'a>(&self, lm: &'a BurnLm) -> Result<Box<dyn Potential + 'a>> {
-        let tokenizer = lm.tokenizer()?;
+        self.build_with(&ModelTokenizer::of(lm)?, Some(lm))
+    }
+
+    /// Builds the potential from a model's tokenizer side; infilling and judge score with the model's own
+    /// forward pass and need `local`, the model run here (a served model gives next-token
+    /// log-probabilities of its own choosing only).
+    pub fn build_with<'a>(
+        &self,
+        text: &ModelTokenizer,
+        local: Option<&'a BurnLm>,
+    ) -> Result<Box<dyn Potential + 'a>> {
+        let tokenizer = &text.tokenizer;
+        let needs_local = || {
+            anyhow!(
+                "potential {self} scores text with the model's own forward pass, which a served \
+                 model (--model http://...) does not provide: use a local --model, or a text \
+                 potential (keyword, regex, toxicity, sentiment, none)"
+            )
+        };
         Ok(match self {
             PotentialSpec::Infilling(text) => {
+                let lm = local.ok_or_else(needs_local)?;
                 let c = tokenizer.encode(text)?;
                 if c.is_empty() {
                     bail!("potential {self}: the continuation has no tokens");
                 }
                 Box::new(lm_burn::infilling::InfillingPotential::new(lm, c))
             }
-            PotentialSpec::Judge(q) => Box::new(judge::JudgePotential::new(lm, q)?),
+            PotentialSpec::Judge(q) => Box::new(judge::JudgePotential::new(
+                local.ok_or_else(needs_local)?,
+                q,
+            )?),
             PotentialSpec::Unit => Box::new(smc_core::model::UnitPotential),
             PotentialSpec::Keyword(w) => Box::new(KeywordPotential::new(tokenizer.clone(), w)),
             PotentialSpec::Regex(r) => Box::new(RegexPotential::new(tokenizer.clone(), r)?),
             PotentialSpec::Grammar(c) => {
-                let grammars = GrammarConstraints::new(lm);
+                let grammars = GrammarConstraints::new(text);
                 let Some(spec) = c.grammar() else {
                     bail!("potential {self}: not a grammar");
                 };

@@ -3,7 +3,7 @@
 //! that can still satisfy them, instead of discarding nearly every particle at the end.
 
 use anyhow::Result;
-use lm_burn::BurnLm;
+use lm_burn::{BurnLm, ModelTokenizer};
 use smc_core::constraint::Constraint;
 use smc_core::model::{Potential, UnitPotential};
 
@@ -49,20 +49,22 @@ pub struct Targets<'a> {
 }
 
 impl<'a> Targets<'a> {
-    /// `potential` with its prefix check, intersected with `constraint`, for `lm`.
+    /// `potential` with its prefix check, intersected with `constraint`, for the vocabulary
+    /// of `text`; `local` is the model when it runs here (infilling and judge need it).
     pub fn build(
         potential: &PotentialSpec,
         constraint: Option<&ConstraintSpec>,
-        lm: &'a BurnLm,
+        text: &ModelTokenizer,
+        local: Option<&'a BurnLm>,
     ) -> Result<Self> {
-        let grammars = GrammarConstraints::new(lm);
+        let grammars = GrammarConstraints::new(text);
         let mut parts: Vec<Box<dyn Constraint>> = Vec::new();
         if let Some(c) = constraint {
-            parts.push(c.build(lm, &grammars)?);
+            parts.push(c.build(text, &grammars)?);
         }
         let (phi, note): (Box<dyn Potential + 'a>, _) = match potential.prefix_check() {
-            PrefixCheck::None => (potential.build(lm)?, None),
-            PrefixCheck::Exact(c) => match c.build(lm, &grammars) {
+            PrefixCheck::None => (potential.build_with(text, local)?, None),
+            PrefixCheck::Exact(c) => match c.build(text, &grammars) {
                 Ok(built) => {
                     parts.push(built);
                     (
@@ -80,7 +82,7 @@ impl<'a> Targets<'a> {
                     ) =>
                 {
                     (
-                        potential.build(lm)?,
+                        potential.build_with(text, local)?,
                         Some(format!(
                             "potential {potential} is checked on complete outputs only ({e:#})"
                         )),
@@ -88,11 +90,11 @@ impl<'a> Targets<'a> {
                 }
                 Err(e) => return Err(e),
             },
-            PrefixCheck::Superset(c) => match c.build(lm, &grammars) {
+            PrefixCheck::Superset(c) => match c.build(text, &grammars) {
                 Ok(built) => {
                     parts.push(built);
                     (
-                        potential.build(lm)?,
+                        potential.build_with(text, local)?,
                         Some(format!(
                             "potential {potential}: tokens are pruned by {c} without its word \
                              boundaries and anchors, and complete outputs are checked exactly"
@@ -100,7 +102,7 @@ impl<'a> Targets<'a> {
                     )
                 }
                 Err(e) => (
-                    potential.build(lm)?,
+                    potential.build_with(text, local)?,
                     Some(format!(
                         "potential {potential} is checked on complete outputs only ({e:#})"
                     )),

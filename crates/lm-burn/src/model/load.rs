@@ -25,15 +25,8 @@ impl BurnLm {
         } else {
             None
         };
-        let eos = match cfg.value("eos_token_id") {
-            Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().collect(),
-            Some(serde_json::Value::Array(ids)) => ids.iter().filter_map(|v| v.as_u64()).collect(),
-            _ => Vec::new(),
-        };
-        Ok(
-            Self::new(model, tokenizer, device, dir.display().to_string())?
-                .with_eos_tokens(eos.into_iter().filter_map(|i: u64| u32::try_from(i).ok())),
-        )
+        let eos = crate::model_tokenizer::config_eos(&cfg);
+        Ok(Self::new(model, tokenizer, device, dir.display().to_string())?.with_eos_tokens(eos))
     }
 
     /// Loads a GGUF model file (weights dequantised to f32 at load; tokenizer from the metadata).
@@ -42,10 +35,7 @@ impl BurnLm {
         let cfg = gguf.config()?;
         let model = crate::registry::load(&cfg, &gguf, device)?;
         let tokenizer = gguf.tokenizer()?;
-        let eos = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
-            .iter()
-            .filter_map(|k| gguf.file().meta(k).and_then(|v| v.as_u64()))
-            .filter_map(|i| u32::try_from(i).ok());
+        let eos = crate::model_tokenizer::gguf_eos(gguf.file());
         Ok(
             Self::new(model, Some(tokenizer), device, path.display().to_string())?
                 .with_eos_tokens(eos),

@@ -1,14 +1,17 @@
 //! A fake serving engine for the tests: a loopback HTTP/1.1 server (std::net, keep-alive, one
 //! thread per connection) that answers with a `TabularLm`'s exact next-token tables, top N of
-//! V, in llama-server's or the OpenAI format, or with a chosen fault.
+//! V, in llama-server's or the OpenAI format, or with a chosen fault (from the start, or after
+//! a number of healthy completion requests: a server that fails mid-run). It also serves
+//! `/tokenize` with a toy tokenizer: each byte of the text becomes token `byte % V`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use lm_http::RetryPolicy;
 use serde_json::{Value, json};
 use smc_core::prelude::*;
 
@@ -44,40 +47,108 @@ pub enum Fault {
     WrongVocab(usize),
     /// OpenAI answers keyed by token strings (ignores return_tokens_as_token_ids).
     StringKeys,
+    /// Answers HTTP 503 (overloaded or restarting).
+    Unavailable,
+    /// Dies: closes the connection without answering and stops listening.
+    Die,
+    /// Reports another model name at `/v1/models`.
+    ModelName(String),
+    /// Reports another context size (`meta.n_ctx`, a server setting) at `/v1/models`.
+    OtherContext,
+    /// Reports another parameter count (`meta.n_params`: another model file).
+    OtherParams,
+    /// Has no `/tokenize` endpoint (404).
+    NoTokenize,
+    /// Tokenizes every byte as `(byte + 1) % V` (another tokenizer).
+    OtherTokenizer,
+}
+
+/// Three attempts with short pauses: the retries of the fault tests take milliseconds.
+pub fn quick_retries() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        cooldown: Duration::from_millis(200),
+    }
 }
 
 pub const MODEL_NAME: &str = "fake-model";
 
 pub struct FakeServer {
     pub url: String,
-    requests: Arc<AtomicUsize>,
+    state: Arc<State>,
+}
+
+/// What the serving threads share.
+struct State {
+    lm: TabularLm,
+    format: Format,
+    fault: Fault,
+    /// Completion requests served before the fault starts.
+    healthy: usize,
+    requests: AtomicUsize,
+    dead: AtomicBool,
+    addr: SocketAddr,
+}
+
+impl State {
+    /// Stops the server: open connections close at their next request, the listener stops
+    /// (woken by a connection of its own), so new connections are refused.
+    fn die(&self) {
+        if !self.dead.swap(true, Ordering::SeqCst) {
+            let _ = TcpStream::connect(self.addr);
+        }
+    }
 }
 
 impl FakeServer {
     /// Starts serving `lm` on 127.0.0.1 at a free port (the threads live as long as the test
-    /// process).
+    /// process, or until the server dies).
     pub fn start(lm: TabularLm, format: Format, fault: Fault) -> Self {
+        Self::start_after(lm, format, fault, 0)
+    }
+
+    /// The same, with the fault starting after `healthy` completion requests.
+    pub fn start_after(lm: TabularLm, format: Format, fault: Fault, healthy: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(AtomicUsize::new(0));
-        let state = Arc::new((lm, format, fault));
-        let counter = Arc::clone(&requests);
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            lm,
+            format,
+            fault,
+            healthy,
+            requests: AtomicUsize::new(0),
+            dead: AtomicBool::new(false),
+            addr,
+        });
+        let shared = Arc::clone(&state);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
+                if shared.dead.load(Ordering::SeqCst) {
+                    break;
+                }
                 let Ok(stream) = stream else { continue };
-                let state = Arc::clone(&state);
-                let counter = Arc::clone(&counter);
+                let state = Arc::clone(&shared);
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &state.0, state.1, &state.2, &counter);
+                    let _ = serve(stream, &state);
                 });
             }
         });
-        Self { url, requests }
+        Self {
+            url: format!("http://{addr}"),
+            state,
+        }
     }
 
-    /// Completion requests answered so far.
+    /// Completion requests received so far.
     pub fn completion_requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Kills the server (see `State::die`).
+    pub fn kill(&self) {
+        self.state.die();
     }
 }
 
@@ -89,13 +160,8 @@ pub fn dead_url() -> String {
     url
 }
 
-fn serve(
-    stream: TcpStream,
-    lm: &TabularLm,
-    format: Format,
-    fault: &Fault,
-    counter: &AtomicUsize,
-) -> std::io::Result<()> {
+fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
+    let (lm, format) = (&state.lm, state.format);
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
@@ -120,17 +186,40 @@ fn serve(
         }
         let mut body = vec![0u8; content_length];
         reader.read_exact(&mut body)?;
+        if state.dead.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let path = request_line.split_whitespace().nth(1).unwrap_or("");
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let (status, text) = if path == "/v1/models" {
-            (200, models(lm, format, fault).to_string())
+            (200, models(lm, format, &state.fault).to_string())
+        } else if path == "/tokenize" {
+            tokenize(lm, format, &state.fault, &request)
         } else {
-            counter.fetch_add(1, Ordering::SeqCst);
-            if *fault == Fault::Hang {
-                std::thread::sleep(Duration::from_secs(30));
-                return Ok(());
+            let served = state.requests.fetch_add(1, Ordering::SeqCst);
+            let fault = if served >= state.healthy {
+                &state.fault
+            } else {
+                &Fault::None
+            };
+            match fault {
+                Fault::Hang => {
+                    std::thread::sleep(Duration::from_secs(30));
+                    return Ok(());
+                }
+                Fault::Die => {
+                    state.die();
+                    return Ok(());
+                }
+                _ => completion(
+                    lm,
+                    format,
+                    fault,
+                    served_name(format, &state.fault),
+                    path,
+                    &request,
+                ),
             }
-            let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            completion(lm, format, fault, path, &request)
         };
         let reason = if status == 200 { "OK" } else { "Error" };
         // One write (no small segments left to Nagle's algorithm).
@@ -148,13 +237,63 @@ fn models(lm: &TabularLm, format: Format, fault: &Fault) -> Value {
         Fault::WrongVocab(v) => *v,
         _ => lm.vocab(),
     };
+    let name = served_name(format, fault);
     match format {
         Format::OpenAiKeyed => {
-            json!({"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
+            json!({"object": "list", "data": [{"id": name, "object": "model"}]})
         }
-        _ => json!({"object": "list", "data": [{"id": MODEL_NAME, "object": "model",
-            "meta": {"vocab_type": 2, "n_vocab": n_vocab}}]}),
+        _ => {
+            let n_ctx = if *fault == Fault::OtherContext {
+                512
+            } else {
+                4096
+            };
+            let n_params = if *fault == Fault::OtherParams { 7 } else { 5 };
+            json!({"object": "list", "data": [{"id": name, "object": "model",
+                "meta": {"vocab_type": 2, "n_vocab": n_vocab, "n_ctx": n_ctx,
+                    "n_ctx_train": 8192, "n_params": n_params}}]})
+        }
     }
+}
+
+/// The model name the server lists first.
+fn served_name(format: Format, fault: &Fault) -> &str {
+    match fault {
+        Fault::ModelName(name) => name.as_str(),
+        // llama-server names a model by the path it was loaded from: replicas on other
+        // machines keep the same file elsewhere.
+        _ if format != Format::OpenAiKeyed => "/models/fake-model",
+        _ => MODEL_NAME,
+    }
+}
+
+/// The toy tokenizer: byte b becomes token b % V (or (b + 1) % V for `OtherTokenizer`).
+pub fn toy_tokens(text: &str, vocab: usize) -> Vec<u32> {
+    text.bytes().map(|b| (b as usize % vocab) as u32).collect()
+}
+
+fn tokenize(lm: &TabularLm, format: Format, fault: &Fault, request: &Value) -> (u16, String) {
+    if *fault == Fault::NoTokenize {
+        return (404, "{\"error\": \"not found\"}".into());
+    }
+    let field = match format {
+        Format::OpenAiKeyed => "prompt",
+        _ => "content",
+    };
+    let Some(text) = request[field].as_str() else {
+        return (400, format!("{{\"error\": \"{field} is missing\"}}"));
+    };
+    let mut tokens = toy_tokens(text, lm.vocab());
+    if *fault == Fault::OtherTokenizer {
+        tokens = text
+            .bytes()
+            .map(|b| ((b as usize + 1) % lm.vocab()) as u32)
+            .collect();
+    }
+    (
+        200,
+        json!({"tokens": tokens, "count": tokens.len()}).to_string(),
+    )
 }
 
 /// The token ids of `row` by decreasing log-probability (ties by id).
@@ -168,6 +307,7 @@ fn completion(
     lm: &TabularLm,
     format: Format,
     fault: &Fault,
+    name: &str,
     path: &str,
     request: &Value,
 ) -> (u16, String) {
@@ -180,6 +320,9 @@ fn completion(
     }
     if *fault == Fault::ServerError {
         return (500, "{\"error\": \"out of memory\"}".into());
+    }
+    if *fault == Fault::Unavailable {
+        return (503, "{\"error\": \"server busy\"}".into());
     }
     if *fault == Fault::NotJson {
         return (200, "<html>bad gateway</html>".into());
@@ -197,7 +340,7 @@ fn completion(
     let n = match format {
         Format::OpenAiKeyed => {
             if request["return_tokens_as_token_ids"] != json!(true)
-                || request["model"] != json!(MODEL_NAME)
+                || request["model"] != json!(name)
                 || request["max_tokens"] != json!(1)
             {
                 return (
