@@ -16,6 +16,7 @@ use twist_learn::{HeadTrainable, Parameterization};
 use super::settings::TrainSettings;
 use crate::jsonl::{Appender, read_exact};
 use crate::potentials::PotentialSpec;
+use crate::progress::cpu_seconds;
 use crate::setup::{load_model_and_prompt, sampler};
 use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
 
@@ -75,7 +76,7 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
             bar.inc(1);
             bar.set_message(format!("{loss:.4}"));
             let step = start_step + i;
-            curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }))?;
+            curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "cpu_seconds": cpu_seconds(), "loss": loss }))?;
             if eval_at.contains(&i) {
                 tw.save_checkpoint(&args.checkpoint, &meta(step))?;
                 if let Some(e) = &evaluator {
