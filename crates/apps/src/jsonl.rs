@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use lm_burn::heads::{TemporaryGuard, remove_stale_temporaries, temporary_path};
+use lm_burn::temporaries::Temporary;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,9 +17,8 @@ use serde::de::DeserializeOwned;
 /// are removed when the next writer of the same path starts.
 pub struct JsonlWriter {
     path: PathBuf,
-    tmp: PathBuf,
+    tmp: Temporary,
     out: Option<BufWriter<fs::File>>,
-    _guard: TemporaryGuard,
 }
 
 impl JsonlWriter {
@@ -29,16 +28,12 @@ impl JsonlWriter {
             bail!("output path {} has no file name", path.display());
         }
         crate::output::check_target("output", path)?;
-        remove_stale_temporaries(path);
-        let tmp = temporary_path(path);
-        let guard = TemporaryGuard::new(&tmp);
-        let file = fs::File::create(&tmp)
-            .with_context(|| format!("cannot create output file {}", tmp.display()))?;
+        let (tmp, file) = Temporary::create(path)
+            .with_context(|| format!("cannot create a temporary file beside {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
             out: Some(BufWriter::new(file)),
-            _guard: guard,
         })
     }
 
@@ -56,9 +51,11 @@ impl JsonlWriter {
         let file = out
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+            .with_context(|| format!("cannot write {}", self.tmp.path().display()))?;
         file.sync_all()?;
-        fs::rename(&self.tmp, &self.path)
+        drop(file);
+        self.tmp
+            .persist(&self.path)
             .with_context(|| format!("cannot move output into {}", self.path.display()))?;
         Ok(())
     }
@@ -105,10 +102,24 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     Ok(read_numbered(path)?.into_iter().map(|(_, r)| r).collect())
 }
 
+/// The largest JSON-lines file tsmc reads: far above what its commands write for any run that
+/// fits in memory, and a bound on a file that never ends (`/dev/zero`).
+pub const MAX_JSONL_BYTES: u64 = 1 << 30;
+
 /// [`read_records`] with each record's line number (from 1).
 pub fn read_numbered<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_JSONL_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if text.len() as u64 > MAX_JSONL_BYTES {
+        bail!(
+            "{}: larger than {} GiB, more than any tsmc run writes",
+            path.display(),
+            MAX_JSONL_BYTES >> 30
+        );
+    }
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

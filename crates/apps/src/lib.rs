@@ -9,7 +9,8 @@
 //! - library modules shared by commands: [`constraints`] (prefix constraints), [`setup`] (model, prompt, twist loading), [`training`]
 //!   (heads, positives, progress), [`jsonl`] (every reader and writer of our JSONL files),
 //!   [`output`] (the one rule that keeps an output from destroying an input),
-//!   [`progress`], [`potentials`], [`presets`].
+//!   [`progress`], [`potentials`], [`presets`], [`signals`] (SIGINT/SIGTERM remove this
+//!   process's temporaries; SIGPIPE ends quietly).
 
 pub mod boundaries;
 pub mod cli;
@@ -21,4 +22,5 @@ pub mod potentials;
 pub mod presets;
 pub mod progress;
 pub mod setup;
+pub mod signals;
 pub mod training;

@@ -6,7 +6,7 @@ use clap::Parser;
 use tsmc_apps::cli::Cli;
 
 fn main() -> ExitCode {
-    restore_sigpipe();
+    tsmc_apps::signals::install();
     match Cli::parse().run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -15,17 +15,3 @@ fn main() -> ExitCode {
         }
     }
 }
-
-/// A closed pipe on stdout (`tsmc demo | head`) ends the process quietly, as it does for other
-/// command-line tools, instead of a panic in `println!`: Rust's runtime ignores SIGPIPE, so the
-/// default action is restored before anything is printed.
-#[cfg(unix)]
-fn restore_sigpipe() {
-    // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid action.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
-#[cfg(not(unix))]
-fn restore_sigpipe() {}

@@ -9,19 +9,47 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-/// Resolves `path` as the file system would: canonical when it exists; otherwise its parent
-/// canonicalised (when that exists) with the file name appended.
+/// Resolves `path` as the file system would: its deepest existing ancestor canonicalised (links
+/// and `..` resolved), with the components that do not exist yet appended (a folder an output
+/// will create, such as `tsmc reproduce --out-dir MODEL/runs`).
 fn resolve(path: &Path) -> PathBuf {
-    if let Ok(p) = path.canonicalize() {
-        return p;
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(path),
+            Err(_) => path.to_path_buf(),
+        }
     };
-    match (parent.canonicalize(), path.file_name()) {
-        (Ok(p), Some(name)) => p.join(name),
-        _ => path.to_path_buf(),
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    let mut base = absolute.as_path();
+    loop {
+        if let Ok(mut p) = base.canonicalize() {
+            for name in rest.iter().rev() {
+                if *name == ".." {
+                    p.pop();
+                } else if *name != "." {
+                    p.push(name);
+                }
+            }
+            return p;
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                base = parent;
+            }
+            // `..` or `.` at the end of a path that does not exist: keep the whole tail.
+            (Some(parent), None) => {
+                rest.push(
+                    base.components()
+                        .next_back()
+                        .map_or("".as_ref(), |c| c.as_os_str()),
+                );
+                base = parent;
+            }
+            _ => return absolute,
+        }
     }
 }
 
@@ -106,6 +134,15 @@ mod tests {
         assert!(e.to_string().contains("same file as --exact"), "{e}");
         let e = ok(&[("--out", &model.join("config.json"))]).unwrap_err();
         assert!(e.to_string().contains("inside --model"), "{e}");
+        // Inside the model by way of folders that do not exist yet (an output directory the
+        // run would create).
+        for p in [
+            "model/runs/records.jsonl",
+            "new/../model/runs/a/../table.md",
+        ] {
+            let e = ok(&[("--out", &d.join(p))]).unwrap_err();
+            assert!(e.to_string().contains("inside --model"), "{p}: {e}");
+        }
         let e = ok(&[("--out", &d.join("a")), ("--checkpoint", &d.join("a"))]).unwrap_err();
         assert!(e.to_string().contains("two outputs"), "{e}");
         #[cfg(unix)]

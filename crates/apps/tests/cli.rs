@@ -75,13 +75,13 @@ fn sample_on_the_default_model_writes_particles_and_a_run_record() {
     assert_eq!(run["steps"].as_array().unwrap().len(), 3);
     assert!(run["log_z_hat"].is_f64());
     // Where the time went: K x T particle-tokens over the wall time, and the model's phases
-    // (4 x 3 tokens pushed) within it.
+    // within it: 4 x 2 tokens pushed, since no forward pass follows the last step.
     let timing = &run["timing"];
     assert!(
         timing["particle_tokens_per_s"].as_f64().unwrap() > 0.0,
         "{timing}"
     );
-    assert_eq!(timing["model"]["tokens"], 12, "{timing}");
+    assert_eq!(timing["model"]["tokens"], 8, "{timing}");
     assert!(
         timing["model"]["forward_s"].as_f64().unwrap() <= timing["wall_s"].as_f64().unwrap(),
         "{timing}"
@@ -800,4 +800,101 @@ fn sample_with_a_prefix_twist_records_it() {
     assert!(log_z.is_finite() && log_z < 0.0, "{log_z}");
     let (ok, _, stderr) = tsmc(&["sample", "--prefix-stride", "2"]);
     assert!(!ok && stderr.contains("--prefix-twist"), "{stderr}");
+}
+
+/// Grammar potentials and constraints (llguidance): `--potential json-schema:FILE` runs as a
+/// prefix constraint and every weighted output is valid JSON under the schema; bad regexes,
+/// schemas and grammars are errors naming the problem, and a constraint that no output within
+/// the limit satisfies ends with a message, not a panic.
+#[test]
+fn sample_under_a_json_schema_gives_valid_json_and_bad_grammars_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("person.jsonl");
+    let schema_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/json-schemas/06-person.json"
+    );
+    let potential = format!("json-schema:{schema_path}");
+    let (ok, stdout, stderr) = tsmc(&[
+        "sample",
+        "-k",
+        "4",
+        "--max-tokens",
+        "40",
+        "--potential",
+        &potential,
+        "--prompt",
+        "<|im_start|>user\nGive a person with a name and an age, as JSON.<|im_end|>\n<|im_start|>assistant\n",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("checked at every token"), "{stderr}");
+    assert!(
+        stdout.contains(&format!("constraint {potential}")),
+        "{stdout}"
+    );
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut weighted = 0;
+    for p in lines.iter().filter(|l| l["type"] == "particle") {
+        if p["weight"].as_f64().unwrap() > 0.0 {
+            weighted += 1;
+            let value: serde_json::Value = serde_json::from_str(p["text"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert!(validator.is_valid(&value), "{p}");
+        }
+    }
+    assert!(weighted > 0);
+
+    let bad_schema = dir.path().join("bad.json");
+    std::fs::write(
+        &bad_schema,
+        r#"{"type": "integer", "minimum": 5, "maximum": 3}"#,
+    )
+    .unwrap();
+    let bad_lark = dir.path().join("bad.lark");
+    std::fs::write(&bad_lark, "start: greeting\n").unwrap();
+    let bad_schema = format!("json-schema:{}", bad_schema.display());
+    let bad_lark = format!("lark:{}", bad_lark.display());
+    for (flag, spec, expected) in [
+        ("--constraint", "regex:a(b", "unclosed group"),
+        ("--constraint", r"regex:\bking\b", "lookarounds"),
+        ("--constraint", bad_schema.as_str(), "Unsatisfiable schema"),
+        ("--potential", bad_schema.as_str(), "Unsatisfiable schema"),
+        ("--constraint", bad_lark.as_str(), "greeting"),
+        (
+            "--constraint",
+            "json-schema:/no/such.json",
+            "cannot read /no/such.json",
+        ),
+    ] {
+        let (ok, _, stderr) = tsmc(&["sample", "--max-tokens", "4", flag, spec]);
+        assert!(!ok && stderr.contains(expected), "{spec}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // "ab" forty times takes more than 3 tokens of this vocabulary: no output within the
+    // limit is accepted, and the run ends with the constraint's message.
+    let (ok, _, stderr) = tsmc(&[
+        "sample",
+        "-k",
+        "2",
+        "--max-tokens",
+        "3",
+        "--constraint",
+        "regex:(ab){40}",
+        "--potential",
+        "none",
+    ]);
+    assert!(
+        !ok && stderr.contains("constraint regex:(ab){40}"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -1,15 +1,13 @@
-//! Hostile inputs and interrupted runs, as a user meets them through the `tsmc` binary:
-//! checkpoints that are one unit, outputs that cannot destroy inputs, readers of our own JSONL
-//! that validate it, and runs killed part-way that leave old or complete files and no
-//! temporaries behind after the next run.
+//! Hostile inputs, as a user meets them through the `tsmc` binary: checkpoints that are one
+//! unit, outputs that cannot destroy inputs, readers of our own JSONL that validate it, sizes
+//! checked before allocation. (Runs stopped part-way: `tests/interrupted.rs`.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-fn tsmc(args: &[&str]) -> (bool, String, String) {
+fn tsmc<A: AsRef<str>>(args: &[A]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tsmc"))
-        .args(args)
+        .args(args.iter().map(|a| a.as_ref()))
         .output()
         .unwrap();
     (
@@ -19,7 +17,7 @@ fn tsmc(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn fails_with(args: &[&str], needle: &str) {
+fn fails_with<A: AsRef<str> + std::fmt::Debug>(args: &[A], needle: &str) {
     let (ok, _, stderr) = tsmc(args);
     assert!(!ok, "{args:?} should fail");
     assert!(
@@ -44,15 +42,17 @@ fn tiny_model_copy(dir: &Path) -> PathBuf {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
+    // A tokenizer of the words w0..w319 (ids 0..319), so that the model runs without download.
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..320)
+        .map(|i| (format!("w{i}"), serde_json::json!(i)))
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null,
+        "decoder": null, "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "w0" }
+    });
+    std::fs::write(dst.join("tokenizer.json"), tok.to_string()).unwrap();
     dst
-}
-
-fn temporaries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp"))
-        .collect()
 }
 
 #[test]
@@ -135,6 +135,83 @@ fn an_output_that_is_an_input_a_link_or_a_device_is_refused_and_the_input_surviv
     assert_eq!(std::fs::read(&config).unwrap(), config_before);
     assert_eq!(std::fs::read_to_string(&sample).unwrap(), "{}\n");
     assert!(std::fs::read_to_string(&exact).unwrap().contains("sample"));
+}
+
+/// `tsmc reproduce` reads the model (and, with `--table-only`, records.jsonl in `--out-dir`);
+/// the files it writes in `--out-dir` pass the same output rule as every other output.
+#[test]
+fn reproduce_out_dir_files_cannot_be_inputs_links_or_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model_copy(d);
+    let config_before = std::fs::read(model.join("config.json")).unwrap();
+    let model_arg = s(&model).to_string();
+    let reproduce = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["reproduce", "--task", "toxicity", "--model"]
+            .map(String::from)
+            .to_vec();
+        args.push(model_arg.clone());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    // The model directory as the output directory: records.jsonl would land among its files.
+    fails_with(&reproduce(&["--out-dir", s(&model)]), "inside --model");
+    // A sub-folder of the model directory, by another spelling.
+    let inside = d.join("other/../model/runs");
+    std::fs::create_dir_all(d.join("other")).unwrap();
+    fails_with(&reproduce(&["--out-dir", s(&inside)]), "inside --model");
+    // A file (here the model's weights) as the output directory.
+    fails_with(
+        &reproduce(&["--out-dir", s(&model.join("model.safetensors"))]),
+        "is not a directory",
+    );
+    let out = d.join("out");
+    std::fs::create_dir(&out).unwrap();
+    #[cfg(unix)]
+    {
+        // table.md a link to the model's config, summary.json a device.
+        std::os::unix::fs::symlink(model.join("config.json"), out.join("table.md")).unwrap();
+        fails_with(
+            &reproduce(&["--table-only", "--out-dir", s(&out)]),
+            "table.md in --out-dir",
+        );
+        std::fs::remove_file(out.join("table.md")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", out.join("summary.json")).unwrap();
+        fails_with(&reproduce(&["--out-dir", s(&out)]), "symbolic link");
+        std::fs::remove_file(out.join("summary.json")).unwrap();
+        // records.jsonl a link to the model's weights: an output of a full run.
+        std::os::unix::fs::symlink(model.join("model.safetensors"), out.join("records.jsonl"))
+            .unwrap();
+        fails_with(
+            &reproduce(&["--out-dir", s(&out)]),
+            "records.jsonl in --out-dir",
+        );
+    }
+    assert_eq!(
+        std::fs::read(model.join("config.json")).unwrap(),
+        config_before
+    );
+    // A run that cannot load its model leaves the records of an earlier run alone.
+    let kept = d.join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::write(kept.join("records.jsonl"), "{}\n").unwrap();
+    let missing = d.join("no-such-model");
+    fails_with(
+        &[
+            "reproduce",
+            "--task",
+            "toxicity",
+            "--model",
+            s(&missing),
+            "--out-dir",
+            s(&kept),
+        ],
+        "no-such-model",
+    );
+    assert_eq!(
+        std::fs::read_to_string(kept.join("records.jsonl")).unwrap(),
+        "{}\n"
+    );
 }
 
 /// A `tsmc sample --out` file of K = 2 particles and T = 2 tokens, with `edit` applied to the
@@ -326,77 +403,6 @@ fn checkpoints_with_a_wrapping_step_or_inconsistent_conditioning_are_clear_error
     resume("cond_hidden");
 }
 
-/// Kills `args` after `delay` (or lets it finish when it is quicker).
-fn run_and_kill(args: &[&str], delay: Duration) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tsmc"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(delay);
-    let _ = child.kill();
-    child.wait().unwrap();
-}
-
-#[test]
-fn killed_runs_leave_old_or_complete_outputs_and_the_next_run_clears_their_temporaries() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let out = d.join("s.jsonl");
-    let sample = [
-        "sample",
-        "-t",
-        "2",
-        "-k",
-        "4",
-        "--potential",
-        "keyword:the",
-        "--out",
-        s(&out),
-    ];
-    for ms in [100, 400, 700] {
-        run_and_kill(&sample, Duration::from_millis(ms));
-        if let Ok(text) = std::fs::read_to_string(&out) {
-            let lines: Vec<serde_json::Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            assert_eq!(lines.len(), 5, "killed at {ms} ms: {text}");
-            assert_eq!(lines[4]["type"], "run");
-        }
-    }
-    // A temporary of a dead run is removed by the next run; one of a live process is not.
-    let dead = d.join(".s.jsonl.tmp-tsmc-4000000000");
-    let live = d.join(format!(".s.jsonl.tmp-tsmc-{}", std::process::id()));
-    std::fs::write(&dead, "partial").unwrap();
-    std::fs::write(&live, "in progress").unwrap();
-    let (ok, _, stderr) = tsmc(&sample);
-    assert!(ok, "{stderr}");
-    assert!(!dead.exists() && live.exists());
-    std::fs::remove_file(&live).unwrap();
-    assert!(temporaries(d).is_empty(), "{:?}", temporaries(d));
-
-    let (ckpt, curve) = (d.join("h.safetensors"), d.join("c.jsonl"));
-    let train = train_args(s(&ckpt), s(&curve));
-    for ms in [1500, 3500, 5500] {
-        run_and_kill(&train, Duration::from_millis(ms));
-        if ckpt.exists() {
-            assert!(checkpoint_is_complete(&ckpt), "killed at {ms} ms");
-        }
-        // The curve keeps every record written before the kill, each whole.
-        if let Ok(text) = std::fs::read_to_string(&curve) {
-            for l in text.lines() {
-                serde_json::from_str::<serde_json::Value>(l).unwrap();
-            }
-        }
-    }
-    let (ok, _, stderr) = tsmc(&train);
-    assert!(ok, "{stderr}");
-    assert!(checkpoint_is_complete(&ckpt));
-    assert!(temporaries(d).is_empty(), "{:?}", temporaries(d));
-}
-
 /// Sizes are checked before anything is allocated: counts beyond any use, runs that would need
 /// more memory than the budget, horizons beyond the model's context, demo tables and
 /// enumerations that would not fit. Each is a clear error naming the option.
@@ -433,4 +439,141 @@ fn sizes_are_checked_before_allocation() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// The rest of the probe's size failures, on the tiny model (context 128): counts of 2^64 - 1
+/// in every command that takes them (capacity overflows once), a 10,000-token prompt and
+/// horizons past the context (memory filled once), particle counts over the memory budget in
+/// `train` and `bounds`. Each is a clear error naming the option or the context.
+#[test]
+fn every_command_checks_counts_prompts_and_horizons_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model_copy(d);
+    let m = s(&model);
+    let max = "18446744073709551615";
+    let exact = d.join("e.jsonl");
+    std::fs::write(&exact, "{\"type\": \"sample\", \"tokens\": [1, 2]}\n").unwrap();
+    let e = s(&exact);
+    // The train runs' outputs go to the test's folder (the defaults would land in the crate).
+    let (curve, ckpt) = (d.join("c.jsonl"), d.join("h.safetensors"));
+    let (c, h) = (s(&curve), s(&ckpt));
+    let long_prompt = vec!["w1"; 10_000].join(" ");
+    let lp = long_prompt.as_str();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["sample", "-t", max], "--tokens must be at most"),
+        (vec!["exact", "-n", max], "--samples must be at most"),
+        (vec!["exact", "-t", max], "--tokens must be at most"),
+        (
+            vec!["exact", "--infilling", max],
+            "--infilling must be at most",
+        ),
+        (vec!["train", "-k", max], "--particles must be at most"),
+        (vec!["train", "-t", max], "--tokens must be at most"),
+        (
+            vec!["bounds", "--exact", e, "--fq-samples", max],
+            "--fq-samples must be at most",
+        ),
+        (
+            vec!["reproduce", "--task", "toxicity", "-k", max],
+            "--particles must be at most",
+        ),
+        (
+            vec!["sample", "--model", m, "--prompt", lp, "-t", "2"],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--prompt",
+                lp,
+                "--task",
+                "potential",
+                "--potential",
+                "keyword:w5",
+            ],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "exact",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "--potential",
+                "keyword:w5",
+                "-t",
+                "1000",
+            ],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "exact",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "--infilling",
+                "200",
+                "-t",
+                "2",
+            ],
+            "context length of 128",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "-k",
+                "16777216",
+                "-t",
+                "2",
+                "--task",
+                "potential",
+                "--potential",
+                "keyword:w5",
+                "--memory-budget",
+                "1",
+            ],
+            "raise --memory-budget",
+        ),
+        (
+            vec![
+                "bounds",
+                "--model",
+                m,
+                "--prompt",
+                "w1",
+                "--exact",
+                e,
+                "-t",
+                "2",
+                "--potential",
+                "keyword:w5",
+                "--fq-samples",
+                "16777216",
+                "--memory-budget",
+                "1",
+            ],
+            "raise --memory-budget",
+        ),
+    ];
+    let o = d.join("o.jsonl");
+    for (mut args, needle) in cases {
+        match args[0] {
+            "train" => args.extend(["--out", c, "--checkpoint", h]),
+            "exact" | "bounds" => args.extend(["--out", s(&o)]),
+            _ => {}
+        }
+        fails_with(&args, needle);
+    }
+    // A run refused before it starts leaves no output behind.
+    assert!(!curve.exists() && !ckpt.exists() && !o.exists());
 }

@@ -191,7 +191,7 @@ impl CausalLm for GptBody {
 
     // The head is tied to the token embeddings (a transposed view, never copied).
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        crate::ops::linear(hidden, &self.wte.clone().transpose(), None)
+        crate::ops::output_head(hidden, &self.wte.clone().transpose())
     }
 
     fn output_head(&self) -> Tensor<2> {

@@ -9,7 +9,9 @@
 //! - [`model::BurnLm`] implements [`smc_core::model::LanguageModel`]: the prompt is prefilled
 //!   once and its keys/values shared by all K particles, each step is one forward pass for the
 //!   K new tokens, and resampling reorders the per-particle cache rows in place ([`cache`]);
-//! - backends by feature ([`device`]): CPU (flex) by default, `wgpu`, `cuda`.
+//! - backends by feature ([`device`]): CPU (flex) by default, `wgpu`, `cuda`;
+//! - files written whole or not at all ([`temporaries`]): temporaries renamed into place, a
+//!   registry of them that a SIGINT/SIGTERM handler removes, stale ones of killed runs cleared.
 
 pub mod arch;
 pub mod cache;
@@ -27,6 +29,7 @@ pub mod llama;
 pub mod model;
 pub mod ops;
 pub mod registry;
+pub mod temporaries;
 pub mod tokenizer;
 pub mod weights;
 

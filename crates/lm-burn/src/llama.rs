@@ -315,7 +315,7 @@ impl CausalLm for Llama {
     }
 
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        crate::ops::linear(hidden, &self.lm_head, None)
+        crate::ops::output_head(hidden, &self.lm_head)
     }
 
     fn output_head(&self) -> Tensor<2> {

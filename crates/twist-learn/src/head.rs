@@ -224,7 +224,7 @@ pub fn check_optimizer_state(
     bytes: &[u8],
     params: &[(String, u64, Vec<usize>)],
 ) -> Result<(), TrainError> {
-    let tensors = burnpack_tensors(bytes)
+    let (tensors, scalars) = burnpack_metadata(bytes)
         .map_err(|e| optim_error(path, "a burn optimiser state (burnpack)", e))?;
     let mut with_state = std::collections::BTreeSet::new();
     for (name, shape, id) in &tensors {
@@ -267,15 +267,52 @@ pub fn check_optimizer_state(
             format!("none for `{pname}`"),
         ));
     }
+    // Scalars are keyed `{param id}.{what}`; `{id}.__rank` is the rank burn builds the state's
+    // tensors with when it loads them (a wrong one panics inside burn at the next step).
+    let mut ranked = std::collections::BTreeSet::new();
+    for (key, value) in &scalars {
+        let param = key
+            .split_once('.')
+            .and_then(|(id, _)| id.parse::<u64>().ok())
+            .and_then(|id| params.iter().find(|(_, pid, _)| *pid == id));
+        let Some((pname, id, pshape)) = param else {
+            return Err(optim_error(
+                path,
+                "state scalars for this head's parameters",
+                format!("`{key}`: another head's optimiser state"),
+            ));
+        };
+        if key.ends_with(".__rank") {
+            if *value != Some(pshape.len() as u64) {
+                return Err(optim_error(
+                    path,
+                    &format!("rank {} for parameter `{pname}`", pshape.len()),
+                    format!("`{key}` = {value:?}"),
+                ));
+            }
+            ranked.insert(*id);
+        }
+    }
+    if let Some(id) = with_state.iter().find(|id| !ranked.contains(id)) {
+        return Err(optim_error(
+            path,
+            "the rank of every parameter with state",
+            format!("no `{id}.__rank`"),
+        ));
+    }
     Ok(())
 }
 
 /// A state tensor's name, shape and parameter id.
 type StateTensor = (String, Vec<usize>, Option<u64>);
 
-/// The tensors (name, shape, parameter id) of a burnpack buffer: header "NRUB", version (u16),
-/// metadata size (u32), then CBOR metadata `{ tensors: { name: { shape, param_id, .. } }, .. }`.
-fn burnpack_tensors(bytes: &[u8]) -> Result<Vec<StateTensor>, String> {
+/// A state scalar's key and its unsigned value (`None`: another kind of value).
+type StateScalar = (String, Option<u64>);
+
+/// The tensors (name, shape, parameter id) and scalars (key, value) of a burnpack buffer:
+/// header "NRUB", version (u16), metadata size (u32), then CBOR metadata
+/// `{ tensors: { name: { shape, param_id, .. } }, scalars: { key: { UInt: n } }, .. }`.
+fn burnpack_metadata(bytes: &[u8]) -> Result<(Vec<StateTensor>, Vec<StateScalar>), String> {
     if bytes.len() < 10 || u32::from_le_bytes(bytes[0..4].try_into().expect("4")) != 0x4255_524E {
         return Err("not a burnpack buffer (no BURN header)".into());
     }
@@ -289,7 +326,7 @@ fn burnpack_tensors(bytes: &[u8]) -> Result<Vec<StateTensor>, String> {
     let Cv::Map(entries) = tensors else {
         return Err("`tensors` is not a map".into());
     };
-    entries
+    let tensors = entries
         .iter()
         .map(|(k, d)| {
             let Cv::Text(name) = k else {
@@ -314,7 +351,20 @@ fn burnpack_tensors(bytes: &[u8]) -> Result<Vec<StateTensor>, String> {
             };
             Ok((name.clone(), shape, id))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    let scalars = match root.get("scalars") {
+        None => Vec::new(),
+        Some(Cv::Map(entries)) => entries
+            .iter()
+            .map(|(k, v)| match (k, v.get("UInt")) {
+                (Cv::Text(key), Some(Cv::Uint(n))) => Ok((key.clone(), Some(*n))),
+                (Cv::Text(key), _) => Ok((key.clone(), None)),
+                _ => Err("a scalar name that is not text".to_string()),
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+        Some(_) => return Err("`scalars` is not a map".into()),
+    };
+    Ok((tensors, scalars))
 }
 
 /// A CBOR value, as much of it as the check needs.

@@ -210,3 +210,70 @@ fn inconsistent_conditioning_metadata_is_an_error_naming_the_field() {
     let e = err_text(TwistHead::load(&path, &default_device()).err().unwrap());
     assert!(e.contains("head.conditioning"), "{e}");
 }
+
+/// Found by fuzzing: a checkpoint whose header lost its `tsmc.twist_head` entry was reported as
+/// a missing `.json` file, without naming the checkpoint; now the error names the checkpoint
+/// and says what its header lacks.
+#[test]
+fn a_checkpoint_without_its_metadata_entry_is_named_in_the_error() {
+    let lm = tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.safetensors");
+    trained(&lm, 1, None)
+        .save_checkpoint(&path, &serde_json::json!({ "step": 2 }))
+        .unwrap();
+    std::fs::remove_file(path.with_extension("json")).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.as_object_mut().unwrap().remove("__metadata__");
+    let mut text = header.to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&path, out).unwrap();
+    for e in [
+        err_text(TwistHead::load(&path, &default_device()).err().unwrap()),
+        err_text(resume(&path).err().unwrap()),
+    ] {
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("no `tsmc.twist_head` entry"),
+            "{e}"
+        );
+    }
+}
+
+/// Found by fuzzing: Adam's state records the rank of each parameter's state (`{id}.__rank`);
+/// a wrong one was accepted and burn panicked at the next update ("Given dimensions differ from
+/// the tensor rank"). Now resume refuses it, naming the parameter.
+#[test]
+fn adam_state_with_a_wrong_parameter_rank_is_refused() {
+    let lm = tiny_llama();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.safetensors");
+    let a = trained(&lm, 1, None);
+    a.save_checkpoint(&path, &serde_json::json!({})).unwrap();
+    let mut state = optimizer_of(&path);
+    // Each `{id}.__rank` key is followed by the CBOR map {"UInt": rank}; every rank here is 1
+    // or 2, a one-byte CBOR integer right after "UInt".
+    let at = state
+        .windows(6)
+        .position(|w| w == b"__rank")
+        .expect("a rank scalar");
+    let rank = at
+        + state[at..]
+            .windows(4)
+            .position(|w| w == b"UInt")
+            .expect("its value")
+        + 4;
+    assert!(matches!(state[rank], 1 | 2), "{}", state[rank]);
+    state[rank] = 3;
+    a.head()
+        .save_checkpoint(&path, &serde_json::json!({}), Some(&state))
+        .unwrap();
+    let e = err_text(resume(&path).err().unwrap());
+    assert!(e.contains("__rank") && e.contains("rank"), "{e}");
+}

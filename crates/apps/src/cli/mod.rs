@@ -48,6 +48,22 @@ enum Command {
 }
 
 impl Cli {
+    /// Validates the arguments into the command's settings without running it: nothing is
+    /// loaded, read or written (output paths are only looked at). The fuzz tests call this
+    /// after `Cli::try_parse_from`.
+    pub fn validate(self) -> Result<()> {
+        match self.command {
+            Command::Demo(args) => args.settings().map(drop),
+            Command::Sample(args) => args.settings().map(drop),
+            Command::Train(args) => args.settings().map(drop),
+            Command::Exact(args) => args.settings().map(drop),
+            Command::Bounds(args) => args.settings().map(drop),
+            Command::Report(args) => args.settings().map(drop),
+            Command::Reproduce(args) => args.settings().map(drop),
+            Command::Tasks => Ok(()),
+        }
+    }
+
     /// Validates the arguments once and runs the command.
     pub fn run(self) -> Result<()> {
         match self.command {

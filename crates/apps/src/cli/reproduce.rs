@@ -69,6 +69,36 @@ pub struct ReproduceArgs {
     table_only: bool,
 }
 
+/// The files `tsmc reproduce` writes into `--out-dir` pass the rule every output passes
+/// (`crate::output`): none may be the model or inside its directory, a link or a special file.
+/// With `--table-only` records.jsonl is an input and only table.md and summary.json are written
+/// (summary.json is read whole before it is replaced, as a resumed checkpoint is).
+fn check_out_dir(out_dir: &std::path::Path, model: &str, table_only: bool) -> Result<()> {
+    if std::fs::symlink_metadata(out_dir).is_ok_and(|m| !m.is_dir()) && !out_dir.is_dir() {
+        bail!(
+            "--out-dir {} exists and is not a directory",
+            out_dir.display()
+        );
+    }
+    let model_path = crate::output::model_input(model);
+    let (records, table, summary) = (
+        out_dir.join("records.jsonl"),
+        out_dir.join("table.md"),
+        out_dir.join("summary.json"),
+    );
+    let mut inputs = vec![("--model", model_path.as_path())];
+    let mut outputs = vec![
+        ("table.md in --out-dir", table.as_path()),
+        ("summary.json in --out-dir", summary.as_path()),
+    ];
+    if table_only {
+        inputs.push(("records.jsonl in --out-dir", records.as_path()));
+    } else {
+        outputs.insert(0, ("records.jsonl in --out-dir", records.as_path()));
+    }
+    crate::output::check_outputs(&outputs, &inputs)
+}
+
 fn parse_preset(name: &str) -> Result<&'static Preset> {
     crate::presets::preset(name)
 }
@@ -114,6 +144,9 @@ impl ReproduceArgs {
             bail!("--lr must be a positive number, found {lr}");
         }
         let cond_tokens = cond_tokens.or(preset.cond_tokens);
+        let out_dir =
+            out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name)));
+        check_out_dir(&out_dir, &model.model, table_only)?;
         Ok(ReproduceSettings {
             preset,
             tokens: at_least("--tokens", tokens.unwrap_or(preset.tokens), 1)?,
@@ -131,7 +164,7 @@ impl ReproduceArgs {
             lower_runs,
             max_draws,
             model: model.choice()?,
-            out_dir: out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name))),
+            out_dir,
             table_only,
         })
     }

@@ -22,14 +22,19 @@ pub struct SampleArgs {
     model: ModelArgs,
     #[command(flatten)]
     prompt: PromptArgs,
-    /// The potential: keyword:WORD, regex:PATTERN, toxicity:..., sentiment:..., infilling:TEXT
-    /// or judge:QUESTION.
+    /// The potential: keyword:WORD, regex:PATTERN, json-schema:FILE, lark:FILE, toxicity:...,
+    /// sentiment:..., infilling:TEXT, judge:QUESTION or none. keyword, regex, json-schema and
+    /// lark are checked at every token (a prefix constraint: only continuations that can
+    /// still satisfy them are proposed, weighed by their p0 mass); use them with --max-tokens
+    /// so that outputs end once they are complete.
     #[arg(long, default_value = r"regex:(?i)\b(dragon|princess|castle|king)\b")]
     potential: PotentialSpec,
     /// A constraint on every generated token, applied as an exact twist (the proposal draws
     /// only allowed tokens and the weight gains the allowed p0 mass): no-chars:SET forbids
-    /// tokens containing a character of SET. Use with --potential none for p0 under the
-    /// constraint.
+    /// tokens containing a character of SET; regex:PATTERN (the whole output matches),
+    /// search:PATTERN (it contains a match), keyword:WORD, json-schema:FILE and lark:FILE
+    /// (llguidance's Lark dialect) constrain the output's text. Use with --potential none for
+    /// p0 under the constraint.
     #[arg(long)]
     constraint: Option<ConstraintSpec>,
     /// A potential that scores partial text (a classifier such as toxicity:beta=1 or

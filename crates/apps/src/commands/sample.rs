@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
 use smc_core::feynman_kac::{Resampling, StepRecord};
@@ -13,7 +13,7 @@ use smc_core::smc::AtMaxTokens;
 use crate::boundaries::Boundary;
 use crate::constraints::ConstraintSpec;
 use crate::jsonl::JsonlWriter;
-use crate::potentials::PotentialSpec;
+use crate::potentials::{PotentialSpec, Targets};
 use crate::progress::{PhaseTimes, WithProgress};
 use crate::setup::{ModelChoice, load_model_and_prompt, load_twist};
 
@@ -179,7 +179,12 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     loaded.check_size(&args.model, args.particles, args.length.steps())?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let tokenizer = lm.tokenizer()?;
-    let potential = args.potential.build(lm)?;
+    // Grammars compile against the vocabulary before any sampling.
+    let targets = Targets::build(&args.potential, args.constraint.as_ref(), lm)?;
+    if let Some(note) = &targets.note {
+        eprintln!("note: {note}");
+    }
+    let potential = &targets.potential;
     let conditioning = match &args.potential {
         PotentialSpec::Infilling(text) => Some(text.as_str()),
         _ => None,
@@ -207,7 +212,6 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     );
     let twist = head.as_ref().map(|h| h as &dyn Twist);
     let started = Instant::now();
-    let constraint = args.constraint.as_ref().map(|c| c.build(lm)).transpose()?;
     let end = match args.length {
         Length::Exactly(_) => None,
         Length::AtMost(_, at_max) => {
@@ -222,7 +226,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     };
     let boundaries = args.boundaries.map(|b| b.mask(lm)).transpose()?;
     let mut options = RunOptions::twist(twist);
-    options.constraint = constraint.as_ref().map(|c| c as &dyn Constraint);
+    options.constraint = targets.constraint.as_deref();
     options.end = end.as_ref();
     options.boundaries = boundaries.as_ref();
     let prefix = args
@@ -233,7 +237,15 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     if let Some((p, stride)) = &prefix {
         options = options.with_prefix_twist(p.as_ref(), *stride);
     }
-    let out = run_smc_with(&with_bar, potential.as_ref(), &options, prompt, &config)?;
+    let out = run_smc_with(&with_bar, potential.as_ref(), &options, prompt, &config).map_err(
+        |e| match (&e, args.length) {
+            (SmcError::Constraint { .. }, Length::Exactly(t)) => anyhow!(
+                "{e}\nhint: every output has exactly T = {t} tokens; --max-tokens N lets outputs \
+                 end at the end-of-sequence token once the constraint accepts them"
+            ),
+            _ => anyhow!(e),
+        },
+    )?;
     let timing = Timing::new(
         started.elapsed().as_secs_f64(),
         with_bar.times(),
@@ -259,17 +271,18 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     println!(
         "model {} | potential {}{} | K = {}, {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
         lm.name(),
-        potential.name(),
-        args.constraint
+        args.potential,
+        targets
+            .constraint
             .as_ref()
-            .map_or(String::new(), |c| format!(" | constraint {c}")),
+            .map_or(String::new(), |c| format!(" | constraint {}", c.name())),
         args.particles,
         length,
         out.log_z_hat,
         final_ess,
         out.num_resamplings()
     );
-    if args.constraint.is_some() && out.log_z_hat < -1.0 {
+    if targets.constraint.is_some() && out.log_z_hat < -1.0 {
         // Zhat estimates the constraint's p0 mass (times E[phi]): what plain sampling from p0
         // with rejection would pay for each accepted output.
         println!(
@@ -305,8 +318,8 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             model: lm.name(),
             prompt: &args.prompt,
             prompt_tokens: prompt,
-            potential: potential.name(),
-            constraint: args.constraint.as_ref().map(|c| c.to_string()),
+            potential: &args.potential.to_string(),
+            constraint: targets.constraint.as_ref().map(|c| c.name().to_string()),
             method: args.method,
             num_particles: args.particles,
             num_tokens: args.length.tokens(),

@@ -3,9 +3,11 @@
 
 pub mod classifier;
 pub mod judge;
+pub mod prefix;
 pub mod text;
 
-pub use text::{KeywordPotential, RegexPotential};
+pub use prefix::{PrefixCheck, Targets};
+pub use text::{GrammarPotential, KeywordPotential, RegexPotential};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use anyhow::{Result, anyhow, bail};
 use lm_burn::BurnLm;
 use smc_core::model::Potential;
 
+use crate::constraints::{ConstraintSpec, GrammarConstraints};
 use classifier::{ClassifierForm, ClassifierPotential, LinearTextClassifier};
 
 /// Which shipped classifier a classifier potential uses.
@@ -28,7 +31,10 @@ pub enum ClassifierKind {
 
 /// A potential as the command line names it, checked when it is parsed (before any model is
 /// loaded) and built against a model with [`PotentialSpec::build`]:
-/// - `keyword:WORD`, `regex:PATTERN` (hard constraints on the continuation);
+/// - `keyword:WORD`, `regex:PATTERN` (hard constraints on the continuation: it contains WORD,
+///   ignoring case, or a match of PATTERN);
+/// - `json-schema:FILE`, `lark:FILE` (the continuation is JSON valid under the schema, or a
+///   sentence of the Lark grammar);
 /// - `toxicity:threshold=0.5` or `toxicity:beta=1` (the shipped toxicity classifier, class toxic;
 ///   `toxicity:nontoxic:...` for the other class);
 /// - `sentiment:positive:beta=1`, `sentiment:negative:threshold=0.9` (the shipped sentiment
@@ -42,6 +48,9 @@ pub enum PotentialSpec {
     Keyword(String),
     /// The continuation matches a regular expression (checked to compile).
     Regex(String),
+    /// The continuation satisfies a grammar: a `json-schema:FILE` or `lark:FILE` constraint,
+    /// read and compiled when parsed.
+    Grammar(ConstraintSpec),
     /// A linear text classifier of prompt + continuation.
     Classifier {
         /// Which classifier.
@@ -79,6 +88,15 @@ impl PotentialSpec {
             PotentialSpec::Unit => Box::new(smc_core::model::UnitPotential),
             PotentialSpec::Keyword(w) => Box::new(KeywordPotential::new(tokenizer.clone(), w)),
             PotentialSpec::Regex(r) => Box::new(RegexPotential::new(tokenizer.clone(), r)?),
+            PotentialSpec::Grammar(c) => {
+                let grammars = GrammarConstraints::new(lm);
+                let Some(spec) = c.grammar() else {
+                    bail!("potential {self}: not a grammar");
+                };
+                Box::new(GrammarPotential::new(
+                    grammars.compile(&c.to_string(), &spec)?,
+                ))
+            }
             PotentialSpec::Classifier {
                 kind,
                 positive,
@@ -126,6 +144,7 @@ impl fmt::Display for PotentialSpec {
         match self {
             PotentialSpec::Keyword(w) => write!(f, "keyword:{w}"),
             PotentialSpec::Regex(r) => write!(f, "regex:{r}"),
+            PotentialSpec::Grammar(c) => write!(f, "{c}"),
             PotentialSpec::Classifier { text, .. } => f.write_str(text),
             PotentialSpec::Infilling(t) => write!(f, "infilling:{t}"),
             PotentialSpec::Judge(q) => write!(f, "judge:{q}"),
@@ -149,13 +168,17 @@ impl FromStr for PotentialSpec {
                     .map_err(|e| anyhow!("potential {spec:?}: invalid regular expression: {e}"))?;
                 Ok(PotentialSpec::Regex(arg.to_string()))
             }
+            "json-schema" | "lark" => Ok(PotentialSpec::Grammar(
+                spec.parse::<ConstraintSpec>()
+                    .map_err(|e| anyhow!("potential {spec:?}: {e:#}"))?,
+            )),
             "toxicity" => classifier_spec(ClassifierKind::Toxicity, arg, spec),
             "sentiment" => classifier_spec(ClassifierKind::Sentiment, arg, spec),
             "keyword" | "regex" | "infilling" | "judge" => {
                 bail!("potential {spec:?}: {kind} needs an argument, e.g. {kind}:dragon")
             }
             _ => bail!(
-                "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, toxicity:..., sentiment:..., infilling:TEXT, judge:QUESTION or none"
+                "unknown potential {spec:?}: expected keyword:WORD, regex:PATTERN, json-schema:FILE, lark:FILE, toxicity:..., sentiment:..., infilling:TEXT, judge:QUESTION or none"
             ),
         }
     }

@@ -80,3 +80,29 @@ impl Potential for RegexPotential {
             .collect())
     }
 }
+
+/// phi = 1 when the continuation satisfies a grammar (JSON schema, Lark grammar, regular
+/// expression), checked on the complete output's tokens; `tsmc sample` checks it at every
+/// token instead, as a prefix constraint.
+pub struct GrammarPotential {
+    grammar: smc_grammar::GrammarConstraint,
+}
+
+impl GrammarPotential {
+    /// A grammar constraint on complete outputs.
+    pub fn new(grammar: smc_grammar::GrammarConstraint) -> Self {
+        Self { grammar }
+    }
+}
+
+impl Potential for GrammarPotential {
+    fn name(&self) -> &str {
+        self.grammar.name()
+    }
+    fn log_phi(&self, _prompt: &[u32], sequences: &TokenBuffer) -> Result<Vec<f64>, SmcError> {
+        Ok(sequences
+            .iter()
+            .map(|s| log_indicator(self.grammar.accepts_tokens(s)))
+            .collect())
+    }
+}

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use burn::module::{Param, ParamId};
 use burn::tensor::Device;
 
-use super::files::write_atomic;
 use super::{HeadConfig, HeadModule, ParamRef, ParamValue, TwistHead, validate_shape};
 use crate::error::{LmError, Result};
+use crate::temporaries::write_atomic;
 
 impl TwistHead {
     /// Writes the head to `path` as one file (see [`TwistHead::save_checkpoint`]), without
@@ -175,8 +175,16 @@ impl TwistHead {
             None => {
                 // An older checkpoint: metadata and optimiser state in separate files.
                 let meta_path = path.with_extension("json");
-                let text =
-                    std::fs::read_to_string(&meta_path).map_err(|e| LmError::io(&meta_path, e))?;
+                let text = std::fs::read_to_string(&meta_path).map_err(|e| {
+                    LmError::format(
+                        path,
+                        format!(
+                            "no `{META_KEY}` entry in the header (not a twist head checkpoint), \
+                             and no readable metadata file {} beside it as an older tsmc wrote: {e}",
+                            meta_path.display()
+                        ),
+                    )
+                })?;
                 let meta: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| LmError::json(&meta_path, "invalid JSON", e))?;
                 let optim_path = path.with_extension("optim");

@@ -17,7 +17,6 @@
 //! optimiser's state) renamed into place, so that a reader sees the old one or the new one.
 
 mod checkpoint;
-mod files;
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
@@ -28,10 +27,6 @@ use smc_core::batch::{HiddenStates, LogTable};
 use smc_core::model::{Twist, TwistInput};
 
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, META_KEY, OPTIMIZER_TENSOR};
-pub use files::{
-    TEMPORARY_MARK, TemporaryGuard, remove_live_temporaries, remove_stale_temporaries,
-    temporary_path, write_atomic,
-};
 
 use crate::error::{LmError, Result};
 use crate::model::BurnLm;
@@ -263,7 +258,9 @@ impl HeadModule {
             for f in &self.factors {
                 x = x.matmul(f.val());
             }
-            x = x.matmul(base.clone());
+            // In column blocks, as the model's own output head (faster on flex); E is a
+            // constant, so no gradient is kept for its slices.
+            x = crate::ops::output_head(x, base);
             if let Some(b) = &self.out_bias {
                 x = x + b.val().unsqueeze::<2>();
             }

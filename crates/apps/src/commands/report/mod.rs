@@ -209,6 +209,14 @@ fn read_sample(path: &Path) -> Result<SampleFile> {
 
 /// Runs `tsmc report`.
 pub fn run(args: &ReportSettings) -> Result<()> {
+    let html = render(args)?;
+    lm_burn::temporaries::write_atomic(&args.out, html.as_bytes())?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// The report's HTML from its validated inputs (writes nothing).
+pub fn render(args: &ReportSettings) -> Result<String> {
     let mut body = String::new();
     if let Some(path) = &args.sample {
         let SampleFile {
@@ -360,12 +368,9 @@ pub fn run(args: &ReportSettings) -> Result<()> {
             false,
         ));
     }
-    let html = format!(
+    Ok(format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>tsmc report</title><style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}} table{{border-collapse:collapse}} td,th{{border:1px solid #ddd;padding:2px 6px;font-size:12px}}</style></head><body><h1>tsmc report</h1>{body}</body></html>"
-    );
-    lm_burn::heads::write_atomic(&args.out, html.as_bytes())?;
-    println!("wrote {}", args.out.display());
-    Ok(())
+    ))
 }
 
 /// The 95% half-width of an estimate as a JSON object (mean, se, n and, in newer files, df).

@@ -23,13 +23,13 @@ use smc_core::seed;
 use smc_core::smc::rng_from_seed;
 use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig, train};
 
-use crate::jsonl::{Appender, read_records};
+use crate::jsonl::{Appender, read_numbered};
 use crate::potentials::PotentialSpec;
 use crate::presets::Preset;
 use crate::setup::load_model_and_prompt;
 use evaluate::{Ctx, Task, collect_exact, evaluate, print_record};
 pub use records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
-use table::finish;
+use table::{build, finish};
 
 /// Runs `tsmc reproduce`.
 pub fn run(args: &ReproduceSettings) -> Result<()> {
@@ -40,30 +40,9 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
     let out_dir = args.out_dir.clone();
     let records_path = out_dir.join("records.jsonl");
     if args.table_only {
-        let records: Vec<Record> = read_records(&records_path)?;
-        if records.is_empty() {
-            bail!("{}: no records", records_path.display());
-        }
-        // Keep the run's time and rejection estimate if an earlier summary has them.
-        let previous: serde_json::Value = std::fs::read_to_string(out_dir.join("summary.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        return finish(
-            preset,
-            args,
-            horizon,
-            cond_len,
-            &out_dir,
-            &records,
-            previous["rejection_log_z"].as_f64(),
-            previous["seconds"].as_f64().unwrap_or(0.0),
-            &args.model.model,
-        );
+        let (md, summary) = rebuild_table(args)?;
+        return finish(&out_dir, &md, &summary);
     }
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
-    let mut records_out = Appender::create(&records_path)?;
     let loaded = load_model_and_prompt(&args.model, preset.prompt)?;
     loaded.check_size(
         &args.model,
@@ -73,6 +52,10 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             .max(64),
         args.tokens + args.cond_tokens.unwrap_or(0),
     )?;
+    // Only now: a run refused before it starts leaves an earlier run's records alone.
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
+    let mut records_out = Appender::create(&records_path)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
     let ad = loaded.device.clone().autodiff();
     let ctx = Ctx {
@@ -202,17 +185,66 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
     bar.finish_and_clear();
     let rejection_log_z = (rejection.1 > 0 && rejection.0 > 0)
         .then(|| (rejection.0 as f64 / rejection.1 as f64).ln());
-    finish(
+    let (md, summary) = build(
         preset,
         args,
         horizon,
         cond_len,
-        &out_dir,
         &records,
         rejection_log_z,
         started.elapsed().as_secs_f64(),
         lm.name(),
-    )
+    );
+    finish(&out_dir, &md, &summary)
+}
+
+/// `--table-only`: the table (markdown) and summary (JSON) rebuilt from the output directory's
+/// validated records.jsonl, keeping the run's time and rejection estimate when an earlier
+/// summary.json has them. Writes nothing.
+pub fn rebuild_table(args: &ReproduceSettings) -> Result<(String, serde_json::Value)> {
+    let records = read_checked_records(&args.out_dir.join("records.jsonl"))?;
+    let previous: serde_json::Value = std::fs::read_to_string(args.out_dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    Ok(build(
+        args.preset,
+        args,
+        args.tokens,
+        args.cond_tokens,
+        &records,
+        previous["rejection_log_z"].as_f64(),
+        previous["seconds"].as_f64().unwrap_or(0.0),
+        &args.model.model,
+    ))
+}
+
+/// The records of a records.jsonl, checked: at least one, each with at least one task, and the
+/// records of one seed with the same number of tasks (the table pairs them by task). Errors
+/// name the line of the first bad record.
+fn read_checked_records(path: &std::path::Path) -> Result<Vec<Record>> {
+    let records: Vec<(usize, Record)> = read_numbered(path)?;
+    if records.is_empty() {
+        bail!("{}: no records", path.display());
+    }
+    for (line, r) in &records {
+        if r.tasks.is_empty() {
+            bail!("{}: line {line}: a record without tasks", path.display());
+        }
+        if let Some((first, other)) = records
+            .iter()
+            .find(|(_, o)| o.seed == r.seed && o.tasks.len() != r.tasks.len())
+        {
+            bail!(
+                "{}: line {line}: {} tasks for seed {}, but line {first} has {}",
+                path.display(),
+                r.tasks.len(),
+                r.seed,
+                other.tasks.len()
+            );
+        }
+    }
+    Ok(records.into_iter().map(|(_, r)| r).collect())
 }
 
 /// The potential of a fixed-potential preset.

@@ -9,19 +9,34 @@ use smc_bounds::Estimate;
 use super::records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
 use crate::presets::Preset;
 
-/// Writes table.md and summary.json from the records and prints the table.
-#[allow(clippy::too_many_arguments)]
+/// Writes table.md and summary.json (built by [`build`]) into `out_dir` and prints the table.
 pub(super) fn finish(
+    out_dir: &std::path::Path,
+    md: &str,
+    summary: &serde_json::Value,
+) -> Result<()> {
+    lm_burn::temporaries::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
+    lm_burn::temporaries::write_atomic(
+        &out_dir.join("summary.json"),
+        serde_json::to_string_pretty(summary)?.as_bytes(),
+    )?;
+    println!("{md}");
+    println!("wrote {}", out_dir.display());
+    Ok(())
+}
+
+/// The table (markdown) and the summary (JSON) from the records.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build(
     preset: &Preset,
     args: &ReproduceSettings,
     horizon: usize,
     cond_len: Option<usize>,
-    out_dir: &std::path::Path,
     records: &[Record],
     rejection_log_z: Option<f64>,
     seconds: f64,
     model: &str,
-) -> Result<()> {
+) -> (String, serde_json::Value) {
     let (log_z, rows) = table(records);
     let mut rules: Vec<BoundRule> = Vec::new();
     for rule in records.iter().flat_map(|r| r.tasks.iter().map(|t| t.rule)) {
@@ -40,7 +55,6 @@ pub(super) fn finish(
         seconds,
         &rules,
     );
-    lm_burn::heads::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
     let summary = serde_json::json!({
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
@@ -49,13 +63,7 @@ pub(super) fn finish(
         "rejection_log_z": rejection_log_z, "rows": rows,
         "seconds": seconds, "model": model,
     });
-    lm_burn::heads::write_atomic(
-        &out_dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    println!("{md}");
-    println!("wrote {}", out_dir.display());
-    Ok(())
+    (md, summary)
 }
 
 /// log Z per (seed, task), then the rows.

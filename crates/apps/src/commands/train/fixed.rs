@@ -47,7 +47,6 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
     } = task;
     let method = args.method;
     let param = Parameterization::for_method(method);
-    let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
     loaded.check_size(
         &args.model,
@@ -88,6 +87,9 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         param,
         &ad,
     )?;
+    // Created once the model, the sizes and the head are known good: a run refused before
+    // it starts leaves an earlier curve alone.
+    let mut curve = Appender::create(&args.out)?;
     if let Some(path) = &args.resume
         && resumed["conditioning"] != json!(c)
     {

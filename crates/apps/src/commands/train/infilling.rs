@@ -26,7 +26,6 @@ struct CurvePoint<'a> {
 
 /// Runs `tsmc train --task infilling`.
 pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
-    let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
     loaded.check_size(&args.model, args.particles, args.tokens + args.cond_tokens)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
@@ -43,6 +42,9 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
         Parameterization::Identity,
         &ad,
     )?;
+    // Created once the model, the sizes and the head are known good: a run refused before
+    // it starts leaves an earlier curve alone.
+    let mut curve = Appender::create(&args.out)?;
     let eval_at = &args.eval_at;
     // The same plan (hence the same conditioning sequences and random numbers) at every
     // evaluation step, so the steps are paired.

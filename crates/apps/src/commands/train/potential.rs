@@ -24,7 +24,6 @@ use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with}
 pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>) -> Result<()> {
     let method = args.method;
     let param = Parameterization::for_method(method);
-    let mut curve = Appender::create(&args.out)?;
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
     loaded.check_size(
         &args.model,
@@ -44,6 +43,9 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
         param,
         &ad,
     )?;
+    // Created once the model, the sizes and the head are known good: a run refused before
+    // it starts leaves an earlier curve alone.
+    let mut curve = Appender::create(&args.out)?;
     let eval_at = &args.eval_at;
     let cfg = args.train_config(start_step);
     let meta = |step: usize| {
