@@ -145,3 +145,26 @@ impl<S: DecodeSession> DecodeSession for ProgressSession<S> {
         out
     }
 }
+
+/// The CPU time (user + system, all threads) this process has used, in seconds: a cost that
+/// other jobs on a shared machine inflate much less than wall time. `None` where it cannot
+/// be read.
+pub fn cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a rusage into the valid, zeroed buffer it is given.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: initialised above (zeroed, then filled by a successful call).
+        let u = unsafe { usage.assume_init() };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        Some(secs(u.ru_utime) + secs(u.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}

@@ -237,6 +237,8 @@ pub fn load_twist(
 ) -> Result<TwistHead> {
     let (mut head, _) = TwistHead::load(path, device)
         .with_context(|| format!("loading twist {}", path.display()))?;
+    head.attach_base_model(lm)
+        .with_context(|| format!("loading twist {}", path.display()))?;
     if head.config.conditioning.is_some() {
         let text = conditioning.with_context(|| {
             format!(

@@ -14,8 +14,10 @@ use twist_learn::{AdamConfig, HeadTrainable, Parameterization, TrainConfig, Trai
 /// The shape and initialisation of a fresh head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadChoice {
-    /// Linear or MLP.
+    /// Linear, MLP or through the output embedding.
     pub kind: HeadKind,
+    /// Embedding heads: the rank of A (`None`: full).
+    pub rank: Option<usize>,
     /// Start the output layer at zero (q = p0) instead of the spec's initialisation.
     pub zero_output: bool,
 }
@@ -25,12 +27,15 @@ impl HeadChoice {
     pub fn config(&self, lm: &BurnLm, conditioning: Option<Vec<u32>>) -> HeadConfig {
         let mut config = HeadConfig::for_model(lm, self.kind, conditioning);
         config.zero_output = self.zero_output;
+        config.rank = self.rank;
         config
     }
 
     /// The name of the initialisation, as the command line spells it.
     pub fn init_name(&self) -> &'static str {
-        if self.zero_output {
+        if self.kind == HeadKind::Embedding {
+            "zero"
+        } else if self.zero_output {
             "zero-output"
         } else {
             "xavier"
@@ -38,10 +43,12 @@ impl HeadChoice {
     }
 
     /// The name of the head kind, as the command line spells it.
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            HeadKind::Linear => "linear",
-            HeadKind::Mlp => "mlp",
+    pub fn kind_name(&self) -> String {
+        match (self.kind, self.rank) {
+            (HeadKind::Linear, _) => "linear".into(),
+            (HeadKind::Mlp, _) => "mlp".into(),
+            (HeadKind::Embedding, None) => "embedding".into(),
+            (HeadKind::Embedding, Some(r)) => format!("low-rank:{r}"),
         }
     }
 }
@@ -105,7 +112,10 @@ pub fn fresh_or_resumed_head(
 ) -> Result<(HeadTrainable, serde_json::Value, usize)> {
     Ok(match resume {
         Some(path) => {
-            let (t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
+            let (mut t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            t.head_mut()
+                .attach_base_model(lm)
                 .with_context(|| format!("resuming from {}", path.display()))?;
             let step = resumed_step(path, &meta, steps)?;
             (t, meta, step)

@@ -378,6 +378,54 @@ fn train_on_a_potential_writes_checkpoints_and_a_curve_with_kl_estimates_and_res
 }
 
 #[test]
+fn an_embedding_head_trains_resumes_and_drives_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (ckpt, curve) = (p("head.safetensors"), p("curve.jsonl"));
+    let common = ["--potential", "toxicity:beta=1", "-t", "2", "-k", "4"];
+    for (steps, resume) in [("2", None), ("1", Some(ckpt.as_str()))] {
+        let mut args = vec![
+            "train",
+            "--task",
+            "potential",
+            "--head",
+            "low-rank:8",
+            "--steps",
+            steps,
+            "--checkpoint",
+            &ckpt,
+            "--out",
+            &curve,
+        ];
+        if let Some(r) = resume {
+            args.extend(["--resume", r]);
+        }
+        args.extend(common);
+        let (ok, _, stderr) = tsmc(&args);
+        assert!(ok, "{stderr}");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("head.json")).unwrap()).unwrap();
+    assert_eq!(meta["metadata"]["step"], 3);
+    assert_eq!(meta["head"]["kind"], "embedding");
+    assert_eq!(meta["head"]["rank"], 8);
+    // d r + r d + V parameters, not the output embedding: a small file.
+    let size = std::fs::metadata(&ckpt).unwrap().len();
+    assert!(size < 2_000_000, "{size} bytes");
+    let lines = std::fs::read_to_string(&curve).unwrap();
+    assert!(lines.contains("cpu_seconds"), "{lines}");
+    let mut args = vec!["sample", "--twist", &ckpt, "--seed", "1"];
+    args.extend(common);
+    let (ok, stdout, stderr) = tsmc(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("log Zhat"), "{stdout}");
+    for bad in ["low-rank:0", "low-rank", "embeddings"] {
+        let (ok, _, stderr) = tsmc(&["train", "--head", bad]);
+        assert!(!ok && stderr.contains("low-rank:R"), "{bad}: {stderr}");
+    }
+}
+
+#[test]
 fn train_on_one_infilling_task_measures_every_snapshot_on_a_particle_gibbs_chain() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();

@@ -335,6 +335,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
         lr: 1e-4,
         head: tsmc_apps::training::HeadChoice {
             kind: lm_burn::heads::HeadKind::Linear,
+            rank: None,
             zero_output: false,
         },
         eval_particles: 2,

@@ -77,4 +77,9 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     /// that the trait stays object-safe; a [K, d] batch is passed as [K, 1, d] (the head folds
     /// the leading dimensions into rows, so the result is the same).
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3>;
+
+    /// The output head's matrix W [d, V] with logits = h W (the token embeddings transposed
+    /// when they are tied): column v is token v's output embedding e_v. Twist heads through the
+    /// output embedding read it as a frozen constant.
+    fn output_head(&self) -> Tensor<2>;
 }

@@ -282,6 +282,34 @@ pub enum LmError {
     /// A twist head was evaluated on a model step that carries no hidden states.
     #[error("the language model gives no hidden states")]
     NoHiddenStates,
+    /// An embedding twist head was evaluated before it was given its base model's output
+    /// embedding.
+    #[error(
+        "this embedding twist head has no output embedding: attach it to its base model first (TwistHead::attach_base_model)"
+    )]
+    NoBaseEmbedding,
+    /// An embedding twist head was attached to a model other than the one it was built on.
+    #[error(
+        "this embedding twist head was built on another base model: the output embedding of {model} has fingerprint {found:#018x}, the head's {expected:#018x}"
+    )]
+    BaseModelMismatch {
+        /// The model attached.
+        model: String,
+        /// The fingerprint the head was built on.
+        expected: u64,
+        /// The fingerprint of the model attached.
+        found: u64,
+    },
+    /// A twist head's shape is invalid.
+    #[error("twist head: field `{field}`: expected {expected}, found {found}")]
+    InvalidHead {
+        /// The configuration field.
+        field: String,
+        /// What it must be.
+        expected: String,
+        /// What it was.
+        found: String,
+    },
 }
 
 /// Result alias of this crate.

@@ -193,4 +193,8 @@ impl CausalLm for GptBody {
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         crate::ops::output_head(hidden, &self.wte.clone().transpose())
     }
+
+    fn output_head(&self) -> Tensor<2> {
+        self.wte.clone().transpose()
+    }
 }

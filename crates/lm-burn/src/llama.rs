@@ -317,4 +317,8 @@ impl CausalLm for Llama {
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         crate::ops::output_head(hidden, &self.lm_head)
     }
+
+    fn output_head(&self) -> Tensor<2> {
+        self.lm_head.clone()
+    }
 }

@@ -9,13 +9,13 @@ use smc_core::logspace::normalized_weights;
 use smc_core::model::{LanguageModel, Potential, Twist};
 use smc_core::resampling::Scheme;
 use smc_core::seed::{self, label};
-use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_csmc, run_smc};
+use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_smc};
 
-use crate::batch::{Batch, TrainableTwist};
+use crate::batch::TrainableTwist;
 use crate::error::{Result, TrainError};
-use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets};
+use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets_for};
 use crate::method::Method;
-use crate::train::{TrainConfig, TrainRecord, check_config};
+use crate::train::{BatchSource, Draw, TrainConfig, TrainRecord, check_config};
 
 /// What one update learned from and where the chain moved.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,7 @@ pub struct CsmcUpdate {
 /// twisted proposal (weighted by the intermediate weights Wbar_t^psi); returns the loss and the
 /// particle Gibbs step's next reference. `seed` is the update's seed: the positives, the
 /// negatives and the pick draw from streams derived from it ([`smc_core::seed`]).
+/// `source` says where the batch's base-model rows come from ([`BatchSource`]).
 #[allow(clippy::too_many_arguments)]
 pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
     lm: &L,
@@ -41,35 +42,36 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
     learning_rate: f64,
     seed: u64,
     reference: &[u32],
+    source: BatchSource,
 ) -> Result<CsmcUpdate> {
     let (k, horizon) = (batch_size, reference.len());
-    let csmc = run_csmc(
+    let draw = Draw {
         lm,
-        Some(&*twist as &dyn Twist),
+        twist: &*twist,
         potential,
         prompt,
+        batch_size: k,
+        horizon,
+        source,
+    };
+    let (positives, csmc) = draw.run(
         &SmcConfig::twisted(k, horizon).with_seed(seed::derive(seed, label::CSMC_POSITIVES, 0)),
-        reference,
+        Some(reference),
     )?;
-    let sis = run_smc(
-        lm,
-        Some(&*twist as &dyn Twist),
-        potential,
-        prompt,
+    let (negatives, _) = draw.run(
         &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed::derive(
             seed,
             label::CSMC_NEGATIVES,
             0,
         )),
+        None,
     )?;
     let w_final = normalized_weights(&csmc.log_w);
     let mut pick_rng = rng_from_seed(seed::derive(seed, label::CSMC_PICK, 0));
     let pick = Scheme::Multinomial.resample(&w_final, 1, &mut pick_rng)[0];
     let next_reference = csmc.tokens[pick].clone();
-    let mut seqs = csmc.tokens;
-    seqs.extend(sis.tokens);
-    let batch = Batch::teacher_forced(lm, &*twist, potential, prompt, &seqs)?;
-    let mut tg = targets(&batch, Roles::Proposal(Proposal::Twisted));
+    let batch = draw.finish(positives.append(negatives)?)?;
+    let mut tg = targets_for(Method::Ctl, &batch, Roles::Proposal(Proposal::Twisted));
     let mut w_pos = w_final;
     w_pos.resize(2 * k, 0.0);
     tg.w_pos = w_pos;
@@ -126,6 +128,7 @@ where
             cfg.learning_rate,
             seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64),
             &state,
+            cfg.batch,
         )
         .map_err(|e| match e {
             TrainError::NonFiniteLoss { loss, value, .. } => {

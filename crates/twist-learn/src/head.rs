@@ -135,6 +135,18 @@ impl TrainableTwist for HeadTrainable {
         grads: &[LogTable],
         learning_rate: f64,
     ) -> Result<()> {
+        let params = self.backward(batch, grads)?;
+        let module = self.head.module.clone();
+        self.head.module = self.optim.step(learning_rate, module, params);
+        Ok(())
+    }
+}
+
+impl HeadTrainable {
+    /// The gradients of the loss with respect to the head's parameters, given its gradients
+    /// `grads[t-1]` (K x V) with respect to the raw outputs of `batch` at step t: one
+    /// differentiable forward pass over the batch's stored hidden states and a backward pass.
+    fn backward(&self, batch: &Batch, grads: &[LogTable]) -> Result<GradientsParams> {
         let device = self.head.device().clone();
         let mut inputs = Vec::with_capacity(batch.horizon());
         let mut g = Vec::new();
@@ -148,15 +160,48 @@ impl TrainableTwist for HeadTrainable {
         let x = Tensor::cat(inputs, 0);
         let rows = x.dims()[0];
         let v = self.head.config.vocab_size;
-        let out = self.head.module.forward(x);
+        let out = self.head.forward(x)?;
         let g = Tensor::<2>::from_data(TensorData::new(g, [rows, v]), &device);
         // d/dθ sum(out * g) = sum_{rows, v} g * d out / dθ: the loss gradient by the chain rule.
         let surrogate = (out * g).sum();
         let gradients = surrogate.backward();
-        let params = GradientsParams::from_grads(gradients, &self.head.module);
-        let module = self.head.module.clone();
-        self.head.module = self.optim.step(learning_rate, module, params);
-        Ok(())
+        Ok(GradientsParams::from_grads(gradients, &self.head.module))
+    }
+
+    /// The gradient of the loss with respect to each parameter (named as in
+    /// `HeadConfig::param_specs`, row-major values; zeros where the loss does not reach it),
+    /// given the gradients `grads` with respect to the raw outputs of `batch` (as for
+    /// [`TrainableTwist::apply_gradient`]); the head is not changed. For gradient checks.
+    pub fn parameter_gradients(
+        &self,
+        batch: &Batch,
+        grads: &[LogTable],
+    ) -> Result<Vec<(String, Vec<f32>)>> {
+        let params = self.backward(batch, grads)?;
+        self.head
+            .parameters()
+            .into_iter()
+            .map(|(name, id, shape)| {
+                let id = burn::module::ParamId::from(id);
+                let values = match shape.len() {
+                    2 => params.get::<2>(id).map(|t| t.try_into_vec_as::<f32>()),
+                    _ => params.get::<1>(id).map(|t| t.try_into_vec_as::<f32>()),
+                };
+                let values = match values {
+                    Some(v) => v.map_err(|e| {
+                        SmcError::backend(
+                            "twist head gradients",
+                            lm_burn::LmError::ReadBack {
+                                what: "twist head gradients",
+                                source: e,
+                            },
+                        )
+                    })?,
+                    None => vec![0.0; shape.iter().product()],
+                };
+                Ok((name, values))
+            })
+            .collect()
     }
 }
 

@@ -16,7 +16,7 @@ use smc_core::smc::{Proposal, rng_from_seed};
 use crate::error::{Result, TrainError};
 use crate::gibbs::ctl_csmc_update;
 use crate::head::HeadTrainable;
-use crate::train::TrainRecord;
+use crate::train::{BatchSource, TrainRecord};
 
 /// An infilling task and its training settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,9 @@ pub struct InfillingConfig {
     /// Updates done before this call (a resumed run; see [`crate::TrainConfig::start_step`]).
     #[serde(default)]
     pub start_step: usize,
+    /// Where an update's base-model rows and hidden states come from.
+    #[serde(default)]
+    pub batch: BatchSource,
 }
 
 /// One CTL update (number `update` of the run) for a fresh exact pair (s*, c); returns the loss.
@@ -63,6 +66,7 @@ fn ctl_update(
         cfg.learning_rate,
         seed::derive(cfg.seed, label::UPDATE, update),
         &pair.tokens,
+        cfg.batch,
     )?;
     Ok(update.loss)
 }

@@ -13,11 +13,12 @@ pub mod head;
 pub mod infilling;
 pub mod losses;
 pub mod method;
+pub mod record;
 pub mod train;
 pub mod twist;
 
 pub use adam::AdamConfig;
-pub use batch::{Batch, Parameterization};
+pub use batch::{Batch, Parameterization, RecordedStep};
 pub use error::TrainError;
 pub use gibbs::{CsmcUpdate, ctl_csmc_update, train_ctl_particle_gibbs};
 pub use head::HeadTrainable;
@@ -25,6 +26,6 @@ pub use infilling::{
     InfillingConfig, InfillingEval, evaluate_infilling, evaluate_infilling_with,
     infilling_eval_plan, train_infilling_ctl,
 };
-pub use losses::{Method, Roles, Targets, loss_and_grads, targets};
-pub use train::{TrainConfig, TrainRecord, train};
+pub use losses::{Method, Roles, Targets, loss_and_grads, targets, targets_for};
+pub use train::{BatchSource, TrainConfig, TrainRecord, draw_batch, train};
 pub use twist::{TabularTrainable, TrainableTwist};

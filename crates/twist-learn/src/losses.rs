@@ -19,7 +19,7 @@ pub struct Targets {
     pub w_neg: Vec<f64>,
     /// Wbar_t^psi per step (index t-1) and sequence, normalised over the positives.
     pub w_psi: Vec<Vec<f64>>,
-    /// RL targets y_t per step and sequence.
+    /// RL targets y_t per step and sequence (empty from [`targets_for`] for other methods).
     pub rl_target: Vec<Vec<f64>>,
     /// FUDGE labels phi(s) in [0, 1].
     pub label: Vec<f64>,
@@ -74,7 +74,11 @@ fn log_ratios(batch: &Batch, proposal: Proposal) -> Vec<Vec<f64>> {
 /// phi): their normalisation over a set of sequences is Wbar_t^psi. Kept in log space so that a
 /// normalisation over a subset of the sequences never takes the log of an underflowed weight.
 pub fn log_psi_weights(batch: &Batch, proposal: Proposal) -> Vec<Vec<f64>> {
-    let mut log_w = log_ratios(batch, proposal);
+    psi_weights_from(batch, log_ratios(batch, proposal))
+}
+
+/// [`log_psi_weights`] from the log ratios of [`log_ratios`].
+fn psi_weights_from(batch: &Batch, mut log_w: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
     for (t, row) in (1..=batch.horizon()).zip(log_w.iter_mut()) {
         for (s, w) in row.iter_mut().enumerate() {
             *w += batch.log_psi_at(s, t);
@@ -93,8 +97,18 @@ pub fn normalized_over(log_w: &[f64], range: std::ops::Range<usize>) -> Vec<f64>
     w
 }
 
+/// [`targets`] without what `method` does not read: the RL look-ahead targets (a log-sum-exp
+/// over the vocabulary for every sequence and step) are left empty for the other methods.
+pub fn targets_for(method: Method, batch: &Batch, roles: Roles) -> Targets {
+    targets_inner(batch, roles, method == Method::Rl)
+}
+
 /// Computes the stop-gradient targets of a batch from its current raw outputs.
 pub fn targets(batch: &Batch, roles: Roles) -> Targets {
+    targets_inner(batch, roles, true)
+}
+
+fn targets_inner(batch: &Batch, roles: Roles, with_rl: bool) -> Targets {
     let k = batch.num_sequences();
     let horizon = batch.horizon();
     let (positives, proposal, weighted) = match roles {
@@ -114,7 +128,7 @@ pub fn targets(batch: &Batch, roles: Roles) -> Targets {
     } else {
         normalized_over(&vec![0.0; k], 0..positives)
     };
-    let w_psi = log_psi_weights(batch, proposal)
+    let w_psi = psi_weights_from(batch, log_ratio)
         .iter()
         .map(|log_w| normalized_over(log_w, 0..positives))
         .collect();
@@ -123,7 +137,8 @@ pub fn targets(batch: &Batch, roles: Roles) -> Targets {
         let n = (k - positives) as f64;
         w_neg[positives..].iter_mut().for_each(|w| *w = 1.0 / n);
     }
-    let rl_target = (1..=horizon)
+    let rl_steps = 1..=if with_rl { horizon } else { 0 };
+    let rl_target = rl_steps
         .map(|t| {
             (0..k)
                 .map(|s| {

@@ -1,15 +1,18 @@
 //! The training loop: sample, recompute the twist on the samples, take a loss step.
 
 use serde::{Deserialize, Serialize};
-use smc_core::model::{LanguageModel, Potential, Twist};
+use smc_core::model::{LanguageModel, Potential, Twist, checked_log_phi};
 use smc_core::seed::{self, label};
-use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_smc, sample_base};
+use smc_core::smc::{
+    Proposal, SmcConfig, SmcOutput, rng_from_seed, run_csmc, run_smc, sample_base,
+};
 
 use crate::error::{Result, TrainError};
 
-use crate::batch::{Batch, TrainableTwist};
-use crate::losses::{Roles, loss_and_grads, targets};
+use crate::batch::{Batch, RecordedStep, TrainableTwist};
+use crate::losses::{Roles, loss_and_grads, targets_for};
 use crate::method::Method;
+use crate::record::Recorder;
 
 /// Training hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -32,6 +35,23 @@ pub struct TrainConfig {
     /// checkpoint (with the optimiser's state) continues exactly as one run straight through.
     #[serde(default)]
     pub start_step: usize,
+    /// Where an update's base-model rows and hidden states come from.
+    #[serde(default)]
+    pub batch: BatchSource,
+}
+
+/// Where a training batch's base-model rows (log p0) and hidden states come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchSource {
+    /// Kept from the sampling run ([`crate::record`]), gathered along each final particle's
+    /// lineage, with the twist's raw outputs and log phi the run computed: the base model runs
+    /// once per update.
+    #[default]
+    Sampled,
+    /// A second, teacher-forced pass of the base model over the drawn sequences, with the twist
+    /// and the potential evaluated again (the first implementation; kept for comparison).
+    TeacherForced,
 }
 
 /// One update's record.
@@ -55,38 +75,38 @@ pub fn exponential_schedule(total: usize) -> Vec<usize> {
     out
 }
 
-/// The samples one update learns from, and their roles.
-fn draw<L: LanguageModel, W: TrainableTwist>(
+/// One update's batch and the roles of its sequences, drawn with `seed` (the update's seed):
+/// from q (or p0, as `cfg.method` wants), with the base model's rows either kept from the
+/// draw or from a second pass ([`BatchSource`] `cfg.batch`).
+pub fn draw_batch<L: LanguageModel, W: TrainableTwist>(
     lm: &L,
     twist: &W,
     potential: &dyn Potential,
     prompt: &[u32],
     cfg: &TrainConfig,
     seed: u64,
-) -> Result<(Vec<Vec<u32>>, Roles)> {
-    let from_q = |seed| -> Result<Vec<Vec<u32>>> {
-        let sis = SmcConfig::sis(cfg.batch_size, cfg.horizon, Proposal::Twisted).with_seed(seed);
-        Ok(run_smc(lm, Some(twist as &dyn Twist), potential, prompt, &sis)?.tokens)
-    };
-    let from_p0 = |seed| -> Result<Vec<Vec<u32>>> {
-        Ok(sample_base(
-            lm,
-            prompt,
-            cfg.horizon,
-            cfg.batch_size,
-            &mut rng_from_seed(seed),
-        )?
-        .0)
+) -> Result<(Batch, Roles)> {
+    let draw = Draw {
+        lm,
+        twist,
+        potential,
+        prompt,
+        batch_size: cfg.batch_size,
+        horizon: cfg.horizon,
+        source: cfg.batch,
     };
     Ok(match cfg.method {
-        Method::Ctl | Method::Dpg => (from_q(seed)?, Roles::Proposal(Proposal::Twisted)),
-        Method::Rl => (from_q(seed)?, Roles::Uniform),
-        Method::Fudge => (from_p0(seed)?, Roles::Uniform),
+        Method::Ctl | Method::Dpg => (
+            draw.finish(draw.sample_q(seed)?)?,
+            Roles::Proposal(Proposal::Twisted),
+        ),
+        Method::Rl => (draw.finish(draw.sample_q(seed)?)?, Roles::Uniform),
+        Method::Fudge => (draw.finish(draw.sample_p0(seed)?)?, Roles::Uniform),
         Method::Sixo => {
-            let mut seqs = from_q(seed)?;
-            seqs.extend(from_p0(seed::derive(seed, label::SIXO_NEGATIVES, 0))?);
+            let positives = draw.sample_q(seed)?;
+            let negatives = draw.sample_p0(seed::derive(seed, label::SIXO_NEGATIVES, 0))?;
             (
-                seqs,
+                draw.finish(positives.append(negatives)?)?,
                 Roles::Contrast {
                     proposal: Proposal::Twisted,
                     positives: cfg.batch_size,
@@ -94,6 +114,141 @@ fn draw<L: LanguageModel, W: TrainableTwist>(
             )
         }
     })
+}
+
+/// Sequences drawn for a batch, with what the draw recorded (empty for
+/// [`BatchSource::TeacherForced`]).
+pub(crate) struct Drawn {
+    pub(crate) sequences: Vec<Vec<u32>>,
+    pub(crate) steps: Vec<RecordedStep>,
+    pub(crate) log_phi: Vec<f64>,
+}
+
+impl Drawn {
+    /// These sequences followed by `other`'s.
+    pub(crate) fn append(mut self, other: Drawn) -> Result<Drawn> {
+        self.sequences.extend(other.sequences);
+        self.log_phi.extend(other.log_phi);
+        self.steps = if self.steps.is_empty() || other.steps.is_empty() {
+            Vec::new()
+        } else {
+            self.steps
+                .into_iter()
+                .zip(other.steps)
+                .map(|(a, b)| a.stack(b))
+                .collect::<smc_core::Result<_>>()?
+        };
+        Ok(self)
+    }
+}
+
+/// The draws of one update.
+pub(crate) struct Draw<'a, L, W: ?Sized> {
+    pub(crate) lm: &'a L,
+    pub(crate) twist: &'a W,
+    pub(crate) potential: &'a dyn Potential,
+    pub(crate) prompt: &'a [u32],
+    pub(crate) batch_size: usize,
+    pub(crate) horizon: usize,
+    pub(crate) source: BatchSource,
+}
+
+impl<L: LanguageModel, W: TrainableTwist + ?Sized> Draw<'_, L, W> {
+    /// Runs SMC with `config` (the twisted proposal, clamped to `reference` for conditional
+    /// SMC), recording it when the batch is to be built from the draw; returns the drawn
+    /// sequences and the run's output.
+    pub(crate) fn run(
+        &self,
+        config: &SmcConfig,
+        reference: Option<&[u32]>,
+    ) -> Result<(Drawn, SmcOutput)> {
+        let twist = self.twist;
+        let out = match self.source {
+            BatchSource::TeacherForced => {
+                let tw = Some(&twist as &dyn Twist);
+                match reference {
+                    Some(r) => run_csmc(self.lm, tw, self.potential, self.prompt, config, r)?,
+                    None => run_smc(self.lm, tw, self.potential, self.prompt, config)?,
+                }
+            }
+            BatchSource::Sampled => {
+                let rec = Recorder::new();
+                let (lm, rtw) = (rec.lm(self.lm), rec.twist(twist));
+                let tw = Some(&rtw as &dyn Twist);
+                let out = match reference {
+                    Some(r) => run_csmc(&lm, tw, self.potential, self.prompt, config, r)?,
+                    None => run_smc(&lm, tw, self.potential, self.prompt, config)?,
+                };
+                let steps = rec.take()?;
+                return Ok((
+                    Drawn {
+                        sequences: out.tokens.clone(),
+                        steps,
+                        log_phi: out.log_phi.clone(),
+                    },
+                    out,
+                ));
+            }
+        };
+        Ok((
+            Drawn {
+                sequences: out.tokens.clone(),
+                steps: Vec::new(),
+                log_phi: Vec::new(),
+            },
+            out,
+        ))
+    }
+
+    /// K draws from the twisted proposal (SIS).
+    pub(crate) fn sample_q(&self, seed: u64) -> Result<Drawn> {
+        let sis = SmcConfig::sis(self.batch_size, self.horizon, Proposal::Twisted).with_seed(seed);
+        Ok(self.run(&sis, None)?.0)
+    }
+
+    /// K draws from p0.
+    pub(crate) fn sample_p0(&self, seed: u64) -> Result<Drawn> {
+        let mut rng = rng_from_seed(seed);
+        let (horizon, k) = (self.horizon, self.batch_size);
+        if self.source == BatchSource::TeacherForced {
+            let sequences = sample_base(self.lm, self.prompt, horizon, k, &mut rng)?.0;
+            return Ok(Drawn {
+                sequences,
+                steps: Vec::new(),
+                log_phi: Vec::new(),
+            });
+        }
+        let rec = Recorder::new();
+        let sequences = sample_base(&rec.lm(self.lm), self.prompt, horizon, k, &mut rng)?.0;
+        let steps = rec.take()?;
+        let buffer = smc_core::batch::TokenBuffer::from_rows(&sequences);
+        let log_phi = checked_log_phi(self.potential, self.prompt, &buffer, horizon)?;
+        Ok(Drawn {
+            sequences,
+            steps,
+            log_phi,
+        })
+    }
+
+    /// The batch of `drawn`: from what the draw recorded, or from a teacher-forced pass.
+    pub(crate) fn finish(&self, drawn: Drawn) -> Result<Batch> {
+        Ok(match self.source {
+            BatchSource::Sampled => Batch::from_recorded(
+                self.twist,
+                self.prompt,
+                &drawn.sequences,
+                drawn.steps,
+                drawn.log_phi,
+            )?,
+            BatchSource::TeacherForced => Batch::teacher_forced(
+                self.lm,
+                self.twist,
+                self.potential,
+                self.prompt,
+                &drawn.sequences,
+            )?,
+        })
+    }
 }
 
 /// Trains `twist` for `cfg.steps` updates; `on_step(step, twist, loss)` runs after each update
@@ -152,9 +307,8 @@ fn update<L: LanguageModel, W: TrainableTwist>(
     step: usize,
 ) -> Result<f64> {
     let seed = seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64);
-    let (seqs, roles) = draw(lm, twist, potential, prompt, cfg, seed)?;
-    let batch = Batch::teacher_forced(lm, twist, potential, prompt, &seqs)?;
-    let tg = targets(&batch, roles);
+    let (batch, roles) = draw_batch(lm, twist, potential, prompt, cfg, seed)?;
+    let tg = targets_for(cfg.method, &batch, roles);
     let (loss, grads) = loss_and_grads(cfg.method, &batch, &tg);
     if !loss.is_finite() {
         return Err(TrainError::NonFiniteLoss {

@@ -69,6 +69,7 @@ fn every_method_trains_a_head_on_a_burn_lm_and_cuts_both_exact_kls() {
             learning_rate: 1e-3,
             seed: 3,
             start_step: 0,
+            batch: BatchSource::Sampled,
         };
         train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
             Ok::<(), TrainError>(())
@@ -106,6 +107,7 @@ fn a_trained_mlp_head_saves_loads_and_drives_twisted_smc_identically() {
         learning_rate: 0.01,
         seed: 5,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
         Ok::<(), TrainError>(())
@@ -154,6 +156,7 @@ fn resuming_a_checkpoint_restores_adam_so_training_continues_identically() {
         learning_rate: 1e-2,
         seed: 0,
         start_step,
+        batch: BatchSource::Sampled,
     };
     // Straight through: 6 updates.
     let mut straight = HeadTrainable::new(
@@ -232,6 +235,7 @@ fn a_saved_fudge_head_keeps_its_log_sigmoid_parameterisation() {
         learning_rate: 1e-2,
         seed: 2,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
         Ok::<(), TrainError>(())
@@ -280,6 +284,7 @@ fn a_zero_output_head_starts_exactly_at_p0_and_ctl_moves_it_towards_sigma() {
         learning_rate: 1e-3,
         seed: 3,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
         Ok::<(), TrainError>(())

@@ -47,6 +47,7 @@ fn trained(lm: &BurnLm, seed: u64, conditioning: Option<Vec<u32>>) -> HeadTraina
         learning_rate: 1e-2,
         seed,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     train(lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
         Ok::<(), TrainError>(())

@@ -51,6 +51,7 @@ fn update(lm: &BurnLm, twist: &mut HeadTrainable) -> Result<(), TrainError> {
         learning_rate: 1e-2,
         seed: 0,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     train(lm, twist, &phi(), &PROMPT, &cfg, |_, _, _| {
         Ok::<(), TrainError>(())

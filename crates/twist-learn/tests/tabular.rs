@@ -142,6 +142,7 @@ fn training_each_method_cuts_both_exact_kls_well_below_the_untwisted_proposal() 
             learning_rate: 0.05,
             seed: 11,
             start_step: 0,
+            batch: BatchSource::Sampled,
         };
         train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| {
             Ok::<(), TrainError>(())
@@ -181,6 +182,7 @@ fn ctl_reaches_near_optimal_twists_where_log_zhat_barely_varies() {
         learning_rate: 0.05,
         seed: 4,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     train(&lm, &mut twist, &phi, &[], &cfg, |_, _, _| {
         Ok::<(), TrainError>(())
@@ -236,6 +238,7 @@ fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
         learning_rate: 0.05,
         seed: 11,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     let records = train_ctl_particle_gibbs(&lm, &mut twist, &phi, &[], &cfg, None, |_, _, _| {
         Ok::<(), TrainError>(())
@@ -291,6 +294,7 @@ fn a_run_continued_from_its_start_step_equals_one_run_straight_through() {
             learning_rate: 0.05,
             seed: 21,
             start_step,
+            batch: BatchSource::Sampled,
         };
         let fresh =
             || TabularTrainable::new(3, horizon, param_of(method), 0.1, 1, AdamConfig::default());
@@ -351,6 +355,7 @@ fn callbacks_return_the_callers_error_type_and_training_errors_keep_their_source
         learning_rate: 0.05,
         seed: 1,
         start_step: 0,
+        batch: BatchSource::Sampled,
     };
     let fresh = || {
         TabularTrainable::new(

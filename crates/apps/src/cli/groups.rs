@@ -67,8 +67,10 @@ impl PromptArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Twist head")]
 pub struct HeadArgs {
-    /// The head's architecture.
-    #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
+    /// The head's architecture: `linear` (hidden state -> vocabulary), `mlp` (three layers),
+    /// `embedding` (e_v · (A h) + b_v through the base model's frozen output embedding, A and b
+    /// starting at zero so q = p0) or `low-rank:R` (the same with A of rank R).
+    #[arg(long, default_value = "linear")]
     pub head: HeadArg,
     /// Initialisation: `xavier` (every layer N(0, 2/(fan_in + fan_out)), the spec's) or
     /// `zero-output` (the output layer at 0, so the twisted proposal starts at p0).
@@ -79,11 +81,15 @@ pub struct HeadArgs {
 impl HeadArgs {
     /// The head choice.
     pub fn choice(self) -> HeadChoice {
+        let (kind, rank) = match self.head {
+            HeadArg::Linear => (HeadKind::Linear, None),
+            HeadArg::Mlp => (HeadKind::Mlp, None),
+            HeadArg::Embedding => (HeadKind::Embedding, None),
+            HeadArg::LowRank(r) => (HeadKind::Embedding, Some(r)),
+        };
         HeadChoice {
-            kind: match self.head {
-                HeadArg::Linear => HeadKind::Linear,
-                HeadArg::Mlp => HeadKind::Mlp,
-            },
+            kind,
+            rank,
             zero_output: self.init == InitArg::ZeroOutput,
         }
     }
@@ -115,12 +121,33 @@ impl From<BackendArg> for lm_burn::Backend {
 }
 
 /// A twist head architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadArg {
     /// One linear layer from the hidden state to the vocabulary.
     Linear,
     /// Three linear layers with ReLU between them.
     Mlp,
+    /// Through the base model's frozen output embedding, A of full rank.
+    Embedding,
+    /// Through the base model's frozen output embedding, A of this rank.
+    LowRank(usize),
+}
+
+impl std::str::FromStr for HeadArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = "linear, mlp, embedding or low-rank:R (R a rank of at least 1)";
+        match s {
+            "linear" => Ok(Self::Linear),
+            "mlp" => Ok(Self::Mlp),
+            "embedding" => Ok(Self::Embedding),
+            _ => match s.strip_prefix("low-rank:").map(str::parse::<usize>) {
+                Some(Ok(r)) if r >= 1 => Ok(Self::LowRank(r)),
+                _ => Err(format!("expected {expected}, found {s:?}")),
+            },
+        }
+    }
 }
 
 /// A head initialisation.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
-use twist_learn::Method;
+use twist_learn::{BatchSource, Method};
 
 use super::groups::{HeadArgs, MethodArg, ModelArgs, PositivesArg, PromptArgs, at_least};
 use crate::commands::train::{TrainSettings, TrainTask};
@@ -88,6 +88,20 @@ pub struct TrainArgs {
     /// `infilling-fixed`: particles of the evaluation's bounds and particle Gibbs sweeps.
     #[arg(long, default_value_t = 32)]
     eval_particles: usize,
+    /// Where an update's base-model rows and hidden states come from: `sampled` (kept from the
+    /// sampling run, one base-model pass per update) or `teacher-forced` (a second pass over
+    /// the drawn sequences, as before; for comparison).
+    #[arg(long, value_enum, default_value_t = BatchSourceArg::Sampled)]
+    batch_source: BatchSourceArg,
+}
+
+/// Where a training batch's base-model rows come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BatchSourceArg {
+    /// Kept from the sampling run.
+    Sampled,
+    /// A second, teacher-forced pass.
+    TeacherForced,
 }
 
 /// The task of `tsmc train`.
@@ -128,6 +142,7 @@ impl TrainArgs {
             task_seed,
             gibbs_sweeps,
             eval_particles,
+            batch_source,
         } = self;
         let method: Method = method.into();
         let positives: Positives = positives.into();
@@ -229,6 +244,10 @@ impl TrainArgs {
             checkpoint,
             resume,
             out,
+            batch: match batch_source {
+                BatchSourceArg::Sampled => BatchSource::Sampled,
+                BatchSourceArg::TeacherForced => BatchSource::TeacherForced,
+            },
         })
     }
 }

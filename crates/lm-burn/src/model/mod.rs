@@ -82,6 +82,12 @@ impl BurnLm {
         self.model.as_ref()
     }
 
+    /// The output head's matrix W [d, V] (logits = h W; the tied token embeddings transposed
+    /// for SmolLM2 and GPT-2), shared with the model, never copied.
+    pub fn output_head(&self) -> Tensor<2> {
+        self.model.output_head()
+    }
+
     /// Sizes.
     pub fn dims(&self) -> Dims {
         self.model.dims()

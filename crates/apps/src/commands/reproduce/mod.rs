@@ -139,6 +139,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     learning_rate: args.lr,
                     seed: seed::derive(0, seed::label::APP_TRAIN, seed),
                     start_step: 0,
+                    batch: Default::default(),
                 };
                 twist_learn::train_infilling_ctl(lm, &mut twist, prompt, &cfg, |i, _, _| {
                     bar.set_message(msg(i));
@@ -153,6 +154,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     learning_rate: args.lr,
                     seed: seed::derive(0, seed::label::APP_TRAIN, seed),
                     start_step: 0,
+                    batch: Default::default(),
                 };
                 train(
                     lm,

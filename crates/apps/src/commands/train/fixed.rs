@@ -124,7 +124,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
             bar.set_message(format!("{loss:.4}"));
             let step = start_step + i;
             curve.write(
-                &json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }),
+                &json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "cpu_seconds": crate::progress::cpu_seconds(), "loss": loss }),
             )?;
             if eval_at.contains(&i) || i == args.steps {
                 tw.save_checkpoint(&args.checkpoint, &meta(step))?;

@@ -98,6 +98,7 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
         learning_rate: args.lr,
         seed: smc_core::seed::derive(args.seed, smc_core::seed::label::APP_TRAIN, 0),
         start_step,
+        batch: args.batch,
     };
     let meta = |step: usize| {
         serde_json::json!({
@@ -109,6 +110,10 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
         bar.inc(1);
         bar.set_message(format!("{loss:.4}"));
         let step = start_step + i;
+        curve.write(&serde_json::json!({
+            "step": step, "seconds": started.elapsed().as_secs_f64(),
+            "cpu_seconds": crate::progress::cpu_seconds(), "loss": loss,
+        }))?;
         if eval_at.contains(&i) {
             bar.suspend(|| -> Result<()> {
                 evaluate(Some(tw), step, "twisted", &mut curve)?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use lm_burn::BurnLm;
-use smc_bounds::{EvalPlan, Evaluation, LogZBounds, Method};
+use smc_bounds::{Estimate, EvalPlan, Evaluation, LogZBounds, Method};
 use smc_core::model::{Potential, Twist};
 use smc_core::seed;
 use twist_learn::{HeadTrainable, Parameterization};
@@ -16,6 +16,7 @@ use twist_learn::{HeadTrainable, Parameterization};
 use super::settings::TrainSettings;
 use crate::jsonl::{Appender, read_exact};
 use crate::potentials::PotentialSpec;
+use crate::progress::cpu_seconds;
 use crate::setup::{load_model_and_prompt, sampler};
 use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
 
@@ -77,7 +78,7 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
             bar.inc(1);
             bar.set_message(format!("{loss:.4}"));
             let step = start_step + i;
-            curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "loss": loss }))?;
+            curve.write(&serde_json::json!({ "step": step, "seconds": started.elapsed().as_secs_f64(), "cpu_seconds": cpu_seconds(), "loss": loss }))?;
             if eval_at.contains(&i) {
                 tw.save_checkpoint(&args.checkpoint, &meta(step))?;
                 if let Some(e) = &evaluator {
@@ -105,7 +106,9 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
 /// evaluation API: the same plan (so the same random numbers: paired steps) for p0 and every
 /// step; both KL estimates are taken around p0's log Z pair, computed once and declared in
 /// advance (SIS lower and upper bounds at K = 64), so the curve's KL columns move only with F_q
-/// and G_q.
+/// and G_q. Every evaluation also gives its paired differences from p0 (draw j against draw j
+/// for F_q, exact sample i against exact sample i for G_q): ΔKL(q‖σ) = -ΔF_q and
+/// ΔKL(σ‖q) = ΔG_q, free of log Z and of the spread of the exact samples.
 struct PotentialEval<'a> {
     lm: &'a BurnLm,
     prompt: &'a [u32],
@@ -114,6 +117,8 @@ struct PotentialEval<'a> {
     exact: Vec<Vec<u32>>,
     plan: EvalPlan,
     log_z: LogZBounds,
+    /// p0's single-sample values behind F_q and G_q.
+    p0_values: (Vec<f64>, Vec<f64>),
 }
 
 impl<'a> PotentialEval<'a> {
@@ -143,6 +148,7 @@ impl<'a> PotentialEval<'a> {
             exact,
             plan,
             log_z: p0.log_z.clone(),
+            p0_values: (p0.f_q_values.clone(), p0.g_q_values.clone()),
         };
         Ok((me, p0))
     }
@@ -162,15 +168,28 @@ impl<'a> PotentialEval<'a> {
         started: Instant,
     ) -> Result<()> {
         let kl = e.kl_with(&self.log_z);
+        let d_f = Estimate::paired_difference(&e.f_q_values, &self.p0_values.0)?;
+        let d_g = Estimate::paired_difference(&e.g_q_values, &self.p0_values.1)?;
         curve.write(&serde_json::json!({
             "step": step, "seconds": started.elapsed().as_secs_f64(), "sampler": label,
             "eval": { "kl_q_sigma": kl.kl_q_sigma, "kl_sigma_q": kl.kl_sigma_q, "kl_sum": e.kl_sum,
                       "f_q": e.f_q, "g_q": e.g_q, "log_z": kl.log_z, "half_gap": kl.log_z_half_gap,
-                      "own_bounds": e.log_z },
+                      "own_bounds": e.log_z, "f_q_vs_p0": d_f, "g_q_vs_p0": d_g },
         }))?;
         eprintln!(
-            "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  G_q - F_q = {}  F_q = {:.3}  G_q = {:.3}  (log Z {:.3})",
-            kl.kl_q_sigma, kl.kl_sigma_q, e.kl_sum, e.f_q.mean, e.g_q.mean, kl.log_z.mean
+            "step {step:>4} {label:<14} KL(q||sigma) = {}  KL(sigma||q) = {}  G_q - F_q = {}  F_q = {:.3}  G_q = {:.3}  (log Z {:.3})  paired vs p0: ΔKL(q||sigma) = {:+.3} ± {:.3}, ΔKL(sigma||q) = {:+.3} ± {:.3} (95%, t with {} and {} df)",
+            kl.kl_q_sigma,
+            kl.kl_sigma_q,
+            e.kl_sum,
+            e.f_q.mean,
+            e.g_q.mean,
+            kl.log_z.mean,
+            -d_f.mean,
+            d_f.ci95(),
+            d_g.mean,
+            d_g.ci95(),
+            d_f.df,
+            d_g.df
         );
         Ok(())
     }

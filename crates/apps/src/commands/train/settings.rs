@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use twist_learn::{Method, TrainConfig};
+use twist_learn::{BatchSource, Method, TrainConfig};
 
 use crate::potentials::PotentialSpec;
 use crate::setup::ModelChoice;
@@ -72,6 +72,8 @@ pub struct TrainSettings {
     pub resume: Option<PathBuf>,
     /// Training curve (JSONL).
     pub out: PathBuf,
+    /// Where an update's base-model rows come from.
+    pub batch: BatchSource,
 }
 
 impl TrainSettings {
@@ -86,6 +88,7 @@ impl TrainSettings {
             learning_rate: self.lr,
             seed: smc_core::seed::derive(self.seed, smc_core::seed::label::APP_TRAIN, 0),
             start_step,
+            batch: self.batch,
         }
     }
 }
