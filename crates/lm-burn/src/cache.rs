@@ -3,6 +3,7 @@
 //! `slice_assign` (never grown with `cat`) and reordered by copying only the rows that change.
 
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 /// Keys and values of one layer.
 #[derive(Debug, Clone)]
@@ -31,6 +32,7 @@ pub struct ParticleCache {
     head_dim: usize,
     capacity: usize,
     len: usize,
+    device: Device,
 }
 
 impl ParticleCache {
@@ -56,6 +58,7 @@ impl ParticleCache {
             head_dim,
             capacity,
             len: 0,
+            device: device.clone(),
         }
     }
 
@@ -127,27 +130,53 @@ impl ParticleCache {
         if changed.is_empty() || self.len == 0 {
             return;
         }
-        let device = self.layers[0].k.device();
-        let idx = |v: Vec<i64>| {
-            let n = v.len();
-            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device)
-        };
-        let src = idx(changed.iter().map(|&k| ancestors[k] as i64).collect());
-        let dst = idx(changed.iter().map(|&k| k as i64).collect());
-        let row = self.kv_heads * self.capacity * self.head_dim;
-        let shape = [self.particles, self.kv_heads, self.capacity, self.head_dim];
+        let moves: Vec<(usize, usize)> = changed.iter().map(|&k| (k, ancestors[k])).collect();
+        let len = self.len;
+        // The CPU path copies only the cached positions, one tensor per task; a tensor it
+        // cannot take (another backend) comes back and goes through burn's select below.
+        let mut pending = Vec::new();
         for layer in &mut self.layers {
             for t in [&mut layer.k, &mut layer.v] {
-                let rows = t
-                    .clone()
-                    .reshape([self.particles, row])
-                    .select(0, src.clone());
-                t.inplace(|x| {
-                    x.reshape([shape[0], row])
-                        .select_assign(0, dst.clone(), rows, IndexingUpdateOp::Assign)
-                        .reshape(shape)
-                });
+                pending.push(t);
             }
+        }
+        let declined: Vec<&mut Tensor<4>> = pending
+            .into_par_iter()
+            .filter_map(|t| {
+                let taken = std::mem::replace(t, Tensor::empty([0, 0, 0, 0], &self.device));
+                match crate::cpu::reorder_cache_rows(taken, &moves, len) {
+                    Ok(done) => {
+                        *t = done;
+                        None
+                    }
+                    Err(back) => {
+                        *t = back;
+                        Some(t)
+                    }
+                }
+            })
+            .collect();
+        if declined.is_empty() {
+            return;
+        }
+        let idx = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device)
+        };
+        let src = idx(moves.iter().map(|&(_, s)| s as i64).collect());
+        let dst = idx(moves.iter().map(|&(d, _)| d as i64).collect());
+        let row = self.kv_heads * self.capacity * self.head_dim;
+        let shape = [self.particles, self.kv_heads, self.capacity, self.head_dim];
+        for t in declined {
+            let rows = t
+                .clone()
+                .reshape([self.particles, row])
+                .select(0, src.clone());
+            t.inplace(|x| {
+                x.reshape([shape[0], row])
+                    .select_assign(0, dst.clone(), rows, IndexingUpdateOp::Assign)
+                    .reshape(shape)
+            });
         }
     }
 }

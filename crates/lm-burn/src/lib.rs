@@ -18,6 +18,7 @@
 pub mod arch;
 pub mod cache;
 pub mod config;
+pub mod cpu;
 pub mod default_model;
 pub mod device;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod llama;
 pub mod model;
 pub mod model_tokenizer;
 pub mod ops;
+pub mod profile;
 pub mod registry;
 pub mod temporaries;
 pub mod tokenizer;

@@ -12,6 +12,7 @@ use crate::error::{LmError, Result};
 use crate::ops::{
     AttentionWindow, apply_rope, causal_attention, decode_attention, rms_norm, rope_tables,
 };
+use crate::profile::time;
 use crate::weights::Loader;
 
 /// Hyper-parameters of a Llama-family model, from `config.json`.
@@ -292,26 +293,53 @@ impl CausalLm for Llama {
             .check_context(pos + 1, || format!("a decoding step at position {pos}"))?;
         let k = tokens.len();
         let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let mut h = self.embed(tokens, [k, 1])?.reshape([k, c.hidden_size]);
+        let mut h = time("embed", || self.embed(tokens, [k, 1]))?.reshape([k, c.hidden_size]);
         let (cos, sin) = rope_tables(pos..pos + 1, hd, c.rope_theta, &self.device);
         let scale = 1.0 / (hd as f64).sqrt();
         cache.reserve_one();
         for (i, layer) in self.layers.iter().enumerate() {
-            let x = rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps);
+            let x = time("norm", || {
+                rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps)
+            });
             // [K, n*hd] -> [K, n, 1, hd] so that rotary tables [1, hd] broadcast.
             let heads = |w, b, n| linear(x.clone(), w, b).reshape([k, n, 1, hd]);
-            let q = apply_rope(heads(&layer.wq, &layer.bq, hq), &cos, &sin).reshape([k, hq, hd]);
-            let kk = apply_rope(heads(&layer.wk, &layer.bk, hkv), &cos, &sin);
-            let vv = heads(&layer.wv, &layer.bv, hkv);
-            let (own_k, own_v) = cache.write(i, kk, vv);
+            let (q, kk, vv) = time("qkv", || {
+                (
+                    heads(&layer.wq, &layer.bq, hq),
+                    heads(&layer.wk, &layer.bk, hkv),
+                    heads(&layer.wv, &layer.bv, hkv),
+                )
+            });
+            let (q, kk) = time("rope", || {
+                (
+                    apply_rope(q, &cos, &sin).reshape([k, hq, hd]),
+                    apply_rope(kk, &cos, &sin),
+                )
+            });
+            let (own_k, own_v) = time("kv_write", || cache.write(i, kk, vv));
             let prompt_kv = prompt.map(|p| (&p.layers[i].k, &p.layers[i].v));
-            let att = decode_attention(q, prompt_kv, own_k, own_v, scale, 0, 0);
-            h = h + linear(att, &layer.wo, &None);
-            let x = rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);
-            h = h.clone() + self.mlp(layer, x);
+            let att = time("attention", || {
+                decode_attention(q, prompt_kv, own_k, own_v, scale, 0, 0)
+            });
+            let o = time("o_proj", || linear(att, &layer.wo, &None));
+            h = time("residual", || h + o);
+            let x = time("norm", || {
+                rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps)
+            });
+            let (gate, up) = time("gate_up", || {
+                (
+                    linear(x.clone(), &layer.w_gate, &None),
+                    linear(x, &layer.w_up, &None),
+                )
+            });
+            let act = time("silu_mul", || {
+                crate::cpu::silu_mul(&gate, &up).unwrap_or_else(|| silu(gate) * up)
+            });
+            let m = time("down", || linear(act, &layer.w_down, &None));
+            h = time("residual", || h + m);
         }
         cache.advance();
-        Ok(rms_norm(h, &self.norm, c.rms_norm_eps))
+        Ok(time("norm", || rms_norm(h, &self.norm, c.rms_norm_eps)))
     }
 
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {

@@ -13,7 +13,8 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>>
     let d_in = dims[D - 1];
     let d_out = w.dims()[1];
     let rows = dims[..D - 1].iter().product::<usize>();
-    let mut y = x.reshape([rows, d_in]).matmul(w.clone());
+    let x = x.reshape([rows, d_in]);
+    let mut y = crate::cpu::matmul(&x, w).unwrap_or_else(|| x.matmul(w.clone()));
     if let Some(b) = b {
         y = y + b.clone().unsqueeze::<2>();
     }
@@ -27,16 +28,22 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>>
 /// size on the flex backend (measured: docs/benchmarks.md).
 const HEAD_BLOCK: usize = 4096;
 
-/// The output head x @ w for a wide w ([d, V]), as column blocks of [`HEAD_BLOCK`]
+/// The output head x @ w for a wide w ([d, V]): on the CPU [`crate::cpu::matmul`] (column
+/// blocks written in place, spread over the threads), elsewhere column blocks of [`HEAD_BLOCK`]
 /// concatenated: the same values as [`linear`], faster for a large vocabulary.
 pub fn output_head<const D: usize>(x: Tensor<D>, w: &Tensor<2>) -> Tensor<D> {
     let [d_in, d_out] = w.dims();
-    if d_out <= 2 * HEAD_BLOCK {
-        return linear(x, w, None);
-    }
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     let x = x.reshape([rows, d_in]);
+    let mut out = dims;
+    out[D - 1] = d_out;
+    if let Some(y) = crate::cpu::matmul(&x, w) {
+        return y.reshape(out);
+    }
+    if d_out <= 2 * HEAD_BLOCK {
+        return linear(x, w, None).reshape(out);
+    }
     let blocks: Vec<Tensor<2>> = (0..d_out)
         .step_by(HEAD_BLOCK)
         .map(|a| {
@@ -44,8 +51,6 @@ pub fn output_head<const D: usize>(x: Tensor<D>, w: &Tensor<2>) -> Tensor<D> {
             x.clone().matmul(w.clone().slice([0..d_in, a..b]))
         })
         .collect();
-    let mut out = dims;
-    out[D - 1] = d_out;
     Tensor::cat(blocks, 1).reshape(out)
 }
 

@@ -6,9 +6,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use smc_core::batch::{HiddenStates, LogTable};
 use smc_core::model::{DecodeSession, StepOutput};
 
-use super::{BurnLm, push_log_softmax, to_vec};
+use super::{BurnLm, to_vec};
 use crate::cache::{ParticleCache, PromptCache};
 use crate::error::{LmError, Result};
+use crate::profile::{Timer, time};
 
 /// Positions the particle cache holds before it first doubles.
 const INITIAL_CACHE_CAPACITY: usize = 32;
@@ -36,7 +37,7 @@ impl<'a> BurnSession<'a> {
         let p = prompt.len();
         lm.dims()
             .check_context(p, || format!("the prompt ({p} tokens)"))?;
-        let (h, layers) = lm.model.forward_seq(prompt, 1, p)?;
+        let (h, layers) = time("prefill", || lm.model.forward_seq(prompt, 1, p))?;
         let d = h.dims()[2];
         let last = h.slice([0..1, p - 1..p, 0..d]).reshape([1, d]);
         let dims = lm.dims();
@@ -73,21 +74,18 @@ impl DecodeSession for BurnSession<'_> {
     fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
         let v = self.lm.dims().vocab;
         // [K, d] as [K, 1, d]: the output head takes three dimensions.
-        let logits = to_vec(
-            self.lm.model.logits(self.hidden.clone().unsqueeze_dim(1)),
-            "logits",
-        )?;
-        let mut data = Vec::with_capacity(logits.len());
-        for (k, row) in logits.chunks_exact(v).enumerate() {
-            push_log_softmax(row, &mut data).map_err(|value| LmError::NonFinite {
-                what: format!(
-                    "a logit of particle {k} after {} generated tokens",
-                    self.cache.len()
-                ),
+        let logits = time("head_gemm", || {
+            self.lm.model.logits(self.hidden.clone().unsqueeze_dim(1))
+        });
+        let logits = time("read_back", || to_vec(logits, "logits"))?;
+        let generated = self.cache.len();
+        let data = time("log_softmax", || crate::cpu::log_softmax_rows(&logits, v)).map_err(
+            |(k, value)| LmError::NonFinite {
+                what: format!("a logit of particle {k} after {generated} generated tokens"),
                 value,
-            })?;
-        }
-        let hidden = to_vec(self.hidden.clone(), "hidden states")?;
+            },
+        )?;
+        let hidden = time("read_back", || to_vec(self.hidden.clone(), "hidden states"))?;
         let dim = self.hidden.dims()[1];
         Ok(StepOutput {
             log_probs: LogTable::from_vec(self.particles, v, data).expect("shape"),
@@ -142,6 +140,7 @@ impl DecodeSession for BurnSession<'_> {
         if ancestors.iter().enumerate().all(|(k, &a)| a == k) {
             return Ok(());
         }
+        let _timer = Timer::start("reorder");
         self.cache.reorder(ancestors);
         let idx: Vec<i64> = ancestors.iter().map(|&a| a as i64).collect();
         let idx =

@@ -1,0 +1,544 @@
+//! CPU fast paths for the flex backend, reached through burn's backend-extension API
+//! (`Tensor::try_into_primitive::<Flex>`): the same arithmetic as the burn operations they
+//! replace, laid out for a decode step's small batches. Each returns `None` for a tensor that
+//! is not a plain f32 flex tensor (autodiff, GPU, other dtypes), and the caller then uses the
+//! burn operation.
+//!
+//! Why: the profile of a decode step (docs/benchmarks.md) showed the matrix products of a
+//! batch of K = 1..64 rows running on about one core. flex hands each product to `gemm` with
+//! its own threads only above 192^3 multiply-adds, and `gemm` splits small-row products poorly;
+//! splitting the output columns into one block per thread, each a single-threaded `gemm`,
+//! keeps both cores busy (and reads the weights at twice the bandwidth at K = 1).
+
+use burn::backend::Flex;
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+/// Output columns per block of a wide product (the output head): small enough for each
+/// block's panel of weights to stay in cache, many enough blocks to balance two threads.
+const MAX_BLOCK: usize = 4096;
+
+/// Below this many multiply-adds a product runs on the calling thread: splitting costs more
+/// than it saves.
+const SPLIT_MIN_WORK: usize = 32 * 1024;
+
+/// An f32 matrix in flex storage: pointer to element (0, 0) and its strides, in elements.
+struct Matrix {
+    tensor: FlexTensor,
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl Matrix {
+    fn of(t: &Tensor<2>) -> Option<Self> {
+        let tensor = t.clone().try_into_primitive::<Flex>().ok()?;
+        if tensor.dtype() != DType::F32 {
+            return None;
+        }
+        let layout = tensor.layout();
+        let (rows, cols, row_stride, col_stride) = layout.as_2d_strides()?;
+        if row_stride < 0 || col_stride < 0 {
+            return None;
+        }
+        // The furthest element read must lie inside the storage.
+        let last = layout.start_offset()
+            + (rows.saturating_sub(1)) * row_stride as usize
+            + (cols.saturating_sub(1)) * col_stride as usize;
+        if rows > 0 && cols > 0 && last >= tensor.storage::<f32>().len() {
+            return None;
+        }
+        Some(Self {
+            tensor,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        })
+    }
+
+    fn ptr(&self) -> *const f32 {
+        let data = self.tensor.storage::<f32>();
+        // In bounds: checked in `of` (an empty matrix is never read).
+        data.as_ptr()
+            .wrapping_add(self.tensor.layout().start_offset())
+    }
+}
+
+/// A pointer that may cross threads: each thread writes a disjoint block of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the blocks written through it never overlap (see `matmul`), and the buffer outlives
+// the parallel section.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    // A method, so that closures capture the whole (Send) wrapper, not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[derive(Clone, Copy)]
+struct InPtr(*const f32);
+// SAFETY: only read, while the tensors that own the memory are alive (held by `Matrix`).
+unsafe impl Send for InPtr {}
+unsafe impl Sync for InPtr {}
+
+impl InPtr {
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+/// `x @ w` for x [m, k] and w [k, n] on flex (any strides, e.g. w the transposed view of a
+/// row-major [n, k] weight), as a contiguous [m, n] tensor; `None` when either is not a plain
+/// f32 flex tensor or the shapes do not chain.
+pub fn matmul(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
+    let a = Matrix::of(x)?;
+    let b = Matrix::of(w)?;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k {
+        return None;
+    }
+    let len = m.checked_mul(n)?;
+    let mut out = vec![0.0f32; len];
+    if len > 0 && k > 0 {
+        let threads = rayon::current_num_threads().max(1);
+        let work = m.saturating_mul(n).saturating_mul(k);
+        let blocks = if work < SPLIT_MIN_WORK {
+            1
+        } else {
+            threads.max(n.div_ceil(MAX_BLOCK)).min(n.div_ceil(16))
+        };
+        // Multiples of 16 columns (one AVX-512 register) per block.
+        let width = n.div_ceil(blocks).div_ceil(16) * 16;
+        let (pa, pb, po) = (InPtr(a.ptr()), InPtr(b.ptr()), OutPtr(out.as_mut_ptr()));
+        let run = |j0: usize| {
+            let cols = width.min(n - j0);
+            // SAFETY: a is m x k and b is k x n with the strides checked in `Matrix::of`;
+            // this block writes columns j0..j0 + cols of every row of the m x n output,
+            // which no other block writes; `out` and both tensors outlive the call.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    cols,
+                    k,
+                    po.get().add(j0),
+                    1,
+                    n as isize,
+                    false,
+                    pa.get(),
+                    a.col_stride,
+                    a.row_stride,
+                    pb.get().offset(j0 as isize * b.col_stride),
+                    b.col_stride,
+                    b.row_stride,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        let starts: Vec<usize> = (0..n).step_by(width).collect();
+        if starts.len() == 1 {
+            run(0);
+        } else {
+            starts.into_par_iter().for_each(run);
+        }
+    }
+    // from_primitive places it on the default flex device; `from_vec` keeps the caller's.
+    Some(from_vec(out, [m, n], &x.device()))
+}
+
+/// The SwiGLU activation silu(gate) * up, elementwise, for two tensors of the same shape, in
+/// one pass spread over the threads; `None` unless both are contiguous f32 flex tensors of
+/// the same shape.
+pub fn silu_mul<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
+    let shape = gate.dims();
+    if up.dims() != shape {
+        return None;
+    }
+    let g = contiguous_f32(gate)?;
+    let u = contiguous_f32(up)?;
+    let (gs, us) = (slice_of(&g), slice_of(&u));
+    let mut out = vec![0.0f32; gs.len()];
+    const CHUNK: usize = 16 * 1024;
+    out.par_chunks_mut(CHUNK)
+        .zip(gs.par_chunks(CHUNK).zip(us.par_chunks(CHUNK)))
+        .for_each(|(o, (g, u))| silu_mul_chunk(g, u, o));
+    Some(from_vec(out, shape, &gate.device()))
+}
+
+fn silu_mul_chunk(g: &[f32], u: &[f32], o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { silu_mul_avx512(g, u, o) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { silu_mul_avx2(g, u, o) };
+        }
+    }
+    silu_mul_portable(g, u, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn silu_mul_avx512(g: &[f32], u: &[f32], o: &mut [f32]) {
+    silu_mul_portable(g, u, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul_avx2(g: &[f32], u: &[f32], o: &mut [f32]) {
+    silu_mul_portable(g, u, o)
+}
+
+#[inline(always)]
+fn silu_mul_portable(g: &[f32], u: &[f32], o: &mut [f32]) {
+    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+        // sigmoid(g) from e^-|g| <= 1, so that the exponential never overflows.
+        let e = exp_f32(-g.abs());
+        let s = if g >= 0.0 {
+            1.0 / (1.0 + e)
+        } else {
+            e / (1.0 + e)
+        };
+        *o = g * s * u;
+    }
+}
+
+/// Copies, in place, positions `0..prefix` of rows `src` into rows `dst` (pairs `(dst, src)`,
+/// all reads before any write) of a contiguous [rows, heads, capacity, head_dim] f32 flex
+/// tensor: a KV cache reordered after resampling, without touching the unused capacity.
+/// Gives the tensor back unchanged in `Err` when it is not such a tensor or its storage is
+/// shared.
+pub fn reorder_cache_rows(
+    t: Tensor<4>,
+    moves: &[(usize, usize)],
+    prefix: usize,
+) -> Result<Tensor<4>, Tensor<4>> {
+    let [rows, heads, cap, hd] = t.dims();
+    let applicable = prefix <= cap
+        && moves.iter().all(|&(d, s)| d < rows && s < rows)
+        && contiguous_f32(&t).is_some_and(|p| p.layout().start_offset() == 0);
+    if !applicable {
+        return Err(t);
+    }
+    let device = t.device();
+    let Ok(mut p) = t.try_into_primitive::<Flex>() else {
+        unreachable!("checked by contiguous_f32")
+    };
+    let Some(data) = p.try_storage_mut::<f32>() else {
+        return Err(from_primitive(p, &device));
+    };
+    let (row, seg) = (heads * cap * hd, prefix * hd);
+    let mut scratch = Vec::with_capacity(moves.len() * heads * seg);
+    for &(_, src) in moves {
+        for h in 0..heads {
+            let a = src * row + h * cap * hd;
+            scratch.extend_from_slice(&data[a..a + seg]);
+        }
+    }
+    for (i, &(dst, _)) in moves.iter().enumerate() {
+        for h in 0..heads {
+            let a = dst * row + h * cap * hd;
+            let b = (i * heads + h) * seg;
+            data[a..a + seg].copy_from_slice(&scratch[b..b + seg]);
+        }
+    }
+    Ok(from_primitive(p, &device))
+}
+
+fn from_primitive<const D: usize>(p: FlexTensor, device: &burn::tensor::Device) -> Tensor<D> {
+    let out = Tensor::<D>::from_primitive::<Flex>(p);
+    if out.device() == *device {
+        out
+    } else {
+        out.to_device(device)
+    }
+}
+
+/// A contiguous f32 flex tensor (its storage from offset 0, in row-major order).
+fn contiguous_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    let p = t.clone().try_into_primitive::<Flex>().ok()?;
+    let layout = p.layout();
+    let n = layout.num_elements();
+    let ok = p.dtype() == DType::F32
+        && layout.is_contiguous()
+        && p.storage::<f32>().len() >= layout.start_offset() + n;
+    ok.then_some(p)
+}
+
+fn slice_of(t: &FlexTensor) -> &[f32] {
+    let start = t.layout().start_offset();
+    &t.storage::<f32>()[start..start + t.layout().num_elements()]
+}
+
+fn from_vec<const D: usize>(
+    data: Vec<f32>,
+    shape: [usize; D],
+    device: &burn::tensor::Device,
+) -> Tensor<D> {
+    from_primitive(FlexTensor::from_data(TensorData::new(data, shape)), device)
+}
+
+/// Row-wise log-softmax of a [rows, v] table of logits, in f64, rows spread over the threads:
+/// row r of the result is `logits[r] - log Σ exp(logits[r])`. The sum of exponentials uses a
+/// vectorised f32 exponential (relative error below 2e-7 per term) accumulated in f64; the
+/// result differs from an all-f64 computation by less than 1e-6 per entry.
+///
+/// A row holding a NaN or infinite logit is refused: `Err((row, value))` with its first such
+/// value.
+pub fn log_softmax_rows(logits: &[f32], v: usize) -> Result<Vec<f64>, (usize, f64)> {
+    let mut out = vec![0.0f64; logits.len()];
+    if v == 0 || logits.is_empty() {
+        return Ok(out);
+    }
+    out.par_chunks_mut(v)
+        .zip(logits.par_chunks(v))
+        .enumerate()
+        .try_for_each(|(r, (dst, row))| log_softmax_row(row, dst).map_err(|x| (r, x)))?;
+    Ok(out)
+}
+
+fn log_softmax_row(row: &[f32], dst: &mut [f64]) -> Result<(), f64> {
+    let (lo, hi) = row
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    // min/max skip NaN, and so does the clamped exponential: look for NaN separately. An
+    // infinite logit makes lo or hi infinite.
+    let nan = row.iter().any(|x| x.is_nan());
+    let sum = exp_sum(row, hi);
+    let lse = hi as f64 + sum.ln();
+    if nan || !(lo.is_finite() && hi.is_finite() && lse.is_finite()) {
+        let bad = row.iter().find(|x| !x.is_finite()).map(|&x| f64::from(x));
+        return Err(bad.unwrap_or(lse));
+    }
+    for (d, &x) in dst.iter_mut().zip(row) {
+        *d = x as f64 - lse;
+    }
+    Ok(())
+}
+
+/// Σ exp(x - max) over the row, through the widest vector instructions the CPU has.
+fn exp_sum(row: &[f32], max: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { exp_sum_avx512(row, max) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { exp_sum_avx2(row, max) };
+        }
+    }
+    exp_sum_portable(row, max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_sum_avx512(row: &[f32], max: f32) -> f64 {
+    exp_sum_portable(row, max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_sum_avx2(row: &[f32], max: f32) -> f64 {
+    exp_sum_portable(row, max)
+}
+
+/// Sixteen independent partial sums, so that the compiler vectorises the loop without
+/// reassociating a single sum.
+#[inline(always)]
+fn exp_sum_portable(row: &[f32], max: f32) -> f64 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f64; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += exp_f32(c[i] - max) as f64;
+        }
+    }
+    let mut sum: f64 = acc.iter().sum();
+    for &x in tail {
+        sum += exp_f32(x - max) as f64;
+    }
+    sum
+}
+
+/// e^x for x <= 0 (Cephes-style: x = n ln 2 + r with |r| <= ln 2 / 2, a degree-6 polynomial
+/// for e^r, 2^n from the exponent bits); 0 below -87 (where e^x is under 1.7e-38). Written
+/// without branches so that it vectorises.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.max(-87.0);
+    let n = (xc * LOG2E).round_ties_even();
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    // Taylor coefficients 1/k! up to k = 6 (Horner).
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.666_666_7e-1
+                    + r * (4.166_666_8e-2 + r * (8.333_334e-3 + r * 1.388_889e-3)))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = p * scale;
+    if x < -87.0 { 0.0 } else { y }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+    fn close(a: &Tensor<2>, b: &Tensor<2>) -> f32 {
+        let a = a.to_data().try_to_vec::<f32>().unwrap();
+        let b = b.to_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn matches_burn_matmul_for_plain_transposed_and_sliced_operands() {
+        let dev = Device::flex();
+        for (m, k, n) in [
+            (1, 7, 5),
+            (3, 64, 40),
+            (16, 96, 200),
+            (5, 33, 9000),
+            (0, 4, 3),
+        ] {
+            let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev);
+            let wt = w.clone().transpose();
+            let want = x.clone().matmul(wt.clone());
+            let got = super::matmul(&x, &wt).expect("flex f32");
+            assert!(close(&got, &want) < 1e-3, "{m}x{k}x{n}");
+            let contiguous = Tensor::<2>::from_data(wt.to_data(), &dev);
+            let got = super::matmul(&x, &contiguous).expect("flex f32");
+            assert!(close(&got, &want) < 1e-3);
+            if n > 3 {
+                let part = wt.clone().slice([0..k, 2..n - 1]);
+                let want = x.clone().matmul(part.clone());
+                let got = super::matmul(&x, &part).expect("flex f32");
+                assert!(close(&got, &want) < 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_exponential_is_within_3e7_relative_error_on_the_negative_axis() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let want = (x as f64).exp();
+            let got = super::exp_f32(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.001_37;
+        }
+        assert!(worst < 3e-7, "relative error {worst}");
+        assert_eq!(super::exp_f32(-200.0), 0.0);
+        assert_eq!(super::exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn log_softmax_matches_f64_and_refuses_non_finite_rows() {
+        let v = 1003;
+        let logits: Vec<f32> = (0..3 * v)
+            .map(|i| ((i * 7919) % 2000) as f32 * 0.013 - 9.0)
+            .collect();
+        let got = super::log_softmax_rows(&logits, v).expect("finite");
+        for (r, row) in logits.chunks(v).enumerate() {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            for (j, &x) in row.iter().enumerate() {
+                assert!((got[r * v + j] - (x as f64 - lse)).abs() < 1e-6);
+            }
+        }
+        let mut bad = logits.clone();
+        bad[v + 5] = f32::NAN;
+        let Err((row, value)) = super::log_softmax_rows(&bad, v) else {
+            panic!("a NaN logit passed");
+        };
+        assert_eq!(row, 1);
+        assert!(value.is_nan());
+        bad[v + 5] = f32::INFINITY;
+        assert!(matches!(
+            super::log_softmax_rows(&bad, v),
+            Err((1, x)) if x == f64::INFINITY
+        ));
+    }
+
+    #[test]
+    fn silu_mul_matches_burn() {
+        let dev = Device::flex();
+        let g = Tensor::<2>::random([7, 4099], Distribution::Normal(0.0, 6.0), &dev);
+        let u = Tensor::<2>::random([7, 4099], Distribution::Normal(0.0, 1.0), &dev);
+        let want = burn::tensor::activation::silu(g.clone()) * u.clone();
+        let got = super::silu_mul(&g, &u).expect("flex f32");
+        assert!(close(&got, &want) < 1e-5);
+        let sliced = g.clone().slice([0..7, 1..4099]);
+        assert!(super::silu_mul(&sliced, &u.slice([0..7, 1..4099])).is_none());
+    }
+
+    #[test]
+    fn cache_rows_reorder_in_place_over_the_prefix_only() {
+        let dev = Device::flex();
+        let (k, h, cap, hd) = (5, 2, 6, 3);
+        let data: Vec<f32> = (0..k * h * cap * hd).map(|i| i as f32).collect();
+        let t = Tensor::<4>::from_data(TensorData::new(data.clone(), [k, h, cap, hd]), &dev);
+        // Row 0 <- 3, row 3 <- 0 (a swap: every read happens before any write), row 4 <- 3.
+        let moves = [(0, 3), (3, 0), (4, 3)];
+        let got = super::reorder_cache_rows(t, &moves, 4)
+            .ok()
+            .expect("flex f32");
+        let got = got.to_data().try_to_vec::<f32>().unwrap();
+        let at = |r: usize, hh: usize, p: usize, d: usize| ((r * h + hh) * cap + p) * hd + d;
+        for r in 0..k {
+            let from = moves.iter().find(|m| m.0 == r).map_or(r, |m| m.1);
+            for hh in 0..h {
+                for p in 0..cap {
+                    for d in 0..hd {
+                        let src = if p < 4 { from } else { r };
+                        assert_eq!(got[at(r, hh, p, d)], data[at(src, hh, p, d)]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declines_autodiff_tensors_and_mismatched_shapes() {
+        let dev = Device::flex();
+        let x = Tensor::<2>::ones([2, 3], &dev);
+        assert!(super::matmul(&x, &Tensor::<2>::ones([4, 5], &dev)).is_none());
+        let ad = dev.clone().autodiff();
+        let xa = Tensor::<2>::ones([2, 3], &ad).require_grad();
+        assert!(super::matmul(&xa, &Tensor::<2>::ones([3, 5], &ad)).is_none());
+    }
+}
