@@ -114,7 +114,8 @@ fn masks(c: &mut Criterion) {
     std::fs::create_dir_all(&dir).unwrap();
     let schema = dir.join("schema.json");
     std::fs::write(&schema, SCHEMA).unwrap();
-    let grammars = GrammarConstraints::new(&lm);
+    let text = lm_burn::ModelTokenizer::of(&lm).expect("the default model's tokenizer");
+    let grammars = GrammarConstraints::new(&text);
     let mut group = c.benchmark_group("masks_K64_per_step");
     group
         .sample_size(10)
@@ -143,7 +144,7 @@ fn masks(c: &mut Criterion) {
         ),
     ] {
         let spec: ConstraintSpec = spec.parse().unwrap();
-        let constraint = spec.build(&lm, &grammars).unwrap();
+        let constraint = spec.build(&text, &grammars).unwrap();
         let steps = walks(&lm, constraint.as_ref(), &chat(request), &eos);
         let running = steps
             .iter()

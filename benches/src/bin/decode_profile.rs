@@ -12,8 +12,12 @@
 //! of a step (milliseconds per step, [`lm_burn::profile`]); `smc` is the rest of the run (masks,
 //! proposals, weights, resampling). With `--json-out FILE` also writes every run as JSON.
 //!
+//! Then the side-by-side table: tsmc's rates, the llama.cpp harness's (`--peer-json FILE`, its
+//! `--json-out` file from the same minutes), and the f32 GEMM roofline measured in this run.
+//!
 //! ```sh
 //! cargo run --release -p tsmc-benches --bin decode_profile -- --k 1 16 64 256 --repeats 3
+//! cargo xtask bench --table --peer      # the same, with the llama.cpp harness run first
 //! ```
 
 use std::time::Instant;
@@ -34,6 +38,7 @@ struct Args {
     repeats: usize,
     modes: Vec<String>,
     json_out: Option<String>,
+    peer_json: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,13 +48,14 @@ fn parse_args() -> Result<Args, String> {
         repeats: 1,
         modes: vec!["smc".into(), "plain".into()],
         json_out: None,
+        peer_json: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     let number = |s: &str, what: &str| -> Result<usize, String> {
         s.parse::<usize>()
             .ok()
-            .filter(|&n| n >= 1 && n <= 4096)
+            .filter(|n| (1..=4096).contains(n))
             .ok_or_else(|| format!("{what}: expected an integer in 1..=4096, found {s:?}"))
     };
     while i < argv.len() {
@@ -76,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
             "--repeats" => args.repeats = number(&one()?, "--repeats")?,
             "--modes" => args.modes = values,
             "--json-out" => args.json_out = Some(one()?),
+            "--peer-json" => args.peer_json = Some(one()?),
             // Passed by `cargo bench` to every target.
             "--bench" => {}
             _ => return Err(format!("unknown argument {flag:?}")),
@@ -173,6 +180,59 @@ fn finish(seconds: f64, t: usize, log_z: Option<f64>) -> Run {
     }
 }
 
+/// Multiply-adds per generated token of SmolLM2-135M's matrix products (30 layers of q, k, v,
+/// o, gate, up and down projections, then the output head), or `None` for another model.
+fn macs_per_token(lm: &BurnLm) -> Option<f64> {
+    let d = lm.dims();
+    let (h, l, v, kv) = (d.hidden, d.layers, d.vocab, d.kv_heads * d.head_dim);
+    if (h, l, v, kv) != (576, 30, 49_152, 192) {
+        return None;
+    }
+    let ff = 1536;
+    Some((l * (2 * h * h + 2 * h * kv + 3 * h * ff) + h * v) as f64)
+}
+
+/// The machine's f32 GEMM rate through the kernels the model uses (`lm_burn::cpu::matmul`,
+/// both threads): GFLOP/s of a 1024 x 1024 x 1024 product, median of 7.
+fn gemm_peak_gflops() -> f64 {
+    use burn::tensor::{Distribution, Tensor};
+    let dev = default_device();
+    let n = 1024;
+    let a = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &dev);
+    let b = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &dev);
+    let mut times: Vec<f64> = (0..8)
+        .map(|_| {
+            let t = Instant::now();
+            let c = lm_burn::cpu::matmul(&a, &b).unwrap_or_else(|| a.clone().matmul(b.clone()));
+            std::hint::black_box(c);
+            t.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9
+}
+
+/// The llama.cpp harness's median particle-tokens/s per (mode, K) from its `--json-out` file.
+fn peer_rates(path: &str) -> Result<Vec<(String, usize, f64)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?;
+    let rows = v["summary"]
+        .as_array()
+        .ok_or_else(|| format!("{path}: no \"summary\" array"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["mode"].as_str()?.to_string(),
+                r["K"].as_u64()? as usize,
+                r["median_particle_tokens_per_s"].as_f64()?,
+            ))
+        })
+        .collect())
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -201,14 +261,25 @@ fn main() {
         prompt.len(),
         vocab - forbidden.len()
     );
+    let peer = match args.peer_json.as_deref().map(peer_rates).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: --peer-json: {e}");
+            std::process::exit(2);
+        }
+    };
+    let peak = gemm_peak_gflops();
+    let roofline = macs_per_token(&lm).map(|macs| peak * 1e9 / (2.0 * macs));
     profile::set_enabled(true);
     // Warm-up: first-touch allocation and thread-pool start-up are not part of a step.
     let _ = plain_run(&lm, &prompt, 4, 2, 0);
     let mut records = Vec::new();
+    let mut rates: Vec<(usize, String, f64)> = Vec::new();
     println!(
-        "| K | mode | particle-tokens/s (median of {}) | ms per step by operation |",
+        "## Per-operation profile (ms per step, median run of {})\n",
         args.repeats
     );
+    println!("| K | mode | particle-tokens/s | ms per step by operation |");
     println!("|---|---|---|---|");
     for &k in &args.ks {
         for mode in &args.modes {
@@ -221,6 +292,7 @@ fn main() {
             runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
             let median = &runs[runs.len() / 2];
             let tps = (k * args.t) as f64 / median.seconds;
+            rates.push((k, mode.clone(), tps));
             let ops: Vec<String> = median
                 .ops
                 .iter()
@@ -238,8 +310,57 @@ fn main() {
             }
         }
     }
+    let rate = |k: usize, mode: &str| rates.iter().find(|r| r.0 == k && r.1 == mode).map(|r| r.2);
+    let peer_rate =
+        |k: usize, mode: &str| peer.iter().find(|r| r.1 == k && r.0 == mode).map(|r| r.2);
+    let cell = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    };
+    println!(
+        "\n## Particle-tokens per second (K x T / wall time, T = {}, prefill included, median of {})\n",
+        args.t, args.repeats
+    );
+    match roofline {
+        Some(r) => println!(
+            "f32 GEMM rate measured in this run: {peak:.0} GFLOP/s (1024^3, both threads, median \
+             of 7) -> roofline {r:.0} particle-tokens/s (2 x multiply-adds per token).\n"
+        ),
+        None => println!("f32 GEMM rate measured in this run: {peak:.0} GFLOP/s (1024^3).\n"),
+    }
+    println!(
+        "| K | tsmc SMC | tsmc plain | llama.cpp SMC | llama.cpp plain | SMC ratio tsmc/llama.cpp | tsmc SMC / roofline |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &k in &args.ks {
+        let (s, p) = (rate(k, "smc"), rate(k, "plain"));
+        let (ps, pp) = (peer_rate(k, "smc"), peer_rate(k, "decode"));
+        let roof = match (s, roofline) {
+            (Some(s), Some(r)) => format!("{:.0}%", 100.0 * s / r),
+            _ => "-".into(),
+        };
+        println!(
+            "| {k} | {} | {} | {} | {} | {} | {roof} |",
+            cell(s),
+            cell(p),
+            cell(ps),
+            cell(pp),
+            ratio(s, ps)
+        );
+    }
+    if peer.is_empty() {
+        println!(
+            "\n(llama.cpp columns: run `cargo xtask bench --peer` to install and run the harness.)"
+        );
+    }
     if let Some(path) = args.json_out {
-        let text = serde_json::to_string_pretty(&records).expect("json");
+        let all = json!({
+            "gemm_gflops": peak,
+            "roofline_particle_tokens_per_s": roofline,
+            "runs": records,
+        });
+        let text = serde_json::to_string_pretty(&all).expect("json");
         let tmp = format!("{path}.tmp");
         if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
             eprintln!("error: writing {path}: {e}");

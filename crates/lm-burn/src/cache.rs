@@ -142,19 +142,7 @@ impl ParticleCache {
         }
         let declined: Vec<&mut Tensor<4>> = pending
             .into_par_iter()
-            .filter_map(|t| {
-                let taken = std::mem::replace(t, Tensor::empty([0, 0, 0, 0], &self.device));
-                match crate::cpu::reorder_cache_rows(taken, &moves, len) {
-                    Ok(done) => {
-                        *t = done;
-                        None
-                    }
-                    Err(back) => {
-                        *t = back;
-                        Some(t)
-                    }
-                }
-            })
+            .filter_map(|t| (!crate::cpu::reorder_cache_rows(t, &moves, len)).then_some(t))
             .collect();
         if declined.is_empty() {
             return;

@@ -221,26 +221,25 @@ fn silu_mul_portable(g: &[f32], u: &[f32], o: &mut [f32]) {
 /// Copies, in place, positions `0..prefix` of rows `src` into rows `dst` (pairs `(dst, src)`,
 /// all reads before any write) of a contiguous [rows, heads, capacity, head_dim] f32 flex
 /// tensor: a KV cache reordered after resampling, without touching the unused capacity.
-/// Gives the tensor back unchanged in `Err` when it is not such a tensor or its storage is
+/// Returns false, with the tensor unchanged, when it is not such a tensor or its storage is
 /// shared.
-pub fn reorder_cache_rows(
-    t: Tensor<4>,
-    moves: &[(usize, usize)],
-    prefix: usize,
-) -> Result<Tensor<4>, Tensor<4>> {
+pub fn reorder_cache_rows(t: &mut Tensor<4>, moves: &[(usize, usize)], prefix: usize) -> bool {
     let [rows, heads, cap, hd] = t.dims();
     let applicable = prefix <= cap
         && moves.iter().all(|&(d, s)| d < rows && s < rows)
-        && contiguous_f32(&t).is_some_and(|p| p.layout().start_offset() == 0);
+        && contiguous_f32(t).is_some_and(|p| p.layout().start_offset() == 0);
     if !applicable {
-        return Err(t);
+        return false;
     }
     let device = t.device();
-    let Ok(mut p) = t.try_into_primitive::<Flex>() else {
+    // Taken out so that the storage has one owner and can be written in place.
+    let taken = std::mem::replace(t, Tensor::empty([0, 0, 0, 0], &device));
+    let Ok(mut p) = taken.try_into_primitive::<Flex>() else {
         unreachable!("checked by contiguous_f32")
     };
     let Some(data) = p.try_storage_mut::<f32>() else {
-        return Err(from_primitive(p, &device));
+        *t = from_primitive(p, &device);
+        return false;
     };
     let (row, seg) = (heads * cap * hd, prefix * hd);
     let mut scratch = Vec::with_capacity(moves.len() * heads * seg);
@@ -257,7 +256,8 @@ pub fn reorder_cache_rows(
             data[a..a + seg].copy_from_slice(&scratch[b..b + seg]);
         }
     }
-    Ok(from_primitive(p, &device))
+    *t = from_primitive(p, &device);
+    true
 }
 
 fn from_primitive<const D: usize>(p: FlexTensor, device: &burn::tensor::Device) -> Tensor<D> {
@@ -514,9 +514,8 @@ mod tests {
         let t = Tensor::<4>::from_data(TensorData::new(data.clone(), [k, h, cap, hd]), &dev);
         // Row 0 <- 3, row 3 <- 0 (a swap: every read happens before any write), row 4 <- 3.
         let moves = [(0, 3), (3, 0), (4, 3)];
-        let got = super::reorder_cache_rows(t, &moves, 4)
-            .ok()
-            .expect("flex f32");
+        let mut got = t;
+        assert!(super::reorder_cache_rows(&mut got, &moves, 4), "flex f32");
         let got = got.to_data().try_to_vec::<f32>().unwrap();
         let at = |r: usize, hh: usize, p: usize, d: usize| ((r * h + hh) * cap + p) * hd + d;
         for r in 0..k {
