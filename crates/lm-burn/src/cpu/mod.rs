@@ -15,6 +15,8 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+mod dot;
+
 /// Output columns per block of a wide product (the output head): small enough for each
 /// block's panel of weights to stay in cache, many enough blocks to balance two threads.
 const MAX_BLOCK: usize = 4096;
@@ -117,8 +119,33 @@ pub fn matmul(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
         // Multiples of 16 columns (one AVX-512 register) per block.
         let width = n.div_ceil(blocks).div_ceil(16) * 16;
         let (pa, pb, po) = (InPtr(a.ptr()), InPtr(b.ptr()), OutPtr(out.as_mut_ptr()));
+        // Few rows against a weight whose rows (w's columns) are contiguous: dot products.
+        let dots = m <= dot::MAX_ROWS
+            && a.col_stride == 1
+            && b.row_stride == 1
+            && b.col_stride >= k as isize
+            && a.row_stride >= k as isize
+            && dot::available(k);
         let run = |j0: usize| {
             let cols = width.min(n - j0);
+            if dots {
+                let ops = dot::Operands {
+                    m,
+                    k,
+                    n,
+                    x: pa.get(),
+                    x_stride: a.row_stride as usize,
+                    w: pb.get(),
+                    w_stride: b.col_stride as usize,
+                    out: po.get(),
+                };
+                // SAFETY: `available` checked; x rows r < m hold k contiguous values at
+                // r * row_stride, w's column j (a weight row) k contiguous values at
+                // j * col_stride (strides checked above and in `Matrix::of`); this block
+                // alone writes columns j0..j0 + cols.
+                unsafe { dot::dot_rows(ops, j0..j0 + cols) };
+                return;
+            }
             // SAFETY: a is m x k and b is k x n with the strides checked in `Matrix::of`;
             // this block writes columns j0..j0 + cols of every row of the m x n output,
             // which no other block writes; `out` and both tensors outlive the call.
@@ -492,6 +519,24 @@ mod tests {
             super::log_softmax_rows(&bad, v),
             Err((1, x)) if x == f64::INFINITY
         ));
+    }
+
+    #[test]
+    fn few_row_dot_products_match_burn_for_every_tile_remainder() {
+        let dev = Device::flex();
+        for m in [1, 2, 3, 4, 5, 7, 17, 64, 65] {
+            for (k, n) in [(32, 13), (48, 40), (16, 1), (160, 4100)] {
+                // x as a slice of wider rows (row stride > k), w as the transposed view of a
+                // row-major [n, k] weight: the layout of every decode-step product.
+                let wide = Tensor::<2>::random([m, k + 16], Distribution::Normal(0.0, 1.0), &dev);
+                let x = wide.slice([0..m, 8..8 + k]);
+                let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev);
+                let wt = w.transpose();
+                let want = Tensor::<2>::from_data(x.to_data(), &dev).matmul(wt.clone());
+                let got = super::matmul(&x, &wt).expect("flex f32");
+                assert!(close(&got, &want) < 1e-3, "m {m} k {k} n {n}");
+            }
+        }
     }
 
     #[test]
