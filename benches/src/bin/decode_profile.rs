@@ -22,7 +22,7 @@
 
 use std::time::Instant;
 
-use lm_burn::{BurnLm, default_device, profile};
+use lm_burn::{BurnLm, WeightFormat, default_device, profile};
 use rand::RngExt;
 use serde_json::json;
 use smc_core::prelude::{
@@ -39,6 +39,7 @@ struct Args {
     modes: Vec<String>,
     json_out: Option<String>,
     peer_json: Option<String>,
+    weights: Vec<WeightFormat>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         modes: vec!["smc".into(), "plain".into()],
         json_out: None,
         peer_json: None,
+        weights: vec![WeightFormat::F32, WeightFormat::Q8],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -83,6 +85,18 @@ fn parse_args() -> Result<Args, String> {
             "--modes" => args.modes = values,
             "--json-out" => args.json_out = Some(one()?),
             "--peer-json" => args.peer_json = Some(one()?),
+            "--weights" => {
+                args.weights = values
+                    .iter()
+                    .map(|v| match v.as_str() {
+                        "f32" => Ok(WeightFormat::F32),
+                        "q8" => Ok(WeightFormat::Q8),
+                        other => Err(format!(
+                            "--weights: expected f32 and/or q8, found {other:?}"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             // Passed by `cargo bench` to every target.
             "--bench" => {}
             _ => return Err(format!("unknown argument {flag:?}")),
@@ -91,6 +105,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.ks.is_empty() {
         return Err("--k needs at least one value".into());
+    }
+    if args.weights.is_empty() {
+        return Err("--weights needs at least one value".into());
     }
     if let Some(m) = args.modes.iter().find(|m| *m != "smc" && *m != "plain") {
         return Err(format!("--modes: expected smc and/or plain, found {m:?}"));
@@ -241,13 +258,23 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let lm = match BurnLm::load("default", &default_device()) {
-        Ok(lm) => lm,
+    let models: Vec<(WeightFormat, BurnLm)> = match args
+        .weights
+        .iter()
+        .map(|&w| {
+            BurnLm::load("default", &default_device())
+                .and_then(|lm| lm.with_weight_format(w))
+                .map(|lm| (w, lm))
+        })
+        .collect::<Result<_, _>>()
+    {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
     };
+    let lm = &models[0].1;
     let tokenizer = lm.tokenizer().expect("the default model has a tokenizer");
     let prompt = tokenizer.encode(PROMPT).expect("prompt encodes");
     let vocab = lm.dims().vocab;
@@ -269,44 +296,56 @@ fn main() {
         }
     };
     let peak = gemm_peak_gflops();
-    let roofline = macs_per_token(&lm).map(|macs| peak * 1e9 / (2.0 * macs));
+    let roofline = macs_per_token(lm).map(|macs| peak * 1e9 / (2.0 * macs));
     profile::set_enabled(true);
     // Warm-up: first-touch allocation and thread-pool start-up are not part of a step.
-    let _ = plain_run(&lm, &prompt, 4, 2, 0);
+    for (_, lm) in &models {
+        let _ = plain_run(lm, &prompt, 4, 2, 0);
+    }
     let mut records = Vec::new();
     let mut rates: Vec<(usize, String, f64)> = Vec::new();
     println!(
         "## Per-operation profile (ms per step, median run of {})\n",
         args.repeats
     );
-    println!("| K | mode | particle-tokens/s | ms per step by operation |");
-    println!("|---|---|---|---|");
+    println!("| K | mode | weights | particle-tokens/s | ms per step by operation |");
+    println!("|---|---|---|---|---|");
     for &k in &args.ks {
-        for mode in &args.modes {
-            let mut runs: Vec<Run> = (0..args.repeats)
-                .map(|r| match mode.as_str() {
-                    "smc" => smc_run(&lm, &prompt, &constraint, k, args.t, r as u64),
-                    _ => plain_run(&lm, &prompt, k, args.t, r as u64),
-                })
-                .collect();
-            runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-            let median = &runs[runs.len() / 2];
-            let tps = (k * args.t) as f64 / median.seconds;
-            rates.push((k, mode.clone(), tps));
-            let ops: Vec<String> = median
-                .ops
-                .iter()
-                .map(|(n, ms)| format!("{n} {ms:.2}"))
-                .collect();
-            println!("| {k} | {mode} | {tps:.1} | {} |", ops.join(", "));
-            for (i, r) in runs.iter().enumerate() {
-                records.push(json!({
-                    "k": k, "t": args.t, "mode": mode, "rank_by_time": i,
+        for (weights, lm) in &models {
+            for mode in &args.modes {
+                let mut runs: Vec<Run> = (0..args.repeats)
+                    .map(|r| match mode.as_str() {
+                        "smc" => smc_run(lm, &prompt, &constraint, k, args.t, r as u64),
+                        _ => plain_run(lm, &prompt, k, args.t, r as u64),
+                    })
+                    .collect();
+                runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+                let median = &runs[runs.len() / 2];
+                let tps = (k * args.t) as f64 / median.seconds;
+                let key = match weights {
+                    WeightFormat::F32 => mode.clone(),
+                    other => format!("{mode}-{other}"),
+                };
+                rates.push((k, key, tps));
+                let ops: Vec<String> = median
+                    .ops
+                    .iter()
+                    .map(|(n, ms)| format!("{n} {ms:.2}"))
+                    .collect();
+                println!(
+                    "| {k} | {mode} | {weights} | {tps:.1} | {} |",
+                    ops.join(", ")
+                );
+                for (i, r) in runs.iter().enumerate() {
+                    records.push(json!({
+                    "k": k, "t": args.t, "mode": mode, "weights": weights.to_string(),
+                    "rank_by_time": i,
                     "seconds": r.seconds,
                     "particle_tokens_per_s": (k * args.t) as f64 / r.seconds,
                     "ms_per_step": r.ops.iter().map(|(n, ms)| json!([n, ms])).collect::<Vec<_>>(),
                     "log_z_hat": r.log_z,
                 }));
+                }
             }
         }
     }
@@ -330,23 +369,31 @@ fn main() {
         None => println!("f32 GEMM rate measured in this run: {peak:.0} GFLOP/s (1024^3).\n"),
     }
     println!(
-        "| K | tsmc SMC | tsmc plain | llama.cpp SMC | llama.cpp plain | SMC ratio tsmc/llama.cpp | tsmc SMC / roofline |"
+        "| K | tsmc SMC | tsmc plain | tsmc SMC q8 | tsmc plain q8 | llama.cpp SMC | llama.cpp plain | SMC ratio tsmc/llama.cpp (q8) | tsmc SMC / roofline (q8) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &k in &args.ks {
         let (s, p) = (rate(k, "smc"), rate(k, "plain"));
+        let (sq, pq) = (rate(k, "smc-q8"), rate(k, "plain-q8"));
         let (ps, pp) = (peer_rate(k, "smc"), peer_rate(k, "decode"));
         let roof = match (s, roofline) {
             (Some(s), Some(r)) => format!("{:.0}%", 100.0 * s / r),
             _ => "-".into(),
         };
+        let roof_q = match (sq, roofline) {
+            (Some(s), Some(r)) => format!("{:.0}%", 100.0 * s / r),
+            _ => "-".into(),
+        };
         println!(
-            "| {k} | {} | {} | {} | {} | {} | {roof} |",
+            "| {k} | {} | {} | {} | {} | {} | {} | {} ({}) | {roof} ({roof_q}) |",
             cell(s),
             cell(p),
+            cell(sq),
+            cell(pq),
             cell(ps),
             cell(pp),
-            ratio(s, ps)
+            ratio(s, ps),
+            ratio(sq, ps)
         );
     }
     if peer.is_empty() {

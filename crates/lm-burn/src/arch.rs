@@ -43,6 +43,30 @@ impl Dims {
     }
 }
 
+/// How a model holds its matrices for decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// f32 only (the default): every pass reads the weights as loaded.
+    #[default]
+    F32,
+    /// An 8-bit copy ([`crate::cpu::QuantMatrix`]: blocks of 32 with a minimum and a step)
+    /// beside the f32 weights, read by decoding steps of at most
+    /// [`crate::cpu::QUANT_MAX_ROWS`] particles on a CPU with AVX-512; f32 everywhere else
+    /// (prefill, larger batches, training). Up to f32 rounding the same weights for a GGUF
+    /// file's Q4_0 and Q4_1 blocks; otherwise within half a step per weight. Costs about 1.25
+    /// bytes per weight of memory.
+    Q8,
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Q8 => "q8",
+        })
+    }
+}
+
 /// A decoder-only language model with weights on a device: the three passes that
 /// [`crate::BurnLm`] builds everything else from.
 ///
@@ -78,8 +102,30 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     /// the leading dimensions into rows, so the result is the same).
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3>;
 
+    /// The output head for a decoding step's hidden states [K, d]: logits [K, V]. The same
+    /// values as [`CausalLm::logits`] unless a quantised [`WeightFormat`] is set, which only
+    /// decoding steps read.
+    fn decode_logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let [k, _] = hidden.dims();
+        let logits = self.logits(hidden.unsqueeze_dim(1));
+        let v = logits.dims()[2];
+        logits.reshape([k, v])
+    }
+
     /// The output head's matrix W [d, V] with logits = h W (the token embeddings transposed
     /// when they are tied): column v is token v's output embedding e_v. Twist heads through the
     /// output embedding read it as a frozen constant.
     fn output_head(&self) -> Tensor<2>;
+
+    /// Switches how the matrices are held for decoding ([`WeightFormat`]); an error when this
+    /// architecture or device cannot hold them so (the model is then unchanged).
+    fn set_weight_format(&mut self, format: WeightFormat) -> Result<()> {
+        match format {
+            WeightFormat::F32 => Ok(()),
+            other => Err(LmError::WeightFormat {
+                format: other.to_string(),
+                reason: "only the Llama family (llama.rs) has quantised decoding so far".into(),
+            }),
+        }
+    }
 }

@@ -300,6 +300,14 @@ pub enum LmError {
         /// The fingerprint of the model attached.
         found: u64,
     },
+    /// A weight format the model or the device cannot hold.
+    #[error("weights as {format} are not available: {reason}")]
+    WeightFormat {
+        /// The format asked for.
+        format: String,
+        /// Why not.
+        reason: String,
+    },
     /// A twist head's shape is invalid.
     #[error("twist head: field `{field}`: expected {expected}, found {found}")]
     InvalidHead {

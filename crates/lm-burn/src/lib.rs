@@ -38,7 +38,7 @@ pub mod temporaries;
 pub mod tokenizer;
 pub mod weights;
 
-pub use arch::{CausalLm, Dims};
+pub use arch::{CausalLm, Dims, WeightFormat};
 pub use burn::tensor::Device;
 pub use device::{Backend, default_device};
 pub use error::{LmError, Result};

@@ -5,9 +5,10 @@
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::arch::{CausalLm, Dims};
+use crate::arch::{CausalLm, Dims, WeightFormat};
 use crate::cache::{LayerKv, ParticleCache, PromptCache};
 use crate::config::JsonConfig;
+use crate::cpu::{QUANT_MAX_ROWS, QuantMatrix, quant_matmul};
 use crate::error::{LmError, Result};
 use crate::ops::{
     AttentionWindow, apply_rope, causal_attention, decode_attention, rms_norm, rope_tables,
@@ -122,6 +123,24 @@ struct Layer {
     w_down: Tensor<2>,
 }
 
+/// A layer's matrices quantised for decoding ([`WeightFormat::Q8`]), each [out, in]: Q, K and
+/// V stacked into one, gate and up into another, so that each runs as one product over the
+/// threads.
+#[derive(Debug, Clone)]
+struct LayerQuant {
+    qkv: QuantMatrix,
+    o: QuantMatrix,
+    gate_up: QuantMatrix,
+    down: QuantMatrix,
+}
+
+/// Every quantised matrix, the output head's [V, d] included.
+#[derive(Debug, Clone)]
+struct QuantWeights {
+    layers: Vec<LayerQuant>,
+    head: QuantMatrix,
+}
+
 /// A Llama-family model with weights on a device.
 #[derive(Debug, Clone)]
 pub struct Llama {
@@ -132,6 +151,50 @@ pub struct Llama {
     /// [d, V] (the transposed embeddings when tied).
     lm_head: Tensor<2>,
     device: Device,
+    /// Present with [`WeightFormat::Q8`].
+    quant: Option<std::sync::Arc<QuantWeights>>,
+}
+
+/// The rows of [in, out] weights (the transposed [out, in] matrices of the file), stacked
+/// into one [sum of outs, in] quantised matrix.
+fn quantise_stacked(ws: &[&Tensor<2>]) -> Result<QuantMatrix> {
+    let cols = ws[0].dims()[0];
+    let mut rows = 0;
+    let mut data = Vec::new();
+    for w in ws {
+        let [_, out] = w.dims();
+        rows += out;
+        let values = (*w)
+            .clone()
+            .transpose()
+            .try_into_vec_as::<f32>()
+            .map_err(LmError::read_back("a weight matrix"))?;
+        data.extend_from_slice(&values);
+    }
+    QuantMatrix::from_rows(&data, rows, cols).ok_or_else(|| LmError::WeightFormat {
+        format: WeightFormat::Q8.to_string(),
+        reason: format!("a [{rows}, {cols}] matrix cannot be quantised in blocks of 32"),
+    })
+}
+
+/// The product of x [K, in] with a quantised matrix, split into output parts, plus biases;
+/// `None` when the quantised kernel declines (the caller uses the f32 weights).
+fn quant_linear(
+    x: &Tensor<2>,
+    w: &QuantMatrix,
+    parts: &[usize],
+    biases: &[&Option<Tensor<1>>],
+) -> Option<Vec<Tensor<2>>> {
+    let outs = quant_matmul(x, w, parts)?;
+    Some(
+        outs.into_iter()
+            .enumerate()
+            .map(|(i, y)| match biases.get(i).and_then(|b| b.as_ref()) {
+                Some(b) => y + b.clone().unsqueeze::<2>(),
+                None => y,
+            })
+            .collect(),
+    )
 }
 
 fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: &Option<Tensor<1>>) -> Tensor<D> {
@@ -201,6 +264,7 @@ impl Llama {
             norm,
             lm_head,
             device: loader.device().clone(),
+            quant: None,
         })
     }
 
@@ -297,18 +361,30 @@ impl CausalLm for Llama {
         let (cos, sin) = rope_tables(pos..pos + 1, hd, c.rope_theta, &self.device);
         let scale = 1.0 / (hd as f64).sqrt();
         cache.reserve_one();
+        let quant = self.quant.as_deref().filter(|_| k <= QUANT_MAX_ROWS);
         for (i, layer) in self.layers.iter().enumerate() {
+            let lq = quant.map(|q| &q.layers[i]);
             let x = time("norm", || {
                 rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps)
             });
             // [K, n*hd] -> [K, n, 1, hd] so that rotary tables [1, hd] broadcast.
             let heads = |w, b, n| linear(x.clone(), w, b).reshape([k, n, 1, hd]);
             let (q, kk, vv) = time("qkv", || {
-                (
-                    heads(&layer.wq, &layer.bq, hq),
-                    heads(&layer.wk, &layer.bk, hkv),
-                    heads(&layer.wv, &layer.bv, hkv),
-                )
+                let parts = [hq * hd, hkv * hd, hkv * hd];
+                let biases = [&layer.bq, &layer.bk, &layer.bv];
+                match lq.and_then(|lq| quant_linear(&x, &lq.qkv, &parts, &biases)) {
+                    Some(mut t) => {
+                        let v = t.pop().expect("three parts").reshape([k, hkv, 1, hd]);
+                        let kk = t.pop().expect("three parts").reshape([k, hkv, 1, hd]);
+                        let q = t.pop().expect("three parts").reshape([k, hq, 1, hd]);
+                        (q, kk, v)
+                    }
+                    None => (
+                        heads(&layer.wq, &layer.bq, hq),
+                        heads(&layer.wk, &layer.bk, hkv),
+                        heads(&layer.wv, &layer.bv, hkv),
+                    ),
+                }
             });
             let (q, kk) = time("rope", || {
                 (
@@ -321,21 +397,38 @@ impl CausalLm for Llama {
             let att = time("attention", || {
                 decode_attention(q, prompt_kv, own_k, own_v, scale, 0, 0)
             });
-            let o = time("o_proj", || linear(att, &layer.wo, &None));
+            let o = time("o_proj", || {
+                match lq.and_then(|lq| quant_linear(&att, &lq.o, &[c.hidden_size], &[])) {
+                    Some(mut t) => t.pop().expect("one part"),
+                    None => linear(att, &layer.wo, &None),
+                }
+            });
             h = time("residual", || h + o);
             let x = time("norm", || {
                 rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps)
             });
             let (gate, up) = time("gate_up", || {
-                (
-                    linear(x.clone(), &layer.w_gate, &None),
-                    linear(x, &layer.w_up, &None),
-                )
+                let inner = c.intermediate_size;
+                match lq.and_then(|lq| quant_linear(&x, &lq.gate_up, &[inner, inner], &[])) {
+                    Some(mut t) => {
+                        let up = t.pop().expect("two parts");
+                        (t.pop().expect("two parts"), up)
+                    }
+                    None => (
+                        linear(x.clone(), &layer.w_gate, &None),
+                        linear(x, &layer.w_up, &None),
+                    ),
+                }
             });
             let act = time("silu_mul", || {
                 crate::cpu::silu_mul(&gate, &up).unwrap_or_else(|| silu(gate) * up)
             });
-            let m = time("down", || linear(act, &layer.w_down, &None));
+            let m = time("down", || {
+                match lq.and_then(|lq| quant_linear(&act, &lq.down, &[c.hidden_size], &[])) {
+                    Some(mut t) => t.pop().expect("one part"),
+                    None => linear(act, &layer.w_down, &None),
+                }
+            });
             h = time("residual", || h + m);
         }
         cache.advance();
@@ -346,7 +439,50 @@ impl CausalLm for Llama {
         crate::ops::output_head(hidden, &self.lm_head)
     }
 
+    fn decode_logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let k = hidden.dims()[0];
+        if let Some(q) = self.quant.as_deref().filter(|_| k <= QUANT_MAX_ROWS)
+            && let Some(mut y) = quant_matmul(&hidden, &q.head, &[q.head.rows()])
+        {
+            return y.pop().expect("one part");
+        }
+        crate::ops::output_head(hidden, &self.lm_head)
+    }
+
     fn output_head(&self) -> Tensor<2> {
         self.lm_head.clone()
+    }
+
+    fn set_weight_format(&mut self, format: WeightFormat) -> Result<()> {
+        match format {
+            WeightFormat::F32 => self.quant = None,
+            WeightFormat::Q8 => {
+                let c = &self.config;
+                let unsupported = [c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim]
+                    .into_iter()
+                    .find_map(|k| crate::cpu::quant_unsupported(&self.device, k));
+                if let Some(reason) = unsupported {
+                    return Err(LmError::WeightFormat {
+                        format: format.to_string(),
+                        reason,
+                    });
+                }
+                let layers = self
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        Ok(LayerQuant {
+                            qkv: quantise_stacked(&[&l.wq, &l.wk, &l.wv])?,
+                            o: quantise_stacked(&[&l.wo])?,
+                            gate_up: quantise_stacked(&[&l.w_gate, &l.w_up])?,
+                            down: quantise_stacked(&[&l.w_down])?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let head = quantise_stacked(&[&self.lm_head])?;
+                self.quant = Some(std::sync::Arc::new(QuantWeights { layers, head }));
+            }
+        }
+        Ok(())
     }
 }

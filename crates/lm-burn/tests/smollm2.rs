@@ -137,6 +137,44 @@ fn greedy_decoding_with_the_particle_cache_reproduces_the_reference() {
     assert_eq!(got, want);
 }
 
+/// 8-bit decoding weights on the default model, whose file holds Q4_1 blocks: the same
+/// weights up to f32 rounding where a block uses its extreme levels, so the log-probabilities
+/// of a decoding step stay within 1e-3 of the f32 weights' and greedy decoding follows the
+/// reference path.
+#[test]
+fn quantised_decoding_keeps_the_default_models_log_probabilities() {
+    let path = ensure_default_model().unwrap();
+    let q8 = BurnLm::from_gguf(&path, &default_device())
+        .unwrap()
+        .with_weight_format(lm_burn::WeightFormat::Q8)
+        .unwrap();
+    let prompt = [6403u32, 1980, 253, 655];
+    let mut a = model().start(&prompt, 2).unwrap();
+    let mut b = q8.start(&prompt, 2).unwrap();
+    let mut worst = 0.0f64;
+    for _ in 0..6 {
+        let (oa, ob) = (a.next_log_probs().unwrap(), b.next_log_probs().unwrap());
+        for k in 0..2 {
+            let diff = oa
+                .log_probs
+                .row(k)
+                .iter()
+                .zip(ob.log_probs.row(k))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            worst = worst.max(diff);
+        }
+        let row = ob.log_probs.row(0);
+        let best = (0..row.len())
+            .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+            .unwrap() as u32;
+        a.push(&[best, best]).unwrap();
+        b.push(&[best, best]).unwrap();
+    }
+    eprintln!("q8 vs f32: max |log-prob diff| = {worst:e}");
+    assert!(worst < 1e-3, "max |log-prob diff| = {worst}");
+}
+
 /// The tokenizer alone (no weights) is the model's: same ids, vocabulary and end tokens, from
 /// the GGUF file and from `default`; a directory without tokenizer.json is an error.
 #[test]

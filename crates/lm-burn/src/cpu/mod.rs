@@ -16,6 +16,34 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 mod dot;
+mod quant;
+
+pub use quant::QuantMatrix;
+
+/// The most rows (particles) a product runs with quantised weights: the dot-product tiles'
+/// range, where reading the weights dominates.
+pub const QUANT_MAX_ROWS: usize = dot::MAX_ROWS;
+
+/// Why quantised products cannot run for this device and input size, if they cannot: they
+/// need the flex CPU backend, AVX-512 and an input size that is a multiple of
+/// [`quant::BLOCK`].
+pub fn quant_unsupported(device: &burn::tensor::Device, k: usize) -> Option<String> {
+    if *device != burn::tensor::Device::flex() {
+        return Some(format!(
+            "they run on the CPU backend only (the model is on {device:?})"
+        ));
+    }
+    if !k.is_multiple_of(quant::BLOCK) {
+        return Some(format!(
+            "the input size {k} is not a multiple of the block size {}",
+            quant::BLOCK
+        ));
+    }
+    if !dot::available(k) {
+        return Some("this CPU lacks AVX-512".into());
+    }
+    None
+}
 
 /// Output columns per block of a wide product (the output head): small enough for each
 /// block's panel of weights to stay in cache, many enough blocks to balance two threads.
@@ -182,6 +210,66 @@ pub fn matmul(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
     }
     // from_primitive places it on the default flex device; `from_vec` keeps the caller's.
     Some(from_vec(out, [m, n], &x.device()))
+}
+
+/// `x @ w^T` for x [m, k] and a quantised [n, k] weight ([`QuantMatrix`]), split by output
+/// columns into `parts` (their sum must be n; one part for the whole product): a fused
+/// projection (Q, K and V, or gate and up) runs as one product spread over the threads.
+/// `None` when x is not a plain f32 flex tensor with contiguous rows, k is not w's input size,
+/// the parts do not add up to n, or the CPU lacks AVX-512 (the caller then uses the f32
+/// weights).
+pub fn quant_matmul(x: &Tensor<2>, w: &QuantMatrix, parts: &[usize]) -> Option<Vec<Tensor<2>>> {
+    let a = Matrix::of(x)?;
+    let (m, k, n) = (a.rows, a.cols, w.rows());
+    let whole = parts.iter().try_fold(0usize, |s, &p| s.checked_add(p))?;
+    if k != w.cols() || whole != n || a.col_stride != 1 || (m > 1 && a.row_stride < k as isize) {
+        return None;
+    }
+    if !dot::available(k) {
+        return None;
+    }
+    let mut out = vec![0.0f32; m.checked_mul(n)?];
+    if m > 0 && n > 0 {
+        let threads = rayon::current_num_threads().max(1);
+        let blocks = threads
+            .max(n.div_ceil(MAX_BLOCK))
+            .min(n.div_ceil(16))
+            .max(1);
+        let width = n.div_ceil(blocks).div_ceil(16) * 16;
+        let (pa, po) = (InPtr(a.ptr()), OutPtr(out.as_mut_ptr()));
+        let stride = a.row_stride.max(k as isize) as usize;
+        let run = |j0: usize| {
+            // SAFETY: `dot::available(k)` checked; x holds m rows of k contiguous values at
+            // `stride` (checked above and in `Matrix::of`); this block alone writes columns
+            // j0..j0 + width of the m x n output, which outlives the call.
+            unsafe {
+                quant::product_columns(pa.get(), stride, m, w, po.get(), j0..(j0 + width).min(n))
+            };
+        };
+        let starts: Vec<usize> = (0..n).step_by(width).collect();
+        if starts.len() == 1 {
+            run(0);
+        } else {
+            starts.into_par_iter().for_each(run);
+        }
+    }
+    let device = x.device();
+    if parts.len() == 1 {
+        return Some(vec![from_vec(out, [m, n], &device)]);
+    }
+    let mut offset = 0;
+    let tensors = parts
+        .iter()
+        .map(|&p| {
+            let mut part = Vec::with_capacity(m * p);
+            for row in out.chunks_exact(n) {
+                part.extend_from_slice(&row[offset..offset + p]);
+            }
+            offset += p;
+            from_vec(part, [m, p], &device)
+        })
+        .collect();
+    Some(tensors)
 }
 
 /// The SwiGLU activation silu(gate) * up, elementwise, for two tensors of the same shape, in
@@ -537,6 +625,102 @@ mod tests {
                 assert!(close(&got, &want) < 1e-3, "m {m} k {k} n {n}");
             }
         }
+    }
+
+    #[test]
+    fn quantised_blocks_keep_q4_grids_and_half_a_step_otherwise() {
+        // Q4_1-, Q4_0- and Q8_0-like blocks (grids of 16 and 255 levels, not all used) come
+        // back up to f32 rounding.
+        let (d, m) = (0.0123f32, -0.07f32);
+        let mut back = vec![0.0; 32];
+        let blocks: [Vec<f32>; 4] = [
+            (0..32).map(|i| (i % 16) as f32 * d + m).collect(),
+            (0..32)
+                .map(|i| [2.0f32, 5.0, 9.0, 14.0][i % 4] * d + m)
+                .collect(),
+            (0..32).map(|i| ((i * 7 % 16) as f32 - 8.0) * d).collect(),
+            (0..32)
+                .map(|i| ((i * 37 % 255) as f32 - 127.0) * d)
+                .collect(),
+        ];
+        for grid in &blocks {
+            let q = super::QuantMatrix::from_rows(grid, 1, 32).unwrap();
+            q.dequantize_row(0, &mut back);
+            for (a, b) in grid.iter().zip(&back) {
+                assert!((a - b).abs() <= 4e-7 * a.abs().max(1.0), "{a} {b}");
+            }
+        }
+        // Arbitrary values: within half a step of their block's range / 255.
+        let dev = Device::flex();
+        let w = Tensor::<2>::random([3, 64], Distribution::Normal(0.0, 1.0), &dev)
+            .to_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let q = super::QuantMatrix::from_rows(&w, 3, 64).unwrap();
+        let mut back = vec![0.0; 64];
+        for r in 0..3 {
+            q.dequantize_row(r, &mut back);
+            for (blk, (a, b)) in w[r * 64..(r + 1) * 64]
+                .chunks(32)
+                .zip(back.chunks(32))
+                .enumerate()
+            {
+                let (lo, hi) = a
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+                let half_step = (hi - lo) / 510.0 * 1.0001;
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= half_step, "row {r} block {blk}: {x} {y}");
+                }
+            }
+        }
+        assert!(super::QuantMatrix::from_rows(&w, 3, 48).is_none());
+        assert!(super::QuantMatrix::from_rows(&[f32::NAN; 32], 1, 32).is_none());
+        // A constant block is exact.
+        let q = super::QuantMatrix::from_rows(&[0.5; 32], 1, 32).unwrap();
+        q.dequantize_row(0, &mut back);
+        assert!(back[..32].iter().all(|&x| x == 0.5));
+    }
+
+    #[test]
+    fn quantised_products_match_burn_on_the_dequantised_weights() {
+        if !super::dot::available(32) {
+            return;
+        }
+        let dev = Device::flex();
+        for (m, k, n) in [
+            (1, 32, 5),
+            (3, 64, 40),
+            (5, 96, 203),
+            (16, 576, 960),
+            (33, 64, 17),
+        ] {
+            let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev);
+            let q = super::QuantMatrix::from_rows(&w.to_data().try_to_vec::<f32>().unwrap(), n, k)
+                .unwrap();
+            let mut deq = vec![0.0; n * k];
+            for (j, row) in deq.chunks_exact_mut(k).enumerate() {
+                q.dequantize_row(j, row);
+            }
+            let wd = Tensor::<2>::from_data(TensorData::new(deq, [n, k]), &dev);
+            let want = x.clone().matmul(wd.transpose());
+            let got = super::quant_matmul(&x, &q, &[n]).expect("flex f32, avx512");
+            assert!(close(&got[0], &want) < 1e-3, "{m}x{k}x{n}");
+            // Split into parts: the same columns.
+            let parts = [n / 3, n - n / 3 - 1, 1];
+            let got = super::quant_matmul(&x, &q, &parts).unwrap();
+            let mut at = 0;
+            for (t, &p) in got.iter().zip(&parts) {
+                let part = want.clone().slice([0..m, at..at + p]);
+                assert!(close(t, &part) < 1e-3, "part at {at}");
+                at += p;
+            }
+            assert!(super::quant_matmul(&x, &q, &[n + 1]).is_none());
+        }
+        let x = Tensor::<2>::zeros([2, 48], &dev);
+        let q = super::QuantMatrix::from_rows(&[0.0; 64], 1, 64).unwrap();
+        assert!(super::quant_matmul(&x, &q, &[1]).is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor};
 use smc_core::model::{LanguageModel, StepOutput};
 
 use crate::arch::CausalLm;
-pub use crate::arch::Dims;
+pub use crate::arch::{Dims, WeightFormat};
 use crate::error::{LmError, Result};
 use crate::tokenizer::Tokenizer;
 pub use session::BurnSession;
@@ -70,6 +70,19 @@ impl BurnLm {
     /// a list); empty when they declare none.
     pub fn eos_tokens(&self) -> &[u32] {
         &self.eos_tokens
+    }
+
+    /// The same model holding its matrices as `format` for decoding ([`WeightFormat`]): an
+    /// error, naming the reason, when the architecture or the device cannot, or when the
+    /// weights are already shared with a clone of this model.
+    pub fn with_weight_format(mut self, format: WeightFormat) -> Result<Self> {
+        let model = Arc::get_mut(&mut self.model).ok_or_else(|| LmError::WeightFormat {
+            format: format.to_string(),
+            reason: "the weights are shared with a clone of this model: set the format first"
+                .into(),
+        })?;
+        model.set_weight_format(format)?;
+        Ok(self)
     }
 
     /// The model's name (its path).

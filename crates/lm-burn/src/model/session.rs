@@ -73,9 +73,8 @@ impl DecodeSession for BurnSession<'_> {
 
     fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
         let v = self.lm.dims().vocab;
-        // [K, d] as [K, 1, d]: the output head takes three dimensions.
         let logits = time("head_gemm", || {
-            self.lm.model.logits(self.hidden.clone().unsqueeze_dim(1))
+            self.lm.model.decode_logits(self.hidden.clone())
         });
         let logits = time("read_back", || to_vec(logits, "logits"))?;
         let generated = self.cache.len();

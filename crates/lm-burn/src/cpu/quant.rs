@@ -1,0 +1,236 @@
+//! Weights held as 8-bit affine blocks, for the products of a decode step: each run of
+//! [`BLOCK`] weights of a row keeps its minimum `lo` and step `(hi - lo) / 255`, each weight a
+//! byte q with value `q * step + lo`. A few-row product reads about 1.25 bytes per weight
+//! instead of 4, and a decode step at small K is bound by reading the weights.
+//!
+//! Exactness: a block whose values lie on an evenly spaced grid of at most 256 levels (a GGUF
+//! file's Q4_0, Q4_1 and Q8_0 blocks, dequantised) keeps that grid's step, so its weights come
+//! back up to f32 rounding; any other block (float weights) takes the step (hi - lo) / 255 and
+//! each weight moves by at most half of it. The tolerances the logits keep are tested in
+//! `tests/tiny_models.rs` (float weights) and `tests/smollm2.rs` (the default model's Q4_1 and
+//! Q8_0 weights) and documented in docs/benchmarks.md.
+
+use std::fmt;
+
+/// Weights per block (one scale and one minimum each); the input size must be a multiple.
+pub const BLOCK: usize = 32;
+
+/// Output columns dequantised at a time into a scratch panel (8 x k f32: 18 KiB at k = 576,
+/// 48 KiB at k = 1536), which the f32 dot-product tiles then read from cache for every row.
+const GROUP: usize = 8;
+
+/// The step of the evenly spaced grid (at most 256 levels from `lo` to `hi`) that every value
+/// of `block` lies on, up to f32 rounding; `None` when there is none (or all values are equal).
+/// The smallest gap between two values is a whole number j of steps: j = 1..=16 are tried.
+fn grid_step(block: &[f32], lo: f32, hi: f32) -> Option<f64> {
+    let range = f64::from(hi) - f64::from(lo);
+    if range <= 0.0 {
+        return None;
+    }
+    let mut sorted: Vec<f64> = block.iter().map(|&x| f64::from(x)).collect();
+    sorted.sort_by(f64::total_cmp);
+    let gap = sorted
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&g| g > range * 1e-4)
+        .fold(f64::INFINITY, f64::min);
+    (1..=16).find_map(|j| {
+        let levels = (range / (gap / f64::from(j))).round();
+        if !(1.0..=255.0).contains(&levels) {
+            return None;
+        }
+        // The step as the range over a whole number of steps: no error accumulates along
+        // the grid.
+        let step = range / levels;
+        block
+            .iter()
+            .all(|&x| {
+                let r = (f64::from(x) - f64::from(lo)) / step;
+                (r - r.round()).abs() < 1e-3
+            })
+            .then_some(step)
+    })
+}
+
+/// A row-major [rows, cols] matrix of 8-bit affine blocks along each row.
+#[derive(Clone)]
+pub struct QuantMatrix {
+    rows: usize,
+    cols: usize,
+    q: Vec<u8>,
+    step: Vec<f32>,
+    lo: Vec<f32>,
+}
+
+impl fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QuantMatrix[{}, {}]", self.rows, self.cols)
+    }
+}
+
+impl QuantMatrix {
+    /// Quantises a row-major [rows, cols] matrix; `None` when `cols` is not a positive multiple
+    /// of [`BLOCK`], `w` does not hold rows x cols values, or a value is not finite.
+    pub fn from_rows(w: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || rows.checked_mul(cols)? != w.len() {
+            return None;
+        }
+        if w.iter().any(|x| !x.is_finite()) {
+            return None;
+        }
+        let blocks = w.len() / BLOCK;
+        let mut q = vec![0u8; w.len()];
+        let mut step = Vec::with_capacity(blocks);
+        let mut lo = Vec::with_capacity(blocks);
+        for (src, dst) in w.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)) {
+            let (a, b) = src
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
+            let s = grid_step(src, a, b).unwrap_or((f64::from(b) - f64::from(a)) / 255.0);
+            if s > 0.0 {
+                for (d, &x) in dst.iter_mut().zip(src) {
+                    *d = ((f64::from(x) - f64::from(a)) / s)
+                        .round()
+                        .clamp(0.0, 255.0) as u8;
+                }
+            }
+            step.push(s as f32);
+            lo.push(a);
+        }
+        Some(Self {
+            rows,
+            cols,
+            q,
+            step,
+            lo,
+        })
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.q.len() + 4 * (self.step.len() + self.lo.len())
+    }
+
+    /// Row `j` as f32 values (the values the products use).
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let k = self.cols;
+        let bpr = k / BLOCK;
+        for (b, dst) in out[..k].chunks_exact_mut(BLOCK).enumerate() {
+            let (s, l) = (self.step[j * bpr + b], self.lo[j * bpr + b]);
+            let q = &self.q[j * k + b * BLOCK..j * k + (b + 1) * BLOCK];
+            for (d, &q) in dst.iter_mut().zip(q) {
+                *d = f32::from(q).mul_add(s, l);
+            }
+        }
+    }
+
+    /// Rows `j0..j0 + count` dequantised into `panel` (count x cols), vectorised where the CPU
+    /// allows; the same values as [`QuantMatrix::dequantize_row`].
+    fn dequantize_panel(&self, j0: usize, count: usize, panel: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature is present; rows j0..j0 + count exist (callers stay below
+            // `rows`) and `panel` holds count x cols values.
+            unsafe { avx512::dequantize_panel(self, j0, count, panel) };
+            return;
+        }
+        for (i, dst) in panel.chunks_exact_mut(self.cols).take(count).enumerate() {
+            self.dequantize_row(j0 + i, dst);
+        }
+    }
+}
+
+/// `x @ w^T` for x [m, k] (row r at `x + r * x_stride`, k contiguous values) and the
+/// quantised [n, k] weight w, written to `out` ([m, n] row-major) for the output columns
+/// `cols`: each group of [`GROUP`] weight rows is dequantised once into a scratch panel, then
+/// multiplied by every row of x with the f32 dot-product tiles.
+///
+/// # Safety
+/// [`super::dot::available`] returned true for k; x is valid for reading m rows of k values at
+/// its stride, `out` for writing the m x n outputs of the columns in `cols`, which no other
+/// thread writes; `cols` lies within 0..w.rows().
+pub(super) unsafe fn product_columns(
+    x: *const f32,
+    x_stride: usize,
+    m: usize,
+    w: &QuantMatrix,
+    out: *mut f32,
+    cols: std::ops::Range<usize>,
+) {
+    let (k, n) = (w.cols, w.rows);
+    let mut panel = vec![0.0f32; GROUP * k];
+    let mut j = cols.start;
+    while j < cols.end {
+        let g = GROUP.min(cols.end - j);
+        w.dequantize_panel(j, g, &mut panel);
+        let ops = super::dot::Operands {
+            m,
+            k,
+            n,
+            x,
+            x_stride,
+            w: panel.as_ptr(),
+            w_stride: k,
+            // SAFETY: column j of row 0 lies within the output (j < n).
+            out: unsafe { out.add(j) },
+        };
+        // SAFETY: the panel holds g rows of k values; the outputs are the caller's columns
+        // j..j + g, offset above so that panel row c lands in column j + c.
+        unsafe { super::dot::dot_rows(ops, 0..g) };
+        j += g;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, QuantMatrix};
+
+    /// # Safety
+    /// AVX-512F is present; rows j0..j0 + count exist; `panel` holds count x cols values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dequantize_panel(
+        w: &QuantMatrix,
+        j0: usize,
+        count: usize,
+        panel: &mut [f32],
+    ) {
+        let k = w.cols;
+        let bpr = k / BLOCK;
+        assert!(j0 + count <= w.rows && panel.len() >= count * k);
+        for i in 0..count {
+            let row = j0 + i;
+            for b in 0..bpr {
+                let s = _mm512_set1_ps(w.step[row * bpr + b]);
+                let l = _mm512_set1_ps(w.lo[row * bpr + b]);
+                let at = row * k + b * BLOCK;
+                let dst = i * k + b * BLOCK;
+                for half in 0..2 {
+                    // SAFETY: 16 bytes at `at + 16 * half` lie within row `row`'s block b, and
+                    // 16 f32 at `dst + 16 * half` within panel row i (asserted above).
+                    unsafe {
+                        let bytes = _mm_loadu_si128(w.q.as_ptr().add(at + 16 * half).cast());
+                        let v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+                        _mm512_storeu_ps(
+                            panel.as_mut_ptr().add(dst + 16 * half),
+                            _mm512_fmadd_ps(v, s, l),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
