@@ -258,6 +258,9 @@ pub struct BackendRecord {
     pub tokenizer: Option<String>,
     /// Whether that tokenizer was checked against the server's.
     pub tokenizer_check: Option<TokenizerCheck>,
+    /// How decoding steps read the weights (`f32` or `q8`), for a model run here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
 }
 
 /// One server in the run record.
@@ -273,13 +276,14 @@ impl BackendRecord {
     /// The record of `model`; `text` and `check` matter for a served model only.
     pub fn of(model: &Model, text: &ModelTokenizer, check: Option<TokenizerCheck>) -> Self {
         match model {
-            Model::Local(_) => Self {
+            Model::Local(lm) => Self {
                 kind: "local",
                 protocol: None,
                 servers: Vec::new(),
                 top_n: None,
                 tokenizer: None,
                 tokenizer_check: None,
+                weights: Some(lm.weight_format().to_string()),
             },
             Model::Served(lm) => Self {
                 kind: "http",
@@ -295,6 +299,7 @@ impl BackendRecord {
                 top_n: Some(lm.top_n()),
                 tokenizer: Some(text.name.clone()),
                 tokenizer_check: check,
+                weights: None,
             },
         }
     }

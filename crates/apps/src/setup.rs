@@ -23,6 +23,8 @@ pub struct ModelChoice {
     pub backend: Backend,
     /// The most memory a run may need, in bytes (`None`: the memory available now).
     pub memory_budget: Option<u64>,
+    /// How decoding steps read the weights.
+    pub weights: lm_burn::WeightFormat,
 }
 
 /// A loaded model with its tokenised prompt.
@@ -50,6 +52,7 @@ pub fn load_model_and_prompt(choice: &ModelChoice, prompt: &str) -> Result<Loade
     }
     let device = choice.backend.device().map_err(anyhow::Error::msg)?;
     let lm = BurnLm::load(&choice.model, &device)
+        .and_then(|lm| lm.with_weight_format(choice.weights))
         .with_context(|| format!("loading model {:?}", choice.model))?;
     let ids = lm.tokenizer()?.encode(prompt)?;
     if ids.is_empty() {

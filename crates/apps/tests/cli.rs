@@ -105,6 +105,47 @@ fn sample_on_the_default_model_writes_particles_and_a_run_record() {
     );
 }
 
+/// `--weights q8` keeps the default model's Q4_1 and Q8_0 weights exactly: the same seed gives
+/// the same log Zhat as f32, and the run record names the format; a served model refuses it.
+#[test]
+fn sample_with_quantised_weights_gives_the_f32_answer_on_the_default_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log_z = Vec::new();
+    for w in ["f32", "q8"] {
+        let out = dir.path().join(format!("{w}.jsonl"));
+        let (ok, stdout, stderr) = tsmc(&[
+            "sample",
+            "-k",
+            "3",
+            "-t",
+            "4",
+            "--seed",
+            "7",
+            "--potential",
+            "none",
+            "--constraint",
+            "no-chars:e",
+            "--weights",
+            w,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        assert_eq!(stdout.contains("weights q8"), w == "q8", "{stdout}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        let run: serde_json::Value = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["type"] == "run")
+            .unwrap();
+        assert_eq!(run["backend"]["weights"], w);
+        log_z.push(run["log_z_hat"].as_f64().unwrap());
+    }
+    assert_eq!(log_z[0], log_z[1]);
+    let (ok, _, stderr) = tsmc(&["sample", "--model", "http://127.0.0.1:9", "--weights", "q8"]);
+    assert!(!ok && stderr.contains("--weights"), "{stderr}");
+}
+
 #[test]
 fn bad_input_is_a_clear_error_with_no_partial_output() {
     let dir = tempfile::tempdir().unwrap();

@@ -348,6 +348,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
             model: "default".into(),
             backend: lm_burn::Backend::Cpu,
             memory_budget: None,
+            weights: lm_burn::WeightFormat::F32,
         },
         out_dir: out_dir.to_path_buf(),
         table_only: true,

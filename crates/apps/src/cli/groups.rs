@@ -25,6 +25,13 @@ pub struct ModelArgs {
     /// whose particles and tokens would need more is refused before it allocates anything.
     #[arg(long, value_name = "GIB")]
     pub memory_budget: Option<f64>,
+    /// How decoding steps read the weights: `f32`, or `q8`, an 8-bit copy (blocks of 32 with a
+    /// minimum and a step) for steps of at most 32 particles on a CPU with AVX-512, about 1.7x
+    /// faster at one particle. A GGUF file's Q4_0, Q4_1 and Q8_0 weights (the default model's)
+    /// are kept exactly; float weights move by at most 1/510 of their block's range. Costs
+    /// about 1.25 bytes per weight of memory beside the f32 weights.
+    #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
+    pub weights: WeightsArg,
 }
 
 impl ModelArgs {
@@ -41,6 +48,7 @@ impl ModelArgs {
             model: self.model,
             backend: self.backend.into(),
             memory_budget,
+            weights: self.weights.into(),
         })
     }
 }
@@ -91,6 +99,24 @@ impl HeadArgs {
             kind,
             rank,
             zero_output: self.init == InitArg::ZeroOutput,
+        }
+    }
+}
+
+/// How decoding steps read the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightsArg {
+    /// The f32 weights.
+    F32,
+    /// An 8-bit copy for decoding steps of at most 32 particles.
+    Q8,
+}
+
+impl From<WeightsArg> for lm_burn::WeightFormat {
+    fn from(w: WeightsArg) -> Self {
+        match w {
+            WeightsArg::F32 => lm_burn::WeightFormat::F32,
+            WeightsArg::Q8 => lm_burn::WeightFormat::Q8,
         }
     }
 }

@@ -85,6 +85,12 @@ impl ServingArgs {
                 "--timeout must be a positive number of seconds (at most a day), found {timeout}"
             );
         }
+        if model.weights != super::groups::WeightsArg::F32 {
+            anyhow::bail!(
+                "--weights applies to models run here; a served model reads its weights as \
+                 its server holds them"
+            );
+        }
         let urls = server_urls(&model.model)?;
         Ok(ModelSource::Served(ServedModel {
             urls,

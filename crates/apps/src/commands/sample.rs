@@ -295,8 +295,12 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         Length::AtMost(t, _) => format!("at most {t} tokens, {num_finished} finished"),
     };
     println!(
-        "model {} | potential {}{} | K = {}, {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
+        "model {}{} | potential {}{} | K = {}, {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
         name,
+        match lm.local().map(|l| l.weight_format()) {
+            Some(w) if w != lm_burn::WeightFormat::F32 => format!(" | weights {w}"),
+            _ => String::new(),
+        },
         args.potential,
         targets
             .constraint

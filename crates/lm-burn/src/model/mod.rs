@@ -30,6 +30,7 @@ pub struct BurnLm {
     device: Device,
     name: String,
     eos_tokens: Vec<u32>,
+    weights: WeightFormat,
 }
 
 impl BurnLm {
@@ -51,6 +52,7 @@ impl BurnLm {
             device: device.clone(),
             name: name.into(),
             eos_tokens: Vec::new(),
+            weights: WeightFormat::F32,
         })
     }
 
@@ -82,7 +84,13 @@ impl BurnLm {
                 .into(),
         })?;
         model.set_weight_format(format)?;
+        self.weights = format;
         Ok(self)
+    }
+
+    /// How decoding steps read the weights.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
     }
 
     /// The model's name (its path).
