@@ -198,13 +198,22 @@ fn every_method_trains_embedding_heads_to_cut_both_exact_kls() {
             println!(
                 "{rank:?} {method:?}: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
             );
-            // Not statistical: training cuts both KLs by 15% or more. Measured (seed 3): CTL
-            // 0.41 / 0.37 at full rank and 0.29 / 0.26 at rank 8 against p0's 0.82 / 1.01; the
-            // slowest, SIXO at full rank, 0.66 / 0.60. Full-rank A moves every one of its d^2
-            // entries by about the learning rate per Adam step: at 3e-2 CTL, SIXO and DPG
-            // diverge, rank 8 does not.
+            // Not statistical: one seed, against bounds read off seeds 1..=8 (run with the
+            // seed looped, December 2026). Every method but full-rank SIXO cuts both KLs by
+            // 15% or more on every seed: CTL 0.36-0.41 / 0.33-0.37 at full rank and
+            // 0.29-0.33 / 0.26-0.28 at rank 8 against p0's 0.82 / 1.01, the slowest of them
+            // (FUDGE at full rank) 0.54-0.59 / 0.48-0.52. SIXO at full rank, the slowest
+            // learner here, spans 0.57-0.76 / 0.57-0.72 over the seeds (its trajectory moves
+            // with the last bits of the matrix products): it is held to a 5% cut. Full-rank A
+            // moves every one of its d^2 entries by about the learning rate per Adam step: at
+            // 3e-2 CTL, SIXO and DPG diverge, rank 8 does not.
+            let cut = if rank.is_none() && method == Method::Sixo {
+                0.95
+            } else {
+                0.85
+            };
             assert!(
-                qs < 0.85 * base_qs && sq < 0.85 * base_sq,
+                qs < cut * base_qs && sq < cut * base_sq,
                 "{rank:?} {method:?}: {qs}, {sq} vs {base_qs}, {base_sq}"
             );
         }

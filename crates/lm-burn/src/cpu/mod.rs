@@ -688,17 +688,25 @@ mod tests {
             return;
         }
         let dev = Device::flex();
-        for (m, k, n) in [
-            (1, 32, 5),
-            (3, 64, 40),
-            (5, 96, 203),
-            (16, 576, 960),
-            (33, 64, 17),
-        ] {
+        let shapes = [(1, 32, 5), (2, 64, 19), (3, 64, 40), (4, 96, 203), (5, 96, 203)];
+        let more = [(16, 576, 960), (33, 64, 17)];
+        for ((m, k, n), bits) in shapes
+            .into_iter()
+            .chain(more)
+            .flat_map(|s| [(s, 8), (s, 4)])
+        {
             let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
             let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev);
-            let q = super::QuantMatrix::from_rows(&w.to_data().try_to_vec::<f32>().unwrap(), n, k)
-                .unwrap();
+            let mut values = w.to_data().try_to_vec::<f32>().unwrap();
+            if bits == 4 {
+                // Q4_1-like blocks: 16 levels each.
+                for (i, x) in values.iter_mut().enumerate() {
+                    let (d, lo) = (0.01 * (1 + i / 32 % 7) as f32, -0.05 * (i / 32 % 3) as f32);
+                    *x = ((x.abs() * 9.0) as u32).min(15) as f32 * d + lo;
+                }
+            }
+            let q = super::QuantMatrix::from_rows(&values, n, k).unwrap();
+            assert_eq!(q.bits(), bits, "{m}x{k}x{n}");
             let mut deq = vec![0.0; n * k];
             for (j, row) in deq.chunks_exact_mut(k).enumerate() {
                 q.dequantize_row(j, row);

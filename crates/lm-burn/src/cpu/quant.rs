@@ -52,11 +52,21 @@ fn grid_step(block: &[f32], lo: f32, hi: f32) -> Option<f64> {
     })
 }
 
+/// Up to this many rows, weights are dequantised in registers and used at once (no panel):
+/// the dequantisation is then paid once per row of x at most four times over.
+const FUSED_MAX_ROWS: usize = 4;
+
 /// A row-major [rows, cols] matrix of 8-bit affine blocks along each row.
+///
+/// When every block needs at most 16 levels (a GGUF file's Q4_0 and Q4_1 weights), the levels
+/// are packed two to a byte, as ggml packs them: byte i of a block holds level i in its low
+/// and level i + 16 in its high nibble. The values are the same; half the bytes are read.
 #[derive(Clone)]
 pub struct QuantMatrix {
     rows: usize,
     cols: usize,
+    /// Bytes per block: 32 (a level per byte) or 16 (two per byte).
+    block_bytes: usize,
     q: Vec<u8>,
     step: Vec<f32>,
     lo: Vec<f32>,
@@ -99,13 +109,41 @@ impl QuantMatrix {
             step.push(s as f32);
             lo.push(a);
         }
+        let (q, block_bytes) = if q.iter().all(|&x| x < 16) {
+            let packed = q
+                .chunks_exact(BLOCK)
+                .flat_map(|b| (0..BLOCK / 2).map(move |i| b[i] | (b[i + BLOCK / 2] << 4)))
+                .collect();
+            (packed, BLOCK / 2)
+        } else {
+            (q, BLOCK)
+        };
         Some(Self {
             rows,
             cols,
+            block_bytes,
             q,
             step,
             lo,
         })
+    }
+
+    /// Bits per weight level: 4 (two to a byte) or 8.
+    pub fn bits(&self) -> usize {
+        self.block_bytes * 8 / BLOCK
+    }
+
+    /// Level i of block `b` of row `j`.
+    fn level(&self, j: usize, b: usize, i: usize) -> u8 {
+        let bpr = self.cols / BLOCK;
+        let at = (j * bpr + b) * self.block_bytes;
+        if self.block_bytes == BLOCK {
+            self.q[at + i]
+        } else if i < BLOCK / 2 {
+            self.q[at + i] & 0x0f
+        } else {
+            self.q[at + i - BLOCK / 2] >> 4
+        }
     }
 
     /// Rows (output features).
@@ -129,9 +167,8 @@ impl QuantMatrix {
         let bpr = k / BLOCK;
         for (b, dst) in out[..k].chunks_exact_mut(BLOCK).enumerate() {
             let (s, l) = (self.step[j * bpr + b], self.lo[j * bpr + b]);
-            let q = &self.q[j * k + b * BLOCK..j * k + (b + 1) * BLOCK];
-            for (d, &q) in dst.iter_mut().zip(q) {
-                *d = f32::from(q).mul_add(s, l);
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = f32::from(self.level(j, b, i)).mul_add(s, l);
             }
         }
     }
@@ -170,6 +207,12 @@ pub(super) unsafe fn product_columns(
     cols: std::ops::Range<usize>,
 ) {
     let (k, n) = (w.cols, w.rows);
+    #[cfg(target_arch = "x86_64")]
+    if m <= FUSED_MAX_ROWS {
+        // SAFETY: forwarded from the caller (`dot::available` implies AVX-512F).
+        unsafe { avx512::fused_columns(x, x_stride, m, w, out, cols) };
+        return;
+    }
     let mut panel = vec![0.0f32; GROUP * k];
     let mut j = cols.start;
     while j < cols.end {
@@ -199,6 +242,123 @@ mod avx512 {
 
     use super::{BLOCK, QuantMatrix};
 
+    /// [`super::product_columns`] for m <= [`super::FUSED_MAX_ROWS`]: tiles of m rows by NC
+    /// weight rows, each block of 32 weights dequantised into two registers and multiplied by
+    /// every row of x before the next is loaded.
+    ///
+    /// # Safety
+    /// As [`super::product_columns`], with 1 <= m <= 4.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fused_columns(
+        x: *const f32,
+        x_stride: usize,
+        m: usize,
+        w: &QuantMatrix,
+        out: *mut f32,
+        cols: std::ops::Range<usize>,
+    ) {
+        assert!(cols.end <= w.rows && w.q.len() >= w.rows * (w.cols / BLOCK) * w.block_bytes);
+        // SAFETY (every call): the caller's operands; m selects the tile height.
+        unsafe {
+            match (m, w.block_bytes == BLOCK) {
+                (1, false) => columns::<1, 8, true>(x, x_stride, w, out, cols),
+                (2, false) => columns::<2, 8, true>(x, x_stride, w, out, cols),
+                (3, false) => columns::<3, 4, true>(x, x_stride, w, out, cols),
+                (4, false) => columns::<4, 4, true>(x, x_stride, w, out, cols),
+                (1, true) => columns::<1, 8, false>(x, x_stride, w, out, cols),
+                (2, true) => columns::<2, 8, false>(x, x_stride, w, out, cols),
+                (3, true) => columns::<3, 4, false>(x, x_stride, w, out, cols),
+                (4, true) => columns::<4, 4, false>(x, x_stride, w, out, cols),
+                _ => {}
+            }
+        }
+    }
+
+    /// The 32 levels of the block at `p` as two vectors of 16 (levels 0..16 and 16..32),
+    /// unpacked from nibbles when `PACKED`.
+    ///
+    /// # Safety
+    /// `p` is valid for reading the block's 16 (packed) or 32 bytes.
+    #[inline(always)]
+    unsafe fn levels<const PACKED: bool>(p: *const u8) -> (__m512, __m512) {
+        unsafe {
+            if PACKED {
+                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()));
+                (
+                    _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0f))),
+                    _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v)),
+                )
+            } else {
+                (
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))),
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(16).cast()))),
+                )
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn columns<const NR: usize, const NC: usize, const PACKED: bool>(
+        x: *const f32,
+        x_stride: usize,
+        w: &QuantMatrix,
+        out: *mut f32,
+        cols: std::ops::Range<usize>,
+    ) {
+        let mut j = cols.start;
+        unsafe {
+            while j + NC <= cols.end {
+                tile::<NR, NC, PACKED>(x, x_stride, w, out, j);
+                j += NC;
+            }
+            while j < cols.end {
+                tile::<NR, 1, PACKED>(x, x_stride, w, out, j);
+                j += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const NR: usize, const NC: usize, const PACKED: bool>(
+        x: *const f32,
+        x_stride: usize,
+        w: &QuantMatrix,
+        out: *mut f32,
+        j: usize,
+    ) {
+        let (k, n) = (w.cols, w.rows);
+        let bpr = k / BLOCK;
+        let q = w.q.as_ptr();
+        let (step, lo) = (w.step.as_ptr(), w.lo.as_ptr());
+        // SAFETY: AVX-512F is present (the callers' contract).
+        let mut acc = unsafe { [[_mm512_setzero_ps(); NC]; NR] };
+        let bb = w.block_bytes;
+        // SAFETY: weight rows j..j + NC < n hold bpr blocks of bb bytes, steps and minima each;
+        // x rows r < NR hold k values at x_stride; outputs (r, j + c) lie in the m x n output.
+        unsafe {
+            for b in 0..bpr {
+                for c in 0..NC {
+                    let at = (j + c) * bpr + b;
+                    let s = _mm512_set1_ps(*step.add(at));
+                    let l = _mm512_set1_ps(*lo.add(at));
+                    let (v0, v1) = levels::<PACKED>(q.add(at * bb));
+                    let w0 = _mm512_fmadd_ps(v0, s, l);
+                    let w1 = _mm512_fmadd_ps(v1, s, l);
+                    for (r, row_acc) in acc.iter_mut().enumerate() {
+                        let xr = x.add(r * x_stride + b * BLOCK);
+                        row_acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(xr), w0, row_acc[c]);
+                        row_acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(xr.add(16)), w1, row_acc[c]);
+                    }
+                }
+            }
+            for (r, row_acc) in acc.iter().enumerate() {
+                for (c, &a) in row_acc.iter().enumerate() {
+                    *out.add(r * n + j + c) = _mm512_reduce_add_ps(a);
+                }
+            }
+        }
+    }
+
     /// # Safety
     /// AVX-512F is present; rows j0..j0 + count exist; `panel` holds count x cols values.
     #[target_feature(enable = "avx512f")]
@@ -208,27 +368,40 @@ mod avx512 {
         count: usize,
         panel: &mut [f32],
     ) {
+        // SAFETY: forwarded; the flag selects the storage the matrix has.
+        unsafe {
+            if w.block_bytes == BLOCK {
+                panel_of::<false>(w, j0, count, panel)
+            } else {
+                panel_of::<true>(w, j0, count, panel)
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn panel_of<const PACKED: bool>(
+        w: &QuantMatrix,
+        j0: usize,
+        count: usize,
+        panel: &mut [f32],
+    ) {
         let k = w.cols;
         let bpr = k / BLOCK;
         assert!(j0 + count <= w.rows && panel.len() >= count * k);
+        assert!(w.q.len() >= w.rows * bpr * w.block_bytes);
         for i in 0..count {
-            let row = j0 + i;
             for b in 0..bpr {
-                let s = _mm512_set1_ps(w.step[row * bpr + b]);
-                let l = _mm512_set1_ps(w.lo[row * bpr + b]);
-                let at = row * k + b * BLOCK;
+                let at = (j0 + i) * bpr + b;
                 let dst = i * k + b * BLOCK;
-                for half in 0..2 {
-                    // SAFETY: 16 bytes at `at + 16 * half` lie within row `row`'s block b, and
-                    // 16 f32 at `dst + 16 * half` within panel row i (asserted above).
-                    unsafe {
-                        let bytes = _mm_loadu_si128(w.q.as_ptr().add(at + 16 * half).cast());
-                        let v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
-                        _mm512_storeu_ps(
-                            panel.as_mut_ptr().add(dst + 16 * half),
-                            _mm512_fmadd_ps(v, s, l),
-                        );
-                    }
+                // SAFETY: AVX-512F is present (the caller's contract); block `at` lies within q
+                // (asserted above), and 32 f32 at `dst` within panel row i.
+                unsafe {
+                    let s = _mm512_set1_ps(w.step[at]);
+                    let l = _mm512_set1_ps(w.lo[at]);
+                    let (v0, v1) = levels::<PACKED>(w.q.as_ptr().add(at * w.block_bytes));
+                    let out = panel.as_mut_ptr().add(dst);
+                    _mm512_storeu_ps(out, _mm512_fmadd_ps(v0, s, l));
+                    _mm512_storeu_ps(out.add(16), _mm512_fmadd_ps(v1, s, l));
                 }
             }
         }
