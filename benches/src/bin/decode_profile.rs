@@ -91,8 +91,9 @@ fn parse_args() -> Result<Args, String> {
                     .map(|v| match v.as_str() {
                         "f32" => Ok(WeightFormat::F32),
                         "q8" => Ok(WeightFormat::Q8),
+                        "int8" => Ok(WeightFormat::Int8),
                         other => Err(format!(
-                            "--weights: expected f32 and/or q8, found {other:?}"
+                            "--weights: expected f32, q8 and/or int8, found {other:?}"
                         )),
                     })
                     .collect::<Result<_, _>>()?

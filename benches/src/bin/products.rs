@@ -47,7 +47,11 @@ fn main() {
             }
         })
         .collect();
-    let ks = if ks.is_empty() { vec![1, 4, 16, 32] } else { ks };
+    let ks = if ks.is_empty() {
+        vec![1, 4, 16, 32]
+    } else {
+        ks
+    };
     let dev = Device::flex();
     println!(
         "| K | product | f32 us | f32 GB/s | f32 GFLOP/s | 8-bit us | 8-bit GB/s | 4-bit us | 4-bit GB/s | speed-up 8-bit, 4-bit |"
@@ -65,6 +69,7 @@ fn main() {
             .collect();
         let q4 = QuantMatrix::from_rows(&levels, n, k).expect("k is a multiple of 32");
         assert_eq!((q.bits(), q4.bits()), (8, 4));
+        let q4i = q4.clone().with_int8_activations(true);
         let wt = w.transpose();
         for (i, &m) in ks.iter().enumerate() {
             let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
@@ -77,7 +82,11 @@ fn main() {
             let h = median_seconds(|| {
                 let _ = quant_matmul(&x, &q4, &[n]).expect("AVX-512");
             });
+            let e = median_seconds(|| {
+                let _ = quant_matmul(&x, &q4i, &[n]).expect("AVX-512");
+            });
             let flops = 2.0 * (m * n * k) as f64;
+            eprintln!("{m} {name}: 4-bit with int8 activations {:.0} us", e * 1e6);
             println!(
                 "| {m} | {name} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2}x, {:.2}x |",
                 f * 1e6,

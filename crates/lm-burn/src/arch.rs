@@ -56,6 +56,12 @@ pub enum WeightFormat {
     /// file's Q4_0 and Q4_1 blocks; otherwise within half a step per weight. Costs about 1.25
     /// bytes per weight of memory.
     Q8,
+    /// [`WeightFormat::Q8`]'s weights, with the activations of each product rounded to 8 bits
+    /// per block of 32 (scale max |x| / 127, as llama.cpp's Q8_0 activations) and multiplied
+    /// as integers (AVX-512 VNNI) where the CPU has it: faster at small K, and no longer the
+    /// f32 model's values (tolerance tested in `tests/smollm2.rs`, documented in
+    /// docs/benchmarks.md).
+    Int8,
 }
 
 impl std::fmt::Display for WeightFormat {
@@ -63,6 +69,7 @@ impl std::fmt::Display for WeightFormat {
         f.write_str(match self {
             WeightFormat::F32 => "f32",
             WeightFormat::Q8 => "q8",
+            WeightFormat::Int8 => "int8",
         })
     }
 }

@@ -141,6 +141,25 @@ struct QuantWeights {
     head: QuantMatrix,
 }
 
+impl QuantWeights {
+    fn with_int8_activations(self) -> Self {
+        let on = |m: QuantMatrix| m.with_int8_activations(true);
+        Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| LayerQuant {
+                    qkv: on(l.qkv),
+                    o: on(l.o),
+                    gate_up: on(l.gate_up),
+                    down: on(l.down),
+                })
+                .collect(),
+            head: on(self.head),
+        }
+    }
+}
+
 /// A Llama-family model with weights on a device.
 #[derive(Debug, Clone)]
 pub struct Llama {
@@ -456,7 +475,7 @@ impl CausalLm for Llama {
     fn set_weight_format(&mut self, format: WeightFormat) -> Result<()> {
         match format {
             WeightFormat::F32 => self.quant = None,
-            WeightFormat::Q8 => {
+            WeightFormat::Q8 | WeightFormat::Int8 => {
                 let c = &self.config;
                 let unsupported = [c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim]
                     .into_iter()
@@ -480,7 +499,11 @@ impl CausalLm for Llama {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let head = quantise_stacked(&[&self.lm_head])?;
-                self.quant = Some(std::sync::Arc::new(QuantWeights { layers, head }));
+                let mut q = QuantWeights { layers, head };
+                if format == WeightFormat::Int8 {
+                    q = q.with_int8_activations();
+                }
+                self.quant = Some(std::sync::Arc::new(q));
             }
         }
         Ok(())

@@ -16,6 +16,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 mod dot;
+mod int8;
 mod quant;
 
 pub use quant::QuantMatrix;
@@ -238,12 +239,20 @@ pub fn quant_matmul(x: &Tensor<2>, w: &QuantMatrix, parts: &[usize]) -> Option<V
         let width = n.div_ceil(blocks).div_ceil(16) * 16;
         let (pa, po) = (InPtr(a.ptr()), OutPtr(out.as_mut_ptr()));
         let stride = a.row_stride.max(k as isize) as usize;
+        // SAFETY: x holds m rows of k contiguous values at `stride` (checked above and in
+        // `Matrix::of`).
+        let rounded = (w.int8_activations() && int8::available(w))
+            .then(|| unsafe { int8::QuantRows::of(pa.get(), stride, m, k) });
         let run = |j0: usize| {
-            // SAFETY: `dot::available(k)` checked; x holds m rows of k contiguous values at
-            // `stride` (checked above and in `Matrix::of`); this block alone writes columns
-            // j0..j0 + width of the m x n output, which outlives the call.
+            let cols = j0..(j0 + width).min(n);
+            // SAFETY: `dot::available(k)` checked (and `int8::available` for the integer
+            // products); x holds m rows of k contiguous values at `stride`; this block alone
+            // writes columns j0..j0 + width of the m x n output, which outlives the call.
             unsafe {
-                quant::product_columns(pa.get(), stride, m, w, po.get(), j0..(j0 + width).min(n))
+                match &rounded {
+                    Some(xq) => int8::product_columns(xq, w, po.get(), cols),
+                    None => quant::product_columns(pa.get(), stride, m, w, po.get(), cols),
+                }
             };
         };
         let starts: Vec<usize> = (0..n).step_by(width).collect();
@@ -688,7 +697,13 @@ mod tests {
             return;
         }
         let dev = Device::flex();
-        let shapes = [(1, 32, 5), (2, 64, 19), (3, 64, 40), (4, 96, 203), (5, 96, 203)];
+        let shapes = [
+            (1, 32, 5),
+            (2, 64, 19),
+            (3, 64, 40),
+            (4, 96, 203),
+            (5, 96, 203),
+        ];
         let more = [(16, 576, 960), (33, 64, 17)];
         for ((m, k, n), bits) in shapes
             .into_iter()
@@ -729,6 +744,71 @@ mod tests {
         let x = Tensor::<2>::zeros([2, 48], &dev);
         let q = super::QuantMatrix::from_rows(&[0.0; 64], 1, 64).unwrap();
         assert!(super::quant_matmul(&x, &q, &[1]).is_none());
+    }
+
+    /// Integer products round each block of 32 activations to levels of max |x| / 127: each
+    /// output is within sum_b (scale_b / 2) sum_{i in b} |w_i| (plus f32 rounding) of the
+    /// product with the f32 activations and the dequantised weights.
+    #[test]
+    fn int8_products_stay_within_the_activation_rounding_bound() {
+        if !super::dot::available(32) || !std::arch::is_x86_feature_detected!("avx512vnni") {
+            return;
+        }
+        let dev = Device::flex();
+        for ((m, k, n), bits) in [
+            (1, 64, 9),
+            (3, 128, 40),
+            (4, 64, 33),
+            (7, 192, 21),
+            (16, 576, 67),
+        ]
+        .into_iter()
+        .flat_map(|s| [(s, 8), (s, 4)])
+        {
+            let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
+            let mut values = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev)
+                .to_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            if bits == 4 {
+                for x in values.iter_mut() {
+                    *x = ((x.abs() * 9.0) as u32).min(15) as f32 * 0.02 - 0.1;
+                }
+            }
+            let q = super::QuantMatrix::from_rows(&values, n, k)
+                .unwrap()
+                .with_int8_activations(true);
+            assert_eq!(q.bits(), bits);
+            let mut deq = vec![0.0; n * k];
+            for (j, row) in deq.chunks_exact_mut(k).enumerate() {
+                q.dequantize_row(j, row);
+            }
+            let xs = x.to_data().try_to_vec::<f32>().unwrap();
+            let got = super::quant_matmul(&x, &q, &[n]).unwrap()[0]
+                .to_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            for r in 0..m {
+                for j in 0..n {
+                    let (xr, wj) = (&xs[r * k..(r + 1) * k], &deq[j * k..(j + 1) * k]);
+                    let exact: f64 = xr.iter().zip(wj).map(|(&a, &b)| f64::from(a * b)).sum();
+                    let bound: f64 = xr
+                        .chunks(32)
+                        .zip(wj.chunks(32))
+                        .map(|(xb, wb)| {
+                            let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                            f64::from(amax / 127.0 / 2.0)
+                                * wb.iter().map(|v| f64::from(v.abs())).sum::<f64>()
+                        })
+                        .sum();
+                    let err = (f64::from(got[r * n + j]) - exact).abs();
+                    assert!(
+                        err <= bound + 1e-4,
+                        "{m}x{k}x{n} ({bits} bits) [{r},{j}]: {err} > {bound}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

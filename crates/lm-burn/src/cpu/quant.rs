@@ -67,6 +67,9 @@ pub struct QuantMatrix {
     cols: usize,
     /// Bytes per block: 32 (a level per byte) or 16 (two per byte).
     block_bytes: usize,
+    /// Products round the activations to 8 bits and multiply as integers
+    /// ([`super::int8`]).
+    int8: bool,
     q: Vec<u8>,
     step: Vec<f32>,
     lo: Vec<f32>,
@@ -122,10 +125,39 @@ impl QuantMatrix {
             rows,
             cols,
             block_bytes,
+            int8: false,
             q,
             step,
             lo,
         })
+    }
+
+    /// The same matrix, whose products round the activations to 8 bits per block of 32 and
+    /// multiply as integers where the CPU has AVX-512 VNNI (`on`), or keep them in f32.
+    pub fn with_int8_activations(mut self, on: bool) -> Self {
+        self.int8 = on;
+        self
+    }
+
+    /// Whether products round the activations to 8 bits.
+    pub fn int8_activations(&self) -> bool {
+        self.int8
+    }
+
+    pub(super) fn block_bytes(&self) -> usize {
+        self.block_bytes
+    }
+
+    pub(super) fn levels(&self) -> &[u8] {
+        &self.q
+    }
+
+    pub(super) fn steps(&self) -> &[f32] {
+        &self.step
+    }
+
+    pub(super) fn minima(&self) -> &[f32] {
+        &self.lo
     }
 
     /// Bits per weight level: 4 (two to a byte) or 8.
