@@ -89,6 +89,22 @@ fn add(name: &'static str, elapsed: Duration) {
     });
 }
 
+/// Adds totals taken on another thread (see [`crate::cpu::in_pool`]) to this thread's.
+pub fn merge(ops: Vec<OpTime>) {
+    for o in ops {
+        TOTALS.with(|t| {
+            let mut t = t.borrow_mut();
+            match t.iter_mut().find(|x| x.name == o.name) {
+                Some(x) => {
+                    x.total += o.total;
+                    x.calls += o.calls;
+                }
+                None => t.push(o),
+            }
+        });
+    }
+}
+
 /// This thread's totals since the last call, in first-recorded order; resets them.
 pub fn take() -> Vec<OpTime> {
     TOTALS.with(|t| std::mem::take(&mut *t.borrow_mut()))

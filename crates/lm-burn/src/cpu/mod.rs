@@ -21,6 +21,30 @@ mod quant;
 
 pub use quant::QuantMatrix;
 
+/// Runs `f` on a thread of the CPU kernels' pool (rayon's), so that the products and
+/// element-wise kernels it starts split their work inside the pool, where an idle thread
+/// steals it at once, instead of each injecting its work from outside and sleeping until it
+/// is done (two thread hand-offs per product, a few hundred per decoding step). Already on a
+/// pool thread, `f` runs where it is.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    match POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().build().ok()) {
+        Some(pool) => {
+            // The profile is kept per thread: bring the pool thread's back.
+            let (out, ops) = pool.install(|| {
+                let out = f();
+                (out, crate::profile::take())
+            });
+            crate::profile::merge(ops);
+            out
+        }
+        None => f(),
+    }
+}
+
 /// The most rows (particles) a product runs with quantised weights: the dot-product tiles'
 /// range, where reading the weights dominates.
 pub const QUANT_MAX_ROWS: usize = dot::MAX_ROWS;

@@ -26,7 +26,7 @@ impl BurnLm {
         let n = tokens.len();
         self.dims()
             .check_context(n, || format!("the sequence ({n} tokens)"))?;
-        let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
+        let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(tokens, 1, tokens.len()))?;
         let logits = to_vec(self.model.logits(h), "logits")?;
         if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
             let v = self.dims().vocab;
@@ -49,7 +49,7 @@ impl BurnLm {
         let n = tokens.len();
         self.dims()
             .check_context(n, || format!("the conditioning sequence ({n} tokens)"))?;
-        let (h, _) = self.model.forward_seq(tokens, 1, tokens.len())?;
+        let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(tokens, 1, tokens.len()))?;
         let d = h.dims()[2];
         let hidden = to_vec(h.slice([0..1, n - 1..n, 0..d]), "hidden states")?;
         match first_non_finite(&hidden) {
@@ -97,7 +97,7 @@ impl BurnLm {
                 tokens.extend(&prefixes[i]);
                 tokens.extend(&continuations[i]);
             }
-            let (h, _) = self.model.forward_seq(&tokens, idx.len(), seq)?;
+            let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(&tokens, idx.len(), seq))?;
             let d = h.dims()[2];
             let h = h.slice([0..idx.len(), pl - 1..seq - 1, 0..d]);
             let logp = to_vec(log_softmax(self.model.logits(h), 2), "log-probabilities")?;
@@ -171,7 +171,7 @@ impl BurnLm {
                 tokens.extend_from_slice(prompt);
                 tokens.extend_from_slice(&s[..horizon - 1]);
             }
-            let (h, _) = self.model.forward_seq(&tokens, b, seq)?;
+            let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(&tokens, b, seq))?;
             let h = h.slice([0..b, p - 1..seq, 0..d]);
             let hv = to_vec(h.clone(), "hidden states")?;
             let logits = to_vec(self.model.logits(h), "logits")?;

@@ -37,7 +37,10 @@ impl<'a> BurnSession<'a> {
         let p = prompt.len();
         lm.dims()
             .check_context(p, || format!("the prompt ({p} tokens)"))?;
-        let (h, layers) = time("prefill", || lm.model.forward_seq(prompt, 1, p))?;
+        let model = &lm.model;
+        let (h, layers) = time("prefill", || {
+            crate::cpu::in_pool(|| model.forward_seq(prompt, 1, p))
+        })?;
         let d = h.dims()[2];
         let last = h.slice([0..1, p - 1..p, 0..d]).reshape([1, d]);
         let dims = lm.dims();
@@ -73,8 +76,9 @@ impl DecodeSession for BurnSession<'_> {
 
     fn next_log_probs(&mut self) -> smc_core::Result<StepOutput> {
         let v = self.lm.dims().vocab;
+        let (model, hidden) = (&self.lm.model, self.hidden.clone());
         let logits = time("head_gemm", || {
-            self.lm.model.decode_logits(self.hidden.clone())
+            crate::cpu::in_pool(|| model.decode_logits(hidden))
         });
         let logits = time("read_back", || to_vec(logits, "logits"))?;
         let generated = self.cache.len();
@@ -112,10 +116,8 @@ impl DecodeSession for BurnSession<'_> {
                 generated + 1
             )
         })?;
-        self.hidden =
-            self.lm
-                .model
-                .decode(tokens, self.pos, Some(&self.prompt), &mut self.cache)?;
+        let (model, pos, prompt, cache) = (&self.lm.model, self.pos, &self.prompt, &mut self.cache);
+        self.hidden = crate::cpu::in_pool(|| model.decode(tokens, pos, Some(prompt), cache))?;
         self.pos += 1;
         Ok(())
     }
