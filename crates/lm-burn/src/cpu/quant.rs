@@ -367,8 +367,25 @@ mod avx512 {
         let bb = w.block_bytes;
         // SAFETY: weight rows j..j + NC < n hold bpr blocks of bb bytes, steps and minima each;
         // x rows r < NR hold k values at x_stride; outputs (r, j + c) lie in the m x n output.
+        // The tile's weight rows are short (576 bytes at k = 576): too short for the hardware
+        // prefetcher to follow each. The tile two ahead is one contiguous run of NC rows:
+        // fetch a share of it, and of its steps and minima, with each block.
+        let ahead = (j + 2 * NC) * bpr;
+        let lines = (NC * bb).div_ceil(64);
         unsafe {
             for b in 0..bpr {
+                for l in 0..lines {
+                    let at = q.wrapping_add(ahead * bb + (b * lines + l) * 64);
+                    _mm_prefetch::<_MM_HINT_T0>(at.cast());
+                }
+                if b * 64 < NC * bpr * 4 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        step.wrapping_add(ahead).cast::<i8>().wrapping_add(b * 64),
+                    );
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        lo.wrapping_add(ahead).cast::<i8>().wrapping_add(b * 64),
+                    );
+                }
                 for c in 0..NC {
                     let at = (j + c) * bpr + b;
                     let s = _mm512_set1_ps(*step.add(at));
@@ -421,9 +438,23 @@ mod avx512 {
         let bpr = k / BLOCK;
         assert!(j0 + count <= w.rows && panel.len() >= count * k);
         assert!(w.q.len() >= w.rows * bpr * w.block_bytes);
+        // The next group's rows, one contiguous run: fetched a line per block (see `tile`).
+        let ahead = (j0 + count) * bpr;
         for i in 0..count {
             for b in 0..bpr {
                 let at = (j0 + i) * bpr + b;
+                let idx = i * bpr + b;
+                // SAFETY: prefetches never fault; the addresses are only computed (wrapping).
+                unsafe {
+                    let next = w.q.as_ptr().wrapping_add(ahead * w.block_bytes + idx * 64);
+                    _mm_prefetch::<_MM_HINT_T0>(next.cast());
+                    if idx.is_multiple_of(16) {
+                        let s = w.step.as_ptr().wrapping_add(ahead + idx);
+                        let l = w.lo.as_ptr().wrapping_add(ahead + idx);
+                        _mm_prefetch::<_MM_HINT_T0>(s.cast());
+                        _mm_prefetch::<_MM_HINT_T0>(l.cast());
+                    }
+                }
                 let dst = i * k + b * BLOCK;
                 // SAFETY: AVX-512F is present (the caller's contract); block `at` lies within q
                 // (asserted above), and 32 f32 at `dst` within panel row i.
