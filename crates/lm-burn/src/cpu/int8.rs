@@ -227,13 +227,15 @@ mod vnni {
             }
             for (rr, row_acc) in acc.iter().enumerate() {
                 let r = r0 + rr;
-                for (c, &a) in row_acc.iter().enumerate() {
+                let dst = out.add(r * n + j);
+                super::super::dot::avx512::store_sums(row_acc, dst);
+                for c in 0..NC {
                     let row = j + c;
                     let mut l = 0.0f32;
                     for b in 0..bpr {
                         l += *lo.add(row * bpr + b) * x.sum[r * bpr + b];
                     }
-                    *out.add(r * n + row) = _mm512_reduce_add_ps(a) + l;
+                    *dst.add(c) += l;
                 }
             }
         }

@@ -401,9 +401,7 @@ mod avx512 {
                 }
             }
             for (r, row_acc) in acc.iter().enumerate() {
-                for (c, &a) in row_acc.iter().enumerate() {
-                    *out.add(r * n + j + c) = _mm512_reduce_add_ps(a);
-                }
+                super::super::dot::avx512::store_sums(row_acc, out.add(r * n + j));
             }
         }
     }
