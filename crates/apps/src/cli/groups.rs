@@ -26,7 +26,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "GIB")]
     pub memory_budget: Option<f64>,
     /// How decoding steps read the weights: `f32`, or `q8`, an 8-bit copy (blocks of 32 with a
-    /// minimum and a step) for steps of at most 32 particles on a CPU with AVX-512, about 1.7x
+    /// minimum and a step) for steps of at most 128 particles on a CPU with AVX-512, about 3x
     /// faster at one particle. A GGUF file's Q4_0, Q4_1 and Q8_0 weights (the default model's)
     /// are kept exactly; float weights move by at most 1/510 of their block's range. Costs
     /// about 1.25 bytes per weight of memory beside the f32 weights. `int8` (experimental) also
@@ -112,7 +112,7 @@ impl HeadArgs {
 pub enum WeightsArg {
     /// The f32 weights.
     F32,
-    /// An 8-bit copy for decoding steps of at most 32 particles.
+    /// An 8-bit copy for decoding steps of at most 128 particles.
     Q8,
     /// The 8-bit copy with activations rounded to 8 bits and integer products (AVX-512 VNNI).
     Int8,

@@ -3,10 +3,11 @@
 //! once and used for up to four rows of x, with no packing. `gemm` packs its operands on every
 //! call, which costs as much as the product itself when the rows are few (docs/benchmarks.md).
 
-/// The most rows of x this kernel takes. Measured in whole decode steps (`decode_profile`):
-/// faster than the column-split `gemm` at K = 1 (+17%), 16 (+27%) and 32 (+13%), even at 48,
-/// slower at 64 (-9%), where `gemm`'s cache blocking pays for its packing.
-pub const MAX_ROWS: usize = 32;
+/// The most rows of x this kernel takes. Measured in whole decode steps (`decode_profile`),
+/// since the four-column lane sums ([`avx512::sum4`]): faster than the column-split `gemm` at
+/// K = 64 (SMC 286-317 -> 391 particle-tokens/s) and 128 (gate/up 99 -> 77, down 68 -> 40 ms
+/// per step), about equal at 256, where `gemm`'s cache blocking pays for its packing.
+pub const MAX_ROWS: usize = 128;
 
 /// Whether [`dot_rows`] may run here: AVX-512F detected at run time and k a multiple of 16.
 pub fn available(k: usize) -> bool {

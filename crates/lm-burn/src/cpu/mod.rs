@@ -46,7 +46,7 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// The most rows (particles) a product runs with quantised weights: the dot-product tiles'
-/// range, where reading the weights dominates.
+/// range (beyond it `gemm` reads the f32 weights).
 pub const QUANT_MAX_ROWS: usize = dot::MAX_ROWS;
 
 /// Why quantised products cannot run for this device and input size, if they cannot: they
@@ -645,7 +645,7 @@ mod tests {
     #[test]
     fn few_row_dot_products_match_burn_for_every_tile_remainder() {
         let dev = Device::flex();
-        for m in [1, 2, 3, 4, 5, 7, 17, 64, 65] {
+        for m in [1, 2, 3, 4, 5, 7, 17, 64, 65, 127, 128, 129] {
             for (k, n) in [(32, 13), (48, 40), (16, 1), (160, 4100)] {
                 // x as a slice of wider rows (row stride > k), w as the transposed view of a
                 // row-major [n, k] weight: the layout of every decode-step product.
