@@ -1,10 +1,11 @@
 //! Peak memory of decoding: runs T = 20 steps of K particles on the default model in this
 //! process and prints one JSON line with K, the wall time, particle-tokens per second and the
 //! peak resident set size (VmHWM). `cargo xtask bench` runs it once per K in fresh processes.
+//! A second argument `q8` or `int8` sets the decoding weights (`--weights`; default f32).
 
 use std::time::Instant;
 
-use lm_burn::{BurnLm, default_device};
+use lm_burn::{BurnLm, WeightFormat, default_device};
 use smc_core::model::{DecodeSession, LanguageModel};
 
 fn vm_hwm_mib() -> Option<f64> {
@@ -19,8 +20,19 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(64);
+    let weights = match std::env::args().nth(2).as_deref() {
+        None | Some("f32") => WeightFormat::F32,
+        Some("q8") => WeightFormat::Q8,
+        Some("int8") => WeightFormat::Int8,
+        Some(other) => {
+            eprintln!("error: weights: expected f32, q8 or int8, found {other:?}");
+            std::process::exit(2);
+        }
+    };
     let t = 20;
-    let lm = match BurnLm::load("default", &default_device()) {
+    let lm = match BurnLm::load("default", &default_device())
+        .and_then(|lm| lm.with_weight_format(weights))
+    {
         Ok(lm) => lm,
         Err(e) => {
             eprintln!("error: {e}");
@@ -44,6 +56,7 @@ fn main() {
         serde_json::json!({
             "k": k,
             "t": t,
+            "weights": weights.to_string(),
             "seconds": secs,
             "particle_tokens_per_s": (k * t) as f64 / secs,
             "peak_rss_mib_after_load": after_load,
