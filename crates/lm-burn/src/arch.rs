@@ -53,8 +53,8 @@ pub enum WeightFormat {
     /// beside the f32 weights, read by decoding steps of at most
     /// [`crate::cpu::QUANT_MAX_ROWS`] particles on a CPU with AVX-512; f32 everywhere else
     /// (prefill, larger batches, training). Up to f32 rounding the same weights for a GGUF
-    /// file's Q4_0 and Q4_1 blocks; otherwise within half a step per weight. Costs about 1.25
-    /// bytes per weight of memory.
+    /// file's Q4_0, Q4_1 and Q8_0 blocks; otherwise within half a step per weight. Costs up to
+    /// 1.25 bytes per weight of memory (0.75 where blocks have at most 16 levels).
     Q8,
     /// [`WeightFormat::Q8`]'s weights, with the activations of each product rounded to 8 bits
     /// per block of 32 (scale max |x| / 127, as llama.cpp's Q8_0 activations) and multiplied

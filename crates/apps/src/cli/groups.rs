@@ -25,15 +25,15 @@ pub struct ModelArgs {
     /// whose particles and tokens would need more is refused before it allocates anything.
     #[arg(long, value_name = "GIB")]
     pub memory_budget: Option<f64>,
-    /// How decoding steps read the weights: `f32`, or `q8`, an 8-bit copy (blocks of 32 with a
-    /// minimum and a step) for steps of at most 128 particles on a CPU with AVX-512, about 3x
-    /// faster at one particle. A GGUF file's Q4_0, Q4_1 and Q8_0 weights (the default model's)
-    /// are kept exactly; float weights move by at most 1/510 of their block's range. Costs
-    /// about 1.25 bytes per weight of memory beside the f32 weights. `int8` (experimental) also
-    /// rounds each product's activations to 8 bits (blocks of 32, as llama.cpp does) and
-    /// multiplies as integers: the output head's product runs 1.6x faster, whole steps so far
-    /// no faster than with q8, and log-probabilities move by up to a few tenths of a nat
-    /// (docs/benchmarks.md).
+    /// How decoding steps read the weights: `f32`, or `q8`, a quantised copy (blocks of 32 with
+    /// a minimum and a step; 4-bit levels where a block has at most 16) for steps of at most
+    /// 128 particles on a CPU with AVX-512: about 3x faster at one particle, 1.3x at 16. A GGUF
+    /// file's Q4_0, Q4_1 and Q8_0 weights (the default model's) are kept exactly; float weights
+    /// move by at most 1/510 of their block's range. Costs up to 1.25 bytes per weight of
+    /// memory beside the f32 weights (118 MiB for the default model). `int8` (experimental)
+    /// also rounds each product's activations to 8 bits (blocks of 32, as llama.cpp does) and
+    /// multiplies as integers: a little faster than q8 at one particle, no faster beyond, and
+    /// log-probabilities move by up to a few tenths of a nat (docs/benchmarks.md).
     #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
     pub weights: WeightsArg,
 }
