@@ -37,17 +37,24 @@ impl QuantRows {
             let row = unsafe { std::slice::from_raw_parts(x.add(r * stride), k) };
             for (b, src) in row.chunks_exact(BLOCK).enumerate() {
                 let amax = src.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
-                let (s, inv) = if amax > 0.0 {
-                    (amax / 127.0, 127.0 / amax)
-                } else {
-                    (0.0, 0.0)
-                };
+                // A NaN or infinite activation makes its outputs NaN, as in f32 (where
+                // log-softmax then refuses the row), instead of rounding to a level.
+                if src.iter().any(|v| !v.is_finite()) {
+                    scale.push(f32::NAN);
+                    sum.push(f32::NAN);
+                    continue;
+                }
+                let s = amax / 127.0;
                 let dst = &mut q[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
                 let mut total = 0i32;
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    let level = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                    *d = level;
-                    total += i32::from(level);
+                if amax > 0.0 {
+                    // In f64, so that a tiny block (127 / amax beyond f32) still rounds right.
+                    let inv = 127.0 / f64::from(amax);
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        let level = (f64::from(v) * inv).round().clamp(-127.0, 127.0) as i8;
+                        *d = level;
+                        total += i32::from(level);
+                    }
                 }
                 scale.push(s);
                 sum.push(s * total as f32);
@@ -204,19 +211,23 @@ mod vnni {
                     }
                     if b * 32 < NC * bpr * 4 {
                         let s = step.wrapping_add(ahead).cast::<i8>().wrapping_add(b * 32);
+                        let l = lo.wrapping_add(ahead).cast::<i8>().wrapping_add(b * 32);
                         _mm_prefetch::<_MM_HINT_T0>(s);
+                        _mm_prefetch::<_MM_HINT_T0>(l);
                     }
                 }
                 for c in 0..NC {
                     let at = (j + c) * bpr + b;
                     let wv = pair::<PACKED>(q.add(at * bb));
-                    let sp = _mm_castpd_ps(_mm_load_sd(step.add(at).cast()));
+                    // Two f32 (8 bytes, 4-byte aligned): an unaligned 64-bit load.
+                    let sp = _mm_castsi128_ps(_mm_loadl_epi64(step.add(at).cast()));
                     for (rr, row_acc) in acc.iter_mut().enumerate() {
                         let r = r0 + rr;
                         let xv = _mm512_loadu_si512(x.q.as_ptr().add(r * k + b * BLOCK).cast());
                         let dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-                        let xs =
-                            _mm_castpd_ps(_mm_load_sd(x.scale.as_ptr().add(r * bpr + b).cast()));
+                        let xs = _mm_castsi128_ps(_mm_loadl_epi64(
+                            x.scale.as_ptr().add(r * bpr + b).cast(),
+                        ));
                         let sc = _mm512_permutexvar_ps(
                             spread,
                             _mm512_castps128_ps512(_mm_mul_ps(sp, xs)),

@@ -98,10 +98,12 @@ impl Matrix {
         if row_stride < 0 || col_stride < 0 {
             return None;
         }
-        // The furthest element read must lie inside the storage.
-        let last = layout.start_offset()
-            + (rows.saturating_sub(1)) * row_stride as usize
-            + (cols.saturating_sub(1)) * col_stride as usize;
+        // The furthest element read must lie inside the storage (checked arithmetic: a
+        // layout whose offsets overflow is declined, not wrapped).
+        let last = (rows.saturating_sub(1))
+            .checked_mul(row_stride as usize)?
+            .checked_add((cols.saturating_sub(1)).checked_mul(col_stride as usize)?)?
+            .checked_add(layout.start_offset())?;
         if rows > 0 && cols > 0 && last >= tensor.storage::<f32>().len() {
             return None;
         }
@@ -253,8 +255,17 @@ pub fn quant_matmul(x: &Tensor<2>, w: &QuantMatrix, parts: &[usize]) -> Option<V
     if !dot::available(k) {
         return None;
     }
+    if n == 0 {
+        let device = x.device();
+        return Some(
+            parts
+                .iter()
+                .map(|_| from_vec(Vec::new(), [m, 0], &device))
+                .collect(),
+        );
+    }
     let mut out = vec![0.0f32; m.checked_mul(n)?];
-    if m > 0 && n > 0 {
+    if m > 0 {
         let threads = rayon::current_num_threads().max(1);
         let blocks = threads
             .max(n.div_ceil(MAX_BLOCK))
@@ -666,7 +677,7 @@ mod tests {
         // back up to f32 rounding.
         let (d, m) = (0.0123f32, -0.07f32);
         let mut back = vec![0.0; 32];
-        let blocks: [Vec<f32>; 4] = [
+        let blocks: [Vec<f32>; 5] = [
             (0..32).map(|i| (i % 16) as f32 * d + m).collect(),
             (0..32)
                 .map(|i| [2.0f32, 5.0, 9.0, 14.0][i % 4] * d + m)
@@ -674,6 +685,14 @@ mod tests {
             (0..32).map(|i| ((i * 7 % 16) as f32 - 8.0) * d).collect(),
             (0..32)
                 .map(|i| ((i * 37 % 255) as f32 - 127.0) * d)
+                .collect(),
+            // A sparse Q8_0 block: the smallest gap is 50 steps.
+            (0..32)
+                .map(|i| match i {
+                    0 => -50.0 * d,
+                    1 => 127.0 * d,
+                    _ => 0.0,
+                })
                 .collect(),
         ];
         for grid in &blocks {
@@ -709,6 +728,10 @@ mod tests {
         }
         assert!(super::QuantMatrix::from_rows(&w, 3, 48).is_none());
         assert!(super::QuantMatrix::from_rows(&[f32::NAN; 32], 1, 32).is_none());
+        // A range too wide for a finite step is refused, not turned into infinities.
+        let mut wide = [3e38f32; 32];
+        wide[0] = -3e38;
+        assert!(super::QuantMatrix::from_rows(&wide, 1, 32).is_none());
         // A constant block is exact.
         let q = super::QuantMatrix::from_rows(&[0.5; 32], 1, 32).unwrap();
         q.dequantize_row(0, &mut back);
@@ -768,6 +791,11 @@ mod tests {
         let x = Tensor::<2>::zeros([2, 48], &dev);
         let q = super::QuantMatrix::from_rows(&[0.0; 64], 1, 64).unwrap();
         assert!(super::quant_matmul(&x, &q, &[1]).is_none());
+        // No output columns: empty parts, no panic.
+        let none = super::QuantMatrix::from_rows(&[], 0, 32).unwrap();
+        let x = Tensor::<2>::zeros([2, 32], &dev);
+        let got = super::quant_matmul(&x, &none, &[0, 0]).unwrap();
+        assert!(got.iter().all(|t| t.dims() == [2, 0]));
     }
 
     /// Integer products round each block of 32 activations to levels of max |x| / 127: each
@@ -833,6 +861,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A NaN activation gives NaN outputs with integer products too (as in f32, where
+    /// log-softmax then refuses the row), never a silent zero.
+    #[test]
+    fn int8_products_propagate_non_finite_activations() {
+        if !super::dot::available(32) || !std::arch::is_x86_feature_detected!("avx512vnni") {
+            return;
+        }
+        let dev = Device::flex();
+        let q = super::QuantMatrix::from_rows(&[0.5; 64 * 3], 3, 64)
+            .unwrap()
+            .with_int8_activations(true);
+        let mut xs = vec![1.0f32; 64];
+        xs[40] = f32::NAN;
+        let x = Tensor::<2>::from_data(TensorData::new(xs, [1, 64]), &dev);
+        let got = super::quant_matmul(&x, &q, &[3]).unwrap()[0]
+            .to_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(got.iter().all(|v| v.is_nan()), "{got:?}");
     }
 
     #[test]

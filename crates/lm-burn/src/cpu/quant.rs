@@ -21,7 +21,8 @@ const GROUP: usize = 8;
 
 /// The step of the evenly spaced grid (at most 256 levels from `lo` to `hi`) that every value
 /// of `block` lies on, up to f32 rounding; `None` when there is none (or all values are equal).
-/// The smallest gap between two values is a whole number j of steps: j = 1..=16 are tried.
+/// The smallest gap between two values is a whole number j of steps: every j that keeps the
+/// levels within 256 is tried.
 fn grid_step(block: &[f32], lo: f32, hi: f32) -> Option<f64> {
     let range = f64::from(hi) - f64::from(lo);
     if range <= 0.0 {
@@ -34,22 +35,28 @@ fn grid_step(block: &[f32], lo: f32, hi: f32) -> Option<f64> {
         .map(|w| w[1] - w[0])
         .filter(|&g| g > range * 1e-4)
         .fold(f64::INFINITY, f64::min);
-    (1..=16).find_map(|j| {
-        let levels = (range / (gap / f64::from(j))).round();
-        if !(1.0..=255.0).contains(&levels) {
-            return None;
-        }
-        // The step as the range over a whole number of steps: no error accumulates along
-        // the grid.
-        let step = range / levels;
-        block
-            .iter()
-            .all(|&x| {
-                let r = (f64::from(x) - f64::from(lo)) / step;
-                (r - r.round()).abs() < 1e-3
-            })
-            .then_some(step)
-    })
+    // The smallest gap is j steps for some j <= 255; the levels grow with j, so the search
+    // ends once they pass 255 (at once for float weights, whose gaps are small).
+    (1..=255u32)
+        .map_while(|j| {
+            let levels = (range / (gap / f64::from(j))).round();
+            (levels <= 255.0).then_some(levels)
+        })
+        .find_map(|levels| {
+            if levels < 1.0 {
+                return None;
+            }
+            // The step as the range over a whole number of steps: no error accumulates along
+            // the grid.
+            let step = range / levels;
+            block
+                .iter()
+                .all(|&x| {
+                    let r = (f64::from(x) - f64::from(lo)) / step;
+                    (r - r.round()).abs() < 1e-3
+                })
+                .then_some(step)
+        })
 }
 
 /// Up to this many rows, weights are dequantised in registers and used at once (no panel):
@@ -83,7 +90,8 @@ impl fmt::Debug for QuantMatrix {
 
 impl QuantMatrix {
     /// Quantises a row-major [rows, cols] matrix; `None` when `cols` is not a positive multiple
-    /// of [`BLOCK`], `w` does not hold rows x cols values, or a value is not finite.
+    /// of [`BLOCK`], `w` does not hold rows x cols values, a value is not finite, or a block's
+    /// range is too wide for a finite f32 step.
     pub fn from_rows(w: &[f32], rows: usize, cols: usize) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK) || rows.checked_mul(cols)? != w.len() {
             return None;
@@ -108,6 +116,12 @@ impl QuantMatrix {
                         .round()
                         .clamp(0.0, 255.0) as u8;
                 }
+            }
+            // A range near f32::MAX would give an infinite step or values: refused (weights that
+            // large are not a model's).
+            let top = dst.iter().fold(0u8, |m, &q| m.max(q));
+            if !(s as f32).is_finite() || !f32::from(top).mul_add(s as f32, a).is_finite() {
+                return None;
             }
             step.push(s as f32);
             lo.push(a);
@@ -444,8 +458,10 @@ mod avx512 {
                 let idx = i * bpr + b;
                 // SAFETY: prefetches never fault; the addresses are only computed (wrapping).
                 unsafe {
-                    let next = w.q.as_ptr().wrapping_add(ahead * w.block_bytes + idx * 64);
-                    _mm_prefetch::<_MM_HINT_T0>(next.cast());
+                    if (idx * w.block_bytes).is_multiple_of(64) {
+                        let at = (ahead + idx) * w.block_bytes;
+                        _mm_prefetch::<_MM_HINT_T0>(w.q.as_ptr().wrapping_add(at).cast());
+                    }
                     if idx.is_multiple_of(16) {
                         let s = w.step.as_ptr().wrapping_add(ahead + idx);
                         let l = w.lo.as_ptr().wrapping_add(ahead + idx);
