@@ -51,8 +51,8 @@ pub enum WeightFormat {
     F32,
     /// An 8-bit copy ([`crate::cpu::QuantMatrix`]: blocks of 32 with a minimum and a step)
     /// beside the f32 weights, read by decoding steps of at most
-    /// [`crate::cpu::QUANT_MAX_ROWS`] particles on a CPU with AVX-512; f32 everywhere else
-    /// (prefill, larger batches, training). Up to f32 rounding the same weights for a GGUF
+    /// [`crate::cpu::QUANT_MAX_ROWS`] particles (and a session's prompt of at most that many
+    /// tokens) on a CPU with AVX-512; f32 everywhere else (larger batches, scoring, training). Up to f32 rounding the same weights for a GGUF
     /// file's Q4_0, Q4_1 and Q8_0 blocks; otherwise within half a step per weight. Costs up to
     /// 1.25 bytes per weight of memory (0.75 where blocks have at most 16 levels).
     Q8,
@@ -92,6 +92,13 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
         batch: usize,
         seq: usize,
     ) -> Result<(Tensor<3>, Vec<LayerKv>)>;
+
+    /// The prompt's forward pass for a decoding session: [`CausalLm::forward_seq`] over one
+    /// sequence, except that a quantised [`WeightFormat`] may serve its products (the prompt is
+    /// decoding's start, not a score).
+    fn prefill(&self, tokens: &[u32]) -> Result<(Tensor<3>, Vec<LayerKv>)> {
+        self.forward_seq(tokens, 1, tokens.len())
+    }
 
     /// One decoding step for K particles whose new tokens (one each) sit at absolute position
     /// `pos` (an error at or beyond the context length): attends over `prompt` (if any) and the particles' own keys/values in `cache`,

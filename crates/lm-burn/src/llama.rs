@@ -305,6 +305,85 @@ impl Llama {
         Ok(burn::tensor::module::embedding(self.embed.clone(), ids))
     }
 
+    /// The forward pass of [`CausalLm::forward_seq`], with the products served by the
+    /// quantised weights when `quant` is given (the prompt of a decoding session).
+    fn forward(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+        quant: Option<&QuantWeights>,
+    ) -> Result<(Tensor<3>, Vec<LayerKv>)> {
+        let c = &self.config;
+        self.dims()
+            .check_context(seq, || format!("a forward pass over {seq} tokens"))?;
+        let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let mut h = self.embed(tokens, [batch, seq])?;
+        let (cos, sin) = rope_tables(0..seq, hd, c.rope_theta, &self.device);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut kvs = Vec::with_capacity(c.num_layers);
+        let rows = batch * seq;
+        let d = c.hidden_size;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let lq = quant.map(|q| &q.layers[i]);
+            let x = rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps);
+            let as_heads = |t: Tensor<2>, n| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
+            let heads = |w, b, n| {
+                linear(x.clone(), w, b)
+                    .reshape([batch, seq, n, hd])
+                    .swap_dims(1, 2)
+            };
+            let parts = [hq * hd, hkv * hd, hkv * hd];
+            let biases = [&layer.bq, &layer.bk, &layer.bv];
+            let x2 = x.clone().reshape([rows, d]);
+            let (q, k, v) = match lq.and_then(|lq| quant_linear(&x2, &lq.qkv, &parts, &biases)) {
+                Some(mut t) => {
+                    let v = as_heads(t.pop().expect("three parts"), hkv);
+                    let k = as_heads(t.pop().expect("three parts"), hkv);
+                    (as_heads(t.pop().expect("three parts"), hq), k, v)
+                }
+                None => (
+                    heads(&layer.wq, &layer.bq, hq),
+                    heads(&layer.wk, &layer.bk, hkv),
+                    heads(&layer.wv, &layer.bv, hkv),
+                ),
+            };
+            let q = apply_rope(q, &cos, &sin);
+            let k = apply_rope(k, &cos, &sin);
+            let att = causal_attention(q, k.clone(), v.clone(), scale, AttentionWindow::Global);
+            let att = att.swap_dims(1, 2).reshape([batch, seq, hq * hd]);
+            let att2 = att.clone().reshape([rows, hq * hd]);
+            h = h + match lq.and_then(|lq| quant_linear(&att2, &lq.o, &[d], &[])) {
+                Some(mut t) => t.pop().expect("one part").reshape([batch, seq, d]),
+                None => linear(att, &layer.wo, &None),
+            };
+            let x = rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);
+            let mlp = match lq {
+                Some(lq) => self.quant_mlp(lq, x.clone().reshape([rows, d])),
+                None => None,
+            };
+            h = h.clone()
+                + match mlp {
+                    Some(m) => m.reshape([batch, seq, d]),
+                    None => self.mlp(layer, x),
+                };
+            kvs.push(LayerKv { k, v });
+        }
+        Ok((rms_norm(h, &self.norm, c.rms_norm_eps), kvs))
+    }
+
+    /// The MLP of x [rows, d] with quantised weights; `None` when a kernel declines.
+    fn quant_mlp(&self, lq: &LayerQuant, x: Tensor<2>) -> Option<Tensor<2>> {
+        let inner = self.config.intermediate_size;
+        let mut t = quant_linear(&x, &lq.gate_up, &[inner, inner], &[])?;
+        let up = t.pop()?;
+        let gate = t.pop()?;
+        // burn's activation, as in the f32 pass (`mlp`), so that the prompt's states stay bit
+        // for bit those of the f32 weights when the quantised ones are exact.
+        let act = silu(gate) * up;
+        quant_linear(&act, &lq.down, &[self.config.hidden_size], &[])?.pop()
+    }
+
     fn mlp<const D: usize>(&self, layer: &Layer, x: Tensor<D>) -> Tensor<D> {
         let gate = silu(linear(x.clone(), &layer.w_gate, &None));
         let up = linear(x, &layer.w_up, &None);
@@ -336,32 +415,16 @@ impl CausalLm for Llama {
         batch: usize,
         seq: usize,
     ) -> Result<(Tensor<3>, Vec<LayerKv>)> {
-        let c = &self.config;
-        self.dims()
-            .check_context(seq, || format!("a forward pass over {seq} tokens"))?;
-        let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let mut h = self.embed(tokens, [batch, seq])?;
-        let (cos, sin) = rope_tables(0..seq, hd, c.rope_theta, &self.device);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut kvs = Vec::with_capacity(c.num_layers);
-        for layer in &self.layers {
-            let x = rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps);
-            let heads = |w, b, n| {
-                linear(x.clone(), w, b)
-                    .reshape([batch, seq, n, hd])
-                    .swap_dims(1, 2)
-            };
-            let q = apply_rope(heads(&layer.wq, &layer.bq, hq), &cos, &sin);
-            let k = apply_rope(heads(&layer.wk, &layer.bk, hkv), &cos, &sin);
-            let v = heads(&layer.wv, &layer.bv, hkv);
-            let att = causal_attention(q, k.clone(), v.clone(), scale, AttentionWindow::Global);
-            let att = att.swap_dims(1, 2).reshape([batch, seq, hq * hd]);
-            h = h + linear(att, &layer.wo, &None);
-            let x = rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);
-            h = h.clone() + self.mlp(layer, x);
-            kvs.push(LayerKv { k, v });
-        }
-        Ok((rms_norm(h, &self.norm, c.rms_norm_eps), kvs))
+        self.forward(tokens, batch, seq, None)
+    }
+
+    fn prefill(&self, tokens: &[u32]) -> Result<(Tensor<3>, Vec<LayerKv>)> {
+        // Q8 only: int8's rounded activations would move the prompt's keys and values too.
+        let quant = self
+            .quant
+            .as_deref()
+            .filter(|q| tokens.len() <= QUANT_MAX_ROWS && !q.head.int8_activations());
+        self.forward(tokens, 1, tokens.len(), quant)
     }
 
     fn decode(

@@ -38,9 +38,7 @@ impl<'a> BurnSession<'a> {
         lm.dims()
             .check_context(p, || format!("the prompt ({p} tokens)"))?;
         let model = &lm.model;
-        let (h, layers) = time("prefill", || {
-            crate::cpu::in_pool(|| model.forward_seq(prompt, 1, p))
-        })?;
+        let (h, layers) = time("prefill", || crate::cpu::in_pool(|| model.prefill(prompt)))?;
         let d = h.dims()[2];
         let last = h.slice([0..1, p - 1..p, 0..d]).reshape([1, d]);
         let dims = lm.dims();
