@@ -1,35 +1,19 @@
 //! Numerics in log space.
 
-/// `log(sum(exp(xs)))`, stable; `-inf` for an empty slice or all `-inf`. NaN propagates.
+mod rows;
+
+pub use rows::{BLOCK, ExpSums, RowTerms, exp_nonpositive, row_log_sum_exp};
+
+/// `log(sum(exp(xs)))`, stable; `-inf` for an empty slice or all `-inf`, `+inf` if an entry
+/// is, NaN if an entry is NaN. Vectorised ([`row_log_sum_exp`]).
 pub fn log_sum_exp(xs: &[f64]) -> f64 {
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if max == f64::NEG_INFINITY {
-        return if xs.iter().any(|x| x.is_nan()) {
-            f64::NAN
-        } else {
-            f64::NEG_INFINITY
-        };
-    }
-    if max == f64::INFINITY {
-        return f64::INFINITY;
-    }
-    let sum: f64 = xs.iter().map(|&x| (x - max).exp()).sum();
-    max + sum.ln()
+    row_log_sum_exp(RowTerms::new(xs))
 }
 
-/// `log(sum(exp(a + b)))` over paired entries without allocating.
+/// `log(sum(exp(a + b)))` over paired entries without allocating (the shorter slice's length).
 pub fn log_sum_exp_sum(a: &[f64], b: &[f64]) -> f64 {
     debug_assert_eq!(a.len(), b.len());
-    let max = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| x + y)
-        .fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return max;
-    }
-    let sum: f64 = a.iter().zip(b).map(|(x, y)| (x + y - max).exp()).sum();
-    max + sum.ln()
+    row_log_sum_exp(RowTerms::new(a).plus(Some(b)))
 }
 
 /// Normalised weights `exp(log_w - logsumexp(log_w))`. All `-inf` gives all zeros.

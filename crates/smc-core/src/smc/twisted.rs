@@ -9,7 +9,7 @@ use crate::batch::{LogTable, TokenBuffer, gather};
 use crate::constraint::{Constraint, ConstraintSession, TokenMask};
 use crate::error::{Result, SmcError};
 use crate::feynman_kac::{FeynmanKac, LoopOutput};
-use crate::logspace::{log_sum_exp, log_sum_exp_sum};
+use crate::logspace::{ExpSums, RowTerms};
 use crate::model::{DecodeSession, Potential, Twist, TwistInput, checked_log_phi};
 
 /// The Feynman–Kac model of twisted SMC on a language model.
@@ -375,46 +375,9 @@ pub(super) fn invalid(component: &str, step: usize, particle: usize, value: f64)
     }
 }
 
-/// Draws an index from an unnormalised log-distribution with log normaliser `lse`.
-pub(super) fn sample_categorical(
-    log_p: impl Iterator<Item = f64>,
-    lse: f64,
-    rng: &mut dyn Rng,
-) -> Option<usize> {
-    let u: f64 = rng.random();
-    let mut cum = 0.0;
-    let mut last_positive = None;
-    for (i, lp) in log_p.enumerate() {
-        let p = (lp - lse).exp();
-        if p > 0.0 {
-            cum += p;
-            last_positive = Some(i);
-            if u < cum {
-                return Some(i);
-            }
-        }
-    }
-    last_positive
-}
-
-/// log Σ_{v in mask} exp(row_p0[v] + row_psi[v]) (row_psi = 0 when absent); `-inf` for an
-/// empty mask; NaN if an allowed entry is NaN. Same arithmetic as [`log_sum_exp_sum`] and
-/// [`log_sum_exp`] when every token is allowed.
-pub(super) fn masked_log_sum_exp(row_p0: &[f64], row_psi: Option<&[f64]>, mask: &TokenMask) -> f64 {
-    let term = |v: u32| row_p0[v as usize] + row_psi.map_or(0.0, |psi| psi[v as usize]);
-    let mut max = f64::NEG_INFINITY;
-    for v in mask.iter() {
-        let x = term(v);
-        if x.is_nan() {
-            return f64::NAN;
-        }
-        max = max.max(x);
-    }
-    if !max.is_finite() {
-        return max;
-    }
-    let sum: f64 = mask.iter().map(|v| (term(v) - max).exp()).sum();
-    max + sum.ln()
+/// A uniform draw on [0, 1) for [`ExpSums::draw`].
+pub(super) fn uniform(rng: &mut dyn Rng) -> f64 {
+    rng.random()
 }
 
 impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
@@ -457,6 +420,7 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
         let mut log_psi_now = vec![0.0; k];
         let mut ending = Vec::new();
         let mut empty_masks = 0;
+        let mut sums = ExpSums::new();
         for p in 0..k {
             if self.is_finished(p) {
                 // A finished particle repeats its end token and keeps its weight.
@@ -473,13 +437,11 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                 _ => None,
             };
             // The proposal's log normaliser: log Z_t for the twisted proposal, 0 for p0; under
-            // a constraint, over the allowed tokens only.
-            let log_norm = match (mask, twisted) {
-                (None, true) => log_sum_exp_sum(row_p0, row_psi.unwrap_or_default()),
-                (None, false) => log_sum_exp(row_p0),
-                (Some((m, _)), true) => masked_log_sum_exp(row_p0, row_psi, m),
-                (Some((m, _)), false) => masked_log_sum_exp(row_p0, None, m),
-            };
+            // a constraint, over the allowed tokens only. The same terms are drawn from below.
+            let terms = RowTerms::new(row_p0)
+                .plus(if twisted { row_psi } else { None })
+                .masked(mask.map(|(m, _)| m.words()));
+            let log_norm = sums.log_sum_exp(terms);
             if log_norm.is_nan() || log_norm == f64::INFINITY {
                 let component = if twisted {
                     twist_name
@@ -533,35 +495,13 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                     }
                     tok as usize
                 }
-                _ => {
-                    let drawn = match (mask, twisted, row_psi) {
-                        (None, true, Some(psi)) => sample_categorical(
-                            row_p0.iter().zip(psi).map(|(a, b)| a + b),
-                            log_norm,
-                            rng,
-                        ),
-                        (None, _, _) => sample_categorical(row_p0.iter().copied(), log_norm, rng),
-                        (Some((m, _)), _, _) => {
-                            let psi = if twisted { row_psi } else { None };
-                            sample_categorical(
-                                (0..self.vocab as u32).map(|v| {
-                                    if m.contains(v) {
-                                        row_p0[v as usize] + psi.map_or(0.0, |psi| psi[v as usize])
-                                    } else {
-                                        f64::NEG_INFINITY
-                                    }
-                                }),
-                                log_norm,
-                                rng,
-                            )
-                        }
-                    };
-                    drawn.ok_or(SmcError::NoPositiveWeight {
+                _ => sums
+                    .draw(terms, uniform(rng))
+                    .ok_or(SmcError::NoPositiveWeight {
                         step: t,
                         horizon: self.horizon,
                         num_particles: k,
-                    })?
-                }
+                    })?,
             };
             let lp0 = row_p0[token];
             let lpsi = row_psi.map_or(0.0, |psi| psi[token]);

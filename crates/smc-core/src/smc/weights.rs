@@ -3,11 +3,11 @@
 use rand::Rng;
 
 use super::Proposal;
-use super::twisted::{invalid, masked_log_sum_exp, sample_categorical};
+use super::twisted::{invalid, uniform};
 use crate::batch::TokenBuffer;
 use crate::constraint::{Constraint, TokenMask};
 use crate::error::{Result, SmcError};
-use crate::logspace::{log_sum_exp, log_sum_exp_sum};
+use crate::logspace::{ExpSums, RowTerms, row_log_sum_exp};
 use crate::model::{DecodeSession, LanguageModel, Potential, Twist, TwistInput, checked_log_phi};
 
 /// The importance log weights log sigma~(s) - log q(s) of given sequences (all of the same
@@ -133,9 +133,13 @@ fn log_weights_inner<L: LanguageModel>(
                          {name}"
                     )));
                 }
-                masked_log_sum_exp(row_p0, row_psi, mask)
+                row_log_sum_exp(
+                    RowTerms::new(row_p0)
+                        .plus(row_psi)
+                        .masked(Some(mask.words())),
+                )
             } else if let Some(row_psi) = row_psi {
-                log_sum_exp_sum(row_p0, row_psi)
+                row_log_sum_exp(RowTerms::new(row_p0).plus(Some(row_psi)))
             } else {
                 continue;
             };
@@ -177,19 +181,20 @@ pub fn sample_base<L: LanguageModel>(
     let mut session = lm.start(prompt, n)?;
     let mut tokens = TokenBuffer::new(n, horizon);
     let mut log_p0 = vec![0.0; n];
+    let mut sums = ExpSums::new();
     for t in 1..=horizon {
         let out = session.next_log_probs()?;
         let mut next = vec![0u32; n];
         for (p, tok) in next.iter_mut().enumerate() {
             let row = out.log_probs.row(p);
-            let lse = log_sum_exp(row);
-            let i = sample_categorical(row.iter().copied(), lse, rng).ok_or(
-                SmcError::NoPositiveWeight {
-                    step: t,
-                    horizon,
-                    num_particles: n,
-                },
-            )?;
+            let lse = sums.log_sum_exp(RowTerms::new(row));
+            let i =
+                sums.draw(RowTerms::new(row), uniform(rng))
+                    .ok_or(SmcError::NoPositiveWeight {
+                        step: t,
+                        horizon,
+                        num_particles: n,
+                    })?;
             log_p0[p] += row[i] - lse;
             *tok = i as u32;
         }
