@@ -106,6 +106,9 @@ pub fn rope_tables(
 
 /// Applies rotary embeddings to x of shape [B, H, S, hd] with tables [S, hd].
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    if let Some(out) = crate::cpu::rope(&x, cos, sin) {
+        return out;
+    }
     let [b, h, s, hd] = x.dims();
     let half = hd / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
@@ -179,7 +182,7 @@ pub fn decode_attention(
     prompt_from: usize,
     own_from: usize,
 ) -> Tensor<2> {
-    let [k, hq, hd] = q.dims();
+    let [k, _, hd] = q.dims();
     let [_, hkv, own_len, _] = own_k.dims();
     let (own_k, own_v) = if own_from > 0 {
         (
@@ -189,15 +192,41 @@ pub fn decode_attention(
     } else {
         (own_k, own_v)
     };
+    let prompt_part = prompt
+        .filter(|(pk, _)| prompt_from < pk.dims()[2])
+        .map(|(pk, pv)| {
+            let p = pk.dims()[2];
+            (
+                pk.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]),
+                pv.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]),
+            )
+        });
+    crate::cpu::decode_attention(
+        &q,
+        prompt_part.as_ref().map(|(pk, pv)| (pk, pv)),
+        &own_k,
+        &own_v,
+        scale,
+    )
+    .unwrap_or_else(|| attention_ops(q, prompt_part, own_k, own_v, scale))
+}
+
+/// [`decode_attention`] as burn operations, for tensors the CPU kernel does not read.
+fn attention_ops(
+    q: Tensor<3>,
+    prompt: Option<(Tensor<4>, Tensor<4>)>,
+    own_k: Tensor<4>,
+    own_v: Tensor<4>,
+    scale: f64,
+) -> Tensor<2> {
+    let [k, hq, hd] = q.dims();
+    let hkv = own_k.dims()[1];
     let g = hq / hkv;
     let q = q.reshape([k, hkv, g, hd]);
     let own_scores = q.clone().matmul(own_k.swap_dims(2, 3)) * scale;
     let out = match prompt {
-        Some((pk, pv)) if prompt_from < pk.dims()[2] => {
-            let p = pk.dims()[2];
-            let pk = pk.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]);
-            let pv = pv.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]);
-            let np = p - prompt_from;
+        Some((pk, pv)) => {
+            let np = pk.dims()[2];
             let prompt_scores = q.matmul(pk.swap_dims(2, 3)) * scale;
             let l = own_scores.dims()[3];
             let probs = softmax(Tensor::cat(vec![prompt_scores, own_scores], 3), 3);
@@ -205,7 +234,79 @@ pub fn decode_attention(
             let po = probs.slice([0..k, 0..hkv, 0..g, np..np + l]);
             pp.matmul(pv) + po.matmul(own_v)
         }
-        _ => softmax(own_scores, 3).matmul(own_v),
+        None => softmax(own_scores, 3).matmul(own_v),
     };
     out.reshape([k, hq * hd])
+}
+
+#[cfg(test)]
+mod attention_tests {
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::*;
+
+    fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+        let a = a.to_data().try_to_vec::<f32>().expect("f32");
+        let b = b.to_data().try_to_vec::<f32>().expect("f32");
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn the_cpu_kernel_matches_burn_operations_on_cache_views() {
+        let dev = Device::flex();
+        let n = |dims: [usize; 4]| Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
+        // hd = 20 leaves a tail after the 16-lane dot products; the particle cache is a view
+        // of its first positions, the prompt a view from `prompt_from`.
+        for (k, hq, hkv, hd, p, cap, l, prompt_from, own_from) in [
+            (3, 6, 2, 20, 5, 8, 4, 0, 0),
+            (1, 9, 3, 64, 8, 24, 1, 0, 0),
+            (4, 4, 4, 16, 7, 6, 6, 3, 2),
+            (2, 2, 1, 8, 0, 4, 3, 0, 0),
+        ] {
+            let q = Tensor::<3>::random([k, hq, hd], Distribution::Normal(0.0, 1.0), &dev);
+            let (pk, pv) = (n([1, hkv, p.max(1), hd]), n([1, hkv, p.max(1), hd]));
+            let (ck, cv) = (n([k, hkv, cap, hd]), n([k, hkv, cap, hd]));
+            let own_k = ck.slice([0..k, 0..hkv, 0..l, 0..hd]);
+            let own_v = cv.slice([0..k, 0..hkv, 0..l, 0..hd]);
+            let prompt = (p > 0).then_some((&pk, &pv));
+            let scale = 1.0 / (hd as f64).sqrt();
+            let fast = decode_attention(
+                q.clone(),
+                prompt,
+                own_k.clone(),
+                own_v.clone(),
+                scale,
+                prompt_from,
+                own_from,
+            );
+            let own_k = own_k.slice([0..k, 0..hkv, own_from..l, 0..hd]);
+            let own_v = own_v.slice([0..k, 0..hkv, own_from..l, 0..hd]);
+            let prompt = prompt.filter(|_| prompt_from < p).map(|(a, b)| {
+                (
+                    a.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]),
+                    b.clone().slice([0..1, 0..hkv, prompt_from..p, 0..hd]),
+                )
+            });
+            let slow = attention_ops(q, prompt, own_k, own_v, scale);
+            let d = max_diff(fast, slow);
+            assert!(d < 1e-5, "k {k} hq {hq} hkv {hkv} hd {hd} p {p}: {d}");
+        }
+    }
+
+    #[test]
+    fn a_nan_score_gives_nan_outputs_as_burn_does() {
+        let dev = Device::flex();
+        let mut q = vec![0.5f32; 2 * 4];
+        q[1] = f32::NAN;
+        let q = Tensor::<3>::from_data(burn::tensor::TensorData::new(q, [1, 2, 4]), &dev);
+        let own = Tensor::<4>::ones([1, 1, 2, 4], &dev);
+        let out = decode_attention(q, None, own.clone(), own, 0.5, 0, 0);
+        let out = out.to_data().try_to_vec::<f32>().expect("f32");
+        assert!(out[..4].iter().all(|x| x.is_nan()));
+        assert!(out[4..].iter().all(|x| x.is_finite()));
+    }
 }

@@ -15,10 +15,12 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+mod attention;
 mod dot;
 mod int8;
 mod quant;
 
+pub use attention::decode_attention;
 pub use quant::QuantMatrix;
 
 /// Runs `f` on a thread of the CPU kernels' pool (rayon's), so that the products and
@@ -377,6 +379,40 @@ fn silu_mul_portable(g: &[f32], u: &[f32], o: &mut [f32]) {
     }
 }
 
+/// Rotary position embedding `x * cos + rotate_half(x) * sin` (rotate_half(x) = [-x2, x1]
+/// over the two halves of the last dimension) for x [b, h, s, hd] and tables [s, hd], as
+/// burn's operations compute it (the same products and sums, so the same bits) in one pass;
+/// `None` unless all three are contiguous f32 flex tensors of those shapes.
+pub fn rope(x: &Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Option<Tensor<4>> {
+    let [b, h, s, hd] = x.dims();
+    if cos.dims() != [s, hd] || sin.dims() != [s, hd] || hd % 2 != 0 || s == 0 {
+        return None;
+    }
+    let (xp, cp, sp) = (
+        contiguous_f32(x)?,
+        contiguous_f32(cos)?,
+        contiguous_f32(sin)?,
+    );
+    let (xs, cs, ss) = (slice_of(&xp), slice_of(&cp), slice_of(&sp));
+    let half = hd / 2;
+    let mut out = vec![0.0f32; xs.len()];
+    for (r, (o, xr)) in out
+        .chunks_exact_mut(hd)
+        .zip(xs.chunks_exact(hd))
+        .enumerate()
+    {
+        let at = (r % s) * hd;
+        let (c, sn) = (&cs[at..at + hd], &ss[at..at + hd]);
+        let (x1, x2) = xr.split_at(half);
+        let (o1, o2) = o.split_at_mut(half);
+        for i in 0..half {
+            o1[i] = x1[i] * c[i] + -x2[i] * sn[i];
+            o2[i] = x2[i] * c[half + i] + x1[i] * sn[half + i];
+        }
+    }
+    Some(from_vec(out, [b, h, s, hd], &x.device()))
+}
+
 /// Copies, in place, positions `0..prefix` of rows `src` into rows `dst` (pairs `(dst, src)`,
 /// all reads before any write) of a contiguous [rows, heads, capacity, head_dim] f32 flex
 /// tensor: a KV cache reordered after resampling, without touching the unused capacity.
@@ -575,6 +611,28 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn rope_gives_the_bits_of_burn_operations() {
+        let dev = Device::flex();
+        for (b, h, s, hd) in [(3, 9, 1, 64), (1, 3, 7, 10)] {
+            let x = Tensor::<4>::random([b, h, s, hd], Distribution::Normal(0.0, 1.0), &dev);
+            let cos = Tensor::<2>::random([s, hd], Distribution::Normal(0.0, 1.0), &dev);
+            let sin = Tensor::<2>::random([s, hd], Distribution::Normal(0.0, 1.0), &dev);
+            let half = hd / 2;
+            let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
+            let x2 = x.clone().slice([0..b, 0..h, 0..s, half..hd]);
+            let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+            let c: Tensor<4> = cos.clone().unsqueeze();
+            let sn: Tensor<4> = sin.clone().unsqueeze();
+            let want = (x.clone() * c + rotated * sn).to_data();
+            let got = super::rope(&x, &cos, &sin).expect("flex f32").to_data();
+            assert_eq!(
+                got.try_to_vec::<f32>().unwrap(),
+                want.try_to_vec::<f32>().unwrap()
+            );
+        }
     }
 
     #[test]
