@@ -427,9 +427,26 @@ impl HttpLm {
         let malformed = |what: String| HttpError::Malformed { url: url(), what };
         let answer: Value = serde_json::from_str(&body)
             .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
-        let entries = wire
-            .parse(&answer)
-            .map_err(|what| malformed(format!("{what} in {}", preview(&body))))?;
+        let entries = match wire.parse(&answer) {
+            Ok(entries) => entries,
+            Err(what) => match wire.reask(&answer, context, n, server.model.as_deref()) {
+                None => return Err(malformed(format!("{what} in {}", preview(&body)))),
+                Some(again) => {
+                    let (status, body) = server.transfer(path, Some(&again))?;
+                    if !(200..300).contains(&status) {
+                        return Err(HttpError::Status {
+                            url: url(),
+                            status,
+                            body: preview(&body),
+                        });
+                    }
+                    let answer: Value = serde_json::from_str(&body)
+                        .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
+                    wire.parse_reasked(&answer)
+                        .map_err(|what| malformed(format!("{what} in {}", preview(&body))))?
+                }
+            },
+        };
         self.checked(entries).map_err(malformed)
     }
 

@@ -76,6 +76,24 @@ pub(crate) trait Wire: Send + Sync {
     /// gave them (ids not yet checked against the vocabulary). `Err` says what is missing.
     fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String>;
 
+    /// A second request for the same position when `answer` withheld the log-probabilities
+    /// for a reason that another sampled token avoids, or `None`. Its answer is read with
+    /// [`Wire::parse_reasked`].
+    fn reask(
+        &self,
+        _answer: &Value,
+        _tokens: &[u32],
+        _n: usize,
+        _model: Option<&str>,
+    ) -> Option<Value> {
+        None
+    }
+
+    /// The answer to a [`Wire::reask`] request.
+    fn parse_reasked(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
+        self.parse(answer)
+    }
+
     /// The JSON body asking for the token ids of `text`, without special tokens (no BOS).
     fn tokenize_request(&self, text: &str, model: Option<&str>) -> Value;
 
@@ -176,6 +194,49 @@ impl Wire for LlamaServer {
 
     fn tokenize_request(&self, text: &str, _model: Option<&str>) -> Value {
         json!({"content": text, "add_special": false, "with_pieces": false})
+    }
+
+    /// llama-server sends a token's probabilities only once its text is whole UTF-8: when the
+    /// one sampled token is the start of a multi-byte character (likely after a prefix that
+    /// ends inside one), the answer stops with no `completion_probabilities`. Asked again with
+    /// a large logit bias on ".", the sampler draws that token instead. The bias acts in the
+    /// sampler chain only, and `top_logprobs` (with `post_sampling_probs` false) are the
+    /// model's softmax before it, so they are unchanged; the other answer forms may come after
+    /// the sampler and are refused for such a request ([`Wire::parse_reasked`]).
+    fn reask(
+        &self,
+        answer: &Value,
+        tokens: &[u32],
+        n: usize,
+        model: Option<&str>,
+    ) -> Option<Value> {
+        let withheld = answer
+            .get("completion_probabilities")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty());
+        let one_token = answer.get("tokens_predicted").and_then(Value::as_u64) == Some(1);
+        if !(withheld && one_token) {
+            return None;
+        }
+        let mut request = self.request(tokens, n, model);
+        request["logit_bias"] = json!([[".", 1000.0]]);
+        Some(request)
+    }
+
+    fn parse_reasked(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
+        let form = answer
+            .get("completion_probabilities")
+            .and_then(|c| c.get(0))
+            .is_some_and(|first| first.get("top_logprobs").is_some());
+        if !form {
+            return Err(
+                "asked again with a logit bias (the first answer withheld an incomplete UTF-8 \
+                 token), the answer has no completion_probabilities[0].top_logprobs, the only \
+                 form computed before the sampler"
+                    .into(),
+            );
+        }
+        self.parse(answer)
     }
 
     fn parse(&self, answer: &Value) -> Result<Vec<(u64, f64)>, String> {
@@ -337,6 +398,36 @@ mod tests {
         let strings =
             json!({"completion_probabilities": [{"probs": [{"tok_str": "a", "prob": 1.0}]}]});
         assert!(LlamaServer.parse(&strings).unwrap_err().contains("too old"));
+    }
+
+    #[test]
+    fn a_withheld_incomplete_token_is_asked_again_with_a_bias_and_read_before_the_sampler() {
+        let withheld = json!({"content": " \u{fffd}", "tokens": [], "stop": true,
+            "tokens_predicted": 1, "tokens_evaluated": 25});
+        let again = LlamaServer
+            .reask(&withheld, &[1, 2], 5, None)
+            .expect("asked again");
+        assert_eq!(again["logit_bias"], json!([[".", 1000.0]]));
+        assert_eq!(again["prompt"], json!([1, 2]));
+        assert_eq!(again["n_probs"], json!(5));
+        // Another failure, or an answer with probabilities, is not asked again.
+        let other = json!({"error": "x"});
+        assert!(LlamaServer.reask(&other, &[1], 5, None).is_none());
+        let fine =
+            json!({"completion_probabilities": [{"top_logprobs": []}], "tokens_predicted": 1});
+        assert!(LlamaServer.reask(&fine, &[1], 5, None).is_none());
+        assert!(OpenAi.reask(&withheld, &[1], 5, None).is_none());
+        // After a bias only the pre-sampling form is read.
+        let pre =
+            json!({"completion_probabilities": [{"top_logprobs": [{"id": 3, "logprob": -0.5}]}]});
+        assert_eq!(LlamaServer.parse_reasked(&pre).unwrap(), vec![(3, -0.5)]);
+        let post = json!({"completion_probabilities": [{"top_probs": [{"id": 3, "prob": 0.5}]}]});
+        assert!(
+            LlamaServer
+                .parse_reasked(&post)
+                .unwrap_err()
+                .contains("before the sampler")
+        );
         let bad =
             json!({"completion_probabilities": [{"top_logprobs": [{"id": -1, "logprob": 0.0}]}]});
         assert!(
