@@ -379,6 +379,70 @@ fn silu_mul_portable(g: &[f32], u: &[f32], o: &mut [f32]) {
     }
 }
 
+/// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, the operations of
+/// `ops::rms_norm` in one pass per row (the sum of squares in sixteen f32 lanes, so it may
+/// differ from burn's in the last bits); `None` unless `x` and `weight` are contiguous f32
+/// flex tensors with `weight` as long as the last dimension.
+pub fn rms_norm<const D: usize>(x: &Tensor<D>, weight: &Tensor<1>, eps: f64) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let d = *dims.last()?;
+    if d == 0 || weight.dims() != [d] {
+        return None;
+    }
+    let (xp, wp) = (contiguous_f32(x)?, contiguous_f32(weight)?);
+    let (xs, ws) = (slice_of(&xp), slice_of(&wp));
+    let mut out = vec![0.0f32; xs.len()];
+    let eps = eps as f32;
+    let norm_rows = |o: &mut [f32], x: &[f32]| {
+        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            rms_norm_row(x, ws, eps, o);
+        }
+    };
+    // Rows over the threads only where there is enough work to pay for the hand-off.
+    const ROWS_WORK: usize = 1 << 16;
+    if xs.len() >= 2 * ROWS_WORK {
+        let rows = (ROWS_WORK / d).max(1) * d;
+        out.par_chunks_mut(rows)
+            .zip(xs.par_chunks(rows))
+            .for_each(|(o, x)| norm_rows(o, x));
+    } else {
+        norm_rows(&mut out, xs);
+    }
+    Some(from_vec(out, dims, &x.device()))
+}
+
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { rms_norm_row_avx512(x, w, eps, out) };
+    }
+    rms_norm_row_portable(x, w, eps, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rms_norm_row_avx512(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_row_portable(x, w, eps, out)
+}
+
+#[inline(always)]
+fn rms_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    const W: usize = 16;
+    let mut acc = [0.0f32; W];
+    let (chunks, tail) = x.as_chunks::<W>();
+    for c in chunks {
+        for i in 0..W {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let ss = acc.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>();
+    let denom = (ss / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = v / denom * wi;
+    }
+}
+
 /// Rotary position embedding `x * cos + rotate_half(x) * sin` (rotate_half(x) = [-x2, x1]
 /// over the two halves of the last dimension) for x [b, h, s, hd] and tables [s, hd], as
 /// burn's operations compute it (the same products and sums, so the same bits) in one pass;
@@ -611,6 +675,29 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn rms_norm_matches_burn_operations() {
+        let dev = Device::flex();
+        for (rows, d) in [(1, 576), (16, 576), (300, 576), (3, 7)] {
+            let x = Tensor::<2>::random([rows, d], Distribution::Normal(0.0, 2.0), &dev);
+            let w = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.1), &dev);
+            let eps = 1e-5;
+            let var = x.clone().square().mean_dim(1);
+            let want = (x.clone() / (var + eps).sqrt()) * w.clone().unsqueeze();
+            let got = super::rms_norm(&x, &w, eps).expect("flex f32");
+            let (got, want) = (
+                got.to_data().try_to_vec::<f32>().unwrap(),
+                want.to_data().try_to_vec::<f32>().unwrap(),
+            );
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{rows}x{d}: {a} vs {b}"
+                );
+            }
+        }
     }
 
     #[test]
