@@ -26,11 +26,10 @@ use lm_burn::{BurnLm, WeightFormat, default_device, profile};
 use rand::RngExt;
 use serde_json::json;
 use smc_core::prelude::{
-    Criterion, DecodeSession, LanguageModel, Proposal, Resampling, RunOptions, Scheme, SmcConfig,
-    TokenSetConstraint, UnitPotential, rng_from_seed, run_smc_with,
+    DecodeSession, LanguageModel, RunOptions, TokenSetConstraint, UnitPotential, rng_from_seed,
+    run_smc_with,
 };
-
-const PROMPT: &str = "Once upon a time, there was a";
+use tsmc_benches::workload::{PROMPT, smc_config, tokens_with_e};
 
 struct Args {
     ks: Vec<usize>,
@@ -131,16 +130,7 @@ fn smc_run(
     t: usize,
     seed: u64,
 ) -> Run {
-    let config = SmcConfig {
-        num_particles: k,
-        horizon: t,
-        proposal: Proposal::Base,
-        resampling: Resampling {
-            scheme: Scheme::Multinomial,
-            criterion: Criterion::Always,
-        },
-        seed,
-    };
+    let config = smc_config(k, t, seed);
     let options = RunOptions::twist(None).with_constraint(c);
     profile::take();
     let start = Instant::now();
@@ -279,9 +269,7 @@ fn main() {
     let tokenizer = lm.tokenizer().expect("the default model has a tokenizer");
     let prompt = tokenizer.encode(PROMPT).expect("prompt encodes");
     let vocab = lm.dims().vocab;
-    let forbidden: Vec<u32> = (0..vocab as u32)
-        .filter(|&id| tokenizer.decode(&[id]).map_or(true, |s| s.contains('e')))
-        .collect();
+    let forbidden = tokens_with_e(tokenizer, vocab);
     let constraint = TokenSetConstraint::forbidding("no-chars:e", vocab, forbidden.iter().copied())
         .expect("constraint");
     eprintln!(

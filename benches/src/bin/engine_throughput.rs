@@ -23,11 +23,10 @@ use lm_burn::default_model::ensure_default_model;
 use lm_burn::{BurnLm, WeightFormat, default_device};
 use lm_http::{HttpLm, HttpLmOptions, Protocol, RetryPolicy};
 use smc_core::prelude::{
-    Criterion, LanguageModel, Proposal, Resampling, RunOptions, Scheme, SmcConfig,
-    TokenSetConstraint, UnitPotential, run_smc_with,
+    LanguageModel, RunOptions, TokenSetConstraint, UnitPotential, run_smc_with,
 };
+use tsmc_benches::workload::{PROMPT, smc_config, tokens_with_e};
 
-const PROMPT: &str = "Once upon a time, there was a";
 const SLOTS: usize = 16;
 
 struct Args {
@@ -178,16 +177,7 @@ fn rate<L: LanguageModel>(
 ) -> Result<f64, String> {
     let mut rates = Vec::with_capacity(repeats);
     for seed in 0..repeats as u64 {
-        let config = SmcConfig {
-            num_particles: k,
-            horizon: t,
-            proposal: Proposal::Base,
-            resampling: Resampling {
-                scheme: Scheme::Multinomial,
-                criterion: Criterion::Always,
-            },
-            seed,
-        };
+        let config = smc_config(k, t, seed);
         let options = RunOptions::twist(None).with_constraint(constraint);
         let start = Instant::now();
         run_smc_with(lm, &UnitPotential, &options, prompt, &config).map_err(|e| e.to_string())?;
@@ -229,9 +219,7 @@ fn run(args: &Args) -> Result<(), String> {
     let tokenizer = f32_lm.tokenizer().map_err(|e| e.to_string())?;
     let prompt = tokenizer.encode(PROMPT).map_err(|e| e.to_string())?;
     let vocab = f32_lm.dims().vocab;
-    let forbidden: Vec<u32> = (0..vocab as u32)
-        .filter(|&id| tokenizer.decode(&[id]).map_or(true, |s| s.contains('e')))
-        .collect();
+    let forbidden = tokens_with_e(tokenizer, vocab);
     let constraint = TokenSetConstraint::forbidding("no-chars:e", vocab, forbidden)
         .map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
