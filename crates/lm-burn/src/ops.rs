@@ -248,16 +248,6 @@ mod attention_tests {
 
     use super::*;
 
-    fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
-        let a = a.to_data().try_to_vec::<f32>().expect("f32");
-        let b = b.to_data().try_to_vec::<f32>().expect("f32");
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
-
     #[test]
     fn the_cpu_kernel_matches_burn_operations_on_cache_views() {
         let dev = Device::flex();
@@ -295,7 +285,7 @@ mod attention_tests {
                 )
             });
             let slow = attention_ops(q, prompt, own_k, own_v, scale);
-            let d = max_diff(fast, slow);
+            let d = crate::cpu::tests::close(&fast, &slow);
             assert!(d < 1e-5, "k {k} hq {hq} hkv {hkv} hd {hd} p {p}: {d}");
         }
     }

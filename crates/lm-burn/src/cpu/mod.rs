@@ -664,10 +664,11 @@ fn exp_f32(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
-    fn close(a: &Tensor<2>, b: &Tensor<2>) -> f32 {
+    /// The largest absolute difference between two f32 tensors of the same size.
+    pub(crate) fn close(a: &Tensor<2>, b: &Tensor<2>) -> f32 {
         let a = a.to_data().try_to_vec::<f32>().unwrap();
         let b = b.to_data().try_to_vec::<f32>().unwrap();
         assert_eq!(a.len(), b.len());
