@@ -48,8 +48,8 @@ pub mod prelude {
     pub use crate::feynman_kac::{Resampling, StepRecord};
     pub use crate::logspace::{ess, log_indicator, log_sum_exp, normalized_weights};
     pub use crate::model::{
-        DecodeSession, FnPotential, LanguageModel, Potential, StepOutput, Twist, TwistInput,
-        UnitPotential,
+        DecodeSession, FnPotential, LanguageModel, NextToken, Potential, StepOutput, Twist,
+        TwistInput, UnitPotential,
     };
     pub use crate::resampling::{Criterion, Scheme};
     pub use crate::smc::{

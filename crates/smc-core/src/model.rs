@@ -81,6 +81,51 @@ pub trait DecodeSession {
     fn log_probs_normalised(&self) -> bool {
         true
     }
+
+    /// Whether [`draw_from_p0`](Self::draw_from_p0) draws: a serving engine samples from p0
+    /// itself, over the whole vocabulary, although its rows cover only the top N. The base
+    /// proposal then uses the engine's draws (q = p0 exactly, weights psi_t / psi_{t-1} as in
+    /// spec §3) instead of the renormalised rows, wherever no token mask applies. The default,
+    /// `false`, keeps every driver on [`next_log_probs`](Self::next_log_probs).
+    fn draws_from_p0(&self) -> bool {
+        false
+    }
+
+    /// The next token of every particle with its log p0, for a session that
+    /// [draws from p0](Self::draws_from_p0): drawn from p0(. | prompt, s_{<t}) for
+    /// [`NextToken::Draw`], the given token for [`NextToken::Given`] (a reference's), nothing
+    /// for [`NextToken::Skip`] (a finished particle). `remaining` is the number of steps left,
+    /// this one included: a session may draw that many tokens per particle in one round trip
+    /// and hand them out step by step, as long as each handed-out token is a fresh draw from p0
+    /// given the particle's current prefix (a [`push`](Self::push) of another token, or a
+    /// [`reorder`](Self::reorder) that copies a particle, drops what was drawn ahead for it).
+    /// `seed` makes the draws repeat on a deterministic engine. The driver still calls `push`
+    /// with the tokens it keeps.
+    fn draw_from_p0(
+        &mut self,
+        next: &[NextToken],
+        remaining: usize,
+        seed: u64,
+    ) -> Result<Vec<Option<(u32, f64)>>> {
+        let _ = (next, remaining, seed);
+        Err(SmcError::config(
+            "drawing from p0 in the model",
+            "a session whose draws_from_p0() is true",
+            "a session that only returns next-token log-probabilities",
+        ))
+    }
+}
+
+/// What [`DecodeSession::draw_from_p0`] does for one particle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextToken {
+    /// Draw the next token from p0.
+    Draw,
+    /// The next token is given (a conditional SMC's reference, teacher forcing): return it
+    /// with its log p0.
+    Given(u32),
+    /// No token (a finished particle).
+    Skip,
 }
 
 /// What a twist sees at step t: the particles' tokens s_{1:t-1} and the base model's output.

@@ -11,7 +11,7 @@ use crate::constraint::{Constraint, ConstraintSession, TokenMask};
 use crate::error::{Result, SmcError};
 use crate::feynman_kac::{FeynmanKac, LoopOutput};
 use crate::logspace::{ExpSums, RowTerms};
-use crate::model::{DecodeSession, Potential, Twist, TwistInput, checked_log_phi};
+use crate::model::{DecodeSession, NextToken, Potential, Twist, TwistInput, checked_log_phi};
 
 /// The Feynman–Kac model of twisted SMC on a language model.
 pub struct TwistedLm<'a, S: DecodeSession> {
@@ -335,6 +335,182 @@ impl<'a, S: DecodeSession> TwistedLm<'a, S> {
         Ok(any_accepted)
     }
 
+    /// The end of a step once each particle's token and incremental weight are known: the
+    /// constraint and the model take the tokens, the outputs that ended are weighed by phi.
+    fn finish_step(
+        &mut self,
+        t: usize,
+        clamp: Option<u32>,
+        next: Vec<u32>,
+        mut log_alpha: Vec<f64>,
+        log_psi_now: Vec<f64>,
+        ending: Vec<usize>,
+    ) -> Result<Vec<f64>> {
+        let k = self.num_particles();
+        if let Some(c) = self.constraint.as_mut() {
+            for &p in &ending {
+                c.session.end(p)?;
+            }
+        }
+        self.tokens.push(&next);
+        // The model's forward pass over the new tokens only serves the next step: after the
+        // last step, or once every particle has ended, nobody reads it.
+        let all_ended = self.end.as_ref().is_some_and(|e| {
+            e.finished
+                .iter()
+                .enumerate()
+                .all(|(p, &f)| f || ending.contains(&p))
+        });
+        if t < self.horizon && !all_ended {
+            self.session.push(&next)?;
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            c.session.push(&next)?;
+        }
+        for (p, psi) in log_psi_now.into_iter().enumerate() {
+            if !self.is_finished(p) {
+                self.log_psi_prev[p] = psi;
+            }
+        }
+        let mut terminal = ending.clone();
+        if t == self.horizon {
+            terminal.extend((0..k).filter(|&p| !self.is_finished(p) && !ending.contains(&p)));
+        }
+        self.apply_prefix_twist(t, &terminal, &mut log_alpha)?;
+        let mut any_accepted = self.weigh_outputs(&ending, t - 1, t, clamp, &mut log_alpha)?;
+        if let Some(e) = self.end.as_mut() {
+            for &p in &ending {
+                e.finished[p] = true;
+                e.lengths[p] = t - 1;
+            }
+        }
+        if t == self.horizon {
+            let running: Vec<usize> = (0..k)
+                .filter(|&p| !self.is_finished(p) && !ending.contains(&p))
+                .collect();
+            any_accepted |= self.weigh_outputs(&running, t, t, clamp, &mut log_alpha)?;
+        }
+        self.accepted_any |= any_accepted;
+        if let Some(c) = &self.constraint
+            && t == self.horizon
+            && !self.accepted_any
+        {
+            return Err(SmcError::Constraint {
+                constraint: c.name.clone(),
+                step: t,
+                horizon: self.horizon,
+                num_particles: k,
+            });
+        }
+        Ok(log_alpha)
+    }
+
+    /// A step of the base proposal on a session that draws from p0 itself
+    /// ([`DecodeSession::draws_from_p0`]): no row is fetched; the incremental weight is
+    /// psi_t / psi_{t-1} (spec §3), exact for the whole vocabulary.
+    fn step_drawn(&mut self, t: usize, clamp: Option<u32>, rng: &mut dyn Rng) -> Result<Vec<f64>> {
+        let k = self.num_particles();
+        if let Some(tok) = clamp
+            && tok as usize >= self.vocab
+        {
+            return Err(SmcError::Reference(format!(
+                "token {tok} at step {t} is outside the vocabulary of size {}",
+                self.vocab
+            )));
+        }
+        let finished: Vec<bool> = (0..k).map(|p| self.is_finished(p)).collect();
+        let wanted: Vec<NextToken> = (0..k)
+            .map(|p| match (p, clamp) {
+                _ if finished[p] => NextToken::Skip,
+                (0, Some(tok)) => NextToken::Given(tok),
+                _ => NextToken::Draw,
+            })
+            .collect();
+        let seed: u64 = rng.random();
+        let drawn = self
+            .session
+            .draw_from_p0(&wanted, self.horizon - t + 1, seed)?;
+        if drawn.len() != k {
+            return Err(SmcError::Shape {
+                component: "tokens drawn from p0 by the model".into(),
+                step: t,
+                expected: k,
+                found: drawn.len(),
+            });
+        }
+        let log_psi = match self.twist {
+            Some(twist) => {
+                let table = twist.log_psi(&TwistInput {
+                    step: t,
+                    horizon: self.max_tokens,
+                    prompt: self.prompt,
+                    prefixes: &self.tokens,
+                    hidden: None,
+                })?;
+                self.check_table(&table, twist.name(), t)?;
+                Some(table)
+            }
+            None => None,
+        };
+        let twist_name = self.twist.map_or("twist", |tw| tw.name());
+        let mut next = vec![0u32; k];
+        let mut log_alpha = vec![0.0; k];
+        let mut log_psi_now = vec![0.0; k];
+        let mut ending = Vec::new();
+        for p in 0..k {
+            if finished[p] {
+                next[p] = self.tokens.row(p)[t - 2];
+                continue;
+            }
+            let (token, lp0) = match (drawn[p], wanted[p]) {
+                (Some((tok, _)), NextToken::Given(given)) if tok != given => {
+                    return Err(SmcError::Reference(format!(
+                        "the model returned token {tok} at step {t} for the reference's {given}"
+                    )));
+                }
+                (Some(d), _) => d,
+                (None, _) => {
+                    return Err(SmcError::Shape {
+                        component: format!("tokens drawn from p0 by the model (particle {p})"),
+                        step: t,
+                        expected: 1,
+                        found: 0,
+                    });
+                }
+            };
+            if token as usize >= self.vocab {
+                return Err(invalid("language model", t, p, f64::from(token)));
+            }
+            if lp0.is_nan() || lp0 > 1e-6 {
+                return Err(invalid("language model", t, p, lp0));
+            }
+            let lpsi = log_psi
+                .as_ref()
+                .map_or(0.0, |tab| tab.row(p)[token as usize]);
+            if lpsi.is_nan() || lpsi == f64::INFINITY {
+                return Err(invalid(twist_name, t, p, lpsi));
+            }
+            self.log_p0[p] += lp0;
+            self.log_q[p] += lp0;
+            next[p] = token;
+            log_psi_now[p] = lpsi;
+            let ends = self.end.as_ref().is_some_and(|e| e.rule.ends(token));
+            let terminal = ends || t == self.horizon;
+            log_alpha[p] = if terminal {
+                -self.log_psi_prev[p]
+            } else {
+                lpsi - self.log_psi_prev[p]
+            };
+            if lp0 == f64::NEG_INFINITY || self.log_psi_prev[p] == f64::NEG_INFINITY {
+                log_alpha[p] = f64::NEG_INFINITY;
+            }
+            if ends {
+                ending.push(p);
+            }
+        }
+        self.finish_step(t, clamp, next, log_alpha, log_psi_now, ending)
+    }
+
     /// Consumes the model into the run's output.
     pub(super) fn into_output(self, out: LoopOutput) -> SmcOutput {
         let steps_run = self.tokens.len();
@@ -398,6 +574,13 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
 
     fn step(&mut self, t: usize, clamp: Option<u32>, rng: &mut dyn Rng) -> Result<Vec<f64>> {
         let k = self.num_particles();
+        // The base proposal without a token mask is p0 itself: a session that draws from p0
+        // (a serving engine, over its whole vocabulary) is asked for tokens, not rows.
+        let base = self.proposal == Proposal::Base || self.twist.is_none();
+        if base && self.constraint.is_none() && t <= self.max_tokens && self.session.draws_from_p0()
+        {
+            return self.step_drawn(t, clamp, rng);
+        }
         let out = self.session.next_log_probs()?;
         self.check_table(&out.log_probs, "language model", t)?;
         // The forced end step proposes end tokens only, with psi = 1 there.
@@ -603,62 +786,7 @@ impl<S: DecodeSession> FeynmanKac for TwistedLm<'_, S> {
                 num_particles: k,
             });
         }
-        if let Some(c) = self.constraint.as_mut() {
-            for &p in &ending {
-                c.session.end(p)?;
-            }
-        }
-        self.tokens.push(&next);
-        // The model's forward pass over the new tokens only serves the next step: after the
-        // last step, or once every particle has ended, nobody reads it.
-        let all_ended = self.end.as_ref().is_some_and(|e| {
-            e.finished
-                .iter()
-                .enumerate()
-                .all(|(p, &f)| f || ending.contains(&p))
-        });
-        if t < self.horizon && !all_ended {
-            self.session.push(&next)?;
-        }
-        if let Some(c) = self.constraint.as_mut() {
-            c.session.push(&next)?;
-        }
-        for (p, psi) in log_psi_now.into_iter().enumerate() {
-            if !self.is_finished(p) {
-                self.log_psi_prev[p] = psi;
-            }
-        }
-        let mut terminal = ending.clone();
-        if t == self.horizon {
-            terminal.extend((0..k).filter(|&p| !self.is_finished(p) && !ending.contains(&p)));
-        }
-        self.apply_prefix_twist(t, &terminal, &mut log_alpha)?;
-        let mut any_accepted = self.weigh_outputs(&ending, t - 1, t, clamp, &mut log_alpha)?;
-        if let Some(e) = self.end.as_mut() {
-            for &p in &ending {
-                e.finished[p] = true;
-                e.lengths[p] = t - 1;
-            }
-        }
-        if t == self.horizon {
-            let running: Vec<usize> = (0..k)
-                .filter(|&p| !self.is_finished(p) && !ending.contains(&p))
-                .collect();
-            any_accepted |= self.weigh_outputs(&running, t, t, clamp, &mut log_alpha)?;
-        }
-        self.accepted_any |= any_accepted;
-        if let Some(c) = &self.constraint
-            && t == self.horizon
-            && !self.accepted_any
-        {
-            return Err(SmcError::Constraint {
-                constraint: c.name.clone(),
-                step: t,
-                horizon: self.horizon,
-                num_particles: k,
-            });
-        }
-        Ok(log_alpha)
+        self.finish_step(t, clamp, next, log_alpha, log_psi_now, ending)
     }
 
     fn reorder(&mut self, ancestors: &[usize]) -> Result<()> {

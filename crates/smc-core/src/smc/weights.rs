@@ -1,6 +1,6 @@
 //! Importance weights of given sequences (teacher forcing) and plain ancestral sampling.
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 use super::Proposal;
 use super::twisted::{invalid, uniform};
@@ -8,7 +8,9 @@ use crate::batch::TokenBuffer;
 use crate::constraint::{Constraint, TokenMask};
 use crate::error::{Result, SmcError};
 use crate::logspace::{ExpSums, RowTerms, row_log_sum_exp};
-use crate::model::{DecodeSession, LanguageModel, Potential, Twist, TwistInput, checked_log_phi};
+use crate::model::{
+    DecodeSession, LanguageModel, NextToken, Potential, Twist, TwistInput, checked_log_phi,
+};
 
 /// The importance log weights log sigma~(s) - log q(s) of given sequences (all of the same
 /// length T) under a proposal: q = p0 for [`Proposal::Base`] or without a twist, the twisted
@@ -181,6 +183,39 @@ pub fn sample_base<L: LanguageModel>(
     let mut session = lm.start(prompt, n)?;
     let mut tokens = TokenBuffer::new(n, horizon);
     let mut log_p0 = vec![0.0; n];
+    if session.draws_from_p0() {
+        // The model draws from p0 itself (a serving engine: whole vocabulary, several tokens
+        // per round trip).
+        let wanted = vec![NextToken::Draw; n];
+        for t in 1..=horizon {
+            let seed: u64 = rng.random();
+            let drawn = session.draw_from_p0(&wanted, horizon - t + 1, seed)?;
+            let mut next = vec![0u32; n];
+            for (p, tok) in next.iter_mut().enumerate() {
+                let (token, lp0) =
+                    drawn
+                        .get(p)
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| SmcError::Shape {
+                            component: format!("tokens drawn from p0 by the model (particle {p})"),
+                            step: t,
+                            expected: 1,
+                            found: 0,
+                        })?;
+                if token as usize >= lm.vocab_size() || lp0.is_nan() || lp0 > 1e-6 {
+                    return Err(invalid("language model", t, p, lp0));
+                }
+                log_p0[p] += lp0;
+                *tok = token;
+            }
+            tokens.push(&next);
+            if t < horizon {
+                session.push(&next)?;
+            }
+        }
+        return Ok((tokens.to_rows(), log_p0));
+    }
     let mut sums = ExpSums::new();
     for t in 1..=horizon {
         let out = session.next_log_probs()?;
