@@ -409,9 +409,13 @@ impl HttpLm {
             .map(|(row, _)| row)
     }
 
-    /// One completion request to one server, checked.
+    /// One completion request to one server for the top N, checked.
     fn ask(&self, server: &Server, context: &[u32]) -> Result<TopRow, HttpError> {
-        let n = self.top_n();
+        self.ask_n(server, context, self.top_n())
+    }
+
+    /// One completion request to one server for the top `n` (at most V), checked.
+    fn ask_n(&self, server: &Server, context: &[u32], n: usize) -> Result<TopRow, HttpError> {
         let wire = self.options.protocol.wire();
         let request = wire.request(context, n, server.model.as_deref());
         let path = self.options.protocol.completion_path();
@@ -447,12 +451,11 @@ impl HttpLm {
                 }
             },
         };
-        self.checked(entries).map_err(malformed)
+        self.checked(entries, n).map_err(malformed)
     }
 
-    fn checked(&self, entries: Vec<(u64, f64)>) -> Result<TopRow, String> {
+    fn checked(&self, entries: Vec<(u64, f64)>, n: usize) -> Result<TopRow, String> {
         let v = self.options.vocab_size;
-        let n = self.top_n();
         let mut out = Vec::with_capacity(entries.len());
         for (id, lp) in entries {
             match u32::try_from(id) {
@@ -471,7 +474,7 @@ impl HttpLm {
         }
         if out.len() < n {
             return Err(format!(
-                "{} log-probabilities returned, {n} asked for (min of N = {} and V = {v})",
+                "{} log-probabilities returned, {n} asked for (N = {}, V = {v})",
                 out.len(),
                 self.options.top_n
             ));
@@ -513,20 +516,32 @@ impl HttpLm {
         contexts: &[Vec<u32>],
         preferred: &[Option<usize>],
     ) -> Result<Vec<(TopRow, usize)>, HttpError> {
-        let n = contexts.len();
+        self.run_many(preferred, |s, i| self.ask(s, &contexts[i]))
+    }
+
+    /// Job `i` of `preferred.len()` jobs run by `op(server, i)` on its lineage's server
+    /// (`preferred[i]`, see `routing::assign`), retried elsewhere if it fails, at most
+    /// [`HttpLmOptions::parallel`] in flight per server; each answer with the server that
+    /// gave it, or the first error (by job).
+    pub(crate) fn run_many<T: Send>(
+        &self,
+        preferred: &[Option<usize>],
+        op: impl Fn(&Server, usize) -> Result<T, HttpError> + Sync,
+    ) -> Result<Vec<(T, usize)>, HttpError> {
+        let n = preferred.len();
         let usable: Vec<bool> = self.servers.iter().map(Server::usable).collect();
         let assigned = routing::assign(preferred, &usable, self.rotate());
         let order = routing::interleaved(&assigned, self.servers.len());
         let workers = (self.options.parallel * self.servers.len()).min(n);
         if workers <= 1 {
             return (0..n)
-                .map(|i| self.with_retries(assigned[i], false, None, |s| self.ask(s, &contexts[i])))
+                .map(|i| self.with_retries(assigned[i], false, None, |s| op(s, i)))
                 .collect();
         }
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        type Done = Vec<(usize, Result<(TopRow, usize), HttpError>)>;
-        let done: Vec<Done> = std::thread::scope(|scope| {
+        type Done<T> = Vec<(usize, Result<(T, usize), HttpError>)>;
+        let done: Vec<Done<T>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
@@ -535,13 +550,12 @@ impl HttpLm {
                             let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
                                 break;
                             };
-                            let row = self.with_retries(assigned[i], false, Some(&failed), |s| {
-                                self.ask(s, &contexts[i])
-                            });
-                            if row.is_err() {
+                            let answer =
+                                self.with_retries(assigned[i], false, Some(&failed), |s| op(s, i));
+                            if answer.is_err() {
                                 failed.store(true, Ordering::Relaxed);
                             }
-                            mine.push((i, row));
+                            mine.push((i, answer));
                         }
                         mine
                     })
@@ -552,11 +566,11 @@ impl HttpLm {
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         });
-        let mut rows: Vec<Option<(TopRow, usize)>> = vec![None; n];
+        let mut answers: Vec<Option<(T, usize)>> = (0..n).map(|_| None).collect();
         let mut first_error: Option<(usize, HttpError)> = None;
-        for (i, row) in done.into_iter().flatten() {
-            match row {
-                Ok(row) => rows[i] = Some(row),
+        for (i, answer) in done.into_iter().flatten() {
+            match answer {
+                Ok(a) => answers[i] = Some(a),
                 Err(e) => {
                     if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
                         first_error = Some((i, e));
@@ -567,10 +581,103 @@ impl HttpLm {
         if let Some((_, e)) = first_error {
             return Err(e);
         }
-        Ok(rows
+        answers
             .into_iter()
-            .map(|r| r.expect("every context answered when none failed"))
-            .collect())
+            .map(|a| a.ok_or_else(|| config_error("answers", "one per job", "a job unanswered")))
+            .collect()
+    }
+
+    /// log p0(`token` | `context`) from one server: its top-N answer, or, when the token is
+    /// not among them, the whole vocabulary's.
+    pub(crate) fn log_prob_on(
+        &self,
+        server: &Server,
+        context: &[u32],
+        token: u32,
+    ) -> Result<f64, HttpError> {
+        let find = |row: &TopRow| row.iter().find(|e| e.0 == token).map(|e| e.1);
+        if let Some(lp) = find(&self.ask(server, context)?) {
+            return Ok(lp);
+        }
+        let v = self.options.vocab_size;
+        let all = self.ask_n(server, context, v)?;
+        find(&all).ok_or_else(|| HttpError::Malformed {
+            url: server.url().to_string(),
+            what: format!(
+                "token {token} is missing from the whole vocabulary's {v} log-probabilities"
+            ),
+        })
+    }
+
+    /// log p0(`token` | `context`) (see `log_prob_on`), retried as the [`RetryPolicy`] says.
+    pub fn log_prob_of(&self, context: &[u32], token: u32) -> Result<f64, HttpError> {
+        if token as usize >= self.options.vocab_size {
+            return Err(HttpError::Config {
+                field: "token",
+                expected: format!("< vocabulary size {}", self.options.vocab_size),
+                found: token.to_string(),
+            });
+        }
+        self.with_retries(self.rotate(), false, None, |s| {
+            self.log_prob_on(s, context, token)
+        })
+        .map(|(lp, _)| lp)
+    }
+
+    /// `count` tokens after `context` drawn by one server from p0 itself, with their
+    /// log-probabilities (looked up, as `log_prob_on`, where the server withheld them); fewer
+    /// when the server stopped at an end token. Checked: ids inside the vocabulary,
+    /// log-probabilities finite and at most 0 (within [`MASS_TOLERANCE`]).
+    pub(crate) fn draw_on(
+        &self,
+        server: &Server,
+        context: &[u32],
+        count: usize,
+        seed: u32,
+    ) -> Result<Vec<(u32, f64)>, HttpError> {
+        let wire = self.options.protocol.wire();
+        let request = wire.draw_request(context, count, seed, server.model.as_deref());
+        let path = self.options.protocol.completion_path();
+        let (status, body) = server.transfer(path, Some(&request))?;
+        let url = || format!("{}{path}", server.url());
+        if !(200..300).contains(&status) {
+            return Err(HttpError::Status {
+                url: url(),
+                status,
+                body: preview(&body),
+            });
+        }
+        let malformed = |what: String| HttpError::Malformed { url: url(), what };
+        let answer: Value = serde_json::from_str(&body)
+            .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
+        let drawn = wire
+            .parse_draw(&answer, count)
+            .map_err(|what| malformed(format!("{what} in {}", preview(&body))))?;
+        let v = self.options.vocab_size;
+        let mut out = Vec::with_capacity(drawn.len());
+        let mut prefix = context.to_vec();
+        for (id, lp) in drawn {
+            let tok = u32::try_from(id)
+                .ok()
+                .filter(|&t| (t as usize) < v)
+                .ok_or_else(|| {
+                    malformed(format!(
+                        "drawn token id {id} is outside the vocabulary of size {v}"
+                    ))
+                })?;
+            let lp = match lp {
+                Some(lp) => lp,
+                None => self.log_prob_on(server, &prefix, tok)?,
+            };
+            if !(lp.is_finite() && lp <= MASS_TOLERANCE) {
+                return Err(malformed(format!(
+                    "drawn token {tok} has log-probability {lp}"
+                )));
+            }
+            out.push((tok, lp));
+            prefix.push(tok);
+        }
+        Ok(out)
     }
 
     /// The server's token ids of `text`, without special tokens (`POST /tokenize`), for

@@ -77,11 +77,15 @@ pub struct HttpLmOptions {
     pub model: Option<String>,
     /// Retries of failed requests.
     pub retry: RetryPolicy,
+    /// Tokens the server draws per request for the base proposal (the server samples from p0
+    /// over its whole vocabulary; see the crate docs); 0: the base proposal is the returned
+    /// top N renormalised instead.
+    pub draw_ahead: usize,
 }
 
 impl HttpLmOptions {
-    /// Options for one server with N = 20, a 60 s timeout, 8 requests in flight and the
-    /// default [`RetryPolicy`].
+    /// Options for one server with N = 20, a 60 s timeout, 8 requests in flight, the
+    /// default [`RetryPolicy`] and 8 tokens drawn per request.
     pub fn new(url: impl Into<String>, protocol: Protocol, vocab_size: usize) -> Self {
         Self {
             urls: vec![url.into()],
@@ -92,6 +96,7 @@ impl HttpLmOptions {
             parallel: 8,
             model: None,
             retry: RetryPolicy::default(),
+            draw_ahead: 8,
         }
     }
 
@@ -122,6 +127,13 @@ impl HttpLmOptions {
     /// The same options with a model name for OpenAI requests.
     pub fn with_model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
+        self
+    }
+
+    /// The same options with another number of tokens drawn per request (0: no draws by the
+    /// server).
+    pub fn with_draw_ahead(mut self, tokens: usize) -> Self {
+        self.draw_ahead = tokens;
         self
     }
 

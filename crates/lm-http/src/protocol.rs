@@ -94,6 +94,17 @@ pub(crate) trait Wire: Send + Sync {
         self.parse(answer)
     }
 
+    /// The JSON body asking the server to draw `count` tokens after `tokens` from p0 itself
+    /// (temperature 1, no truncation of the distribution, no penalty), seeded with `seed`,
+    /// each with its log-probability where the server gives it.
+    fn draw_request(&self, tokens: &[u32], count: usize, seed: u32, model: Option<&str>) -> Value;
+
+    /// The drawn tokens of a [`Wire::draw_request`] answer, in order, with their
+    /// log-probabilities (`None` where the server withheld them); at least one, at most
+    /// `count` (fewer when the server stopped at an end-of-sequence token, which is then the
+    /// last one). `Err` says what is missing.
+    fn parse_draw(&self, answer: &Value, count: usize) -> Result<Vec<(u64, Option<f64>)>, String>;
+
     /// The JSON body asking for the token ids of `text`, without special tokens (no BOS).
     fn tokenize_request(&self, text: &str, model: Option<&str>) -> Value;
 
@@ -152,6 +163,16 @@ fn token_id(value: Option<&Value>, what: &str) -> Result<u64, String> {
     }
 }
 
+/// At least one drawn token and at most `count`.
+fn check_drawn_count(found: usize, count: usize) -> Result<(), String> {
+    if found == 0 || found > count {
+        return Err(format!(
+            "{found} tokens drawn, between 1 and {count} asked for"
+        ));
+    }
+    Ok(())
+}
+
 /// llama.cpp's `llama-server`.
 ///
 /// Tokenizer: `POST /tokenize {"content", "add_special": false, "with_pieces": false}` →
@@ -194,6 +215,68 @@ impl Wire for LlamaServer {
 
     fn tokenize_request(&self, text: &str, _model: Option<&str>) -> Value {
         json!({"content": text, "add_special": false, "with_pieces": false})
+    }
+
+    /// `n_predict` tokens with the neutral sampler settings of [`Wire::request`] (and DRY, XTC,
+    /// top-n-sigma and mirostat off: the sampler draws from the model's softmax itself),
+    /// `return_tokens` for the ids, `n_probs: 1` for each token's log-probability. The server
+    /// stops early only at an end-of-generation token (no stop strings are sent); it does not
+    /// ignore them (`ignore_eos` would set their probability to zero, another distribution).
+    fn draw_request(&self, tokens: &[u32], count: usize, seed: u32, model: Option<&str>) -> Value {
+        let mut body = self.request(tokens, 1, model);
+        body["n_predict"] = json!(count);
+        body["seed"] = json!(seed);
+        body["return_tokens"] = json!(true);
+        body["dry_multiplier"] = json!(0.0);
+        body["xtc_probability"] = json!(0.0);
+        body["top_n_sigma"] = json!(-1.0);
+        body["mirostat"] = json!(0);
+        body
+    }
+
+    /// `tokens` holds every drawn id. `completion_probabilities` holds an entry per token
+    /// only while the text is whole UTF-8: the tokens of a character split over several are
+    /// folded into the last one's entry. The log-probabilities (`logprob`, the softmax before
+    /// the sampler) are therefore used only when there is exactly one entry per token with
+    /// the same ids; otherwise none is, and the backend looks them up.
+    fn parse_draw(&self, answer: &Value, count: usize) -> Result<Vec<(u64, Option<f64>)>, String> {
+        let tokens = answer
+            .get("tokens")
+            .ok_or("tokens is missing (the server ignored return_tokens)")?
+            .as_array()
+            .ok_or("tokens is not an array")?
+            .iter()
+            .enumerate()
+            .map(|(i, t)| token_id(Some(t), &format!("tokens[{i}]")))
+            .collect::<Result<Vec<u64>, String>>()?;
+        check_drawn_count(tokens.len(), count)?;
+        let entries = answer
+            .get("completion_probabilities")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let aligned = entries.len() == tokens.len()
+            && entries
+                .iter()
+                .zip(&tokens)
+                .all(|(e, &t)| e.get("id").and_then(Value::as_u64) == Some(t));
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let lp = if aligned {
+                    entries[i]
+                        .get("logprob")
+                        .map(|v| {
+                            log_prob(Some(v), &format!("completion_probabilities[{i}].logprob"))
+                        })
+                        .transpose()?
+                } else {
+                    None
+                };
+                Ok((t, lp))
+            })
+            .collect()
     }
 
     /// llama-server sends a token's probabilities only once its text is whole UTF-8: when the
@@ -314,6 +397,74 @@ impl Wire for OpenAi {
             body["model"] = Value::from(model);
         }
         body
+    }
+
+    /// `max_tokens` tokens at temperature 1 with vLLM's sampling extensions neutral (`top_k`
+    /// -1, `min_p` 0, no penalties) and `ignore_eos` (vLLM keeps drawing after an end token
+    /// instead of stopping; the end token's probability is unchanged), `logprobs: 1` for each
+    /// token's log-probability.
+    fn draw_request(&self, tokens: &[u32], count: usize, seed: u32, model: Option<&str>) -> Value {
+        let mut body = self.request(tokens, 1, model);
+        body["max_tokens"] = json!(count);
+        body["seed"] = json!(seed);
+        body["top_k"] = json!(-1);
+        body["min_p"] = json!(0.0);
+        body["presence_penalty"] = json!(0.0);
+        body["frequency_penalty"] = json!(0.0);
+        body["repetition_penalty"] = json!(1.0);
+        body["ignore_eos"] = json!(true);
+        body["skip_special_tokens"] = json!(false);
+        body
+    }
+
+    /// `choices[0].logprobs.tokens` (`"token_id:NNN"` with `return_tokens_as_token_ids`) and
+    /// `token_logprobs`, one per token.
+    fn parse_draw(&self, answer: &Value, count: usize) -> Result<Vec<(u64, Option<f64>)>, String> {
+        let logprobs = answer
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("logprobs"))
+            .filter(|v| !v.is_null())
+            .ok_or("choices[0].logprobs is missing or null")?;
+        let tokens = logprobs
+            .get("tokens")
+            .and_then(Value::as_array)
+            .ok_or("choices[0].logprobs.tokens is missing or not an array")?;
+        let values = logprobs
+            .get("token_logprobs")
+            .and_then(Value::as_array)
+            .ok_or("choices[0].logprobs.token_logprobs is missing or not an array")?;
+        if values.len() != tokens.len() {
+            return Err(format!(
+                "{} tokens but {} token_logprobs",
+                tokens.len(),
+                values.len()
+            ));
+        }
+        check_drawn_count(tokens.len(), count)?;
+        tokens
+            .iter()
+            .zip(values)
+            .enumerate()
+            .map(|(i, (t, lp))| {
+                let what = format!("choices[0].logprobs.tokens[{i}]");
+                let id = t
+                    .as_str()
+                    .and_then(|k| k.strip_prefix("token_id:"))
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "{what} is {t}, not \"token_id:NNN\": the server ignored \
+                             return_tokens_as_token_ids"
+                        )
+                    })?;
+                let lp = log_prob(
+                    Some(lp),
+                    &format!("choices[0].logprobs.token_logprobs[{i}]"),
+                )?;
+                Ok((id, Some(lp)))
+            })
+            .collect()
     }
 
     fn tokenize_request(&self, text: &str, model: Option<&str>) -> Value {

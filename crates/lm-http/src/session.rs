@@ -1,11 +1,11 @@
 //! [`HttpLm`] as smc-core's [`LanguageModel`]: a session keeps each particle's output tokens
 //! and the server its lineage lives on, and asks for one row per distinct prefix at each step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use smc_core::SmcError;
 use smc_core::batch::LogTable;
-use smc_core::model::{DecodeSession, LanguageModel, StepOutput};
+use smc_core::model::{DecodeSession, LanguageModel, NextToken, StepOutput};
 
 use crate::{HttpError, HttpLm};
 
@@ -41,8 +41,76 @@ impl LanguageModel for HttpLm {
             prompt: prompt.to_vec(),
             outputs: vec![Vec::new(); num_particles],
             servers: vec![None; num_particles],
+            ahead: vec![VecDeque::new(); num_particles],
         })
     }
+
+    /// The rows a session returns for these tokens, fetched all at once (every context is
+    /// known in advance), each with the forced token's own log p0 added when it is outside
+    /// the top N (looked up in the whole vocabulary's answer): the base proposal's weights of
+    /// given sequences then see p0 wherever it is positive.
+    fn teacher_forced(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<u32>],
+    ) -> smc_core::Result<Vec<StepOutput>> {
+        let horizon = sequences.first().map_or(0, Vec::len);
+        let v = self.options().vocab_size;
+        if sequences.iter().any(|s| s.len() != horizon) {
+            return Err(SmcError::InvalidConfig {
+                field: "teacher-forced sequences",
+                expected: format!("all of length {horizon}"),
+                found: "sequences of different lengths".into(),
+            });
+        }
+        if let Some(&tok) = sequences.iter().flatten().find(|&&t| t as usize >= v) {
+            return Err(SmcError::InvalidConfig {
+                field: "teacher-forced token",
+                expected: format!("< vocabulary size {v}"),
+                found: tok.to_string(),
+            });
+        }
+        let jobs: Vec<(usize, usize)> = (0..horizon)
+            .flat_map(|t| (0..sequences.len()).map(move |k| (t, k)))
+            .collect();
+        let context = |(t, k): (usize, usize)| [prompt, &sequences[k][..t]].concat();
+        let rows = self
+            .run_many(&vec![None; jobs.len()], |server, j| {
+                let (t, k) = jobs[j];
+                let ctx = context(jobs[j]);
+                let mut row = self.ask(server, &ctx)?;
+                let tok = sequences[k][t];
+                if !row.iter().any(|e| e.0 == tok) {
+                    row.push((tok, self.log_prob_on(server, &ctx, tok)?));
+                }
+                Ok(row)
+            })
+            .map_err(|e| backend_error(self, e))?;
+        let mut tables = vec![LogTable::filled(sequences.len(), v, f64::NEG_INFINITY); horizon];
+        for (&(t, k), (row, _)) in jobs.iter().zip(rows) {
+            let out = tables[t].row_mut(k);
+            for (tok, lp) in row {
+                out[tok as usize] = lp;
+            }
+        }
+        Ok(tables
+            .into_iter()
+            .map(|log_probs| StepOutput {
+                log_probs,
+                hidden: None,
+            })
+            .collect())
+    }
+}
+
+/// A request seed for particle `p` from a step's seed (splitmix64), inside llama-server's
+/// range (u32, without its "random" value u32::MAX).
+fn request_seed(seed: u64, p: usize) -> u32 {
+    let mut z = seed ^ (p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z % u64::from(u32::MAX)) as u32
 }
 
 /// K particles decoding over HTTP: each particle's output tokens and its lineage's server;
@@ -55,6 +123,9 @@ pub struct HttpSession<'a> {
     outputs: Vec<Vec<u32>>,
     /// The server that answered each particle's last request (none before the first).
     servers: Vec<Option<usize>>,
+    /// Tokens the server drew ahead for each particle, with their log p0: fresh draws from p0
+    /// given the particle's prefix, handed out one per step.
+    ahead: Vec<VecDeque<(u32, f64)>>,
 }
 
 impl HttpSession<'_> {
@@ -134,8 +205,15 @@ impl DecodeSession for HttpSession<'_> {
                 found: tok.to_string(),
             });
         }
-        for (out, &tok) in self.outputs.iter_mut().zip(tokens) {
+        for ((out, &tok), ahead) in self.outputs.iter_mut().zip(tokens).zip(&mut self.ahead) {
             out.push(tok);
+            // The token drawn ahead was used: the rest follow it. Another token (a reference,
+            // a finished particle's end token) makes them draws for another prefix.
+            if ahead.front().is_some_and(|&(t, _)| t == tok) {
+                ahead.pop_front();
+            } else {
+                ahead.clear();
+            }
         }
         Ok(())
     }
@@ -160,6 +238,21 @@ impl DecodeSession for HttpSession<'_> {
         self.outputs = ancestors.iter().map(|&a| self.outputs[a].clone()).collect();
         // Copies follow their ancestor's server, where its prefix is cached.
         self.servers = ancestors.iter().map(|&a| self.servers[a]).collect();
+        // The tokens drawn ahead for a particle go to one copy only: two copies holding them
+        // would continue identically instead of independently. (Resampling never looked at
+        // them, so they are still fresh draws for that copy.)
+        let mut taken = vec![false; k];
+        let mut old = std::mem::take(&mut self.ahead);
+        self.ahead = ancestors
+            .iter()
+            .map(|&a| {
+                if std::mem::replace(&mut taken[a], true) {
+                    VecDeque::new()
+                } else {
+                    std::mem::take(&mut old[a])
+                }
+            })
+            .collect();
         Ok(())
     }
 
@@ -167,5 +260,79 @@ impl DecodeSession for HttpSession<'_> {
     /// weighs by their mass.
     fn log_probs_normalised(&self) -> bool {
         false
+    }
+
+    /// Unless [`HttpLmOptions::draw_ahead`](crate::HttpLmOptions::draw_ahead) is 0.
+    fn draws_from_p0(&self) -> bool {
+        self.lm.options().draw_ahead > 0
+    }
+
+    /// Particles with tokens drawn ahead take the next one; the others send one request each
+    /// (never shared between particles with one prefix: their draws must be independent) for
+    /// min(draw-ahead, `remaining`) tokens, to their lineage's server; a given token is looked
+    /// up (top N, else the whole vocabulary).
+    fn draw_from_p0(
+        &mut self,
+        next: &[NextToken],
+        remaining: usize,
+        seed: u64,
+    ) -> smc_core::Result<Vec<Option<(u32, f64)>>> {
+        let k = self.outputs.len();
+        if next.len() != k {
+            return Err(SmcError::Shape {
+                component: "draws asked of the HTTP session".into(),
+                step: self.outputs.first().map_or(0, Vec::len) + 1,
+                expected: k,
+                found: next.len(),
+            });
+        }
+        let v = self.lm.options().vocab_size;
+        let count = self.lm.options().draw_ahead.min(remaining).max(1);
+        let jobs: Vec<usize> = (0..k)
+            .filter(|&p| match next[p] {
+                NextToken::Draw => self.ahead[p].is_empty(),
+                NextToken::Given(_) => true,
+                NextToken::Skip => false,
+            })
+            .collect();
+        if let Some(&tok) = next.iter().find_map(|n| match n {
+            NextToken::Given(t) if *t as usize >= v => Some(t),
+            _ => None,
+        }) {
+            return Err(SmcError::InvalidConfig {
+                field: "given token",
+                expected: format!("< vocabulary size {v}"),
+                found: tok.to_string(),
+            });
+        }
+        let preferred: Vec<Option<usize>> = jobs.iter().map(|&p| self.servers[p]).collect();
+        let (lm, prompt, outputs) = (self.lm, &self.prompt, &self.outputs);
+        let answers = lm
+            .run_many(&preferred, |server, j| {
+                let p = jobs[j];
+                let context = [prompt.as_slice(), &outputs[p]].concat();
+                match next[p] {
+                    NextToken::Given(tok) => {
+                        Ok(vec![(tok, lm.log_prob_on(server, &context, tok)?)])
+                    }
+                    _ => lm.draw_on(server, &context, count, request_seed(seed, p)),
+                }
+            })
+            .map_err(|e| backend_error(lm, e))?;
+        let mut given = vec![None; k];
+        for (&p, (tokens, server)) in jobs.iter().zip(answers) {
+            self.servers[p] = Some(server);
+            match next[p] {
+                NextToken::Given(_) => given[p] = tokens.first().copied(),
+                _ => self.ahead[p] = tokens.into(),
+            }
+        }
+        Ok((0..k)
+            .map(|p| match next[p] {
+                NextToken::Skip => None,
+                NextToken::Given(_) => given[p],
+                NextToken::Draw => self.ahead[p].front().copied(),
+            })
+            .collect())
     }
 }

@@ -1,6 +1,7 @@
 //! SMC through the HTTP backend against a fake serving engine that answers with a tabular
 //! model's exact next-token tables: the same runs as in process when N = V, exactness for the
-//! top-N-truncated target when N < V, and typed errors naming the URL.
+//! top-N-truncated target when N < V, exactness for the full target with the server's own
+//! draws whatever N, and typed errors naming the URL.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use common::{FakeServer, Fault, Format, dead_url, quick_retries, ranked};
 use lm_http::{HttpError, HttpLm, HttpLmOptions, Protocol, RetryPolicy};
 use smc_core::prelude::*;
+use smc_core::smc::log_weights_of;
 
 const FORMATS: [(Format, Protocol); 3] = [
     (Format::LlamaTopLogprobs, Protocol::LlamaServer),
@@ -29,13 +31,26 @@ fn potential() -> FnPotential<impl Fn(&[u32], &[u32]) -> f64> {
     })
 }
 
+/// A client whose base proposal reads the rows (no draws by the server).
 fn connect(server: &FakeServer, protocol: Protocol, vocab: usize, top_n: usize) -> HttpLm {
+    connect_drawing(server, protocol, vocab, top_n, 0)
+}
+
+/// A client whose base proposal takes `ahead` tokens per request drawn by the server.
+fn connect_drawing(
+    server: &FakeServer,
+    protocol: Protocol,
+    vocab: usize,
+    top_n: usize,
+    ahead: usize,
+) -> HttpLm {
     HttpLm::connect(
         HttpLmOptions::new(&server.url, protocol, vocab)
             .with_top_n(top_n)
             .with_timeout(Duration::from_secs(20))
             .with_parallel(4)
-            .with_retry(quick_retries()),
+            .with_retry(quick_retries())
+            .with_draw_ahead(ahead),
     )
     .unwrap()
 }
@@ -224,6 +239,164 @@ fn with_the_top_n_smc_is_unbiased_for_the_truncated_normaliser() {
                 "{format:?} {name}: mean Zhat / Z_N = {mean} (SE {se}) is not below Z / Z_N = {}",
                 z / z_n
             );
+        }
+    }
+}
+
+/// The formats whose servers draw: llama-server (aligned, or with withheld log-probabilities
+/// looked up, or stopping early at an end token) and vLLM.
+fn drawing_servers(lm: &TabularLm) -> Vec<(&'static str, FakeServer, Protocol)> {
+    vec![
+        (
+            "llama-server",
+            FakeServer::start(lm.clone(), Format::LlamaTopLogprobs, Fault::None),
+            Protocol::LlamaServer,
+        ),
+        (
+            "llama-server, log-probabilities withheld",
+            FakeServer::start(lm.clone(), Format::LlamaTopLogprobs, Fault::FoldedProbs),
+            Protocol::LlamaServer,
+        ),
+        (
+            "llama-server, stopping after token 3",
+            FakeServer::start(lm.clone(), Format::LlamaTopLogprobs, Fault::EndToken(3)),
+            Protocol::LlamaServer,
+        ),
+        (
+            "vLLM",
+            FakeServer::start(lm.clone(), Format::OpenAiKeyed, Fault::None),
+            Protocol::OpenAi,
+        ),
+    ]
+}
+
+#[test]
+fn with_the_servers_draws_smc_is_unbiased_for_the_full_normaliser_whatever_n() {
+    // Rows of the top 1 only (a row-based run would estimate Z_1 < Z); the server draws
+    // from the whole table, two tokens per request (so that resampled copies drop theirs).
+    let lm = model();
+    let phi = potential();
+    let z = Enumeration::new(&lm, &PROMPT, HORIZON, &phi)
+        .unwrap()
+        .log_z()
+        .exp();
+    for (name, server, protocol) in drawing_servers(&lm) {
+        let http = connect_drawing(&server, protocol, 4, 1, 2);
+        for config in [
+            SmcConfig::bootstrap(4, HORIZON),
+            SmcConfig::bootstrap(4, HORIZON).with_criterion(Criterion::Always),
+        ] {
+            // 300 seeds; |mean(Zhat / Z) - 1| <= 4 SE (a false alarm about 6e-5 of the time
+            // for a normal mean; fixed seeds, so the outcome is deterministic).
+            let outs: Vec<SmcOutput> = (0..300)
+                .map(|seed| run_smc(&http, None, &phi, &PROMPT, &config.with_seed(seed)).unwrap())
+                .collect();
+            let ratios: Vec<f64> = outs.iter().map(|o| o.log_z_hat.exp() / z).collect();
+            let (mean, se) = mean_se(&ratios);
+            assert!(
+                (mean - 1.0).abs() <= 4.0 * se,
+                "{name}: mean Zhat / Z = {mean}, SE {se}"
+            );
+            // Every particle's log p0 is the table's, looked up where the server withheld it.
+            for out in &outs {
+                for (s, lp) in out.tokens.iter().zip(&out.log_p0) {
+                    let mut expected = 0.0;
+                    for t in 0..s.len() {
+                        let context = [&PROMPT[..], &s[..t]].concat();
+                        expected += lm.next_log_probs(&context).unwrap()[s[t] as usize];
+                    }
+                    assert!(
+                        (lp - expected).abs() < 1e-12,
+                        "{name}: log p0 {lp} vs {expected}"
+                    );
+                }
+            }
+        }
+        assert!(server.completion_requests() > 0);
+    }
+}
+
+#[test]
+fn with_the_servers_draws_the_same_seed_gives_the_same_run() {
+    let lm = model();
+    let phi = potential();
+    let server = FakeServer::start(lm, Format::LlamaTopLogprobs, Fault::None);
+    let http = connect_drawing(&server, Protocol::LlamaServer, 4, 1, 8);
+    let cfg = SmcConfig::bootstrap(6, HORIZON).with_seed(5);
+    let a = run_smc(&http, None, &phi, &PROMPT, &cfg).unwrap();
+    let b = run_smc(&http, None, &phi, &PROMPT, &cfg).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.log_z_hat.to_bits(), b.log_z_hat.to_bits());
+}
+
+#[test]
+fn drawing_ahead_sends_one_request_per_particle_for_several_tokens() {
+    let lm = model();
+    let server = FakeServer::start(lm, Format::LlamaTopLogprobs, Fault::None);
+    let http = connect_drawing(&server, Protocol::LlamaServer, 4, 1, 8);
+    // Without resampling, each particle's T = 3 tokens come from one request.
+    let cfg = SmcConfig::sis(5, HORIZON, Proposal::Base).with_seed(1);
+    run_smc(&http, None, &UnitPotential, &PROMPT, &cfg).unwrap();
+    assert_eq!(server.completion_requests(), 5);
+}
+
+#[test]
+fn tokens_drawn_ahead_go_to_one_copy_and_are_dropped_when_another_token_is_pushed() {
+    let lm = model();
+    let server = FakeServer::start(lm, Format::LlamaTopLogprobs, Fault::None);
+    let http = connect_drawing(&server, Protocol::LlamaServer, 4, 1, 8);
+    let mut session = http.start(&PROMPT, 2).unwrap();
+    let draw = [NextToken::Draw; 2];
+    let first = session.draw_from_p0(&draw, 3, 11).unwrap();
+    assert_eq!(server.completion_requests(), 2);
+    let pushed: Vec<u32> = first.iter().map(|d| d.unwrap().0).collect();
+    session.push(&pushed).unwrap();
+    let second = session.draw_from_p0(&draw, 2, 12).unwrap();
+    assert_eq!(
+        server.completion_requests(),
+        2,
+        "the second tokens were drawn ahead"
+    );
+    session
+        .push(&second.iter().map(|d| d.unwrap().0).collect::<Vec<_>>())
+        .unwrap();
+    // Both copies of particle 0: the first keeps its last token drawn ahead, the second asks.
+    session.reorder(&[0, 0]).unwrap();
+    let third = session.draw_from_p0(&draw, 1, 13).unwrap();
+    assert_eq!(server.completion_requests(), 3);
+    // A pushed token other than the one drawn ahead (a reference's) drops the rest.
+    let mut session = http.start(&PROMPT, 1).unwrap();
+    let d = session.draw_from_p0(&[NextToken::Draw], 3, 11).unwrap()[0].unwrap();
+    session.push(&[(d.0 + 1) % 4]).unwrap();
+    session.draw_from_p0(&[NextToken::Draw], 2, 11).unwrap();
+    assert_eq!(server.completion_requests(), 5);
+    // A given token comes back with its own log p0, asked of the server.
+    let given = session.draw_from_p0(&[NextToken::Given(2)], 2, 0).unwrap()[0].unwrap();
+    assert_eq!(given.0, 2);
+    assert!(third.iter().all(Option::is_some));
+}
+
+#[test]
+fn teacher_forcing_over_http_sees_p0_of_tokens_outside_the_top_n() {
+    let lm = model();
+    let phi = potential();
+    let exact = Enumeration::new(&lm, &PROMPT, HORIZON, &phi).unwrap();
+    let sequences: Vec<Vec<u32>> = (0..exact.len()).map(|i| exact.sequence(i)).collect();
+    for (name, server, protocol) in drawing_servers(&lm) {
+        let http = connect_drawing(&server, protocol, 4, 1, 8);
+        // Under the server's draws q = p0, so log sigma~ - log q = log phi for every output,
+        // however unlikely (rows of the top 1 would make most of them -inf).
+        let lw = log_weights_of(&http, None, &phi, &PROMPT, Proposal::Base, &sequences).unwrap();
+        for (i, w) in lw.iter().enumerate() {
+            assert!((w - exact.log_phi()[i]).abs() < 1e-12, "{name}: output {i}");
+        }
+        let outs = http.teacher_forced(&PROMPT, &sequences).unwrap();
+        for (i, s) in sequences.iter().enumerate() {
+            for t in 0..HORIZON {
+                let context = [&PROMPT[..], &s[..t]].concat();
+                let expected = lm.next_log_probs(&context).unwrap()[s[t] as usize];
+                assert!((outs[t].log_probs.row(i)[s[t] as usize] - expected).abs() < 1e-12);
+            }
         }
     }
 }

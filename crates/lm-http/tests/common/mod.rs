@@ -61,6 +61,11 @@ pub enum Fault {
     NoTokenize,
     /// Tokenizes every byte as `(byte + 1) % V` (another tokenizer).
     OtherTokenizer,
+    /// Draw answers (llama-server format) withhold the log-probability of every other token,
+    /// as llama-server does for the tokens of a character split over several.
+    FoldedProbs,
+    /// Draws stop after this token (an end-of-generation token), as llama-server does.
+    EndToken(u32),
 }
 
 /// Three attempts with short pauses: the retries of the fault tests take milliseconds.
@@ -337,6 +342,13 @@ fn completion(
         );
     };
     let tokens: Vec<u32> = prompt.iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let drawing = match format {
+        Format::OpenAiKeyed => request.get("seed").is_some(),
+        _ => request["return_tokens"] == json!(true),
+    };
+    if drawing {
+        return draw(lm, format, fault, &tokens, request);
+    }
     let n = match format {
         Format::OpenAiKeyed => {
             if request["return_tokens_as_token_ids"] != json!(true)
@@ -403,6 +415,88 @@ fn completion(
                 "choices": [{"index": 0, "text": "t", "finish_reason": "length",
                     "logprobs": {"tokens": ["token_id:0"], "token_logprobs": [top[0].1],
                         "text_offset": [0], "top_logprobs": [map]}}]})
+        }
+    };
+    (200, body.to_string())
+}
+
+/// A draw request: `n_predict` / `max_tokens` tokens drawn from the table with the request's
+/// seed, with their log-probabilities (llama-server's or vLLM's answer).
+fn draw(
+    lm: &TabularLm,
+    format: Format,
+    fault: &Fault,
+    prompt: &[u32],
+    request: &Value,
+) -> (u16, String) {
+    use rand::RngExt;
+    let neutral = match format {
+        Format::OpenAiKeyed => {
+            request["temperature"] == json!(1.0)
+                && request["top_p"] == json!(1.0)
+                && request["top_k"] == json!(-1)
+                && request["ignore_eos"] == json!(true)
+                && request["return_tokens_as_token_ids"] == json!(true)
+        }
+        _ => {
+            request["temperature"] == json!(1.0)
+                && request["top_k"] == json!(0)
+                && request["top_p"] == json!(1.0)
+                && request["min_p"] == json!(0.0)
+                && request["cache_prompt"] == json!(true)
+                && request.get("ignore_eos").is_none()
+        }
+    };
+    let count = match format {
+        Format::OpenAiKeyed => request["max_tokens"].as_u64(),
+        _ => request["n_predict"].as_u64(),
+    };
+    let (Some(count), Some(seed), true) = (count, request["seed"].as_u64(), neutral) else {
+        return (
+            400,
+            format!("{{\"error\": \"unexpected draw request {request}\"}}"),
+        );
+    };
+    let mut rng = smc_core::smc::rng_from_seed(seed);
+    let mut context = prompt.to_vec();
+    let mut drawn: Vec<(usize, f64)> = Vec::new();
+    for _ in 0..count {
+        let row = lm.next_log_probs(&context).unwrap();
+        let mut u: f64 = rng.random();
+        let v = (0..row.len())
+            .find(|&v| {
+                u -= row[v].exp();
+                u < 0.0
+            })
+            .unwrap_or(row.len() - 1);
+        drawn.push((v, row[v]));
+        context.push(v as u32);
+        if *fault == Fault::EndToken(v as u32) {
+            break;
+        }
+    }
+    let body = match format {
+        Format::OpenAiKeyed => {
+            let tokens: Vec<String> = drawn.iter().map(|d| format!("token_id:{}", d.0)).collect();
+            let lps: Vec<f64> = drawn.iter().map(|d| d.1).collect();
+            json!({"id": "cmpl-1", "object": "text_completion", "model": MODEL_NAME,
+                "choices": [{"index": 0, "text": "t", "finish_reason": "length",
+                    "logprobs": {"tokens": tokens, "token_logprobs": lps}}]})
+        }
+        _ => {
+            let probs: Vec<Value> = drawn
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *fault != Fault::FoldedProbs || i % 2 == 1)
+                .map(|(_, &(v, lp))| {
+                    json!({"id": v, "token": format!("t{v}"), "logprob": lp,
+                    "top_logprobs": [{"id": v, "logprob": lp}]})
+                })
+                .collect();
+            let ids: Vec<usize> = drawn.iter().map(|d| d.0).collect();
+            json!({"content": "t", "tokens": ids, "stop": true,
+                "tokens_predicted": ids.len(),
+                "completion_probabilities": probs})
         }
     };
     (200, body.to_string())
