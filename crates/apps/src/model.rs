@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use lm_burn::{BurnLm, BurnSession, ModelTokenizer, Tokenizer};
 use lm_http::{HttpLm, HttpLmOptions, HttpSession, Protocol, RetryPolicy};
 use serde::Serialize;
-use smc_core::model::{DecodeSession, LanguageModel, StepOutput};
+use smc_core::model::{DecodeSession, LanguageModel, NextToken, StepOutput};
 
 /// A model on either backend.
 pub enum Model {
@@ -112,6 +112,25 @@ impl DecodeSession for ModelSession<'_> {
             ModelSession::Served(s) => s.log_probs_normalised(),
         }
     }
+
+    fn draws_from_p0(&self) -> bool {
+        match self {
+            ModelSession::Local(s) => s.draws_from_p0(),
+            ModelSession::Served(s) => s.draws_from_p0(),
+        }
+    }
+
+    fn draw_from_p0(
+        &mut self,
+        next: &[NextToken],
+        remaining: usize,
+        seed: u64,
+    ) -> smc_core::Result<Vec<Option<(u32, f64)>>> {
+        match self {
+            ModelSession::Local(s) => s.draw_from_p0(next, remaining, seed),
+            ModelSession::Served(s) => s.draw_from_p0(next, remaining, seed),
+        }
+    }
 }
 
 /// A model served over HTTP, as the command line gives it.
@@ -125,6 +144,8 @@ pub struct ServedModel {
     pub tokenizer: String,
     /// Log-probabilities asked for per step.
     pub top_n: usize,
+    /// Tokens the server draws per request for the base proposal (0: the top-N rows).
+    pub draw_ahead: usize,
     /// Requests in flight per server.
     pub parallel: usize,
     /// Timeout of one request.
@@ -176,6 +197,7 @@ impl ServedModel {
         let options = HttpLmOptions::new(&self.urls[0], self.protocol, text.vocab)
             .with_servers(self.urls.iter().cloned())
             .with_top_n(self.top_n)
+            .with_draw_ahead(self.draw_ahead)
             .with_parallel(self.parallel)
             .with_timeout(self.timeout)
             .with_retry(RetryPolicy {
@@ -254,6 +276,10 @@ pub struct BackendRecord {
     pub servers: Vec<ServerRecord>,
     /// N, the log-probabilities per step (min(N, V)), for a served model.
     pub top_n: Option<usize>,
+    /// Tokens the server draws per request for the base proposal (0: none, the proposal is
+    /// the top N renormalised), for a served model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draw_ahead: Option<usize>,
     /// The local tokenizer of a served model.
     pub tokenizer: Option<String>,
     /// Whether that tokenizer was checked against the server's.
@@ -281,6 +307,7 @@ impl BackendRecord {
                 protocol: None,
                 servers: Vec::new(),
                 top_n: None,
+                draw_ahead: None,
                 tokenizer: None,
                 tokenizer_check: None,
                 weights: Some(lm.weight_format().to_string()),
@@ -297,6 +324,7 @@ impl BackendRecord {
                     })
                     .collect(),
                 top_n: Some(lm.top_n()),
+                draw_ahead: Some(lm.options().draw_ahead),
                 tokenizer: Some(text.name.clone()),
                 tokenizer_check: check,
                 weights: None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use smc_core::model::{DecodeSession, LanguageModel, StepOutput};
+use smc_core::model::{DecodeSession, LanguageModel, NextToken, StepOutput};
 
 /// Wall time spent in each phase of the model, summed over a run's sessions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -137,6 +137,21 @@ impl<S: DecodeSession> DecodeSession for ProgressSession<S> {
     }
     fn log_probs_normalised(&self) -> bool {
         self.inner.log_probs_normalised()
+    }
+    fn draws_from_p0(&self) -> bool {
+        self.inner.draws_from_p0()
+    }
+    /// Timed as the `head` phase, like the rows it replaces.
+    fn draw_from_p0(
+        &mut self,
+        next: &[NextToken],
+        remaining: usize,
+        seed: u64,
+    ) -> smc_core::Result<Vec<Option<(u32, f64)>>> {
+        let t = Instant::now();
+        let out = self.inner.draw_from_p0(next, remaining, seed);
+        add(&self.times, |p| p.head_s += secs(t));
+        out
     }
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
         let t = Instant::now();

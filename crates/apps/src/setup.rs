@@ -46,7 +46,7 @@ pub fn load_model_and_prompt(choice: &ModelChoice, prompt: &str) -> Result<Loade
         bail!(
             "--model {}: this command runs the model here (it needs its forward pass, or \
              samples and weights that assume complete next-token distributions); a served \
-             model works with tsmc sample only",
+             model works with tsmc sample, exact and bounds",
             choice.model
         );
     }

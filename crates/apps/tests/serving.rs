@@ -160,7 +160,15 @@ fn serve(stream: TcpStream, fake: &Fake) -> std::io::Result<()> {
     }
 }
 
-/// The top `n_probs` next-token log-probabilities after the request's token ids.
+/// The model's next-token log-probabilities after `tokens`.
+fn row_after(tokens: &[u32]) -> Vec<f64> {
+    let lm = model().lock().unwrap();
+    let mut session = lm.start(tokens, 1).unwrap();
+    session.next_log_probs().unwrap().log_probs.row(0).to_vec()
+}
+
+/// The top `n_probs` next-token log-probabilities after the request's token ids; with
+/// `return_tokens`, `n_predict` tokens drawn from the model with the request's seed.
 fn completion(request: &Value) -> Value {
     let tokens: Vec<u32> = request["prompt"]
         .as_array()
@@ -168,12 +176,31 @@ fn completion(request: &Value) -> Value {
         .iter()
         .map(|t| t.as_u64().unwrap() as u32)
         .collect();
+    if request["return_tokens"] == json!(true) {
+        let mut state = request["seed"].as_u64().unwrap();
+        let mut context = tokens.clone();
+        let (mut ids, mut probs) = (Vec::new(), Vec::new());
+        for _ in 0..request["n_predict"].as_u64().unwrap() {
+            let row = row_after(&context);
+            // splitmix64: a uniform draw without a random-number crate.
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = (state ^ (state >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let mut u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+            let v = (0..row.len())
+                .find(|&v| {
+                    u -= row[v].exp();
+                    u < 0.0
+                })
+                .unwrap_or(row.len() - 1);
+            ids.push(v);
+            probs.push(json!({"id": v, "logprob": row[v], "top_logprobs": []}));
+            context.push(v as u32);
+        }
+        return json!({"content": "", "tokens": ids, "completion_probabilities": probs});
+    }
     let n = request["n_probs"].as_u64().unwrap() as usize;
-    let row = {
-        let lm = model().lock().unwrap();
-        let mut session = lm.start(&tokens, 1).unwrap();
-        session.next_log_probs().unwrap().log_probs.row(0).to_vec()
-    };
+    let row = row_after(&tokens);
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
     let top: Vec<Value> = order
@@ -322,8 +349,20 @@ fn what_a_served_model_cannot_do_is_a_clear_error() {
     assert!(!ok && stderr.contains("forward pass"), "{stderr}");
     let (ok, _, stderr) = sample(&["--twist", "/nonexistent/head.safetensors"]);
     assert!(!ok && stderr.contains("hidden states"), "{stderr}");
-    let (ok, _, stderr) = tsmc(&["exact", "--model", &url, "-n", "1"]);
-    assert!(!ok && stderr.contains("tsmc sample only"), "{stderr}");
+    let (ok, _, stderr) = tsmc(&["exact", "--model", &url, "-n", "1", "--draw-ahead", "0"]);
+    assert!(!ok && stderr.contains("--draw-ahead 0"), "{stderr}");
+    let (ok, _, stderr) = tsmc(&[
+        "bounds",
+        "--model",
+        &url,
+        "--exact",
+        "/nonexistent.jsonl",
+        "--twist",
+        "/nonexistent/head.safetensors",
+    ]);
+    assert!(!ok && stderr.contains("hidden states"), "{stderr}");
+    let (ok, _, stderr) = tsmc(&["train", "--model", &url]);
+    assert!(!ok && stderr.contains("exact and bounds"), "{stderr}");
     let (ok, _, stderr) = tsmc(&["sample", "--top-n", "5", "-k", "2", "-t", "2"]);
     assert!(
         !ok && stderr.contains("--top-n applies to a served model"),
@@ -351,4 +390,59 @@ fn what_a_served_model_cannot_do_is_a_clear_error() {
     );
     let (ok, _, stderr) = tsmc(&["sample", "--model", "http://a,ftp://b"]);
     assert!(!ok && stderr.contains("ftp://b"), "{stderr}");
+}
+
+#[test]
+fn served_exact_samples_and_bounds_come_from_the_servers_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, fake) = start(Mode::Good, usize::MAX);
+    let exact = dir.path().join("exact.jsonl");
+    // phi = 1: every draw is accepted, and every bound is log Z = 0 exactly.
+    let common = ["--model", &url, "--potential", "none", "-t", "3"];
+    let (ok, stdout, stderr) = tsmc(
+        &[
+            &["exact"][..],
+            &common,
+            &["-n", "3", "--batch", "3", "--out", exact.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("3 exact samples in 3 draws"), "{stdout}");
+    // One request per draw: the server drew its 3 tokens at once.
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 3);
+    let samples: Vec<Value> = std::fs::read_to_string(&exact)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &Value| l["type"] == "sample")
+        .collect();
+    assert_eq!(samples.len(), 3);
+    let bounds = dir.path().join("bounds.jsonl");
+    let (ok, stdout, stderr) = tsmc(
+        &[
+            &["bounds"][..],
+            &common,
+            &["--exact", exact.to_str().unwrap(), "--particles", "2"],
+            &[
+                "--seeds",
+                "2",
+                "--fq-samples",
+                "2",
+                "--out",
+                bounds.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{stderr}");
+    eprintln!("{stdout}");
+    let kl = std::fs::read_to_string(&bounds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["type"] == "kl")
+        .unwrap();
+    let log_z = kl["estimates"]["log_z"]["mean"].as_f64().unwrap();
+    assert!(log_z.abs() < 1e-12, "log Z {log_z}: {kl}");
 }

@@ -6,8 +6,10 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::groups::{ModelArgs, PromptArgs, at_least};
+use super::serving::{ServingArgs, read_files};
 use crate::commands::bounds::BoundsSettings;
 use crate::potentials::PotentialSpec;
+use crate::setup::ModelSource;
 
 /// Arguments of `tsmc bounds`.
 #[derive(Debug, Args)]
@@ -44,6 +46,9 @@ pub struct BoundsArgs {
     /// Output file (JSON lines).
     #[arg(long, default_value = "bounds.jsonl")]
     out: PathBuf,
+    // Last: its help heading holds for every argument after it.
+    #[command(flatten)]
+    serving: ServingArgs,
 }
 
 impl BoundsArgs {
@@ -61,15 +66,31 @@ impl BoundsArgs {
             fq_samples,
             seed,
             out,
+            serving,
         } = self;
         if particles.is_empty() || particles.contains(&0) || seeds < 2 {
             bail!("--particles must be positive counts and --seeds at least 2");
         }
-        let model_path = crate::output::model_input(&model.model);
-        let mut inputs = vec![
-            ("--model", model_path.as_path()),
-            ("--exact", exact.as_path()),
-        ];
+        let source = serving.source(model.clone())?;
+        if let ModelSource::Served(served) = &source {
+            if let Some(t) = &twist {
+                bail!(
+                    "--twist {}: a twist head reads the model's hidden states, which a served \
+                     model (--model http://...) does not return: use a local --model",
+                    t.display()
+                );
+            }
+            if served.draw_ahead == 0 {
+                bail!(
+                    "--draw-ahead 0: the bounds of a served model measure the base proposal \
+                     drawn by the server (p0 over the whole vocabulary); give --draw-ahead 1 or more"
+                );
+            }
+        }
+        let read = read_files(&source, &model.model);
+        let mut inputs: Vec<(&str, &std::path::Path)> =
+            read.iter().map(|(o, p)| (*o, p.as_path())).collect();
+        inputs.push(("--exact", exact.as_path()));
         inputs.extend(twist.as_deref().map(|t| ("--twist", t)));
         crate::output::check_outputs(&[("--out", &out)], &inputs)?;
         if potential.is_infilling() {
@@ -78,7 +99,7 @@ impl BoundsArgs {
             );
         }
         Ok(BoundsSettings {
-            model: model.choice()?,
+            model: source,
             prompt: prompt.prompt()?,
             potential,
             tokens: at_least("--tokens", tokens, 1)?,

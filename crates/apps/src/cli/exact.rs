@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::groups::{ModelArgs, PromptArgs, at_least};
+use super::serving::{ServingArgs, read_files};
 use crate::commands::exact::{ExactSettings, ExactTarget};
 use crate::potentials::PotentialSpec;
 
@@ -42,6 +43,9 @@ pub struct ExactArgs {
     /// Output file (JSON lines: one per sample, then a summary).
     #[arg(long, default_value = "exact-samples.jsonl")]
     out: PathBuf,
+    // Last: its help heading holds for every argument after it.
+    #[command(flatten)]
+    serving: ServingArgs,
 }
 
 impl ExactArgs {
@@ -58,15 +62,19 @@ impl ExactArgs {
             batch,
             seed,
             out,
+            serving,
         } = self;
-        let model_path = crate::output::model_input(&model.model);
-        crate::output::check_outputs(&[("--out", &out)], &[("--model", &model_path)])?;
+        let source = serving.source(model.clone())?;
+        let read = read_files(&source, &model.model);
+        let inputs: Vec<(&str, &std::path::Path)> =
+            read.iter().map(|(o, p)| (*o, p.as_path())).collect();
+        crate::output::check_outputs(&[("--out", &out)], &inputs)?;
         let target = match infilling {
             Some(m) => ExactTarget::Infilling(at_least("--infilling", m, 1)?),
             None => ExactTarget::Potential(potential),
         };
         Ok(ExactSettings {
-            model: model.choice()?,
+            model: source,
             prompt: prompt.prompt()?,
             target,
             tokens: at_least("--tokens", tokens, 1)?,

@@ -14,7 +14,7 @@ use crate::training::{HeadChoice, Positives};
 #[command(next_help_heading = "Model")]
 pub struct ModelArgs {
     /// `default` (SmolLM2-135M-Instruct, fetched once), a Hugging Face model directory or a
-    /// .gguf file; `tsmc sample` also runs on served models: http://HOST:PORT, a
+    /// .gguf file; `tsmc sample`, `exact` and `bounds` also run on served models: http://HOST:PORT, a
     /// comma-separated list of replicas, or @FILE naming a file of their URLs.
     #[arg(long, default_value = "default")]
     pub model: String,

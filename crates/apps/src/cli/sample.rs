@@ -10,12 +10,11 @@ use smc_core::resampling::Criterion;
 use smc_core::smc::AtMaxTokens;
 
 use super::groups::{ModelArgs, PromptArgs, SchemeArg, at_least};
-use super::serving::ServingArgs;
+use super::serving::{ServingArgs, read_files};
 use crate::boundaries::Boundary;
 use crate::commands::sample::{Length, SampleSettings};
 use crate::constraints::ConstraintSpec;
 use crate::potentials::PotentialSpec;
-use crate::setup::ModelSource;
 
 /// Arguments of `tsmc sample`.
 #[derive(Debug, Args)]
@@ -167,17 +166,7 @@ impl SampleArgs {
             show,
         } = self;
         let source = serving.source(model.clone())?;
-        // The files read: the model (a served model's server list and tokenizer).
-        let read: Vec<(&str, PathBuf)> = match &source {
-            ModelSource::Local(_) => vec![("--model", crate::output::model_input(&model.model))],
-            ModelSource::Served(served) => model
-                .model
-                .strip_prefix('@')
-                .map(|file| ("--model", PathBuf::from(file)))
-                .into_iter()
-                .chain([("--tokenizer", crate::output::model_input(&served.tokenizer))])
-                .collect(),
-        };
+        let read = read_files(&source, &model.model);
         let mut inputs: Vec<(&str, &std::path::Path)> =
             read.iter().map(|(o, p)| (*o, p.as_path())).collect();
         inputs.extend(twist.as_deref().map(|t| ("--twist", t)));

@@ -1,5 +1,6 @@
 //! The options of a served model (`tsmc sample --model http://HOST:PORT`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -19,10 +20,16 @@ pub struct ServingArgs {
     /// tokenizer.json, a model directory or a .gguf file [default: default].
     #[arg(long, value_name = "SPEC")]
     tokenizer: Option<String>,
-    /// Next-token log-probabilities asked for per step, N: the run is exact SMC for the target
-    /// restricted to each step's top N tokens (for the target itself when N >= V) [default: 100].
+    /// Next-token log-probabilities asked for per step, N, where a proposal needs them (the
+    /// twisted proposal, token masks): the run is exact SMC for the target restricted to each
+    /// step's top N tokens (for the target itself when N >= V) [default: 100].
     #[arg(long, value_name = "N")]
     top_n: Option<usize>,
+    /// Tokens the server draws from p0 per request for the base proposal (its own sampler,
+    /// over the whole vocabulary: exact for the target itself); 0 proposes from the top N
+    /// renormalised instead [default: 8].
+    #[arg(long, value_name = "TOKENS")]
+    draw_ahead: Option<usize>,
     /// The servers' API [default: llama-server].
     #[arg(long, value_enum)]
     protocol: Option<ProtocolArg>,
@@ -58,6 +65,20 @@ impl From<ProtocolArg> for Protocol {
     }
 }
 
+/// The files a model source reads: a local model's path, or a served model's server list
+/// (`@FILE`) and tokenizer; an output must not overwrite any of them.
+pub fn read_files(source: &ModelSource, model: &str) -> Vec<(&'static str, PathBuf)> {
+    match source {
+        ModelSource::Local(_) => vec![("--model", crate::output::model_input(model))],
+        ModelSource::Served(served) => model
+            .strip_prefix('@')
+            .map(|file| ("--model", PathBuf::from(file)))
+            .into_iter()
+            .chain([("--tokenizer", crate::output::model_input(&served.tokenizer))])
+            .collect(),
+    }
+}
+
 impl ServingArgs {
     /// The model source: served when `--model` names servers (then these options apply),
     /// local otherwise (then none of them may be given).
@@ -66,6 +87,7 @@ impl ServingArgs {
             let given = [
                 ("--tokenizer", self.tokenizer.is_some()),
                 ("--top-n", self.top_n.is_some()),
+                ("--draw-ahead", self.draw_ahead.is_some()),
                 ("--protocol", self.protocol.is_some()),
                 ("--parallel", self.parallel.is_some()),
                 ("--timeout", self.timeout.is_some()),
@@ -97,6 +119,7 @@ impl ServingArgs {
             protocol: self.protocol.unwrap_or(ProtocolArg::LlamaServer).into(),
             tokenizer: self.tokenizer.unwrap_or_else(|| "default".into()),
             top_n: at_least("--top-n", self.top_n.unwrap_or(100), 1)?,
+            draw_ahead: self.draw_ahead.unwrap_or(8),
             parallel: at_least("--parallel", self.parallel.unwrap_or(8), 1)?.min(1024),
             timeout: Duration::from_secs_f64(timeout),
             attempts: at_least("--attempts", self.attempts.unwrap_or(4), 1)?.min(100),

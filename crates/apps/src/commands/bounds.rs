@@ -12,13 +12,13 @@ use smc_core::prelude::*;
 
 use crate::jsonl::{JsonlWriter, read_exact};
 use crate::potentials::PotentialSpec;
-use crate::setup::{ModelChoice, load_model_and_prompt, load_twist};
+use crate::setup::{ModelSource, load_any, load_twist};
 
 /// The validated settings of `tsmc bounds`.
 #[derive(Debug, Clone)]
 pub struct BoundsSettings {
-    /// The model.
-    pub model: ModelChoice,
+    /// The model: run here or served over HTTP (base proposal drawn by the server).
+    pub model: ModelSource,
     /// The prompt.
     pub prompt: String,
     /// The potential (never infilling, whose target changes per sample).
@@ -45,16 +45,20 @@ pub struct BoundsSettings {
 pub fn run(args: &BoundsSettings) -> Result<()> {
     let exact = read_exact(&args.exact, args.tokens)?;
     let mut out = JsonlWriter::create(&args.out)?;
-    let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    let loaded = load_any(&args.model, &args.prompt)?;
     let k_max = args.particles.iter().copied().max().unwrap_or(1);
-    loaded.check_size(&args.model, k_max.max(args.fq_samples), args.tokens)?;
+    loaded.check_size(k_max.max(args.fq_samples), args.tokens)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
-    let phi = args.potential.build(lm)?;
-    let head = args
-        .twist
-        .as_deref()
-        .map(|p| load_twist(p, lm, &loaded.device, None))
-        .transpose()?;
+    let phi = args.potential.build_with(&loaded.text, lm.local())?;
+    let head = match (args.twist.as_deref(), lm.local(), &loaded.device) {
+        (None, ..) => None,
+        (Some(path), Some(local), Some(device)) => Some(load_twist(path, local, device, None)?),
+        (Some(path), ..) => anyhow::bail!(
+            "--twist {}: a twist head reads the model's hidden states, which a served model \
+             does not return: use a local --model",
+            path.display()
+        ),
+    };
     let sampler = Sampler {
         lm,
         prompt,

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
-use lm_burn::BurnLm;
 use smc_bounds::{Collected, joint_ancestral, rejection_class, rejection_indicator};
 use smc_core::smc::rng_from_seed;
 
 use crate::jsonl::JsonlWriter;
+use crate::model::Model;
 use crate::potentials::PotentialSpec;
-use crate::setup::{ModelChoice, load_model_and_prompt};
+use crate::setup::{ModelSource, load_any};
 
 /// What `tsmc exact` draws exact samples of.
 #[derive(Debug, Clone)]
@@ -29,8 +29,8 @@ pub enum ExactTarget {
 /// The validated settings of `tsmc exact`.
 #[derive(Debug, Clone)]
 pub struct ExactSettings {
-    /// The model.
-    pub model: ModelChoice,
+    /// The model: run here or served over HTTP (whose server draws from p0 itself).
+    pub model: ModelSource,
     /// The prompt.
     pub prompt: String,
     /// What to sample.
@@ -61,15 +61,23 @@ struct SampleRecord<'a> {
 /// Runs `tsmc exact`.
 pub fn run(args: &ExactSettings) -> Result<()> {
     let mut out = JsonlWriter::create(&args.out)?;
-    let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
+    let loaded = load_any(&args.model, &args.prompt)?;
     // Joint ancestral draws decode all samples at once; rejection decodes batches.
     let (k, extra) = match &args.target {
         ExactTarget::Infilling(m) => (args.samples, *m),
         ExactTarget::Potential(_) => (args.batch, 0),
     };
-    loaded.check_size(&args.model, k, args.tokens + extra)?;
+    loaded.check_size(k, args.tokens + extra)?;
     let (lm, prompt) = (&loaded.lm, &loaded.prompt);
-    let tok = lm.tokenizer()?;
+    if let Model::Served(http) = lm
+        && http.options().draw_ahead == 0
+    {
+        anyhow::bail!(
+            "--draw-ahead 0: exact samples from a served model need the server's own draws from \
+             p0 (the top-N rows alone cover part of the vocabulary); give --draw-ahead 1 or more"
+        );
+    }
+    let tok = &loaded.text.tokenizer;
     let mut rng = rng_from_seed(smc_core::seed::derive(
         args.seed,
         smc_core::seed::label::APP_EXACT,
@@ -90,12 +98,12 @@ pub fn run(args: &ExactSettings) -> Result<()> {
             )
         }
         ExactTarget::Potential(spec) => {
-            let phi = spec.build(lm)?;
+            let phi = spec.build_with(&loaded.text, lm.local())?;
             let class = spec.class_rejection();
             let collect = if class {
-                rejection_class::<BurnLm>
+                rejection_class::<Model>
             } else {
-                rejection_indicator::<BurnLm>
+                rejection_indicator::<Model>
             };
             let collected = collect(
                 lm,
