@@ -23,7 +23,7 @@ use lm_burn::default_model::ensure_default_model;
 use lm_burn::{BurnLm, WeightFormat, default_device};
 use lm_http::{HttpLm, HttpLmOptions, Protocol, RetryPolicy};
 use smc_core::prelude::{
-    LanguageModel, RunOptions, TokenSetConstraint, UnitPotential, run_smc_with,
+    LanguageModel, RunOptions, SmcConfig, TokenSetConstraint, UnitPotential, run_smc_with,
 };
 use tsmc_benches::workload::{PROMPT, smc_config, tokens_with_e};
 
@@ -140,10 +140,11 @@ impl Drop for Server {
     }
 }
 
-fn connect(urls: &[String], vocab: usize, top_n: usize) -> Result<HttpLm, String> {
+fn connect(urls: &[String], vocab: usize, top_n: usize, ahead: usize) -> Result<HttpLm, String> {
     let options = HttpLmOptions::new(urls[0].clone(), Protocol::LlamaServer, vocab)
         .with_servers(urls.iter().cloned())
         .with_top_n(top_n)
+        .with_draw_ahead(ahead)
         .with_parallel(SLOTS)
         .with_timeout(Duration::from_secs(120))
         .with_retry(RetryPolicy::default());
@@ -154,7 +155,7 @@ fn connect(urls: &[String], vocab: usize, top_n: usize) -> Result<HttpLm, String
 fn wait_ready(urls: &[String], vocab: usize) -> Result<(), String> {
     let started = Instant::now();
     for url in urls {
-        while connect(std::slice::from_ref(url), vocab, 1).is_err() {
+        while connect(std::slice::from_ref(url), vocab, 1, 0).is_err() {
             if started.elapsed() > Duration::from_secs(180) {
                 return Err(format!(
                     "llama-server at {url} did not come up within 180 s"
@@ -166,19 +167,37 @@ fn wait_ready(urls: &[String], vocab: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The two workloads: the masked one (rows: the proposal renormalises p0 on the allowed top
+/// N), and bootstrap SMC without a mask (resampling when the ESS falls below K / 2), whose
+/// proposal is p0 itself: a served model draws it (`--draw-ahead`).
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    Masked,
+    Bootstrap,
+}
+
 /// Median particle-tokens/s of `repeats` SMC runs (seeds 0..repeats), or the first error.
 fn rate<L: LanguageModel>(
     lm: &L,
     prompt: &[u32],
     constraint: &TokenSetConstraint,
+    workload: Workload,
     k: usize,
     t: usize,
     repeats: usize,
 ) -> Result<f64, String> {
     let mut rates = Vec::with_capacity(repeats);
     for seed in 0..repeats as u64 {
-        let config = smc_config(k, t, seed);
-        let options = RunOptions::twist(None).with_constraint(constraint);
+        let (config, options) = match workload {
+            Workload::Masked => (
+                smc_config(k, t, seed),
+                RunOptions::twist(None).with_constraint(constraint),
+            ),
+            Workload::Bootstrap => (
+                SmcConfig::bootstrap(k, t).with_seed(seed),
+                RunOptions::twist(None),
+            ),
+        };
         let start = Instant::now();
         run_smc_with(lm, &UnitPotential, &options, prompt, &config).map_err(|e| e.to_string())?;
         rates.push((k * t) as f64 / start.elapsed().as_secs_f64());
@@ -226,14 +245,15 @@ fn run(args: &Args) -> Result<(), String> {
     let logs = std::env::temp_dir().join(format!("tsmc-engine-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
 
-    let mut rows: Vec<(String, Vec<Result<f64, String>>)> = Vec::new();
+    type Rows = Vec<(String, Vec<Result<f64, String>>)>;
+    let (mut masked, mut bootstrap): (Rows, Rows) = (Vec::new(), Vec::new());
+    let rates = |lm: &dyn Fn(Workload, usize) -> Result<f64, String>, w| {
+        args.ks.iter().map(|&k| lm(w, k)).collect::<Vec<_>>()
+    };
     for (name, lm) in [("tsmc local f32", &f32_lm), ("tsmc local q8", &q8_lm)] {
-        let rates = args
-            .ks
-            .iter()
-            .map(|&k| rate(lm, &prompt, &constraint, k, args.t, args.repeats))
-            .collect();
-        rows.push((name.to_string(), rates));
+        let run = |w, k| rate(lm, &prompt, &constraint, w, k, args.t, args.repeats);
+        masked.push((name.to_string(), rates(&run, Workload::Masked)));
+        bootstrap.push((name.to_string(), rates(&run, Workload::Bootstrap)));
     }
     drop((f32_lm, q8_lm));
     for &s in &args.servers {
@@ -243,31 +263,48 @@ fn run(args: &Args) -> Result<(), String> {
             .collect::<Result<Vec<_>, _>>()?;
         let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
         wait_ready(&urls, vocab)?;
-        let lm = connect(&urls, vocab, args.top_n)?;
-        let rates = args
-            .ks
-            .iter()
-            .map(|&k| rate(&lm, &prompt, &constraint, k, args.t, args.repeats))
-            .collect();
-        rows.push((
-            format!(
-                "llama-server x {s} ({threads} thread(s) each), top {}",
-                args.top_n
-            ),
-            rates,
+        let name = format!("llama-server x {s} ({threads} thread(s) each)");
+        let rows_lm = connect(&urls, vocab, args.top_n, 0)?;
+        let run = |w, k| rate(&rows_lm, &prompt, &constraint, w, k, args.t, args.repeats);
+        masked.push((
+            format!("{name}, top {}", args.top_n),
+            rates(&run, Workload::Masked),
         ));
+        bootstrap.push((
+            format!("{name}, top-{} rows", args.top_n),
+            rates(&run, Workload::Bootstrap),
+        ));
+        for ahead in [1, 8] {
+            let drawing = connect(&urls, vocab, args.top_n, ahead)?;
+            let run = |w, k| rate(&drawing, &prompt, &constraint, w, k, args.t, args.repeats);
+            bootstrap.push((
+                format!("{name}, server draws {ahead} per request"),
+                rates(&run, Workload::Bootstrap),
+            ));
+        }
     }
 
-    println!(
-        "\nParticle-tokens/s (K x T / wall time, T = {}, median of {}; {cores} cores)\n",
-        args.t, args.repeats
-    );
     let ks: Vec<String> = args.ks.iter().map(|k| format!("K = {k}")).collect();
-    println!("| backend | {} |", ks.join(" | "));
-    println!("|---|{}", "---|".repeat(args.ks.len()));
-    for (name, rates) in &rows {
-        let cells: Vec<String> = rates.iter().map(cell).collect();
-        println!("| {name} | {} |", cells.join(" | "));
+    for (title, rows) in [
+        (
+            "masked workload (every token with \"e\" masked, resampling every step)",
+            &masked,
+        ),
+        (
+            "bootstrap SMC, no mask (resampling at ESS < K/2)",
+            &bootstrap,
+        ),
+    ] {
+        println!(
+            "\nParticle-tokens/s, {title} (K x T / wall time, T = {}, median of {}; {cores} cores)\n",
+            args.t, args.repeats
+        );
+        println!("| backend | {} |", ks.join(" | "));
+        println!("|---|{}", "---|".repeat(args.ks.len()));
+        for (name, rates) in rows {
+            let cells: Vec<String> = rates.iter().map(cell).collect();
+            println!("| {name} | {} |", cells.join(" | "));
+        }
     }
     Ok(())
 }

@@ -409,8 +409,8 @@ fn served_exact_samples_and_bounds_come_from_the_servers_draws() {
     );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("3 exact samples in 3 draws"), "{stdout}");
-    // One request per draw: the server drew its 3 tokens at once.
-    assert_eq!(fake.requests.load(Ordering::SeqCst), 3);
+    // Two requests per draw: the server drew 1, then 2 tokens (tokens per request double).
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 6);
     let samples: Vec<Value> = std::fs::read_to_string(&exact)
         .unwrap()
         .lines()

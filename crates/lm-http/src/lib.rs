@@ -3,9 +3,18 @@
 //! A [`LanguageModel`] over HTTP: the next-token log-probabilities of a serving engine
 //! (llama.cpp's `llama-server`, or the OpenAI-compatible completions API of vLLM and SGLang),
 //! for SMC in `smc-core`. Resampling, weights, twists, potentials and bounds stay in tsmc; the
-//! engine is asked only for "the top N log p0(v | prompt, s_{<t})" of each particle's prefix.
+//! engine is asked only for "the top N log p0(v | prompt, s_{<t})" of a particle's prefix, or
+//! for tokens drawn from p0 after it by its own sampler.
 //!
 //! ## What is exact
+//!
+//! The base proposal where no token mask applies is p0 itself, which the engine's sampler
+//! draws over its whole vocabulary: the session [draws from p0]
+//! ([`HttpLmOptions::draw_ahead`] tokens per request, handed out one step at a time; a copy
+//! made by resampling or a particle pushed another token drops what was drawn ahead for it), so
+//! bootstrap SMC, conditional SMC and plain sampling are exact for sigma itself, whatever N.
+//! Everything that reads rows (the twisted proposal, token masks, `draw_ahead = 0`) works with
+//! the top N as follows.
 //!
 //! Engines return the top N log-probabilities only. The session reports them as they are —
 //! these are p0's own values — and `-inf` for every other token, and says so
@@ -22,6 +31,7 @@
 //!
 //! [`LanguageModel`]: smc_core::model::LanguageModel
 //! [`DecodeSession::log_probs_normalised`]: smc_core::model::DecodeSession::log_probs_normalised
+//! [draws from p0]: smc_core::model::DecodeSession::draws_from_p0
 //!
 //! Both hold for the base proposal (bootstrap SMC) and for the twisted proposal, whose
 //! normaliser sum_v p0(v) psi(v) runs over the returned tokens only.

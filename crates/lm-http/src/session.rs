@@ -42,6 +42,7 @@ impl LanguageModel for HttpLm {
             outputs: vec![Vec::new(); num_particles],
             servers: vec![None; num_particles],
             ahead: vec![VecDeque::new(); num_particles],
+            ahead_now: 1,
         })
     }
 
@@ -126,6 +127,10 @@ pub struct HttpSession<'a> {
     /// Tokens the server drew ahead for each particle, with their log p0: fresh draws from p0
     /// given the particle's prefix, handed out one per step.
     ahead: Vec<VecDeque<(u32, f64)>>,
+    /// Tokens per draw request now: 1 after a resampling that copied particles (copies drop
+    /// what was drawn ahead, so long requests would be wasted), doubling at each step up to
+    /// the option's `draw_ahead`.
+    ahead_now: usize,
 }
 
 impl HttpSession<'_> {
@@ -242,6 +247,13 @@ impl DecodeSession for HttpSession<'_> {
         // would continue identically instead of independently. (Resampling never looked at
         // them, so they are still fresh draws for that copy.)
         let mut taken = vec![false; k];
+        if ancestors
+            .iter()
+            .any(|&a| std::mem::replace(&mut taken[a], true))
+        {
+            self.ahead_now = 1;
+        }
+        taken.iter_mut().for_each(|t| *t = false);
         let mut old = std::mem::take(&mut self.ahead);
         self.ahead = ancestors
             .iter()
@@ -269,8 +281,10 @@ impl DecodeSession for HttpSession<'_> {
 
     /// Particles with tokens drawn ahead take the next one; the others send one request each
     /// (never shared between particles with one prefix: their draws must be independent) for
-    /// min(draw-ahead, `remaining`) tokens, to their lineage's server; a given token is looked
-    /// up (top N, else the whole vocabulary).
+    /// min(tokens per request now, `remaining`) tokens, to their lineage's server; a given
+    /// token is looked up (top N, else the whole vocabulary). Tokens per request start at 1
+    /// and double at each step up to `draw_ahead`, back to 1 after a resampling that copies
+    /// particles.
     fn draw_from_p0(
         &mut self,
         next: &[NextToken],
@@ -287,7 +301,9 @@ impl DecodeSession for HttpSession<'_> {
             });
         }
         let v = self.lm.options().vocab_size;
-        let count = self.lm.options().draw_ahead.min(remaining).max(1);
+        let most = self.lm.options().draw_ahead;
+        let count = self.ahead_now.min(most).min(remaining).max(1);
+        self.ahead_now = (self.ahead_now * 2).min(most.max(1));
         let jobs: Vec<usize> = (0..k)
             .filter(|&p| match next[p] {
                 NextToken::Draw => self.ahead[p].is_empty(),

@@ -330,14 +330,52 @@ fn with_the_servers_draws_the_same_seed_gives_the_same_run() {
 }
 
 #[test]
-fn drawing_ahead_sends_one_request_per_particle_for_several_tokens() {
+fn drawing_ahead_doubles_the_tokens_per_request_until_a_resampling() {
     let lm = model();
     let server = FakeServer::start(lm, Format::LlamaTopLogprobs, Fault::None);
     let http = connect_drawing(&server, Protocol::LlamaServer, 4, 1, 8);
-    // Without resampling, each particle's T = 3 tokens come from one request.
+    // Without resampling, requests draw 1, then 2 tokens (doubling): T = 3 tokens of each
+    // particle in two requests.
     let cfg = SmcConfig::sis(5, HORIZON, Proposal::Base).with_seed(1);
     run_smc(&http, None, &UnitPotential, &PROMPT, &cfg).unwrap();
-    assert_eq!(server.completion_requests(), 5);
+    assert_eq!(server.completion_requests(), 10);
+    // Multinomial resampling at every step copies particles (with these seeds, at each step):
+    // one token per request from then on.
+    let before = server.completion_requests();
+    let cfg = SmcConfig::bootstrap(5, HORIZON)
+        .with_scheme(Scheme::Multinomial)
+        .with_criterion(Criterion::Always);
+    let out = run_smc(&http, None, &UnitPotential, &PROMPT, &cfg.with_seed(2)).unwrap();
+    // The rule replayed on the run's genealogy (after steps 1 and 2): a particle without a
+    // token drawn ahead sends a request; tokens per request double, back to 1 after a
+    // resampling with copies; the first copy keeps its ancestor's tokens.
+    let (mut now, mut held, mut requests) = (1usize, vec![0usize; 5], 0);
+    for t in 1..=HORIZON {
+        for h in held.iter_mut().filter(|h| **h == 0) {
+            *h = now.min(HORIZON - t + 1);
+            requests += 1;
+        }
+        now = (now * 2).min(8);
+        held.iter_mut().for_each(|h| *h -= 1);
+        if let Some(a) = out.ancestors.get(t - 1) {
+            let mut taken = [false; 5];
+            held = a
+                .iter()
+                .map(|&p| {
+                    if std::mem::replace(&mut taken[p], true) {
+                        0
+                    } else {
+                        held[p]
+                    }
+                })
+                .collect();
+            if a.iter().enumerate().any(|(i, p)| a[..i].contains(p)) {
+                now = 1;
+            }
+        }
+    }
+    assert!(requests > 10, "{:?}", out.ancestors);
+    assert_eq!(server.completion_requests() - before, requests);
 }
 
 #[test]
@@ -347,29 +385,44 @@ fn tokens_drawn_ahead_go_to_one_copy_and_are_dropped_when_another_token_is_pushe
     let http = connect_drawing(&server, Protocol::LlamaServer, 4, 1, 8);
     let mut session = http.start(&PROMPT, 2).unwrap();
     let draw = [NextToken::Draw; 2];
-    let first = session.draw_from_p0(&draw, 3, 11).unwrap();
+    let step = |session: &mut lm_http::HttpSession<'_>, remaining, seed| {
+        let drawn = session.draw_from_p0(&draw, remaining, seed).unwrap();
+        let tokens: Vec<u32> = drawn.iter().map(|d| d.unwrap().0).collect();
+        session.push(&tokens).unwrap();
+    };
+    // One token per request first, then two: the third step's tokens were drawn ahead.
+    step(&mut session, 4, 11);
     assert_eq!(server.completion_requests(), 2);
-    let pushed: Vec<u32> = first.iter().map(|d| d.unwrap().0).collect();
-    session.push(&pushed).unwrap();
-    let second = session.draw_from_p0(&draw, 2, 12).unwrap();
+    step(&mut session, 3, 12);
+    assert_eq!(server.completion_requests(), 4);
+    step(&mut session, 2, 13);
     assert_eq!(
         server.completion_requests(),
-        2,
-        "the second tokens were drawn ahead"
+        4,
+        "the third tokens were drawn ahead"
     );
-    session
-        .push(&second.iter().map(|d| d.unwrap().0).collect::<Vec<_>>())
-        .unwrap();
-    // Both copies of particle 0: the first keeps its last token drawn ahead, the second asks.
+    // Both copies of particle 0 after a resampling: neither holds a token drawn ahead now, so
+    // both ask.
     session.reorder(&[0, 0]).unwrap();
-    let third = session.draw_from_p0(&draw, 1, 13).unwrap();
-    assert_eq!(server.completion_requests(), 3);
+    let third = session.draw_from_p0(&draw, 1, 14).unwrap();
+    assert_eq!(server.completion_requests(), 6);
+    // Copies of a particle that holds a token drawn ahead: the first keeps it, the second asks.
+    let mut session = http.start(&PROMPT, 2).unwrap();
+    step(&mut session, 4, 21);
+    step(&mut session, 3, 22);
+    assert_eq!(server.completion_requests(), 10);
+    session.reorder(&[1, 1]).unwrap();
+    session.draw_from_p0(&draw, 2, 23).unwrap();
+    assert_eq!(server.completion_requests(), 11);
     // A pushed token other than the one drawn ahead (a reference's) drops the rest.
     let mut session = http.start(&PROMPT, 1).unwrap();
-    let d = session.draw_from_p0(&[NextToken::Draw], 3, 11).unwrap()[0].unwrap();
+    session.draw_from_p0(&[NextToken::Draw], 3, 11).unwrap();
+    session.push(&[0]).unwrap();
+    let d = session.draw_from_p0(&[NextToken::Draw], 2, 11).unwrap()[0].unwrap();
+    assert_eq!(server.completion_requests(), 13);
     session.push(&[(d.0 + 1) % 4]).unwrap();
-    session.draw_from_p0(&[NextToken::Draw], 2, 11).unwrap();
-    assert_eq!(server.completion_requests(), 5);
+    session.draw_from_p0(&[NextToken::Draw], 1, 12).unwrap();
+    assert_eq!(server.completion_requests(), 14);
     // A given token comes back with its own log p0, asked of the server.
     let given = session.draw_from_p0(&[NextToken::Given(2)], 2, 0).unwrap()[0].unwrap();
     assert_eq!(given.0, 2);
