@@ -23,7 +23,8 @@ use lm_burn::default_model::ensure_default_model;
 use lm_burn::{BurnLm, WeightFormat, default_device};
 use lm_http::{HttpLm, HttpLmOptions, Protocol, RetryPolicy};
 use smc_core::prelude::{
-    LanguageModel, RunOptions, SmcConfig, TokenSetConstraint, UnitPotential, run_smc_with,
+    Criterion, LanguageModel, RunOptions, SmcConfig, TokenSetConstraint, UnitPotential,
+    run_smc_with,
 };
 use tsmc_benches::workload::{PROMPT, smc_config, tokens_with_e};
 
@@ -194,7 +195,9 @@ fn rate<L: LanguageModel>(
                 RunOptions::twist(None).with_constraint(constraint),
             ),
             Workload::Bootstrap => (
-                SmcConfig::bootstrap(k, t).with_seed(seed),
+                SmcConfig::bootstrap(k, t)
+                    .with_criterion(Criterion::EssBelow(0.5))
+                    .with_seed(seed),
                 RunOptions::twist(None),
             ),
         };
