@@ -1,7 +1,7 @@
 //! Peak memory of decoding: runs T = 20 steps of K particles on the default model in this
 //! process and prints one JSON line with K, the wall time, particle-tokens per second and the
 //! peak resident set size (VmHWM). `cargo xtask bench` runs it once per K in fresh processes.
-//! A second argument `q8` or `int8` sets the decoding weights (`--weights`; default f32).
+//! A second argument `q8`, `int8` or `bf16` sets the decoding weights (`--weights`; default f32).
 
 use std::time::Instant;
 
@@ -24,8 +24,9 @@ fn main() {
         None | Some("f32") => WeightFormat::F32,
         Some("q8") => WeightFormat::Q8,
         Some("int8") => WeightFormat::Int8,
+        Some("bf16") => WeightFormat::Bf16,
         Some(other) => {
-            eprintln!("error: weights: expected f32, q8 or int8, found {other:?}");
+            eprintln!("error: weights: expected f32, q8, int8 or bf16, found {other:?}");
             std::process::exit(2);
         }
     };

@@ -49,7 +49,7 @@ fn parse_args() -> Result<Args, String> {
         modes: vec!["smc".into(), "plain".into()],
         json_out: None,
         peer_json: None,
-        weights: vec![WeightFormat::F32, WeightFormat::Q8],
+        weights: vec![WeightFormat::F32, WeightFormat::Q8, WeightFormat::Bf16],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -91,8 +91,9 @@ fn parse_args() -> Result<Args, String> {
                         "f32" => Ok(WeightFormat::F32),
                         "q8" => Ok(WeightFormat::Q8),
                         "int8" => Ok(WeightFormat::Int8),
+                        "bf16" => Ok(WeightFormat::Bf16),
                         other => Err(format!(
-                            "--weights: expected f32, q8 and/or int8, found {other:?}"
+                            "--weights: expected f32, q8, int8 and/or bf16, found {other:?}"
                         )),
                     })
                     .collect::<Result<_, _>>()?
@@ -358,31 +359,34 @@ fn main() {
         None => println!("f32 GEMM rate measured in this run: {peak:.0} GFLOP/s (1024^3).\n"),
     }
     println!(
-        "| K | tsmc SMC | tsmc plain | tsmc SMC q8 | tsmc plain q8 | llama.cpp SMC | llama.cpp plain | SMC ratio tsmc/llama.cpp (q8) | tsmc SMC / roofline (q8) |"
+        "| K | tsmc SMC | tsmc plain | tsmc SMC q8 | tsmc plain q8 | tsmc SMC bf16 | tsmc plain bf16 | llama.cpp SMC | llama.cpp plain | SMC ratio tsmc/llama.cpp (q8, bf16) | tsmc SMC / roofline (q8, bf16) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &k in &args.ks {
         let (s, p) = (rate(k, "smc"), rate(k, "plain"));
         let (sq, pq) = (rate(k, "smc-q8"), rate(k, "plain-q8"));
+        let (sb, pb) = (rate(k, "smc-bf16"), rate(k, "plain-bf16"));
         let (ps, pp) = (peer_rate(k, "smc"), peer_rate(k, "decode"));
-        let roof = match (s, roofline) {
-            (Some(s), Some(r)) => format!("{:.0}%", 100.0 * s / r),
-            _ => "-".into(),
-        };
-        let roof_q = match (sq, roofline) {
+        let roof = |s: Option<f64>| match (s, roofline) {
             (Some(s), Some(r)) => format!("{:.0}%", 100.0 * s / r),
             _ => "-".into(),
         };
         println!(
-            "| {k} | {} | {} | {} | {} | {} | {} | {} ({}) | {roof} ({roof_q}) |",
+            "| {k} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}, {}) | {} ({}, {}) |",
             cell(s),
             cell(p),
             cell(sq),
             cell(pq),
+            cell(sb),
+            cell(pb),
             cell(ps),
             cell(pp),
             ratio(s, ps),
-            ratio(sq, ps)
+            ratio(sq, ps),
+            ratio(sb, ps),
+            roof(s),
+            roof(sq),
+            roof(sb)
         );
     }
     if peer.is_empty() {

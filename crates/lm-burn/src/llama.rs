@@ -143,7 +143,14 @@ struct QuantWeights {
 
 impl QuantWeights {
     fn with_int8_activations(self) -> Self {
-        let on = |m: QuantMatrix| m.with_int8_activations(true);
+        self.map(|m| m.with_int8_activations(true))
+    }
+
+    fn with_bf16_products(self) -> Self {
+        self.map(|m| m.with_bf16_products(true))
+    }
+
+    fn map(self, on: impl Fn(QuantMatrix) -> QuantMatrix) -> Self {
         Self {
             layers: self
                 .layers
@@ -419,7 +426,8 @@ impl CausalLm for Llama {
     }
 
     fn prefill(&self, tokens: &[u32]) -> Result<(Tensor<3>, Vec<LayerKv>)> {
-        // Q8 only: int8's rounded activations would move the prompt's keys and values too.
+        // Not int8: its rounded activations would move the prompt's keys and values by more
+        // than bf16's rounding does (tests/smollm2.rs).
         let quant = self
             .quant
             .as_deref()
@@ -538,7 +546,7 @@ impl CausalLm for Llama {
     fn set_weight_format(&mut self, format: WeightFormat) -> Result<()> {
         match format {
             WeightFormat::F32 => self.quant = None,
-            WeightFormat::Q8 | WeightFormat::Int8 => {
+            WeightFormat::Q8 | WeightFormat::Int8 | WeightFormat::Bf16 => {
                 let c = &self.config;
                 let unsupported = [c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim]
                     .into_iter()
@@ -565,6 +573,9 @@ impl CausalLm for Llama {
                 let mut q = QuantWeights { layers, head };
                 if format == WeightFormat::Int8 {
                     q = q.with_int8_activations();
+                }
+                if format == WeightFormat::Bf16 {
+                    q = q.with_bf16_products();
                 }
                 self.quant = Some(std::sync::Arc::new(q));
             }

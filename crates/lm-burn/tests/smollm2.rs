@@ -218,6 +218,59 @@ fn int8_activations_keep_the_default_models_distributions_close() {
     );
 }
 
+/// bf16 products ([`lm_burn::WeightFormat::Bf16`]) on the default model: over six greedy
+/// steps of eight particles (past the four rows that keep the exact products), the next-token
+/// distributions stay within KL 0.01 nats of the f32 model's and the log-probabilities of
+/// tokens with p > 1e-3 within 0.5 (the int8 format's bounds; measured values in
+/// docs/benchmarks.md). The prompt (more than four tokens) takes the bf16 products too.
+#[test]
+fn bf16_products_keep_the_default_models_distributions_close() {
+    let path = ensure_default_model().unwrap();
+    let bf16 = BurnLm::from_gguf(&path, &default_device())
+        .unwrap()
+        .with_weight_format(lm_burn::WeightFormat::Bf16)
+        .unwrap();
+    let prompt = model()
+        .tokenizer()
+        .unwrap()
+        .encode("Once upon a time, there was a little")
+        .unwrap();
+    assert!(prompt.len() > 4, "the prompt takes the bf16 products");
+    let mut a = model().start(&prompt, 8).unwrap();
+    let mut b = bf16.start(&prompt, 8).unwrap();
+    let (mut worst_kl, mut worst_lp) = (0.0f64, 0.0f64);
+    for _ in 0..6 {
+        let (oa, ob) = (a.next_log_probs().unwrap(), b.next_log_probs().unwrap());
+        for k in 0..8 {
+            let (ra, rb) = (oa.log_probs.row(k), ob.log_probs.row(k));
+            let kl: f64 = ra.iter().zip(rb).map(|(x, y)| x.exp() * (x - y)).sum();
+            worst_kl = worst_kl.max(kl);
+            for (x, y) in ra.iter().zip(rb) {
+                if x.exp() > 1e-3 {
+                    worst_lp = worst_lp.max((x - y).abs());
+                }
+            }
+        }
+        let row = oa.log_probs.row(0);
+        let best = (0..row.len())
+            .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+            .unwrap() as u32;
+        a.push(&[best; 8]).unwrap();
+        b.push(&[best; 8]).unwrap();
+    }
+    eprintln!("bf16 vs f32: max KL {worst_kl:e}, max |log-prob diff| (p > 1e-3) {worst_lp:e}");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+    {
+        assert!(worst_kl > 0.0, "the bf16 products did not run");
+    }
+    assert!(
+        worst_kl < 0.01 && worst_lp < 0.5,
+        "KL {worst_kl}, log-prob {worst_lp}"
+    );
+}
+
 /// The tokenizer alone (no weights) is the model's: same ids, vocabulary and end tokens, from
 /// the GGUF file and from `default`; a directory without tokenizer.json is an error.
 #[test]

@@ -116,6 +116,9 @@ pub enum WeightsArg {
     Q8,
     /// The 8-bit copy with activations rounded to 8 bits and integer products (AVX-512 VNNI).
     Int8,
+    /// The 8-bit copy with weights and activations rounded to bf16 in steps of 5 to 128
+    /// particles (AVX-512 BF16).
+    Bf16,
 }
 
 impl From<WeightsArg> for lm_burn::WeightFormat {
@@ -124,6 +127,7 @@ impl From<WeightsArg> for lm_burn::WeightFormat {
             WeightsArg::F32 => lm_burn::WeightFormat::F32,
             WeightsArg::Q8 => lm_burn::WeightFormat::Q8,
             WeightsArg::Int8 => lm_burn::WeightFormat::Int8,
+            WeightsArg::Bf16 => lm_burn::WeightFormat::Bf16,
         }
     }
 }

@@ -16,6 +16,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 mod attention;
+mod bf16;
 mod dot;
 mod int8;
 mod quant;
@@ -280,15 +281,22 @@ pub fn quant_matmul(x: &Tensor<2>, w: &QuantMatrix, parts: &[usize]) -> Option<V
         // `Matrix::of`).
         let rounded = (w.int8_activations() && int8::available(w))
             .then(|| unsafe { int8::QuantRows::of(pa.get(), stride, m, k) });
+        // SAFETY: as above; `bf16::available` checked first.
+        let halves = (rounded.is_none()
+            && w.bf16_products()
+            && m > quant::FUSED_MAX_ROWS
+            && bf16::available(w))
+        .then(|| unsafe { bf16::Bf16Rows::of(pa.get(), stride, m, k) });
         let run = |j0: usize| {
             let cols = j0..(j0 + width).min(n);
             // SAFETY: `dot::available(k)` checked (and `int8::available` for the integer
             // products); x holds m rows of k contiguous values at `stride`; this block alone
             // writes columns j0..j0 + width of the m x n output, which outlives the call.
             unsafe {
-                match &rounded {
-                    Some(xq) => int8::product_columns(xq, w, po.get(), cols),
-                    None => quant::product_columns(pa.get(), stride, m, w, po.get(), cols),
+                match (&rounded, &halves) {
+                    (Some(xq), _) => int8::product_columns(xq, w, po.get(), cols),
+                    (None, Some(xb)) => bf16::product_columns(xb, w, po.get(), cols),
+                    (None, None) => quant::product_columns(pa.get(), stride, m, w, po.get(), cols),
                 }
             };
         };
@@ -1028,6 +1036,100 @@ pub(crate) mod tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert!(got.iter().all(|v| v.is_nan()), "{got:?}");
+    }
+
+    /// bf16 products round each weight and activation to 8 bits of mantissa (relative error
+    /// at most 2^-9 each), multiply exactly and sum in f32: each output is within
+    /// sum_i |x_i w_i| (2^-8 + k 2^-23) of the product with the f32 activations and the
+    /// dequantised weights. Row counts past the fused kernel's four, remainders of the 4 x 4
+    /// tiles, 8-bit and 4-bit levels; four rows or fewer keep the exact products.
+    #[test]
+    fn bf16_products_stay_within_the_rounding_bound() {
+        if !super::dot::available(32) || !std::arch::is_x86_feature_detected!("avx512bf16") {
+            return;
+        }
+        let dev = Device::flex();
+        for ((m, k, n), bits) in [(5, 32, 3), (7, 192, 21), (16, 576, 67), (33, 64, 9)]
+            .into_iter()
+            .flat_map(|s| [(s, 8), (s, 4)])
+        {
+            let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
+            let mut values = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev)
+                .to_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            if bits == 4 {
+                for x in values.iter_mut() {
+                    *x = ((x.abs() * 9.0) as u32).min(15) as f32 * 0.02 - 0.1;
+                }
+            }
+            let q = super::QuantMatrix::from_rows(&values, n, k)
+                .unwrap()
+                .with_bf16_products(true);
+            assert_eq!(q.bits(), bits);
+            let mut deq = vec![0.0; n * k];
+            for (j, row) in deq.chunks_exact_mut(k).enumerate() {
+                q.dequantize_row(j, row);
+            }
+            let xs = x.to_data().try_to_vec::<f32>().unwrap();
+            let got = super::quant_matmul(&x, &q, &[n]).unwrap()[0]
+                .to_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let mut moved = false;
+            for r in 0..m {
+                for j in 0..n {
+                    let (xr, wj) = (&xs[r * k..(r + 1) * k], &deq[j * k..(j + 1) * k]);
+                    let exact: f64 = xr.iter().zip(wj).map(|(&a, &b)| f64::from(a * b)).sum();
+                    let size: f64 = xr
+                        .iter()
+                        .zip(wj)
+                        .map(|(&a, &b)| f64::from((a * b).abs()))
+                        .sum();
+                    let bound = size * (2f64.powi(-8) + k as f64 * 2f64.powi(-23)) + 1e-6;
+                    let err = (f64::from(got[r * n + j]) - exact).abs();
+                    moved |= err > size * 1e-6;
+                    assert!(
+                        err <= bound,
+                        "{m}x{k}x{n} ({bits} bits) [{r},{j}]: {err} > {bound}"
+                    );
+                }
+            }
+            // The bf16 kernel ran (an f32 product would be within f32 rounding).
+            assert!(moved, "{m}x{k}x{n} ({bits} bits): no output moved");
+        }
+        // Four rows or fewer: the fused f32 kernel, the same values as q8.
+        let values: Vec<f32> = (0..64 * 5).map(|i| (i % 7) as f32 * 0.013 - 0.04).collect();
+        let exact = super::QuantMatrix::from_rows(&values, 5, 64).unwrap();
+        let halves = exact.clone().with_bf16_products(true);
+        let x = Tensor::<2>::random([4, 64], Distribution::Normal(0.0, 1.0), &dev);
+        let a = super::quant_matmul(&x, &exact, &[5]).unwrap();
+        let b = super::quant_matmul(&x, &halves, &[5]).unwrap();
+        assert_eq!(
+            a[0].to_data().try_to_vec::<f32>().unwrap(),
+            b[0].to_data().try_to_vec::<f32>().unwrap()
+        );
+    }
+
+    /// A NaN activation gives NaN outputs with bf16 products too, never a silent number.
+    #[test]
+    fn bf16_products_propagate_non_finite_activations() {
+        if !super::dot::available(32) || !std::arch::is_x86_feature_detected!("avx512bf16") {
+            return;
+        }
+        let dev = Device::flex();
+        let q = super::QuantMatrix::from_rows(&[0.5; 64 * 3], 3, 64)
+            .unwrap()
+            .with_bf16_products(true);
+        let mut xs = vec![1.0f32; 64 * 6];
+        xs[64 * 5 + 40] = f32::NAN;
+        let x = Tensor::<2>::from_data(TensorData::new(xs, [6, 64]), &dev);
+        let got = super::quant_matmul(&x, &q, &[3]).unwrap()[0]
+            .to_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(got[..15].iter().all(|v| *v == 32.0), "{got:?}");
+        assert!(got[15..].iter().all(|v| v.is_nan()), "{got:?}");
     }
 
     #[test]

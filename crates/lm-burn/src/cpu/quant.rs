@@ -61,7 +61,7 @@ fn grid_step(block: &[f32], lo: f32, hi: f32) -> Option<f64> {
 
 /// Up to this many rows, weights are dequantised in registers and used at once (no panel):
 /// the dequantisation is then paid once per row of x at most four times over.
-const FUSED_MAX_ROWS: usize = 4;
+pub(super) const FUSED_MAX_ROWS: usize = 4;
 
 /// A row-major [rows, cols] matrix of 8-bit affine blocks along each row.
 ///
@@ -77,6 +77,9 @@ pub struct QuantMatrix {
     /// Products round the activations to 8 bits and multiply as integers
     /// ([`super::int8`]).
     int8: bool,
+    /// Products of more than [`FUSED_MAX_ROWS`] rows round the weights and activations to
+    /// bf16 ([`super::bf16`]).
+    bf16: bool,
     q: Vec<u8>,
     step: Vec<f32>,
     lo: Vec<f32>,
@@ -140,6 +143,7 @@ impl QuantMatrix {
             cols,
             block_bytes,
             int8: false,
+            bf16: false,
             q,
             step,
             lo,
@@ -156,6 +160,25 @@ impl QuantMatrix {
     /// Whether products round the activations to 8 bits.
     pub fn int8_activations(&self) -> bool {
         self.int8
+    }
+
+    /// The same matrix, whose products of more than four rows round the weights and the
+    /// activations to bf16 and multiply them with AVX-512 BF16 where the CPU has it (`on`), or
+    /// keep them in f32.
+    pub fn with_bf16_products(mut self, on: bool) -> Self {
+        self.bf16 = on;
+        self
+    }
+
+    /// Whether products of more than four rows round to bf16.
+    pub fn bf16_products(&self) -> bool {
+        self.bf16
+    }
+
+    /// Whether every product gives the f32 values of the dequantised weights (no rounding of
+    /// the activations or weights beyond f32).
+    pub fn exact_products(&self) -> bool {
+        !self.int8 && !self.bf16
     }
 
     pub(super) fn block_bytes(&self) -> usize {
@@ -283,7 +306,7 @@ pub(super) unsafe fn product_columns(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, QuantMatrix};
@@ -326,7 +349,7 @@ mod avx512 {
     /// # Safety
     /// `p` is valid for reading the block's 16 (packed) or 32 bytes.
     #[inline(always)]
-    unsafe fn levels<const PACKED: bool>(p: *const u8) -> (__m512, __m512) {
+    pub(in crate::cpu) unsafe fn levels<const PACKED: bool>(p: *const u8) -> (__m512, __m512) {
         unsafe {
             if PACKED {
                 let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()));
