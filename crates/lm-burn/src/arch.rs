@@ -63,7 +63,7 @@ pub enum WeightFormat {
     /// docs/benchmarks.md).
     Int8,
     /// [`WeightFormat::Q8`]'s weights, with the products of more than four rows (decode steps
-    /// of 5 to [`crate::cpu::QUANT_MAX_ROWS`] particles, prompts of 5 to that many tokens)
+    /// of 5 to [`crate::cpu::BF16_MAX_ROWS`] particles, prompts of 5 to that many tokens)
     /// rounding the weights and the activations to bf16 and multiplying them with AVX-512
     /// BF16 (f32 sums) where the CPU has it: twice the multiply-adds per instruction, and no
     /// longer the f32 model's values (tolerance tested in `tests/smollm2.rs`, documented in

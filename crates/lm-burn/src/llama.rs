@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::arch::{CausalLm, Dims, WeightFormat};
 use crate::cache::{LayerKv, ParticleCache, PromptCache};
 use crate::config::JsonConfig;
-use crate::cpu::{QUANT_MAX_ROWS, QuantMatrix, quant_matmul};
+use crate::cpu::{BF16_MAX_ROWS, QUANT_MAX_ROWS, QuantMatrix, quant_matmul};
 use crate::error::{LmError, Result};
 use crate::ops::{
     AttentionWindow, apply_rope, causal_attention, decode_attention, rms_norm, rope_tables,
@@ -148,6 +148,15 @@ impl QuantWeights {
 
     fn with_bf16_products(self) -> Self {
         self.map(|m| m.with_bf16_products(true))
+    }
+
+    /// The most rows (particles or prompt tokens) that read these weights.
+    fn max_rows(&self) -> usize {
+        if self.head.bf16_products() && crate::cpu::bf16_products_available() {
+            BF16_MAX_ROWS
+        } else {
+            QUANT_MAX_ROWS
+        }
     }
 
     fn map(self, on: impl Fn(QuantMatrix) -> QuantMatrix) -> Self {
@@ -431,7 +440,7 @@ impl CausalLm for Llama {
         let quant = self
             .quant
             .as_deref()
-            .filter(|q| tokens.len() <= QUANT_MAX_ROWS && !q.head.int8_activations());
+            .filter(|q| tokens.len() <= q.max_rows() && !q.head.int8_activations());
         self.forward(tokens, 1, tokens.len(), quant)
     }
 
@@ -451,7 +460,7 @@ impl CausalLm for Llama {
         let (cos, sin) = rope_tables(pos..pos + 1, hd, c.rope_theta, &self.device);
         let scale = 1.0 / (hd as f64).sqrt();
         cache.reserve_one();
-        let quant = self.quant.as_deref().filter(|_| k <= QUANT_MAX_ROWS);
+        let quant = self.quant.as_deref().filter(|q| k <= q.max_rows());
         for (i, layer) in self.layers.iter().enumerate() {
             let lq = quant.map(|q| &q.layers[i]);
             let x = time("norm", || {
@@ -531,7 +540,7 @@ impl CausalLm for Llama {
 
     fn decode_logits(&self, hidden: Tensor<2>) -> Tensor<2> {
         let k = hidden.dims()[0];
-        if let Some(q) = self.quant.as_deref().filter(|_| k <= QUANT_MAX_ROWS)
+        if let Some(q) = self.quant.as_deref().filter(|q| k <= q.max_rows())
             && let Some(mut y) = quant_matmul(&hidden, &q.head, &[q.head.rows()])
         {
             return y.pop().expect("one part");

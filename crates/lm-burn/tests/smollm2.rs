@@ -219,7 +219,7 @@ fn int8_activations_keep_the_default_models_distributions_close() {
 }
 
 /// bf16 products ([`lm_burn::WeightFormat::Bf16`]) on the default model: over six greedy
-/// steps of eight particles (past the four rows that keep the exact products), the next-token
+/// steps of 8 and of 136 particles (past the four rows that keep the exact products), the next-token
 /// distributions stay within KL 0.01 nats of the f32 model's and the log-probabilities of
 /// tokens with p > 1e-3 within 0.5 (the int8 format's bounds; measured values in
 /// docs/benchmarks.md). The prompt (more than four tokens) takes the bf16 products too.
@@ -236,27 +236,30 @@ fn bf16_products_keep_the_default_models_distributions_close() {
         .encode("Once upon a time, there was a little")
         .unwrap();
     assert!(prompt.len() > 4, "the prompt takes the bf16 products");
-    let mut a = model().start(&prompt, 8).unwrap();
-    let mut b = bf16.start(&prompt, 8).unwrap();
     let (mut worst_kl, mut worst_lp) = (0.0f64, 0.0f64);
-    for _ in 0..6 {
-        let (oa, ob) = (a.next_log_probs().unwrap(), b.next_log_probs().unwrap());
-        for k in 0..8 {
-            let (ra, rb) = (oa.log_probs.row(k), ob.log_probs.row(k));
-            let kl: f64 = ra.iter().zip(rb).map(|(x, y)| x.exp() * (x - y)).sum();
-            worst_kl = worst_kl.max(kl);
-            for (x, y) in ra.iter().zip(rb) {
-                if x.exp() > 1e-3 {
-                    worst_lp = worst_lp.max((x - y).abs());
+    // Within the exact q8 products' range of particles and past it (f32 `gemm` for q8).
+    for particles in [8, 136] {
+        let mut a = model().start(&prompt, particles).unwrap();
+        let mut b = bf16.start(&prompt, particles).unwrap();
+        for _ in 0..6 {
+            let (oa, ob) = (a.next_log_probs().unwrap(), b.next_log_probs().unwrap());
+            for k in [0, particles - 1] {
+                let (ra, rb) = (oa.log_probs.row(k), ob.log_probs.row(k));
+                let kl: f64 = ra.iter().zip(rb).map(|(x, y)| x.exp() * (x - y)).sum();
+                worst_kl = worst_kl.max(kl);
+                for (x, y) in ra.iter().zip(rb) {
+                    if x.exp() > 1e-3 {
+                        worst_lp = worst_lp.max((x - y).abs());
+                    }
                 }
             }
+            let row = oa.log_probs.row(0);
+            let best = (0..row.len())
+                .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+                .unwrap() as u32;
+            a.push(&vec![best; particles]).unwrap();
+            b.push(&vec![best; particles]).unwrap();
         }
-        let row = oa.log_probs.row(0);
-        let best = (0..row.len())
-            .max_by(|&i, &j| row[i].total_cmp(&row[j]))
-            .unwrap() as u32;
-        a.push(&[best; 8]).unwrap();
-        b.push(&[best; 8]).unwrap();
     }
     eprintln!("bf16 vs f32: max KL {worst_kl:e}, max |log-prob diff| (p > 1e-3) {worst_lp:e}");
     #[cfg(target_arch = "x86_64")]

@@ -116,8 +116,8 @@ pub enum WeightsArg {
     Q8,
     /// The 8-bit copy with activations rounded to 8 bits and integer products (AVX-512 VNNI).
     Int8,
-    /// The 8-bit copy with weights and activations rounded to bf16 in steps of 5 to 128
-    /// particles (AVX-512 BF16).
+    /// The 8-bit copy with weights and activations rounded to bf16 in steps of 5 to 512
+    /// particles (AVX-512 BF16): the fastest, within KL 3e-4 of f32 on the default model.
     Bf16,
 }
 

@@ -52,6 +52,24 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// range (beyond it `gemm` reads the f32 weights).
 pub const QUANT_MAX_ROWS: usize = dot::MAX_ROWS;
 
+/// The most rows a product runs with quantised weights and bf16 products: their tiles do
+/// twice the multiply-adds of `gemm`'s f32 ones, so they stay ahead past [`QUANT_MAX_ROWS`]
+/// (docs/benchmarks.md).
+pub const BF16_MAX_ROWS: usize = 512;
+
+/// Whether bf16 products can run on this CPU (AVX-512F and BF16).
+pub fn bf16_products_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Why quantised products cannot run for this device and input size, if they cannot: they
 /// need the flex CPU backend, AVX-512 and an input size that is a multiple of
 /// [`quant::BLOCK`].
