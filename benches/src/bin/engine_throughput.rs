@@ -237,7 +237,11 @@ fn run(args: &Args) -> Result<(), String> {
             .and_then(|lm| lm.with_weight_format(w))
             .map_err(|e| e.to_string())
     };
-    let (f32_lm, q8_lm) = (load(WeightFormat::F32)?, load(WeightFormat::Q8)?);
+    let (f32_lm, q8_lm, bf16_lm) = (
+        load(WeightFormat::F32)?,
+        load(WeightFormat::Q8)?,
+        load(WeightFormat::Bf16)?,
+    );
     let tokenizer = f32_lm.tokenizer().map_err(|e| e.to_string())?;
     let prompt = tokenizer.encode(PROMPT).map_err(|e| e.to_string())?;
     let vocab = f32_lm.dims().vocab;
@@ -253,12 +257,16 @@ fn run(args: &Args) -> Result<(), String> {
     let rates = |lm: &dyn Fn(Workload, usize) -> Result<f64, String>, w| {
         args.ks.iter().map(|&k| lm(w, k)).collect::<Vec<_>>()
     };
-    for (name, lm) in [("tsmc local f32", &f32_lm), ("tsmc local q8", &q8_lm)] {
+    for (name, lm) in [
+        ("tsmc local f32", &f32_lm),
+        ("tsmc local q8", &q8_lm),
+        ("tsmc local bf16", &bf16_lm),
+    ] {
         let run = |w, k| rate(lm, &prompt, &constraint, w, k, args.t, args.repeats);
         masked.push((name.to_string(), rates(&run, Workload::Masked)));
         bootstrap.push((name.to_string(), rates(&run, Workload::Bootstrap)));
     }
-    drop((f32_lm, q8_lm));
+    drop((f32_lm, q8_lm, bf16_lm));
     for &s in &args.servers {
         let threads = (cores / s).max(1);
         let servers = (0..s)
