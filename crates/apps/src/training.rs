@@ -60,6 +60,8 @@ pub enum Positives {
     Sis,
     /// Conditional SMC around a particle Gibbs chain carried across updates.
     Gibbs,
+    /// Exact samples of sigma replayed, drawn uniformly with replacement, weight 1/K each.
+    Exact,
 }
 
 impl Positives {
@@ -68,6 +70,7 @@ impl Positives {
         match self {
             Positives::Sis => "sis",
             Positives::Gibbs => "gibbs",
+            Positives::Exact => "exact",
         }
     }
 }
@@ -77,10 +80,13 @@ pub fn method_name(method: twist_learn::Method) -> String {
     format!("{method:?}").to_lowercase()
 }
 
-/// Trains `twist` with `cfg.method`, CTL's positives as chosen; the callback's errors (for
-/// example a failed write of the curve) end the run and come back as they were.
+/// Trains `twist` with `cfg.method`, CTL's positives as chosen (`pool`: the exact samples
+/// that [`Positives::Exact`] replays; unused otherwise); the callback's errors (for example a
+/// failed write of the curve) end the run and come back as they were.
+#[allow(clippy::too_many_arguments)]
 pub fn train_with<W: twist_learn::TrainableTwist>(
     positives: Positives,
+    pool: &[Vec<u32>],
     lm: &BurnLm,
     twist: &mut W,
     potential: &dyn Potential,
@@ -93,6 +99,9 @@ pub fn train_with<W: twist_learn::TrainableTwist>(
             twist_learn::train_ctl_particle_gibbs(lm, twist, potential, prompt, cfg, None, on_step)
         }
         Positives::Sis => twist_learn::train(lm, twist, potential, prompt, cfg, on_step),
+        Positives::Exact => {
+            twist_learn::train_ctl_replay(lm, twist, potential, prompt, cfg, pool, on_step)
+        }
     }
 }
 

@@ -541,11 +541,65 @@ fn train_on_one_infilling_task_measures_every_snapshot_on_a_particle_gibbs_chain
 
 #[test]
 fn train_rejects_unknown_positives_and_gibbs_positives_for_other_methods() {
-    let (ok, _, stderr) = tsmc(&["train", "--task", "potential", "--positives", "exact"]);
+    let (ok, _, stderr) = tsmc(&["train", "--task", "potential", "--positives", "oracle"]);
     assert!(!ok);
     // clap names the option, the bad value and the possible values.
     assert!(
-        stderr.contains("invalid value 'exact' for '--positives") && stderr.contains("gibbs"),
+        stderr.contains("invalid value 'oracle' for '--positives") && stderr.contains("gibbs"),
+        "{stderr}"
+    );
+    // Replayed exact positives: a --replay file, CTL, the potential task, and never the
+    // evaluation's own exact samples; --replay alone is refused too.
+    for (args, message) in [
+        (
+            &["--positives", "exact"][..],
+            "--positives exact replays the exact samples of --replay FILE",
+        ),
+        (
+            &[
+                "--positives",
+                "exact",
+                "--replay",
+                "r.jsonl",
+                "--method",
+                "sixo",
+            ][..],
+            "--positives exact is for --method ctl",
+        ),
+        (
+            &[
+                "--positives",
+                "exact",
+                "--replay",
+                "r.jsonl",
+                "--exact",
+                "r.jsonl",
+            ][..],
+            "--replay r.jsonl is also --exact",
+        ),
+        (
+            &["--replay", "r.jsonl"][..],
+            "--replay is for --positives exact",
+        ),
+    ] {
+        let mut all = vec!["train", "--task", "potential"];
+        all.extend_from_slice(args);
+        let (ok, _, stderr) = tsmc(&all);
+        assert!(!ok, "{args:?}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let (ok, _, stderr) = tsmc(&[
+        "train",
+        "--task",
+        "infilling-fixed",
+        "--positives",
+        "exact",
+        "--replay",
+        "r.jsonl",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--positives exact is for --task potential"),
         "{stderr}"
     );
     let (ok, _, stderr) = tsmc(&[

@@ -50,6 +50,7 @@
 //! | [`label::CSMC_POSITIVES`] | update seed | 0 | CTL's conditional-SMC positives |
 //! | [`label::CSMC_NEGATIVES`] | update seed | 0 | CTL's negatives from q beside them |
 //! | [`label::CSMC_PICK`] | update seed | 0 | the particle Gibbs step's next reference |
+//! | [`label::EXACT_REPLAY`] | update seed | 0 | the exact samples replayed as CTL's positives |
 //! | [`label::CHAIN_START`] | training seed | 0, 1 | the draws from q that a chain's start is picked among (0), and the pick (1) |
 //! | [`label::INFILLING_PAIR`] | training seed | update i | update i's exact pair (s*, c) |
 //! | [`label::EVAL_PAIRS`] | evaluation seed | 0 | the evaluation's exact pairs (s*, c) |
@@ -97,6 +98,8 @@ pub mod label {
     pub const CSMC_NEGATIVES: &str = "twist-learn/csmc-negatives";
     /// The next reference of a conditional-SMC update.
     pub const CSMC_PICK: &str = "twist-learn/csmc-pick";
+    /// Which exact samples an update of CTL with replayed positives takes.
+    pub const EXACT_REPLAY: &str = "twist-learn/exact-replay";
     /// The draws that pick a particle Gibbs chain's start.
     pub const CHAIN_START: &str = "twist-learn/chain-start";
     /// The exact pair (s*, c) of infilling update i.
@@ -196,6 +199,7 @@ mod tests {
             label::CSMC_POSITIVES,
             label::CSMC_NEGATIVES,
             label::CSMC_PICK,
+            label::EXACT_REPLAY,
             label::CHAIN_START,
             label::INFILLING_PAIR,
             label::EVAL_PAIRS,

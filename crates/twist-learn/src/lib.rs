@@ -14,6 +14,7 @@ pub mod infilling;
 pub mod losses;
 pub mod method;
 pub mod record;
+pub mod replay;
 pub mod train;
 pub mod twist;
 
@@ -27,5 +28,6 @@ pub use infilling::{
     infilling_eval_plan, train_infilling_ctl,
 };
 pub use losses::{Method, Roles, Targets, loss_and_grads, targets, targets_for};
+pub use replay::{ctl_replay_update, train_ctl_replay};
 pub use train::{BatchSource, TrainConfig, TrainRecord, draw_batch, train};
 pub use twist::{TabularTrainable, TrainableTwist};

@@ -281,6 +281,74 @@ fn ctl_with_particle_gibbs_positives_cuts_both_exact_kls() {
 }
 
 #[test]
+fn ctl_with_replayed_exact_positives_cuts_both_exact_kls() {
+    // A pool of exact samples of sigma (the enumeration's), replayed as every update's
+    // positives; one seeded run, the same bound as the particle Gibbs test's (a quarter of
+    // the untwisted proposal's KLs). Replay's fixed point is the pool's empirical measure, not
+    // sigma: over the m = 27 outputs, KL(sigma || empirical) is about (m - 1) / (2n), 0.2 for
+    // n = 64 (as large as p0's own 0.24: a first version of this test with 64 samples failed
+    // for that reason) and 0.003 for n = 4096, far below the bound's 0.06.
+    let (lm, phi, horizon) = problem();
+    let exact = Enumeration::new(&lm, &[], horizon, &phi).unwrap();
+    let log_p0 = exact
+        .proposal_log_q(&lm, &[], None, Proposal::Base)
+        .unwrap();
+    let (base_qs, base_sq) = (exact.kl_q_sigma(&log_p0), exact.kl_sigma_q(&log_p0));
+    let mut rng = smc_core::smc::rng_from_seed(5);
+    let pool = exact.sample_sigma(4096, &mut rng);
+    let mut twist = TabularTrainable::new(
+        3,
+        horizon,
+        Parameterization::Identity,
+        0.1,
+        1,
+        AdamConfig::default(),
+    );
+    let cfg = TrainConfig {
+        method: Method::Ctl,
+        steps: 400,
+        batch_size: 32,
+        horizon,
+        learning_rate: 0.05,
+        seed: 11,
+        start_step: 0,
+        batch: BatchSource::Sampled,
+    };
+    let records = train_ctl_replay(&lm, &mut twist, &phi, &[], &cfg, &pool, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
+    assert_eq!(records.len(), 400);
+    let (qs, sq) = exact_kls(&lm, &exact, &twist);
+    println!(
+        "CTL, replayed exact positives: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
+    );
+    assert!(
+        qs < 0.25 * base_qs,
+        "KL(q||sigma) {qs} vs untwisted {base_qs}"
+    );
+    assert!(
+        sq < 0.25 * base_sq,
+        "KL(sigma||q) {sq} vs untwisted {base_sq}"
+    );
+    // Another method, no samples, or samples of the wrong length are clear errors.
+    let rl = TrainConfig {
+        method: Method::Rl,
+        ..cfg
+    };
+    let run = |cfg: &TrainConfig, pool: &[Vec<u32>]| {
+        train_ctl_replay(&lm, &mut twist.clone(), &phi, &[], cfg, pool, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(run(&rl, &pool).contains("ctl"));
+    assert!(run(&cfg, &[]).contains("at least one"));
+    assert!(run(&cfg, &[vec![0]]).contains("T = 3"));
+}
+
+#[test]
 fn a_run_continued_from_its_start_step_equals_one_run_straight_through() {
     // Update i draws with derive(seed, UPDATE, start_step + i): six updates in one call and
     // three plus three (start_step 3, same twist and optimiser state) are the same run.

@@ -233,6 +233,9 @@ pub enum PositivesArg {
     Sis,
     /// Conditional SMC around the state of a particle Gibbs chain carried across updates.
     Gibbs,
+    /// Exact samples of sigma (`--replay FILE`, written by `tsmc exact`) replayed, K per update
+    /// drawn uniformly with replacement, weight 1/K each.
+    Exact,
 }
 
 impl From<PositivesArg> for Positives {
@@ -240,6 +243,7 @@ impl From<PositivesArg> for Positives {
         match p {
             PositivesArg::Sis => Positives::Sis,
             PositivesArg::Gibbs => Positives::Gibbs,
+            PositivesArg::Exact => Positives::Exact,
         }
     }
 }

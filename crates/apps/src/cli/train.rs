@@ -75,10 +75,15 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     fq_samples: usize,
     /// CTL's positives for `potential` and `infilling-fixed`: `sis` (the one-sample form:
-    /// draws from q weighted by sigma~/q) or `gibbs` (conditional SMC around the state of a
-    /// particle Gibbs chain carried across updates, started at a draw from q).
+    /// draws from q weighted by sigma~/q), `gibbs` (conditional SMC around the state of a
+    /// particle Gibbs chain carried across updates, started at a draw from q) or, for
+    /// `potential`, `exact` (the exact samples of --replay, replayed).
     #[arg(long, value_enum, default_value_t = PositivesArg::Sis)]
     positives: PositivesArg,
+    /// Exact samples (`tsmc exact`, another file than --exact's, which evaluates: training on
+    /// them would bias the evaluation) replayed as CTL's positives with `--positives exact`.
+    #[arg(long)]
+    replay: Option<PathBuf>,
     /// `infilling-fixed`: which (s*, c) pair to draw (default: --seed).
     #[arg(long)]
     task_seed: Option<u64>,
@@ -139,6 +144,7 @@ impl TrainArgs {
             exact,
             fq_samples,
             positives,
+            replay,
             task_seed,
             gibbs_sweeps,
             eval_particles,
@@ -158,6 +164,26 @@ impl TrainArgs {
                 crate::training::method_name(method)
             );
         }
+        match (positives, &replay) {
+            (Positives::Exact, None) => {
+                bail!("--positives exact replays the exact samples of --replay FILE: give one")
+            }
+            (Positives::Exact, Some(_)) if method != Method::Ctl => bail!(
+                "--positives exact is for --method ctl; found {}",
+                crate::training::method_name(method)
+            ),
+            (Positives::Exact, Some(_)) if !matches!(task, TaskArg::Potential) => {
+                bail!("--positives exact is for --task potential")
+            }
+            (Positives::Exact, Some(r)) if exact.as_deref() == Some(r.as_path()) => bail!(
+                "--replay {} is also --exact: the evaluation would measure the samples it trained on; write another file with `tsmc exact --seed ...`",
+                r.display()
+            ),
+            (Positives::Sis | Positives::Gibbs, Some(_)) => {
+                bail!("--replay is for --positives exact")
+            }
+            _ => {}
+        }
         if checkpoint.extension().is_some_and(|e| e == "json") {
             bail!(
                 "--checkpoint {} ends in .json, the name of the metadata written beside the weights: use a .safetensors name",
@@ -171,6 +197,7 @@ impl TrainArgs {
         let mut inputs = vec![("--model", model_path.as_path())];
         if let TaskArg::Potential = task {
             inputs.extend(exact.as_deref().map(|e| ("--exact", e)));
+            inputs.extend(replay.as_deref().map(|r| ("--replay", r)));
         }
         crate::output::check_outputs(
             &[
@@ -218,7 +245,11 @@ impl TrainArgs {
                 )
             }
             TaskArg::Potential => (
-                TrainTask::Potential { potential, exact },
+                TrainTask::Potential {
+                    potential,
+                    exact,
+                    replay,
+                },
                 if eval_at.is_empty() {
                     schedule()
                 } else {

@@ -114,6 +114,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
     let bar = train_bar(args.steps);
     train_with(
         args.positives,
+        &[],
         lm,
         &mut twist,
         &phi,

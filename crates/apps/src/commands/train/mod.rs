@@ -28,8 +28,10 @@ pub fn run(args: &TrainSettings) -> Result<()> {
                 eval_particles: *eval_particles,
             },
         ),
-        TrainTask::Potential { potential, exact } => {
-            potential::run(args, potential, exact.as_deref())
-        }
+        TrainTask::Potential {
+            potential,
+            exact,
+            replay,
+        } => potential::run(args, potential, exact.as_deref(), replay.as_deref()),
     }
 }

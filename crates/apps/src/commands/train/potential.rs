@@ -21,7 +21,12 @@ use crate::setup::{load_model_and_prompt, sampler};
 use crate::training::{fresh_or_resumed_head, method_name, train_bar, train_with};
 
 /// Runs `tsmc train --task potential`: checkpoints at the evaluation steps and at the end.
-pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>) -> Result<()> {
+pub fn run(
+    args: &TrainSettings,
+    potential: &PotentialSpec,
+    exact: Option<&Path>,
+    replay: Option<&Path>,
+) -> Result<()> {
     let method = args.method;
     let param = Parameterization::for_method(method);
     let loaded = load_model_and_prompt(&args.model, &args.prompt)?;
@@ -66,9 +71,14 @@ pub fn run(args: &TrainSettings, potential: &PotentialSpec, exact: Option<&Path>
         }
         None => None,
     };
+    let pool = match replay {
+        Some(path) => read_exact(path, args.tokens)?,
+        None => Vec::new(),
+    };
     let bar = train_bar(args.steps);
     train_with(
         args.positives,
+        &pool,
         lm,
         &mut twist,
         phi.as_ref(),

@@ -32,6 +32,8 @@ pub enum TrainTask {
         potential: PotentialSpec,
         /// Exact samples (`tsmc exact`) for evaluation along the way.
         exact: Option<PathBuf>,
+        /// Exact samples replayed as CTL's positives (`--positives exact`).
+        replay: Option<PathBuf>,
     },
 }
 

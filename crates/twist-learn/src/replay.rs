@@ -1,0 +1,141 @@
+//! CTL with exact positives replayed from a pool (spec §5 with exact samples of sigma): each
+//! update draws its K positives uniformly, with replacement, from exact samples (for example
+//! `tsmc exact`'s rejection samples), weighted 1/K each, so the positive half of the gradient,
+//! E_sigma[grad log psi], is estimated without bias, unlike the one-sample form's
+//! self-normalised weights or a particle Gibbs chain that may sit on one sequence. The negatives
+//! are K draws from the twisted proposal, weighted by the intermediate weights Wbar_t^psi, as
+//! in [`crate::gibbs`].
+
+use rand::RngExt;
+use smc_core::model::{LanguageModel, Potential};
+use smc_core::seed::{self, label};
+use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
+
+use crate::batch::{Batch, TrainableTwist};
+use crate::error::{Result, TrainError};
+use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets_for};
+use crate::method::Method;
+use crate::train::{BatchSource, Draw, TrainConfig, TrainRecord, check_config};
+
+/// One CTL update with `batch_size` positives drawn uniformly with replacement from `pool`
+/// (exact samples of sigma, each of the horizon's length) and `batch_size` negatives from the
+/// twisted proposal; returns the loss. The batch comes from one teacher-forced pass over the
+/// 2K sequences (the positives were not drawn by this run, so nothing recorded them).
+#[allow(clippy::too_many_arguments)]
+pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
+    lm: &L,
+    twist: &mut W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    batch_size: usize,
+    learning_rate: f64,
+    seed: u64,
+    pool: &[Vec<u32>],
+) -> Result<f64> {
+    let k = batch_size;
+    let horizon = pool.first().map_or(0, Vec::len);
+    let mut pick = rng_from_seed(seed::derive(seed, label::EXACT_REPLAY, 0));
+    let mut sequences: Vec<Vec<u32>> = (0..k)
+        .map(|_| pool[pick.random_range(0..pool.len())].clone())
+        .collect();
+    let draw = Draw {
+        lm,
+        twist: &*twist,
+        potential,
+        prompt,
+        batch_size: k,
+        horizon,
+        source: BatchSource::TeacherForced,
+    };
+    let (negatives, _) = draw.run(
+        &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed::derive(
+            seed,
+            label::CSMC_NEGATIVES,
+            0,
+        )),
+        None,
+    )?;
+    sequences.extend(negatives.sequences);
+    let batch = Batch::teacher_forced(lm, &*twist, potential, prompt, &sequences)?;
+    let mut tg = targets_for(Method::Ctl, &batch, Roles::Proposal(Proposal::Twisted));
+    let mut w_pos = vec![1.0 / k as f64; k];
+    w_pos.resize(2 * k, 0.0);
+    tg.w_pos = w_pos;
+    tg.w_psi = log_psi_weights(&batch, Proposal::Twisted)
+        .iter()
+        .map(|log_w| normalized_over(log_w, k..2 * k))
+        .collect();
+    let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
+    if !loss.is_finite() {
+        return Err(TrainError::NonFiniteLoss {
+            loss: "CTL (replayed exact positives)".into(),
+            step: 1,
+            value: loss,
+        });
+    }
+    twist.apply_gradient(prompt, &batch, &grads, learning_rate)?;
+    Ok(loss)
+}
+
+/// CTL for a fixed potential with positives replayed from `pool`, exact samples of sigma
+/// (`cfg.method` must be CTL; every sample of length `cfg.horizon`; `cfg.batch` is not used:
+/// the batch is teacher-forced). `on_step(step, twist, loss)` runs after each update; its error
+/// type is the caller's (see [`crate::train::train`]).
+pub fn train_ctl_replay<L, W, E, F>(
+    lm: &L,
+    twist: &mut W,
+    potential: &dyn Potential,
+    prompt: &[u32],
+    cfg: &TrainConfig,
+    pool: &[Vec<u32>],
+    mut on_step: F,
+) -> Result<Vec<TrainRecord>, E>
+where
+    L: LanguageModel,
+    W: TrainableTwist,
+    E: From<TrainError>,
+    F: FnMut(usize, &W, f64) -> Result<(), E>,
+{
+    if cfg.method != Method::Ctl {
+        return Err(TrainError::config(
+            "method for replayed exact positives",
+            "ctl",
+            format!("{:?}", cfg.method),
+        )
+        .into());
+    }
+    check_config(cfg)?;
+    if pool.is_empty() {
+        return Err(TrainError::config("exact samples to replay", "at least one", "none").into());
+    }
+    if let Some(bad) = pool.iter().find(|s| s.len() != cfg.horizon) {
+        return Err(TrainError::config(
+            "exact sample length",
+            format!("T = {}", cfg.horizon),
+            format!("{} tokens", bad.len()),
+        )
+        .into());
+    }
+    let mut records = Vec::with_capacity(cfg.steps);
+    for step in 1..=cfg.steps {
+        let loss = ctl_replay_update(
+            lm,
+            twist,
+            potential,
+            prompt,
+            cfg.batch_size,
+            cfg.learning_rate,
+            seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64),
+            pool,
+        )
+        .map_err(|e| match e {
+            TrainError::NonFiniteLoss { loss, value, .. } => {
+                TrainError::NonFiniteLoss { loss, step, value }
+            }
+            other => other,
+        })?;
+        records.push(TrainRecord { step, loss });
+        on_step(step, twist, loss)?;
+    }
+    Ok(records)
+}
