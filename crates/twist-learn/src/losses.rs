@@ -30,7 +30,9 @@ pub struct Targets {
 /// There is no role for exact target samples on their own: CTL's negative term needs
 /// E_{pi_t}, and weighting samples of sigma by psi_t targets sigma_t psi_t instead of
 /// pi_t ∝ p0 psi_t (its gradient does not vanish at psi*). Exact samples enter CTL as the
-/// reference of conditional SMC, with negatives from q ([`crate::gibbs::ctl_csmc_update`]).
+/// reference of conditional SMC, with negatives from q ([`crate::gibbs::ctl_csmc_update`]),
+/// or as the positives themselves, weight 1/K each, beside negatives from q
+/// ([`crate::replay::ctl_replay_update`]); both set the targets' weights directly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Roles {
     /// All sequences were drawn from the proposal (`proposal`) and are importance-weighted.
