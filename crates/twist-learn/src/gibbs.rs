@@ -11,7 +11,7 @@ use smc_core::resampling::Scheme;
 use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed, run_smc};
 
-use crate::batch::TrainableTwist;
+use crate::batch::{Batch, TrainableTwist};
 use crate::error::{Result, TrainError};
 use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets_for};
 use crate::method::Method;
@@ -71,29 +71,51 @@ pub fn ctl_csmc_update<L: LanguageModel, W: TrainableTwist>(
     let pick = Scheme::Multinomial.resample(&w_final, 1, &mut pick_rng)[0];
     let next_reference = csmc.tokens[pick].clone();
     let batch = draw.finish(positives.append(negatives)?)?;
-    let mut tg = targets_for(Method::Ctl, &batch, Roles::Proposal(Proposal::Twisted));
-    let mut w_pos = w_final;
-    w_pos.resize(2 * k, 0.0);
-    tg.w_pos = w_pos;
-    // Intermediate weights over the negatives only, normalised in log space: their weights
-    // normalised over all 2K sequences can underflow to zero beside the positives'.
-    tg.w_psi = log_psi_weights(&batch, Proposal::Twisted)
-        .iter()
-        .map(|log_w| normalized_over(log_w, k..2 * k))
-        .collect();
-    let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
-    if !loss.is_finite() {
-        return Err(TrainError::NonFiniteLoss {
-            loss: "CTL (conditional-SMC positives)".into(),
-            step: 1,
-            value: loss,
-        });
-    }
-    twist.apply_gradient(prompt, &batch, &grads, learning_rate)?;
+    let loss = ctl_step(
+        twist,
+        prompt,
+        &batch,
+        w_final,
+        learning_rate,
+        "CTL (conditional-SMC positives)",
+    )?;
     Ok(CsmcUpdate {
         loss,
         next_reference,
     })
+}
+
+/// One CTL step on a batch whose first K rows are positives with normalised weights `w_pos`
+/// and whose last K are negatives from the twisted proposal, weighted by the intermediate
+/// weights Wbar_t^psi normalised over the negatives alone (over all 2K rows they can underflow
+/// to zero beside the positives'); applies the gradient and returns the loss (`what` names
+/// the loss in the error when it is not finite).
+pub(crate) fn ctl_step<W: TrainableTwist>(
+    twist: &mut W,
+    prompt: &[u32],
+    batch: &Batch,
+    mut w_pos: Vec<f64>,
+    learning_rate: f64,
+    what: &str,
+) -> Result<f64> {
+    let k = w_pos.len();
+    let mut tg = targets_for(Method::Ctl, batch, Roles::Proposal(Proposal::Twisted));
+    w_pos.resize(2 * k, 0.0);
+    tg.w_pos = w_pos;
+    tg.w_psi = log_psi_weights(batch, Proposal::Twisted)
+        .iter()
+        .map(|log_w| normalized_over(log_w, k..2 * k))
+        .collect();
+    let (loss, grads) = loss_and_grads(Method::Ctl, batch, &tg);
+    if !loss.is_finite() {
+        return Err(TrainError::NonFiniteLoss {
+            loss: what.into(),
+            step: 1,
+            value: loss,
+        });
+    }
+    twist.apply_gradient(prompt, batch, &grads, learning_rate)?;
+    Ok(loss)
 }
 
 /// CTL for a fixed potential with positives from a particle Gibbs chain carried across updates

@@ -13,7 +13,7 @@ use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
 
 use crate::batch::{Batch, TrainableTwist};
 use crate::error::{Result, TrainError};
-use crate::losses::{Roles, log_psi_weights, loss_and_grads, normalized_over, targets_for};
+use crate::gibbs::ctl_step;
 use crate::method::Method;
 use crate::train::{BatchSource, Draw, TrainConfig, TrainRecord, check_config};
 
@@ -57,24 +57,14 @@ pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
     )?;
     sequences.extend(negatives.sequences);
     let batch = Batch::teacher_forced(lm, &*twist, potential, prompt, &sequences)?;
-    let mut tg = targets_for(Method::Ctl, &batch, Roles::Proposal(Proposal::Twisted));
-    let mut w_pos = vec![1.0 / k as f64; k];
-    w_pos.resize(2 * k, 0.0);
-    tg.w_pos = w_pos;
-    tg.w_psi = log_psi_weights(&batch, Proposal::Twisted)
-        .iter()
-        .map(|log_w| normalized_over(log_w, k..2 * k))
-        .collect();
-    let (loss, grads) = loss_and_grads(Method::Ctl, &batch, &tg);
-    if !loss.is_finite() {
-        return Err(TrainError::NonFiniteLoss {
-            loss: "CTL (replayed exact positives)".into(),
-            step: 1,
-            value: loss,
-        });
-    }
-    twist.apply_gradient(prompt, &batch, &grads, learning_rate)?;
-    Ok(loss)
+    ctl_step(
+        twist,
+        prompt,
+        &batch,
+        vec![1.0 / k as f64; k],
+        learning_rate,
+        "CTL (replayed exact positives)",
+    )
 }
 
 /// CTL for a fixed potential with positives replayed from `pool`, exact samples of sigma
