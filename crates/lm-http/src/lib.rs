@@ -424,12 +424,11 @@ impl HttpLm {
         self.ask_n(server, context, self.top_n())
     }
 
-    /// One completion request to one server for the top `n` (at most V), checked.
-    fn ask_n(&self, server: &Server, context: &[u32], n: usize) -> Result<TopRow, HttpError> {
-        let wire = self.options.protocol.wire();
-        let request = wire.request(context, n, server.model.as_deref());
+    /// One completion request's answer as JSON, with its text for error messages: a status
+    /// outside 2xx or a body that is not JSON is an error naming the server.
+    fn complete(&self, server: &Server, request: &Value) -> Result<(Value, String), HttpError> {
         let path = self.options.protocol.completion_path();
-        let (status, body) = server.transfer(path, Some(&request))?;
+        let (status, body) = server.transfer(path, Some(request))?;
         let url = || format!("{}{path}", server.url());
         if !(200..300).contains(&status) {
             return Err(HttpError::Status {
@@ -438,24 +437,32 @@ impl HttpLm {
                 body: preview(&body),
             });
         }
+        let answer = serde_json::from_str(&body).map_err(|e| HttpError::Malformed {
+            url: url(),
+            what: format!("not JSON ({e}): {}", preview(&body)),
+        })?;
+        Ok((answer, body))
+    }
+
+    /// One completion request to one server for the top `n` (at most V), checked.
+    fn ask_n(&self, server: &Server, context: &[u32], n: usize) -> Result<TopRow, HttpError> {
+        let wire = self.options.protocol.wire();
+        let request = wire.request(context, n, server.model.as_deref());
+        let (answer, body) = self.complete(server, &request)?;
+        let url = || {
+            format!(
+                "{}{}",
+                server.url(),
+                self.options.protocol.completion_path()
+            )
+        };
         let malformed = |what: String| HttpError::Malformed { url: url(), what };
-        let answer: Value = serde_json::from_str(&body)
-            .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
         let entries = match wire.parse(&answer) {
             Ok(entries) => entries,
             Err(what) => match wire.reask(&answer, context, n, server.model.as_deref()) {
                 None => return Err(malformed(format!("{what} in {}", preview(&body)))),
                 Some(again) => {
-                    let (status, body) = server.transfer(path, Some(&again))?;
-                    if !(200..300).contains(&status) {
-                        return Err(HttpError::Status {
-                            url: url(),
-                            status,
-                            body: preview(&body),
-                        });
-                    }
-                    let answer: Value = serde_json::from_str(&body)
-                        .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
+                    let (answer, body) = self.complete(server, &again)?;
                     wire.parse_reasked(&answer)
                         .map_err(|what| malformed(format!("{what} in {}", preview(&body))))?
                 }
@@ -647,19 +654,15 @@ impl HttpLm {
     ) -> Result<Vec<(u32, f64)>, HttpError> {
         let wire = self.options.protocol.wire();
         let request = wire.draw_request(context, count, seed, server.model.as_deref());
-        let path = self.options.protocol.completion_path();
-        let (status, body) = server.transfer(path, Some(&request))?;
-        let url = || format!("{}{path}", server.url());
-        if !(200..300).contains(&status) {
-            return Err(HttpError::Status {
-                url: url(),
-                status,
-                body: preview(&body),
-            });
-        }
+        let (answer, body) = self.complete(server, &request)?;
+        let url = || {
+            format!(
+                "{}{}",
+                server.url(),
+                self.options.protocol.completion_path()
+            )
+        };
         let malformed = |what: String| HttpError::Malformed { url: url(), what };
-        let answer: Value = serde_json::from_str(&body)
-            .map_err(|e| malformed(format!("not JSON ({e}): {}", preview(&body))))?;
         let drawn = wire
             .parse_draw(&answer, count)
             .map_err(|what| malformed(format!("{what} in {}", preview(&body))))?;
