@@ -12,7 +12,7 @@ use smc_core::model::Potential;
 use twist_learn::{AdamConfig, HeadTrainable, Parameterization, TrainConfig, TrainRecord};
 
 /// The shape and initialisation of a fresh head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HeadChoice {
     /// Linear, MLP or through the output embedding.
     pub kind: HeadKind,
@@ -20,6 +20,8 @@ pub struct HeadChoice {
     pub rank: Option<usize>,
     /// Start the output layer at zero (q = p0) instead of the spec's initialisation.
     pub zero_output: bool,
+    /// Embedding heads: the per-token bias's own learning rate (`None`: the common one).
+    pub bias_lr: Option<f64>,
 }
 
 impl HeadChoice {
@@ -121,8 +123,9 @@ pub fn fresh_or_resumed_head(
 ) -> Result<(HeadTrainable, serde_json::Value, usize)> {
     Ok(match resume {
         Some(path) => {
-            let (mut t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
+            let (t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
                 .with_context(|| format!("resuming from {}", path.display()))?;
+            let mut t = t.with_bias_lr(choice.bias_lr);
             t.head_mut()
                 .attach_base_model(lm)
                 .with_context(|| format!("resuming from {}", path.display()))?;
@@ -139,7 +142,8 @@ pub fn fresh_or_resumed_head(
                 )?,
                 param,
                 AdamConfig::default(),
-            ),
+            )
+            .with_bias_lr(choice.bias_lr),
             serde_json::Value::Null,
             0,
         ),

@@ -337,6 +337,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
             kind: lm_burn::heads::HeadKind::Linear,
             rank: None,
             zero_output: false,
+            bias_lr: None,
         },
         eval_particles: 2,
         fq_samples: 2,

@@ -20,6 +20,7 @@ pub struct HeadTrainable {
     head: TwistHead,
     optim: ModuleOptimizer,
     param: Parameterization,
+    bias_lr: Option<f64>,
 }
 
 impl HeadTrainable {
@@ -32,7 +33,27 @@ impl HeadTrainable {
             .with_beta_2(adam.beta2 as f32)
             .with_epsilon(adam.eps as f32)
             .init();
-        Self { head, optim, param }
+        Self {
+            head,
+            optim,
+            param,
+            bias_lr: None,
+        }
+    }
+
+    /// Gives an embedding head's per-token bias b its own learning rate (`None`: the common
+    /// one). Adam moves every parameter by about its learning rate per step whatever the
+    /// gradient's scale, and one step of A moves log psi by up to lr·‖h‖₁‖e_v‖₁ (about
+    /// 3e4·lr on SmolLM2) against lr for b_v: at the rate A tolerates, b would barely move
+    /// (docs/training.md). Other heads have no such bias and ignore it.
+    pub fn with_bias_lr(mut self, bias_lr: Option<f64>) -> Self {
+        self.bias_lr = bias_lr;
+        self
+    }
+
+    /// The per-token bias's own learning rate, if it has one.
+    pub fn bias_lr(&self) -> Option<f64> {
+        self.bias_lr
     }
 
     /// The head.
@@ -135,9 +156,22 @@ impl TrainableTwist for HeadTrainable {
         grads: &[LogTable],
         learning_rate: f64,
     ) -> Result<()> {
-        let params = self.backward(batch, grads)?;
+        let mut params = self.backward(batch, grads)?;
         let module = self.head.module.clone();
-        self.head.module = self.optim.step(learning_rate, module, params);
+        let bias = self.head.module.out_bias.as_ref().map(|b| b.id);
+        self.head.module = match (self.bias_lr, bias) {
+            (Some(bias_lr), Some(id)) => {
+                // Two steps of the same optimiser (one state per parameter): a parameter
+                // without a gradient in a step keeps its value and its state.
+                let mut bias_grads = GradientsParams::new();
+                if let Some(g) = params.remove::<1>(id) {
+                    bias_grads.register(id, g);
+                }
+                let module = self.optim.step(learning_rate, module, params);
+                self.optim.step(bias_lr, module, bias_grads)
+            }
+            _ => self.optim.step(learning_rate, module, params),
+        };
         Ok(())
     }
 }

@@ -367,3 +367,54 @@ fn manifest_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+#[test]
+fn an_embedding_heads_bias_takes_its_own_learning_rate() {
+    // Adam's first step moves every parameter with a non-zero gradient by its learning rate
+    // times g / (|g| + eps), i.e. by about the learning rate: so after one update b has moved
+    // by about bias_lr and A by about lr.
+    let lm = tiny_llama();
+    let phi = potential();
+    let (lr, bias_lr) = (1e-4, 1e-2);
+    let max_moves = |bias_lr: Option<f64>| {
+        let mut twist = HeadTrainable::new(
+            head(&lm, HeadKind::Embedding, 1),
+            Parameterization::Identity,
+            AdamConfig::default(),
+        )
+        .with_bias_lr(bias_lr);
+        let cfg = TrainConfig {
+            method: Method::Ctl,
+            steps: 1,
+            batch_size: 16,
+            horizon: T,
+            learning_rate: lr,
+            seed: 4,
+            start_step: 0,
+            batch: BatchSource::Sampled,
+        };
+        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
+        // Both start at zero, so their values are the moves.
+        let values = twist.head().parameter_values().unwrap();
+        let max_abs = |name: &str| {
+            values
+                .iter()
+                .filter(|(n, _)| n == name)
+                .flat_map(|(_, v)| v.iter().map(|x| f64::from(x.abs())))
+                .fold(0.0, f64::max)
+        };
+        (max_abs("factors.0"), max_abs("out_bias"))
+    };
+    let (a, b) = max_moves(Some(bias_lr));
+    assert!(a > 0.5 * lr && a <= 1.001 * lr, "A moved by {a}");
+    assert!(b > 0.5 * bias_lr && b <= 1.001 * bias_lr, "b moved by {b}");
+    let (a_common, b_common) = max_moves(None);
+    assert!((a_common - a).abs() <= 1e-9, "{a_common} vs {a}");
+    assert!(
+        b_common > 0.5 * lr && b_common <= 1.001 * lr,
+        "b moved by {b_common}"
+    );
+}

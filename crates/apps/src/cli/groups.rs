@@ -90,22 +90,45 @@ pub struct HeadArgs {
     /// `zero-output` (the output layer at 0, so the twisted proposal starts at p0).
     #[arg(long, value_enum, default_value_t = InitArg::Xavier)]
     pub init: InitArg,
+    /// Learning rate of an embedding head's per-token bias b (default: --lr). Adam moves b_v
+    /// by about its rate per update, log psi through A by up to about 3e4 times its rate on
+    /// SmolLM2, so b wants a rate hundreds of times larger (docs/training.md).
+    #[arg(long)]
+    pub bias_lr: Option<f64>,
 }
 
 impl HeadArgs {
-    /// The head choice.
-    pub fn choice(self) -> HeadChoice {
+    /// The head choice, checked: a bias learning rate is a positive number, and only
+    /// embedding heads (`embedding`, `low-rank:R`) have the per-token bias it is for.
+    pub fn choice(self) -> anyhow::Result<HeadChoice> {
         let (kind, rank) = match self.head {
             HeadArg::Linear => (HeadKind::Linear, None),
             HeadArg::Mlp => (HeadKind::Mlp, None),
             HeadArg::Embedding => (HeadKind::Embedding, None),
             HeadArg::LowRank(r) => (HeadKind::Embedding, Some(r)),
         };
-        HeadChoice {
+        if let Some(lr) = self.bias_lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                anyhow::bail!("--bias-lr must be a positive number, found {lr}");
+            }
+            if kind != HeadKind::Embedding {
+                let head = if kind == HeadKind::Mlp {
+                    "mlp"
+                } else {
+                    "linear"
+                };
+                anyhow::bail!(
+                    "--bias-lr is for the per-token bias of --head embedding or low-rank:R; \
+                     found --head {head}"
+                );
+            }
+        }
+        Ok(HeadChoice {
             kind,
             rank,
             zero_output: self.init == InitArg::ZeroOutput,
-        }
+            bias_lr: self.bias_lr,
+        })
     }
 }
 

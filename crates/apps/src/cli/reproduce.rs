@@ -156,7 +156,7 @@ impl ReproduceArgs {
             steps: at_least("--steps", steps, 1)?,
             particles: at_least("--particles", particles, 2)?,
             lr,
-            head: head.choice(),
+            head: head.choice()?,
             eval_particles: at_least("--eval-particles", eval_particles, 2)?,
             fq_samples: at_least("--fq-samples", fq_samples, 1)?,
             exact_samples: at_least("--exact-samples", exact_samples, 1)?,

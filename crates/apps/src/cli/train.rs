@@ -268,7 +268,7 @@ impl TrainArgs {
             particles,
             steps,
             lr,
-            head: head.choice(),
+            head: head.choice()?,
             eval_at,
             fq_samples: at_least("--fq-samples", fq_samples, 2)?,
             seed,

@@ -126,7 +126,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 ),
                 &ad,
             )?;
-            let mut twist = HeadTrainable::new(head, param, AdamConfig::default());
+            let mut twist = HeadTrainable::new(head, param, AdamConfig::default())
+                .with_bias_lr(args.head.bias_lr);
             let t0 = Instant::now();
             let msg = |i: usize| format!("seed {seed}: {method:?} update {i}/{}", args.steps);
             bar.set_message(msg(0));
