@@ -342,6 +342,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
         eval_particles: 2,
         fq_samples: 2,
         exact_samples: 2,
+        replay_samples: 0,
         upper_samples: 1,
         lower_runs: 1,
         max_draws: 10,

@@ -11,16 +11,20 @@ use smc_core::model::{LanguageModel, Potential};
 use smc_core::seed::{self, label};
 use smc_core::smc::{Proposal, SmcConfig, rng_from_seed};
 
-use crate::batch::{Batch, TrainableTwist};
+use smc_core::batch::TokenBuffer;
+
+use crate::batch::{RecordedStep, TrainableTwist};
 use crate::error::{Result, TrainError};
 use crate::gibbs::ctl_step;
 use crate::method::Method;
-use crate::train::{BatchSource, Draw, TrainConfig, TrainRecord, check_config};
+use crate::train::{BatchSource, Draw, Drawn, TrainConfig, TrainRecord, check_config};
 
 /// One CTL update with `batch_size` positives drawn uniformly with replacement from `pool`
 /// (exact samples of sigma, each of the horizon's length) and `batch_size` negatives from the
-/// twisted proposal; returns the loss. The batch comes from one teacher-forced pass over the
-/// 2K sequences (the positives were not drawn by this run, so nothing recorded them).
+/// twisted proposal; returns the loss. The positives were not drawn by this run, so their
+/// base-model rows come from a teacher-forced pass; with [`BatchSource::Sampled`] that pass
+/// covers only them and the negatives' rows are the ones their sampling run recorded, with
+/// [`BatchSource::TeacherForced`] one pass covers all 2K sequences.
 #[allow(clippy::too_many_arguments)]
 pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
     lm: &L,
@@ -31,11 +35,12 @@ pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
     learning_rate: f64,
     seed: u64,
     pool: &[Vec<u32>],
+    source: BatchSource,
 ) -> Result<f64> {
     let k = batch_size;
     let horizon = pool.first().map_or(0, Vec::len);
     let mut pick = rng_from_seed(seed::derive(seed, label::EXACT_REPLAY, 0));
-    let mut sequences: Vec<Vec<u32>> = (0..k)
+    let sequences: Vec<Vec<u32>> = (0..k)
         .map(|_| pool[pick.random_range(0..pool.len())].clone())
         .collect();
     let draw = Draw {
@@ -45,7 +50,7 @@ pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
         prompt,
         batch_size: k,
         horizon,
-        source: BatchSource::TeacherForced,
+        source,
     };
     let (negatives, _) = draw.run(
         &SmcConfig::sis(k, horizon, Proposal::Twisted).with_seed(seed::derive(
@@ -55,8 +60,22 @@ pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
         )),
         None,
     )?;
-    sequences.extend(negatives.sequences);
-    let batch = Batch::teacher_forced(lm, &*twist, potential, prompt, &sequences)?;
+    let positives = match source {
+        BatchSource::Sampled => {
+            let log_phi = potential.log_phi(prompt, &TokenBuffer::from_rows(&sequences))?;
+            Drawn {
+                steps: RecordedStep::from_outputs(lm.teacher_forced(prompt, &sequences)?),
+                sequences,
+                log_phi,
+            }
+        }
+        BatchSource::TeacherForced => Drawn {
+            sequences,
+            steps: Vec::new(),
+            log_phi: Vec::new(),
+        },
+    };
+    let batch = draw.finish(positives.append(negatives)?)?;
     ctl_step(
         twist,
         prompt,
@@ -68,8 +87,8 @@ pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
 }
 
 /// CTL for a fixed potential with positives replayed from `pool`, exact samples of sigma
-/// (`cfg.method` must be CTL; every sample of length `cfg.horizon`; `cfg.batch` is not used:
-/// the batch is teacher-forced). `on_step(step, twist, loss)` runs after each update; its error
+/// (`cfg.method` must be CTL; every sample of length `cfg.horizon`; `cfg.batch` says where the
+/// negatives' rows come from, see [`ctl_replay_update`]). `on_step(step, twist, loss)` runs after each update; its error
 /// type is the caller's (see [`crate::train::train`]).
 pub fn train_ctl_replay<L, W, E, F>(
     lm: &L,
@@ -117,6 +136,7 @@ where
             cfg.learning_rate,
             seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64),
             pool,
+            cfg.batch,
         )
         .map_err(|e| match e {
             TrainError::NonFiniteLoss { loss, value, .. } => {

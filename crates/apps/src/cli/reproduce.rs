@@ -49,6 +49,11 @@ pub struct ReproduceArgs {
     /// Exact samples per seed for G_q (infilling: conditioning sequences per seed).
     #[arg(long, default_value_t = 32)]
     exact_samples: usize,
+    /// CTL's positives: replay this many exact samples per seed, drawn with the evaluation's
+    /// but kept apart from them (0: the one-sample form's importance-weighted draws from q).
+    /// Fixed-potential tasks only.
+    #[arg(long, default_value_t = 0)]
+    replay_samples: usize,
     /// Exact samples per seed that seed the upper bounds (conditional SMC, SIS).
     #[arg(long, default_value_t = 3)]
     upper_samples: usize,
@@ -119,6 +124,7 @@ impl ReproduceArgs {
             eval_particles,
             fq_samples,
             exact_samples,
+            replay_samples,
             upper_samples,
             lower_runs,
             max_draws,
@@ -143,6 +149,16 @@ impl ReproduceArgs {
         if !(lr.is_finite() && lr > 0.0) {
             bail!("--lr must be a positive number, found {lr}");
         }
+        if replay_samples > 0 && preset.exact == ExactMethod::JointAncestral {
+            bail!(
+                "--replay-samples is for fixed-potential tasks; {} trains on conditional-SMC \
+                 positives around each continuation's exact sample",
+                preset.name
+            );
+        }
+        if replay_samples > 0 && !methods.contains(&Method::Ctl) {
+            bail!("--replay-samples gives CTL its positives, but ctl is not among --methods");
+        }
         let cond_tokens = cond_tokens.or(preset.cond_tokens);
         let out_dir =
             out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name)));
@@ -160,6 +176,7 @@ impl ReproduceArgs {
             eval_particles: at_least("--eval-particles", eval_particles, 2)?,
             fq_samples: at_least("--fq-samples", fq_samples, 1)?,
             exact_samples: at_least("--exact-samples", exact_samples, 1)?,
+            replay_samples: at_least("--replay-samples", replay_samples, 0)?,
             upper_samples,
             lower_runs,
             max_draws,

@@ -24,8 +24,16 @@ pub(super) struct Task<'a> {
     pub potential: Box<dyn Potential + 'a>,
     pub conditioning: Option<Vec<u32>>,
     pub exact: Vec<Vec<u32>>,
+    /// Exact samples for CTL to replay, never among `exact` (the evaluation's).
+    pub replay: Vec<Vec<u32>>,
 }
 
+/// Draws from p0 per rejection batch: as wide as the bf16 products go, which are fastest at
+/// hundreds of rows (docs/benchmarks.md).
+const REJECTION_BATCH: usize = 256;
+
+/// The seed's exact samples: the evaluation's `--exact-samples`, then the `--replay-samples`
+/// CTL replays (fewer when `--max-draws` ran out).
 pub(super) fn collect_exact(
     ctx: &Ctx<'_>,
     preset: &Preset,
@@ -42,8 +50,8 @@ pub(super) fn collect_exact(
         ctx.prompt,
         ctx.horizon,
         phi,
-        ctx.args.exact_samples,
-        64,
+        ctx.args.exact_samples + ctx.args.replay_samples,
+        REJECTION_BATCH,
         ctx.args.max_draws,
         &mut rng,
     )?;

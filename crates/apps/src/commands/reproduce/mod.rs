@@ -21,7 +21,9 @@ use lm_burn::infilling::InfillingPotential;
 use smc_bounds::joint_ancestral;
 use smc_core::seed;
 use smc_core::smc::rng_from_seed;
-use twist_learn::{AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig, train};
+use twist_learn::{
+    AdamConfig, HeadTrainable, Method, Parameterization, TrainConfig, train, train_ctl_replay,
+};
 
 use crate::jsonl::{Appender, read_numbered};
 use crate::potentials::PotentialSpec;
@@ -81,10 +83,22 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 let collected = collect_exact(&ctx, preset, phi.as_ref(), seed)?;
                 rejection.0 += collected.accepted;
                 rejection.1 += collected.draws;
+                let mut exact: Vec<Vec<u32>> =
+                    collected.samples.into_iter().map(|s| s.tokens).collect();
+                let replay = exact.split_off(exact.len().min(args.exact_samples));
+                if args.replay_samples > 0 && replay.is_empty() {
+                    bail!(
+                        "seed {seed}: no exact sample left for CTL to replay after the \
+                         evaluation's {} in {} draws: raise --max-draws",
+                        exact.len(),
+                        collected.draws
+                    );
+                }
                 vec![Task {
                     potential: phi,
                     conditioning: None,
-                    exact: collected.samples.into_iter().map(|s| s.tokens).collect(),
+                    exact,
+                    replay,
                 }]
             }
             Some(m) => {
@@ -97,6 +111,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                             potential: Box::new(InfillingPotential::new(lm, c.clone())),
                             conditioning: Some(c),
                             exact: vec![pair.tokens],
+                            replay: Vec::new(),
                         }
                     })
                     .collect()
@@ -157,17 +172,16 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     start_step: 0,
                     batch: Default::default(),
                 };
-                train(
-                    lm,
-                    &mut twist,
-                    tasks[0].potential.as_ref(),
-                    prompt,
-                    &cfg,
-                    |i, _, _| {
-                        bar.set_message(msg(i));
-                        Ok::<(), anyhow::Error>(())
-                    },
-                )?;
+                let on_step = |i: usize, _: &HeadTrainable, _: f64| {
+                    bar.set_message(msg(i));
+                    Ok::<(), anyhow::Error>(())
+                };
+                let (phi, pool) = (tasks[0].potential.as_ref(), &tasks[0].replay);
+                if method == Method::Ctl && !pool.is_empty() {
+                    train_ctl_replay(lm, &mut twist, phi, prompt, &cfg, pool, on_step)?;
+                } else {
+                    train(lm, &mut twist, phi, prompt, &cfg, on_step)?;
+                }
             }
             let train_seconds = t0.elapsed().as_secs_f64();
             bar.set_message(format!("seed {seed}: evaluating {method:?}"));

@@ -39,6 +39,9 @@ pub struct ReproduceSettings {
     pub fq_samples: usize,
     /// Exact samples per seed (infilling: conditioning sequences per seed).
     pub exact_samples: usize,
+    /// Exact samples per seed replayed as CTL's positives (0: its one-sample form), apart from
+    /// the evaluation's.
+    pub replay_samples: usize,
     /// Exact samples per seed that seed the upper bounds.
     pub upper_samples: usize,
     /// Runs per lower bound.

@@ -59,7 +59,7 @@ pub(super) fn build(
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
-        "exact_samples": args.exact_samples, "log_z_per_task": log_z, "bound_rules": rules,
+        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "bias_lr": args.head.bias_lr, "log_z_per_task": log_z, "bound_rules": rules,
         "rejection_log_z": rejection_log_z, "rows": rows,
         "seconds": seconds, "model": model,
     });
@@ -210,7 +210,7 @@ fn markdown(
 ) -> String {
     let mut s = format!(
         "Task `{}` ({}): prompt {:?}, T = {horizon}{}, {} seeds, {} updates of K = {} per method, \
-         lr {}, {} head ({} init); bounds at K = {}, F_q from {} draws, {} exact samples per seed. {:.0} s.\n\n",
+         lr {}{}, {} head ({} init); bounds at K = {}, F_q from {} draws, {} exact samples per seed{}. {:.0} s.\n\n",
         preset.name,
         preset.summary,
         preset.prompt,
@@ -219,11 +219,22 @@ fn markdown(
         args.steps,
         args.particles,
         args.lr,
+        args.head
+            .bias_lr
+            .map_or(String::new(), |b| format!(" (per-token bias: {b})")),
         args.head.kind_name(),
         args.head.init_name(),
         args.eval_particles,
         args.fq_samples,
         args.exact_samples,
+        if args.replay_samples > 0 {
+            format!(
+                "; CTL's positives replayed from {} more per seed, apart from those",
+                args.replay_samples
+            )
+        } else {
+            String::new()
+        },
         seconds
     );
     let lower = Estimate::from_values(&log_z.iter().map(|z| z.lower).collect::<Vec<_>>());
