@@ -338,6 +338,46 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
     ]);
     assert!(!ok && stderr.contains("ctl only"), "{stderr}");
     assert!(!dir.path().join("x").exists());
+    // Replayed positives are CTL's, on fixed-potential tasks; a bias rate needs an embedding
+    // head's per-token bias and must be a positive number.
+    let out = dir.path().join("y");
+    for (args, message) in [
+        (
+            &["--task", "infilling-short", "--replay-samples", "8"][..],
+            "--replay-samples is for fixed-potential tasks",
+        ),
+        (
+            &[
+                "--task",
+                "toxicity-threshold",
+                "--replay-samples",
+                "8",
+                "--methods",
+                "rl",
+            ][..],
+            "ctl is not among --methods",
+        ),
+        (
+            &["--task", "toxicity-threshold", "--bias-lr", "1e-2"][..],
+            "--bias-lr is for the per-token bias of --head embedding or low-rank:R; found --head linear",
+        ),
+        (
+            &[
+                "--task",
+                "toxicity-threshold",
+                "--head",
+                "embedding",
+                "--bias-lr=-1",
+            ][..],
+            "--bias-lr must be a positive number",
+        ),
+    ] {
+        let mut all = vec!["reproduce", "--out-dir", out.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (ok, _, stderr) = tsmc(&all);
+        assert!(!ok && stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?}");
+    }
 }
 
 #[test]

@@ -105,6 +105,7 @@ pub(super) fn evaluate(
             lower: e.log_z.lower.mean,
             upper: e.log_z.upper.mean,
             rule: BoundRule::Smc,
+            lower_runs: e.log_z.lower_values.clone(),
         });
     }
     Ok(out)

@@ -9,6 +9,7 @@
 
 mod evaluate;
 mod records;
+mod smc_table;
 mod table;
 
 use std::time::Instant;

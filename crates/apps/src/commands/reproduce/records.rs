@@ -71,7 +71,7 @@ pub struct Record {
 }
 
 /// A sampler's numbers on one task.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskEval {
     /// F_q = E_q[log sigma~ - log q].
     pub f_q: Estimate,
@@ -84,6 +84,10 @@ pub struct TaskEval {
     /// Which estimator `lower` and `upper` are.
     #[serde(default)]
     pub rule: BoundRule,
+    /// log Zhat of each SMC run behind `lower` (empty in records written before they were
+    /// kept): their spread is the variance of log Zhat at the evaluation's K.
+    #[serde(default)]
+    pub lower_runs: Vec<f64>,
 }
 
 /// How a record's `lower` and `upper` were formed.

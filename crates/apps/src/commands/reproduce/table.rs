@@ -7,6 +7,7 @@ use serde::Serialize;
 use smc_bounds::Estimate;
 
 use super::records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
+use super::smc_table::{smc_markdown, smc_rows};
 use crate::presets::Preset;
 
 /// Writes table.md and summary.json (built by [`build`]) into `out_dir` and prints the table.
@@ -44,7 +45,7 @@ pub(super) fn build(
             rules.push(rule);
         }
     }
-    let md = markdown(
+    let mut md = markdown(
         preset,
         args,
         horizon,
@@ -55,12 +56,18 @@ pub(super) fn build(
         seconds,
         &rules,
     );
+    let smc = smc_rows(records);
+    md.push_str(&smc_markdown(
+        &smc,
+        args.eval_particles,
+        args.lower_runs.max(1),
+    ));
     let summary = serde_json::json!({
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
         "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "bias_lr": args.head.bias_lr, "log_z_per_task": log_z, "bound_rules": rules,
-        "rejection_log_z": rejection_log_z, "rows": rows,
+        "rejection_log_z": rejection_log_z, "rows": rows, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
     (md, summary)
