@@ -10,7 +10,7 @@
 //!   (heads, positives, progress), [`jsonl`] (every reader and writer of our JSONL files),
 //!   [`output`] (the one rule that keeps an output from destroying an input),
 //!   [`progress`], [`potentials`], [`presets`], [`signals`] (SIGINT/SIGTERM remove this
-//!   process's temporaries; SIGPIPE ends quietly).
+//!   process's temporaries; SIGPIPE ends quietly), [`svg`] (charts).
 
 pub mod boundaries;
 pub mod cli;
@@ -24,4 +24,5 @@ pub mod presets;
 pub mod progress;
 pub mod setup;
 pub mod signals;
+pub mod svg;
 pub mod training;

@@ -64,6 +64,9 @@ pub enum Positives {
     Gibbs,
     /// Exact samples of sigma replayed, drawn uniformly with replacement, weight 1/K each.
     Exact,
+    /// Conditional SMC around one replayed exact sample per update; its K final particles,
+    /// weighted, are the positives.
+    ExactCsmc,
 }
 
 impl Positives {
@@ -73,6 +76,7 @@ impl Positives {
             Positives::Sis => "sis",
             Positives::Gibbs => "gibbs",
             Positives::Exact => "exact",
+            Positives::ExactCsmc => "exact-csmc",
         }
     }
 }
@@ -83,7 +87,7 @@ pub fn method_name(method: twist_learn::Method) -> String {
 }
 
 /// Trains `twist` with `cfg.method`, CTL's positives as chosen (`pool`: the exact samples
-/// that [`Positives::Exact`] replays; unused otherwise); the callback's errors (for example a
+/// that [`Positives::Exact`] and [`Positives::ExactCsmc`] replay; unused otherwise); the callback's errors (for example a
 /// failed write of the curve) end the run and come back as they were.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with<W: twist_learn::TrainableTwist>(
@@ -101,8 +105,13 @@ pub fn train_with<W: twist_learn::TrainableTwist>(
             twist_learn::train_ctl_particle_gibbs(lm, twist, potential, prompt, cfg, None, on_step)
         }
         Positives::Sis => twist_learn::train(lm, twist, potential, prompt, cfg, on_step),
-        Positives::Exact => {
-            twist_learn::train_ctl_replay(lm, twist, potential, prompt, cfg, pool, on_step)
+        Positives::Exact | Positives::ExactCsmc => {
+            let form = if positives == Positives::Exact {
+                twist_learn::ReplayForm::Direct
+            } else {
+                twist_learn::ReplayForm::Csmc
+            };
+            twist_learn::train_ctl_replay(lm, twist, potential, prompt, cfg, pool, form, on_step)
         }
     }
 }
@@ -125,6 +134,16 @@ pub fn fresh_or_resumed_head(
         Some(path) => {
             let (t, meta) = HeadTrainable::resume(path, device, param, AdamConfig::default())
                 .with_context(|| format!("resuming from {}", path.display()))?;
+            // The checkpoint, not --head, says which head is resumed: the bias rate needs the
+            // per-token bias of an embedding head.
+            let kind = t.head().config.kind;
+            if choice.bias_lr.is_some() && kind != HeadKind::Embedding {
+                anyhow::bail!(
+                    "--bias-lr is for the per-token bias of an embedding head, but {} holds a {:?} head",
+                    path.display(),
+                    kind
+                );
+            }
             let mut t = t.with_bias_lr(choice.bias_lr);
             t.head_mut()
                 .attach_base_model(lm)

@@ -371,6 +371,23 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
             ][..],
             "--bias-lr must be a positive number",
         ),
+        (
+            &["--task", "toxicity-threshold", "--replay-csmc"][..],
+            "--replay-csmc needs exact samples to replay",
+        ),
+        (
+            &[
+                "--task",
+                "toxicity-threshold",
+                "--exact-samples",
+                "8",
+                "--replay-samples",
+                "8",
+                "--max-draws",
+                "15",
+            ][..],
+            "rejection cannot accept more samples than it draws",
+        ),
     ] {
         let mut all = vec!["reproduce", "--out-dir", out.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -621,6 +638,21 @@ fn train_rejects_unknown_positives_and_gibbs_positives_for_other_methods() {
             &["--replay", "r.jsonl"][..],
             "--replay is for --positives exact",
         ),
+        (
+            &["--positives", "exact-csmc"][..],
+            "--positives exact-csmc replays the exact samples of --replay FILE",
+        ),
+        (
+            &[
+                "--positives",
+                "exact-csmc",
+                "--replay",
+                "r.jsonl",
+                "--method",
+                "rl",
+            ][..],
+            "--positives exact-csmc is for --method ctl",
+        ),
     ] {
         let mut all = vec!["train", "--task", "potential"];
         all.extend_from_slice(args);
@@ -673,12 +705,19 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
         (2, "ctl", -3.5, -2.0, -4.0, -3.0),
     ];
     let est = |m: f64| serde_json::json!({ "mean": m, "se": 0.1, "n": 16 });
+    // Two SMC runs per evaluation around its lower bound: squared deviations 0.5 (p0) and 0.02
+    // (ctl) per (seed, task).
+    let runs = |sampler: &str, lo: f64| {
+        let d = if sampler == "p0" { 0.5 } else { 0.1 };
+        vec![lo - d, lo + d]
+    };
     let text: String = rows
         .iter()
         .map(|&(seed, sampler, f, g, lo, up)| {
             serde_json::json!({
                 "seed": seed, "sampler": sampler, "train_seconds": 1.0,
-                "tasks": [{ "f_q": est(f), "g_q": est(g), "lower": lo, "upper": up, "rule": "smc" }],
+                "tasks": [{ "f_q": est(f), "g_q": est(g), "lower": lo, "upper": up, "rule": "smc",
+                    "lower_runs": runs(sampler, lo) }],
             })
             .to_string()
                 + "\n"
@@ -742,6 +781,58 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
         stdout.contains(&format!("-1.500 ± {half:.3}")),
         "expected -1.500 ± {half:.3} in\n{stdout}"
     );
+    // The SMC table: widths per seed p0 2, 2.4, 3 and ctl 1, 1.6, 1; paired -1, -0.8, -2.
+    let smc = |name: &str| {
+        summary["smc_rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["sampler"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (p0, ctl) = (smc("p0"), smc("ctl"));
+    assert!(close(&p0["lower"]["mean"], -13.2 / 3.0), "{p0}");
+    assert!(close(&p0["width"]["mean"], 7.4 / 3.0), "{p0}");
+    assert!(close(&ctl["width"]["mean"], 3.6 / 3.0), "{ctl}");
+    assert!(close(&ctl["width_vs_p0"]["mean"], -3.8 / 3.0), "{ctl}");
+    // Pooled sd of log Zhat: sqrt(3 x 0.5 / 3) for p0, sqrt(3 x 0.02 / 3) for ctl, df 3 each.
+    assert!(close(&p0["sd_log_zhat"][0], 0.5f64.sqrt()), "{p0}");
+    assert!(close(&ctl["sd_log_zhat"][0], 0.02f64.sqrt()), "{ctl}");
+    assert_eq!(ctl["sd_log_zhat"][1], 3, "{ctl}");
+    let svg = std::fs::read_to_string(dir.path().join("smc.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("ctl (sd 0.14)"),
+        "{svg}"
+    );
+
+    // Records from before the SMC rule was stored: their bounds are the tighter of SIS and
+    // SMC, so they make no SMC table, and the chart still opens.
+    let old = tempfile::tempdir().unwrap();
+    let text: String = rows
+        .iter()
+        .map(|&(seed, sampler, f, g, lo, up)| {
+            serde_json::json!({
+                "seed": seed, "sampler": sampler, "train_seconds": 1.0,
+                "tasks": [{ "f_q": est(f), "g_q": est(g), "lower": lo, "upper": up }],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(old.path().join("records.jsonl"), text).unwrap();
+    let (ok, stdout, stderr) = tsmc(&[
+        "reproduce",
+        "--task",
+        "toxicity",
+        "--table-only",
+        "--out-dir",
+        old.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("no SMC table"), "{stdout}");
+    let svg = std::fs::read_to_string(old.path().join("smc.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"), "{svg}");
 }
 
 /// With systematic resampling conditional SMC has no guaranteed upper bound: the demo prints

@@ -343,6 +343,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
         fq_samples: 2,
         exact_samples: 2,
         replay_samples: 0,
+        replay_form: twist_learn::ReplayForm::Direct,
         upper_samples: 1,
         lower_runs: 1,
         max_draws: 10,

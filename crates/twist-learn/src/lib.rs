@@ -28,6 +28,6 @@ pub use infilling::{
     infilling_eval_plan, train_infilling_ctl,
 };
 pub use losses::{Method, Roles, Targets, loss_and_grads, targets, targets_for};
-pub use replay::{ctl_replay_update, train_ctl_replay};
+pub use replay::{ReplayForm, ctl_replay_update, train_ctl_replay};
 pub use train::{BatchSource, TrainConfig, TrainRecord, draw_batch, train};
 pub use twist::{TabularTrainable, TrainableTwist};

@@ -5,6 +5,14 @@
 //! self-normalised weights or a particle Gibbs chain that may sit on one sequence. The negatives
 //! are K draws from the twisted proposal, weighted by the intermediate weights Wbar_t^psi, as
 //! in [`crate::gibbs`].
+//!
+//! [`ReplayForm::Csmc`] instead draws one exact sample per update and makes it the reference
+//! of conditional SMC with the current twist, whose K final particles, weighted, are the
+//! positives (spec §5's infilling variant, for any potential with exact samples): since
+//! conditional SMC leaves sigma invariant, a particle drawn by those weights around a
+//! reference from sigma is from sigma, so the weighted positives estimate E_sigma[grad log psi]
+//! without bias, and they include the twisted proposal's own draws that sigma favours, not
+//! only the pool's sequences.
 
 use rand::RngExt;
 use smc_core::model::{LanguageModel, Potential};
@@ -15,7 +23,7 @@ use smc_core::batch::TokenBuffer;
 
 use crate::batch::{RecordedStep, TrainableTwist};
 use crate::error::{Result, TrainError};
-use crate::gibbs::ctl_step;
+use crate::gibbs::{ctl_csmc_update, ctl_step};
 use crate::method::Method;
 use crate::train::{BatchSource, Draw, Drawn, TrainConfig, TrainRecord, check_config};
 
@@ -86,10 +94,23 @@ pub fn ctl_replay_update<L: LanguageModel, W: TrainableTwist>(
     )
 }
 
+/// How replayed exact samples become CTL's positives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplayForm {
+    /// K samples of the pool, uniformly with replacement, weight 1/K each.
+    #[default]
+    Direct,
+    /// One sample of the pool per update as the reference of conditional SMC with the current
+    /// twist; its K final particles, weighted, are the positives.
+    Csmc,
+}
+
 /// CTL for a fixed potential with positives replayed from `pool`, exact samples of sigma
 /// (`cfg.method` must be CTL; every sample of length `cfg.horizon`; `cfg.batch` says where the
-/// negatives' rows come from, see [`ctl_replay_update`]). `on_step(step, twist, loss)` runs after each update; its error
-/// type is the caller's (see [`crate::train::train`]).
+/// negatives' rows come from, see [`ctl_replay_update`]; `form` how the pool becomes
+/// positives). `on_step(step, twist, loss)` runs after each update; its error type is the
+/// caller's (see [`crate::train::train`]).
+#[allow(clippy::too_many_arguments)]
 pub fn train_ctl_replay<L, W, E, F>(
     lm: &L,
     twist: &mut W,
@@ -97,6 +118,7 @@ pub fn train_ctl_replay<L, W, E, F>(
     prompt: &[u32],
     cfg: &TrainConfig,
     pool: &[Vec<u32>],
+    form: ReplayForm,
     mut on_step: F,
 ) -> Result<Vec<TrainRecord>, E>
 where
@@ -125,20 +147,30 @@ where
         )
         .into());
     }
+    if form == ReplayForm::Csmc && cfg.batch_size < 2 {
+        // Conditional SMC needs the reference and at least one free particle.
+        return Err(
+            TrainError::config("batch size", "K >= 2", format!("K = {}", cfg.batch_size)).into(),
+        );
+    }
     let mut records = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {
-        let loss = ctl_replay_update(
-            lm,
-            twist,
-            potential,
-            prompt,
-            cfg.batch_size,
-            cfg.learning_rate,
-            seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64),
-            pool,
-            cfg.batch,
-        )
-        .map_err(|e| match e {
+        let seed = seed::derive(cfg.seed, label::UPDATE, (cfg.start_step + step) as u64);
+        let (k, lr) = (cfg.batch_size, cfg.learning_rate);
+        let update = match form {
+            ReplayForm::Direct => {
+                ctl_replay_update(lm, twist, potential, prompt, k, lr, seed, pool, cfg.batch)
+            }
+            ReplayForm::Csmc => {
+                let mut pick = rng_from_seed(seed::derive(seed, label::EXACT_REPLAY, 0));
+                let reference = &pool[pick.random_range(0..pool.len())];
+                ctl_csmc_update(
+                    lm, twist, potential, prompt, k, lr, seed, reference, cfg.batch,
+                )
+                .map(|u| u.loss)
+            }
+        };
+        let loss = update.map_err(|e| match e {
             TrainError::NonFiniteLoss { loss, value, .. } => {
                 TrainError::NonFiniteLoss { loss, step, value }
             }

@@ -152,12 +152,13 @@ fn tabular_training_is_the_same_run_from_either_batch_source() {
 
 #[test]
 fn tabular_replay_training_is_the_same_run_from_either_batch_source() {
-    // Replayed positives are teacher-forced either way; the negatives' rows come from their
-    // sampling run or from the same pass.
+    // Replayed positives are teacher-forced either way (in the conditional-SMC form they are
+    // that run's particles, recorded or teacher-forced like any draw); the negatives' rows
+    // come from their sampling run or from a teacher-forced pass.
     let (lm, phi) = tabular();
     let horizon = 3;
     let pool = vec![vec![0, 1, 2], vec![2, 2, 0], vec![1, 0, 1], vec![2, 1, 1]];
-    let run = |batch| {
+    let run = |batch, form| {
         let mut twist = TabularTrainable::new(
             3,
             horizon,
@@ -168,12 +169,17 @@ fn tabular_replay_training_is_the_same_run_from_either_batch_source() {
         );
         let noop = |_: usize, _: &TabularTrainable, _: f64| Ok::<(), TrainError>(());
         let c = cfg(Method::Ctl, batch, horizon, 6);
-        let records = train_ctl_replay(&lm, &mut twist, &phi, &[], &c, &pool, noop).unwrap();
+        let records = train_ctl_replay(&lm, &mut twist, &phi, &[], &c, &pool, form, noop).unwrap();
         (records, twist.log_psi_tables())
     };
-    let (a, b) = (run(BatchSource::Sampled), run(BatchSource::TeacherForced));
-    assert_eq!(a.0, b.0, "losses");
-    assert_eq!(a.1, b.1, "trained twist");
+    for form in [ReplayForm::Direct, ReplayForm::Csmc] {
+        let (a, b) = (
+            run(BatchSource::Sampled, form),
+            run(BatchSource::TeacherForced, form),
+        );
+        assert_eq!(a.0, b.0, "{form:?}: losses");
+        assert_eq!(a.1, b.1, "{form:?}: trained twist");
+    }
 }
 
 fn tiny_llama(dir: &str) -> BurnLm {

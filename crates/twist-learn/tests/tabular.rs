@@ -296,14 +296,6 @@ fn ctl_with_replayed_exact_positives_cuts_both_exact_kls() {
     let (base_qs, base_sq) = (exact.kl_q_sigma(&log_p0), exact.kl_sigma_q(&log_p0));
     let mut rng = smc_core::smc::rng_from_seed(5);
     let pool = exact.sample_sigma(4096, &mut rng);
-    let mut twist = TabularTrainable::new(
-        3,
-        horizon,
-        Parameterization::Identity,
-        0.1,
-        1,
-        AdamConfig::default(),
-    );
     let cfg = TrainConfig {
         method: Method::Ctl,
         steps: 400,
@@ -314,38 +306,72 @@ fn ctl_with_replayed_exact_positives_cuts_both_exact_kls() {
         start_step: 0,
         batch: BatchSource::Sampled,
     };
-    let records = train_ctl_replay(&lm, &mut twist, &phi, &[], &cfg, &pool, |_, _, _| {
-        Ok::<(), TrainError>(())
-    })
-    .unwrap();
-    assert_eq!(records.len(), 400);
-    let (qs, sq) = exact_kls(&lm, &exact, &twist);
-    println!(
-        "CTL, replayed exact positives: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
-    );
-    assert!(
-        qs < 0.25 * base_qs,
-        "KL(q||sigma) {qs} vs untwisted {base_qs}"
-    );
-    assert!(
-        sq < 0.25 * base_sq,
-        "KL(sigma||q) {sq} vs untwisted {base_sq}"
-    );
-    // Another method, no samples, or samples of the wrong length are clear errors.
+    // Both forms, the same bound: K replayed samples per update, and conditional SMC around
+    // one replayed sample (the reference is from sigma, so the weighted final particles are
+    // exact positives too).
+    let train_with = |form: ReplayForm| {
+        let mut twist = TabularTrainable::new(
+            3,
+            horizon,
+            Parameterization::Identity,
+            0.1,
+            1,
+            AdamConfig::default(),
+        );
+        let records = train_ctl_replay(&lm, &mut twist, &phi, &[], &cfg, &pool, form, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
+        assert_eq!(records.len(), 400);
+        twist
+    };
+    let mut last = None;
+    for form in [ReplayForm::Direct, ReplayForm::Csmc] {
+        let twist = train_with(form);
+        let (qs, sq) = exact_kls(&lm, &exact, &twist);
+        println!(
+            "CTL, replayed exact positives ({form:?}): KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
+        );
+        assert!(
+            qs < 0.25 * base_qs,
+            "{form:?}: KL(q||sigma) {qs} vs untwisted {base_qs}"
+        );
+        assert!(
+            sq < 0.25 * base_sq,
+            "{form:?}: KL(sigma||q) {sq} vs untwisted {base_sq}"
+        );
+        last = Some(twist);
+    }
+    let twist = last.expect("both forms trained");
+    // Another method, no samples, samples of the wrong length, or conditional SMC with one
+    // particle are clear errors.
     let rl = TrainConfig {
         method: Method::Rl,
         ..cfg
     };
-    let run = |cfg: &TrainConfig, pool: &[Vec<u32>]| {
-        train_ctl_replay(&lm, &mut twist.clone(), &phi, &[], cfg, pool, |_, _, _| {
-            Ok::<(), TrainError>(())
-        })
+    let run = |cfg: &TrainConfig, pool: &[Vec<u32>], form: ReplayForm| {
+        train_ctl_replay(
+            &lm,
+            &mut twist.clone(),
+            &phi,
+            &[],
+            cfg,
+            pool,
+            form,
+            |_, _, _| Ok::<(), TrainError>(()),
+        )
         .unwrap_err()
         .to_string()
     };
-    assert!(run(&rl, &pool).contains("ctl"));
-    assert!(run(&cfg, &[]).contains("at least one"));
-    assert!(run(&cfg, &[vec![0]]).contains("T = 3"));
+    assert!(run(&rl, &pool, ReplayForm::Direct).contains("ctl"));
+    assert!(run(&cfg, &[], ReplayForm::Direct).contains("at least one"));
+    assert!(run(&cfg, &[vec![0]], ReplayForm::Direct).contains("T = 3"));
+    let one = TrainConfig {
+        batch_size: 1,
+        ..cfg
+    };
+    let err = run(&one, &pool, ReplayForm::Csmc);
+    assert!(err.contains("K >= 2"), "{err}");
 }
 
 #[test]

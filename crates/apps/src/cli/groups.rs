@@ -259,6 +259,10 @@ pub enum PositivesArg {
     /// Exact samples of sigma (`--replay FILE`, written by `tsmc exact`) replayed, K per update
     /// drawn uniformly with replacement, weight 1/K each.
     Exact,
+    /// Conditional SMC with the current twist around one exact sample of `--replay FILE` per
+    /// update; its K final particles, weighted, are the positives (exact too, and they include
+    /// the twisted proposal's own draws that sigma favours).
+    ExactCsmc,
 }
 
 impl From<PositivesArg> for Positives {
@@ -267,6 +271,7 @@ impl From<PositivesArg> for Positives {
             PositivesArg::Sis => Positives::Sis,
             PositivesArg::Gibbs => Positives::Gibbs,
             PositivesArg::Exact => Positives::Exact,
+            PositivesArg::ExactCsmc => Positives::ExactCsmc,
         }
     }
 }

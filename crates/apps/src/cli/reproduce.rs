@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use twist_learn::Method;
+use twist_learn::{Method, ReplayForm};
 
 use super::groups::{HeadArgs, MethodArg, ModelArgs, at_least};
 use crate::commands::reproduce::ReproduceSettings;
@@ -54,6 +54,11 @@ pub struct ReproduceArgs {
     /// Fixed-potential tasks only.
     #[arg(long, default_value_t = 0)]
     replay_samples: usize,
+    /// With --replay-samples: CTL's positives are conditional SMC with the current twist around
+    /// one replayed sample per update (its K final particles, weighted) instead of K replayed
+    /// samples.
+    #[arg(long)]
+    replay_csmc: bool,
     /// Exact samples per seed that seed the upper bounds (conditional SMC, SIS).
     #[arg(long, default_value_t = 3)]
     upper_samples: usize,
@@ -65,10 +70,11 @@ pub struct ReproduceArgs {
     max_draws: usize,
     #[command(flatten)]
     model: ModelArgs,
-    /// Output directory (records.jsonl, table.md, summary.json; default reproduce-TASK).
+    /// Output directory (records.jsonl, table.md, summary.json, smc.svg; default
+    /// reproduce-TASK).
     #[arg(long)]
     out_dir: Option<PathBuf>,
-    /// Only rebuild table.md and summary.json from the output directory's records.jsonl (e.g.
+    /// Only rebuild table.md, summary.json and smc.svg from the output directory's records.jsonl (e.g.
     /// after a run was stopped part-way); the other options should be those of the run.
     #[arg(long)]
     table_only: bool,
@@ -76,7 +82,7 @@ pub struct ReproduceArgs {
 
 /// The files `tsmc reproduce` writes into `--out-dir` pass the rule every output passes
 /// (`crate::output`): none may be the model or inside its directory, a link or a special file.
-/// With `--table-only` records.jsonl is an input and only table.md and summary.json are written
+/// With `--table-only` records.jsonl is an input and only table.md, summary.json and smc.svg are written
 /// (summary.json is read whole before it is replaced, as a resumed checkpoint is).
 fn check_out_dir(out_dir: &std::path::Path, model: &str, table_only: bool) -> Result<()> {
     if std::fs::symlink_metadata(out_dir).is_ok_and(|m| !m.is_dir()) && !out_dir.is_dir() {
@@ -86,15 +92,17 @@ fn check_out_dir(out_dir: &std::path::Path, model: &str, table_only: bool) -> Re
         );
     }
     let model_path = crate::output::model_input(model);
-    let (records, table, summary) = (
+    let (records, table, summary, svg) = (
         out_dir.join("records.jsonl"),
         out_dir.join("table.md"),
         out_dir.join("summary.json"),
+        out_dir.join("smc.svg"),
     );
     let mut inputs = vec![("--model", model_path.as_path())];
     let mut outputs = vec![
         ("table.md in --out-dir", table.as_path()),
         ("summary.json in --out-dir", summary.as_path()),
+        ("smc.svg in --out-dir", svg.as_path()),
     ];
     if table_only {
         inputs.push(("records.jsonl in --out-dir", records.as_path()));
@@ -125,6 +133,7 @@ impl ReproduceArgs {
             fq_samples,
             exact_samples,
             replay_samples,
+            replay_csmc,
             upper_samples,
             lower_runs,
             max_draws,
@@ -156,6 +165,17 @@ impl ReproduceArgs {
                 preset.name
             );
         }
+        if replay_csmc && replay_samples == 0 {
+            bail!("--replay-csmc needs exact samples to replay: give --replay-samples N");
+        }
+        // Rejection accepts at most one sample per draw.
+        match exact_samples.checked_add(replay_samples) {
+            Some(n) if n <= max_draws => {}
+            _ => bail!(
+                "--exact-samples {exact_samples} plus --replay-samples {replay_samples} exceed \
+                 --max-draws {max_draws}: rejection cannot accept more samples than it draws"
+            ),
+        }
         if replay_samples > 0 && !methods.contains(&Method::Ctl) {
             bail!("--replay-samples gives CTL its positives, but ctl is not among --methods");
         }
@@ -176,7 +196,12 @@ impl ReproduceArgs {
             eval_particles: at_least("--eval-particles", eval_particles, 2)?,
             fq_samples: at_least("--fq-samples", fq_samples, 1)?,
             exact_samples: at_least("--exact-samples", exact_samples, 1)?,
-            replay_samples: at_least("--replay-samples", replay_samples, 0)?,
+            replay_samples,
+            replay_form: if replay_csmc {
+                ReplayForm::Csmc
+            } else {
+                ReplayForm::Direct
+            },
             upper_samples,
             lower_runs,
             max_draws,

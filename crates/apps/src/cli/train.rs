@@ -77,11 +77,13 @@ pub struct TrainArgs {
     /// CTL's positives for `potential` and `infilling-fixed`: `sis` (the one-sample form:
     /// draws from q weighted by sigma~/q), `gibbs` (conditional SMC around the state of a
     /// particle Gibbs chain carried across updates, started at a draw from q) or, for
-    /// `potential`, `exact` (the exact samples of --replay, replayed).
+    /// `potential`, `exact` (the exact samples of --replay, replayed) or `exact-csmc`
+    /// (conditional SMC around one of them per update, its final particles weighted).
     #[arg(long, value_enum, default_value_t = PositivesArg::Sis)]
     positives: PositivesArg,
     /// Exact samples (`tsmc exact`, another file than --exact's, which evaluates: training on
-    /// them would bias the evaluation) replayed as CTL's positives with `--positives exact`.
+    /// them would bias the evaluation) replayed as CTL's positives with `--positives exact` or
+    /// `exact-csmc`.
     #[arg(long)]
     replay: Option<PathBuf>,
     /// `infilling-fixed`: which (s*, c) pair to draw (default: --seed).
@@ -164,23 +166,25 @@ impl TrainArgs {
                 crate::training::method_name(method)
             );
         }
-        match (positives, &replay) {
-            (Positives::Exact, None) => {
-                bail!("--positives exact replays the exact samples of --replay FILE: give one")
+        let replays = matches!(positives, Positives::Exact | Positives::ExactCsmc);
+        let name = positives.name();
+        match &replay {
+            None if replays => {
+                bail!("--positives {name} replays the exact samples of --replay FILE: give one")
             }
-            (Positives::Exact, Some(_)) if method != Method::Ctl => bail!(
-                "--positives exact is for --method ctl; found {}",
+            Some(_) if replays && method != Method::Ctl => bail!(
+                "--positives {name} is for --method ctl; found {}",
                 crate::training::method_name(method)
             ),
-            (Positives::Exact, Some(_)) if !matches!(task, TaskArg::Potential) => {
-                bail!("--positives exact is for --task potential")
+            Some(_) if replays && !matches!(task, TaskArg::Potential) => {
+                bail!("--positives {name} is for --task potential")
             }
-            (Positives::Exact, Some(r)) if exact.as_deref() == Some(r.as_path()) => bail!(
+            Some(r) if replays && exact.as_deref() == Some(r.as_path()) => bail!(
                 "--replay {} is also --exact: the evaluation would measure the samples it trained on; write another file with `tsmc exact --seed ...`",
                 r.display()
             ),
-            (Positives::Sis | Positives::Gibbs, Some(_)) => {
-                bail!("--replay is for --positives exact")
+            Some(_) if !replays => {
+                bail!("--replay is for --positives exact or exact-csmc")
             }
             _ => {}
         }

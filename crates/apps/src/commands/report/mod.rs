@@ -10,9 +10,7 @@ use serde_json::Value;
 
 use crate::jsonl::read_numbered;
 
-mod svg;
-
-use svg::{esc, genealogy, line_chart};
+use crate::svg::{esc, genealogy, line_chart};
 
 /// The validated settings of `tsmc report`.
 #[derive(Debug, Clone)]

@@ -5,7 +5,8 @@
 //! (seed, task) is the midpoint of the means over samplers of their bounds (no selection); then
 //! KL(q‖σ) = log Z - F_q and KL(σ‖q) = G_q - log Z per seed, reported as mean ± the 95% Student
 //! t half-width over seeds. Every evaluation is appended to `records.jsonl` as soon as it is done
-//! (nothing is lost if the run stops); the table goes to `table.md` and `summary.json` at the end.
+//! (nothing is lost if the run stops); the tables go to `table.md`, `summary.json` and the SMC
+//! chart `smc.svg` at the end.
 
 mod evaluate;
 mod records;
@@ -32,6 +33,7 @@ use crate::presets::Preset;
 use crate::setup::load_model_and_prompt;
 use evaluate::{Ctx, Task, collect_exact, evaluate, print_record};
 pub use records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
+pub use table::Built;
 use table::{build, finish};
 
 /// Runs `tsmc reproduce`.
@@ -43,8 +45,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
     let out_dir = args.out_dir.clone();
     let records_path = out_dir.join("records.jsonl");
     if args.table_only {
-        let (md, summary) = rebuild_table(args)?;
-        return finish(&out_dir, &md, &summary);
+        return finish(&out_dir, &rebuild_table(args)?);
     }
     let loaded = load_model_and_prompt(&args.model, preset.prompt)?;
     loaded.check_size(
@@ -94,6 +95,15 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                         exact.len(),
                         collected.draws
                     );
+                }
+                if replay.len() < args.replay_samples {
+                    bar.println(format!(
+                        "seed {seed}: CTL replays {} exact samples, not --replay-samples {}: \
+                         --max-draws {} ran out, so this seed's CTL trains on the smaller pool",
+                        replay.len(),
+                        args.replay_samples,
+                        args.max_draws
+                    ));
                 }
                 vec![Task {
                     potential: phi,
@@ -179,7 +189,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 };
                 let (phi, pool) = (tasks[0].potential.as_ref(), &tasks[0].replay);
                 if method == Method::Ctl && !pool.is_empty() {
-                    train_ctl_replay(lm, &mut twist, phi, prompt, &cfg, pool, on_step)?;
+                    let form = args.replay_form;
+                    train_ctl_replay(lm, &mut twist, phi, prompt, &cfg, pool, form, on_step)?;
                 } else {
                     train(lm, &mut twist, phi, prompt, &cfg, on_step)?;
                 }
@@ -201,7 +212,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
     bar.finish_and_clear();
     let rejection_log_z = (rejection.1 > 0 && rejection.0 > 0)
         .then(|| (rejection.0 as f64 / rejection.1 as f64).ln());
-    let (md, summary) = build(
+    let built = build(
         preset,
         args,
         horizon,
@@ -211,13 +222,13 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
         started.elapsed().as_secs_f64(),
         lm.name(),
     );
-    finish(&out_dir, &md, &summary)
+    finish(&out_dir, &built)
 }
 
-/// `--table-only`: the table (markdown) and summary (JSON) rebuilt from the output directory's
+/// `--table-only`: the tables (markdown), summary (JSON) and chart rebuilt from the output directory's
 /// validated records.jsonl, keeping the run's time and rejection estimate when an earlier
 /// summary.json has them. Writes nothing.
-pub fn rebuild_table(args: &ReproduceSettings) -> Result<(String, serde_json::Value)> {
+pub fn rebuild_table(args: &ReproduceSettings) -> Result<Built> {
     let records = read_checked_records(&args.out_dir.join("records.jsonl"))?;
     let previous: serde_json::Value = std::fs::read_to_string(args.out_dir.join("summary.json"))
         .ok()

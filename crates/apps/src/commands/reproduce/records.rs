@@ -42,6 +42,8 @@ pub struct ReproduceSettings {
     /// Exact samples per seed replayed as CTL's positives (0: its one-sample form), apart from
     /// the evaluation's.
     pub replay_samples: usize,
+    /// How CTL turns them into positives.
+    pub replay_form: twist_learn::ReplayForm,
     /// Exact samples per seed that seed the upper bounds.
     pub upper_samples: usize,
     /// Runs per lower bound.

@@ -2,12 +2,15 @@
 //! evaluation's K (p0: bootstrap SMC, no twist), on common random numbers per seed. Per
 //! sampler: the SMC lower bound (mean of its runs' log Zhat), the conditional-SMC upper bound,
 //! the width between them, the width's paired difference against bootstrap SMC, and the
-//! standard deviation of log Zhat across runs, pooled within (seed, task).
+//! standard deviation of log Zhat across runs, pooled within (seed, task). Only evaluations
+//! whose bounds follow [`BoundRule::Smc`] count: older records' bounds are the tighter of SIS
+//! and SMC, not SMC's.
 
 use serde::Serialize;
 use smc_bounds::Estimate;
 
-use super::records::Record;
+use super::records::{BoundRule, Record, TaskEval};
+use super::table::pm;
 
 /// One sampler's SMC numbers over seeds.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +32,22 @@ pub struct SmcRow {
 
 /// The rows, one per sampler in the order the records first name them.
 pub fn smc_rows(records: &[Record]) -> Vec<SmcRow> {
+    let smc_tasks = |r: &'_ Record| -> Vec<TaskEval> {
+        r.tasks
+            .iter()
+            .filter(|t| t.rule == BoundRule::Smc)
+            .cloned()
+            .collect()
+    };
+    let records: Vec<Record> = records
+        .iter()
+        .map(|r| Record {
+            tasks: smc_tasks(r),
+            ..r.clone()
+        })
+        .filter(|r| !r.tasks.is_empty())
+        .collect();
+    let records = records.as_slice();
     let mut samplers: Vec<&str> = Vec::new();
     for r in records {
         if !samplers.contains(&r.sampler.as_str()) {
@@ -90,7 +109,11 @@ pub fn smc_rows(records: &[Record]) -> Vec<SmcRow> {
 
 /// The table in markdown, with what it measures.
 pub fn smc_markdown(rows: &[SmcRow], particles: usize, runs: usize) -> String {
-    let pm = |e: &Estimate| format!("{:.3} ± {:.3}", e.mean, e.ci95());
+    if rows.is_empty() {
+        return "\nNo evaluation with SMC bounds (records written before they were kept): no \
+                SMC table.\n"
+            .to_string();
+    }
     let mut s = format!(
         "\nSMC with each sampler's twists at K = {particles} (p0: bootstrap SMC, no twist), \
          resampling at every step, on the same random numbers per seed: the lower bound is the \
@@ -121,4 +144,30 @@ pub fn smc_markdown(rows: &[SmcRow], particles: usize, runs: usize) -> String {
          squared deviations within each (seed, task).\n",
     );
     s
+}
+
+/// The chart: per sampler, a vertical segment from its SMC lower bound to its conditional-SMC
+/// upper bound (means over seeds) at x = its row's index, labelled in the legend.
+pub fn smc_svg(rows: &[SmcRow], particles: usize) -> String {
+    let series: Vec<(String, Vec<(f64, f64)>)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let label = match r.sd_log_zhat {
+                Some((sd, _)) => format!("{} (sd {sd:.2})", r.sampler),
+                None => r.sampler.clone(),
+            };
+            (
+                label,
+                vec![(i as f64, r.lower.mean), (i as f64, r.upper.mean)],
+            )
+        })
+        .collect();
+    crate::svg::line_chart(
+        &format!("log Z bounds of SMC at K = {particles}: lower (SMC) to upper (conditional SMC)"),
+        "sampler (legend order; p0 = bootstrap SMC)",
+        "log Z",
+        &series,
+        false,
+    )
 }

@@ -7,16 +7,15 @@ use serde::Serialize;
 use smc_bounds::Estimate;
 
 use super::records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
-use super::smc_table::{smc_markdown, smc_rows};
+use super::smc_table::{smc_markdown, smc_rows, smc_svg};
 use crate::presets::Preset;
 
-/// Writes table.md and summary.json (built by [`build`]) into `out_dir` and prints the table.
-pub(super) fn finish(
-    out_dir: &std::path::Path,
-    md: &str,
-    summary: &serde_json::Value,
-) -> Result<()> {
+/// Writes table.md, summary.json and smc.svg (built by [`build`]) into `out_dir` and prints the
+/// table.
+pub(super) fn finish(out_dir: &std::path::Path, built: &Built) -> Result<()> {
+    let Built { md, summary, svg } = built;
     lm_burn::temporaries::write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
+    lm_burn::temporaries::write_atomic(&out_dir.join("smc.svg"), svg.as_bytes())?;
     lm_burn::temporaries::write_atomic(
         &out_dir.join("summary.json"),
         serde_json::to_string_pretty(summary)?.as_bytes(),
@@ -26,7 +25,17 @@ pub(super) fn finish(
     Ok(())
 }
 
-/// The table (markdown) and the summary (JSON) from the records.
+/// What `tsmc reproduce` writes: the tables (markdown), the summary (JSON) and the SMC chart.
+pub struct Built {
+    /// table.md.
+    pub md: String,
+    /// summary.json.
+    pub summary: serde_json::Value,
+    /// smc.svg.
+    pub svg: String,
+}
+
+/// The tables, the summary and the chart from the records.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn build(
     preset: &Preset,
@@ -37,7 +46,7 @@ pub(super) fn build(
     rejection_log_z: Option<f64>,
     seconds: f64,
     model: &str,
-) -> (String, serde_json::Value) {
+) -> Built {
     let (log_z, rows) = table(records);
     let mut rules: Vec<BoundRule> = Vec::new();
     for rule in records.iter().flat_map(|r| r.tasks.iter().map(|t| t.rule)) {
@@ -66,11 +75,12 @@ pub(super) fn build(
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
-        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "bias_lr": args.head.bias_lr, "log_z_per_task": log_z, "bound_rules": rules,
+        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "bias_lr": args.head.bias_lr, "log_z_per_task": log_z, "bound_rules": rules,
         "rejection_log_z": rejection_log_z, "rows": rows, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
-    (md, summary)
+    let svg = smc_svg(&smc, args.eval_particles);
+    Built { md, summary, svg }
 }
 
 /// log Z per (seed, task), then the rows.
@@ -190,7 +200,8 @@ impl LogZ {
 }
 
 /// `mean ± half-width` with the Student t half-width of the estimate's degrees of freedom.
-fn pm(e: &Estimate) -> String {
+/// mean ± the 95% Student t half-width.
+pub(super) fn pm(e: &Estimate) -> String {
     format!("{:.3} ± {:.3}", e.mean, e.ci95())
 }
 
@@ -236,8 +247,13 @@ fn markdown(
         args.exact_samples,
         if args.replay_samples > 0 {
             format!(
-                "; CTL's positives replayed from {} more per seed, apart from those",
-                args.replay_samples
+                "; CTL's positives replayed from {} more per seed, apart from those{}",
+                args.replay_samples,
+                if args.replay_form == twist_learn::ReplayForm::Csmc {
+                    " (conditional SMC around one per update)"
+                } else {
+                    ""
+                }
             )
         } else {
             String::new()

@@ -1,8 +1,10 @@
-//! The report's charts as inline SVG: line charts (x optionally log2) and a particle genealogy.
+//! Charts as inline SVG (the report's and reproduce's): line charts (x optionally log2) and a particle
+//! genealogy.
 
 use std::fmt::Write as _;
 
-pub(super) fn esc(s: &str) -> String {
+/// Escapes text for SVG and HTML.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -14,7 +16,7 @@ const COLORS: [&str; 6] = [
 ];
 
 /// A line chart with points; x optionally on a log2 scale.
-pub(super) fn line_chart(
+pub fn line_chart(
     title: &str,
     x_label: &str,
     y_label: &str,
@@ -29,7 +31,11 @@ pub(super) fn line_chart(
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect();
     if pts.is_empty() {
-        return format!("<p>{}: no data</p>", esc(title));
+        // Still an SVG document, so a file written from it opens.
+        return format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="640" height="40" font-family="sans-serif" font-size="11"><text x="10" y="25">{}: no data</text></svg>"#,
+            esc(title)
+        );
     }
     let (mut x0, mut x1) = pts
         .iter()
@@ -140,7 +146,7 @@ pub(super) fn line_chart(
 
 /// The genealogy: particles at each step, a line from each particle to its parent; lineages of
 /// the final particles drawn dark.
-pub(super) fn genealogy(ancestors: &[Vec<usize>], k: usize) -> String {
+pub fn genealogy(ancestors: &[Vec<usize>], k: usize) -> String {
     let t = ancestors.len() + 1;
     let (w, h) = (640.0, 320.0_f64.max(8.0 * k.min(64) as f64));
     let sx = |s: usize| 40.0 + s as f64 / (t.max(2) - 1) as f64 * (w - 80.0);
