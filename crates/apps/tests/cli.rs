@@ -250,7 +250,15 @@ fn tasks_lists_the_paper_presets() {
 }
 
 fn reproduce_small(task: &str, dir: &std::path::Path) -> (bool, String, String) {
-    tsmc(&[
+    reproduce_small_with(task, dir, &[])
+}
+
+fn reproduce_small_with(
+    task: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec![
         "reproduce",
         "--task",
         task,
@@ -276,7 +284,32 @@ fn reproduce_small(task: &str, dir: &std::path::Path) -> (bool, String, String) 
         "1",
         "--out-dir",
         dir.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    tsmc(&args)
+}
+
+/// A replay pool drawn once and shared by the seeds, with conditional-SMC positives: the run
+/// completes and the table and summary say how CTL's positives were made.
+#[test]
+fn reproduce_with_a_shared_replay_pool_states_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--replay-samples", "2", "--replay-shared", "--replay-csmc"];
+    let (ok, _, stderr) = reproduce_small_with("toxicity", dir.path(), &extra);
+    assert!(ok, "{stderr}");
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    assert!(
+        table.contains("replayed from 2 more drawn once and shared by every seed")
+            && table.contains("conditional SMC around one per update"),
+        "{table}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["replay_shared"], true, "{summary}");
+    assert_eq!(summary["replay_form"], "csmc", "{summary}");
+    let svg = std::fs::read_to_string(dir.path().join("smc.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
 }
 
 #[test]
@@ -374,6 +407,10 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
         (
             &["--task", "toxicity-threshold", "--replay-csmc"][..],
             "--replay-csmc needs exact samples to replay",
+        ),
+        (
+            &["--task", "toxicity-threshold", "--replay-shared"][..],
+            "--replay-shared needs exact samples to replay",
         ),
         (
             &[

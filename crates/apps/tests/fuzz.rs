@@ -344,6 +344,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
         exact_samples: 2,
         replay_samples: 0,
         replay_form: twist_learn::ReplayForm::Direct,
+        replay_shared: false,
         upper_samples: 1,
         lower_runs: 1,
         max_draws: 10,

@@ -65,6 +65,7 @@
 //! | [`label::APP_EXACT`] | r | the collection of exact samples |
 //! | [`label::APP_TASK`] | r | the draw of a fixed task (e.g. an infilling pair) |
 //! | [`label::APP_EXACT_CHAIN`] | r | the particle Gibbs chain that makes more exact samples |
+//! | [`label::APP_REPLAY_POOL`] | 0 | a reproduction's pool of exact samples shared by its seeds |
 //! | [`label::APP_HEAD_INIT`] | method index (r * methods + m in a reproduction) | a twist head's initial weights |
 //! | [`label::APP_TWIST_NOISE`] | 0 | the perturbation of a demo's twist |
 
@@ -118,6 +119,8 @@ pub mod label {
     pub const APP_TASK: &str = "apps/task";
     /// A program's particle Gibbs chain of exact samples.
     pub const APP_EXACT_CHAIN: &str = "apps/exact-chain";
+    /// A reproduction's pool of exact samples for CTL to replay, shared by its seeds.
+    pub const APP_REPLAY_POOL: &str = "apps/replay-pool";
     /// A twist head's initial weights.
     pub const APP_HEAD_INIT: &str = "apps/head-init";
     /// The perturbation of a demo's twist.
@@ -209,6 +212,7 @@ mod tests {
             label::APP_EXACT,
             label::APP_TASK,
             label::APP_EXACT_CHAIN,
+            label::APP_REPLAY_POOL,
             label::APP_HEAD_INIT,
             label::APP_TWIST_NOISE,
         ];

@@ -59,6 +59,11 @@ pub struct ReproduceArgs {
     /// samples.
     #[arg(long)]
     replay_csmc: bool,
+    /// With --replay-samples: one pool, drawn once from its own random stream, shared by every
+    /// seed (a larger pool for the same rejection time; the intervals over seeds then leave
+    /// out the pool's own randomness).
+    #[arg(long)]
+    replay_shared: bool,
     /// Exact samples per seed that seed the upper bounds (conditional SMC, SIS).
     #[arg(long, default_value_t = 3)]
     upper_samples: usize,
@@ -134,6 +139,7 @@ impl ReproduceArgs {
             exact_samples,
             replay_samples,
             replay_csmc,
+            replay_shared,
             upper_samples,
             lower_runs,
             max_draws,
@@ -165,8 +171,13 @@ impl ReproduceArgs {
                 preset.name
             );
         }
-        if replay_csmc && replay_samples == 0 {
-            bail!("--replay-csmc needs exact samples to replay: give --replay-samples N");
+        if replay_samples == 0 {
+            if replay_csmc {
+                bail!("--replay-csmc needs exact samples to replay: give --replay-samples N");
+            }
+            if replay_shared {
+                bail!("--replay-shared needs exact samples to replay: give --replay-samples N");
+            }
         }
         // Rejection accepts at most one sample per draw.
         match exact_samples.checked_add(replay_samples) {
@@ -202,6 +213,7 @@ impl ReproduceArgs {
             } else {
                 ReplayForm::Direct
             },
+            replay_shared,
             upper_samples,
             lower_runs,
             max_draws,

@@ -32,25 +32,27 @@ pub(super) struct Task<'a> {
 /// hundreds of rows (docs/benchmarks.md).
 const REJECTION_BATCH: usize = 256;
 
-/// The seed's exact samples: the evaluation's `--exact-samples`, then the `--replay-samples`
-/// CTL replays (fewer when `--max-draws` ran out).
+/// `n` exact samples by rejection from the stream `rng_seed` (fewer when `--max-draws` ran
+/// out; none is an error): a seed's evaluation samples followed by its replay pool, or a pool
+/// shared by every seed.
 pub(super) fn collect_exact(
     ctx: &Ctx<'_>,
     preset: &Preset,
     phi: &dyn Potential,
-    seed: u64,
+    rng_seed: u64,
+    n: usize,
 ) -> Result<smc_bounds::Collected> {
     let collect = match preset.exact {
         ExactMethod::ClassRejection => smc_bounds::rejection_class::<BurnLm>,
         _ => smc_bounds::rejection_indicator::<BurnLm>,
     };
-    let mut rng = rng_from_seed(seed::derive(0, seed::label::APP_EXACT, seed));
+    let mut rng = rng_from_seed(rng_seed);
     let collected = collect(
         ctx.lm,
         ctx.prompt,
         ctx.horizon,
         phi,
-        ctx.args.exact_samples + ctx.args.replay_samples,
+        n,
         REJECTION_BATCH,
         ctx.args.max_draws,
         &mut rng,

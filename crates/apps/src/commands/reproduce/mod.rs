@@ -77,17 +77,43 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
     );
     let mut records = Vec::new();
     let mut rejection = (0usize, 0usize);
+    // With --replay-shared the pool is drawn once, from its own stream, for every seed.
+    let shared_pool = if args.replay_shared && args.replay_samples > 0 && cond_len.is_none() {
+        bar.set_message("the shared replay pool");
+        let phi = preset_potential(preset)?.build(lm)?;
+        let pool_seed = seed::derive(0, seed::label::APP_REPLAY_POOL, 0);
+        let collected = collect_exact(&ctx, preset, phi.as_ref(), pool_seed, args.replay_samples)?;
+        rejection.0 += collected.accepted;
+        rejection.1 += collected.draws;
+        Some(
+            collected
+                .samples
+                .into_iter()
+                .map(|s| s.tokens)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        None
+    };
     for seed in 0..args.seeds as u64 {
         bar.set_message(format!("seed {seed}: exact samples"));
         let tasks = match cond_len {
             None => {
                 let phi = preset_potential(preset)?.build(lm)?;
-                let collected = collect_exact(&ctx, preset, phi.as_ref(), seed)?;
+                let own_pool = if shared_pool.is_some() {
+                    0
+                } else {
+                    args.replay_samples
+                };
+                let exact_seed = seed::derive(0, seed::label::APP_EXACT, seed);
+                let n = args.exact_samples + own_pool;
+                let collected = collect_exact(&ctx, preset, phi.as_ref(), exact_seed, n)?;
                 rejection.0 += collected.accepted;
                 rejection.1 += collected.draws;
                 let mut exact: Vec<Vec<u32>> =
                     collected.samples.into_iter().map(|s| s.tokens).collect();
-                let replay = exact.split_off(exact.len().min(args.exact_samples));
+                let own = exact.split_off(exact.len().min(args.exact_samples));
+                let replay = shared_pool.clone().unwrap_or(own);
                 if args.replay_samples > 0 && replay.is_empty() {
                     bail!(
                         "seed {seed}: no exact sample left for CTL to replay after the \

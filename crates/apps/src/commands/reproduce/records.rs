@@ -44,6 +44,8 @@ pub struct ReproduceSettings {
     pub replay_samples: usize,
     /// How CTL turns them into positives.
     pub replay_form: twist_learn::ReplayForm,
+    /// One pool of `replay_samples`, drawn once, for every seed (instead of one per seed).
+    pub replay_shared: bool,
     /// Exact samples per seed that seed the upper bounds.
     pub upper_samples: usize,
     /// Runs per lower bound.

@@ -75,7 +75,7 @@ pub(super) fn build(
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
-        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "bias_lr": args.head.bias_lr, "log_z_per_task": log_z, "bound_rules": rules,
+        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "bias_lr": args.head.bias_lr, "log_z_per_task": log_z, "bound_rules": rules,
         "rejection_log_z": rejection_log_z, "rows": rows, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
@@ -247,8 +247,14 @@ fn markdown(
         args.exact_samples,
         if args.replay_samples > 0 {
             format!(
-                "; CTL's positives replayed from {} more per seed, apart from those{}",
+                "; CTL's positives replayed from {} more {}, apart from those{}",
                 args.replay_samples,
+                if args.replay_shared {
+                    "drawn once and shared by every seed (the intervals leave out the pool's \
+                     randomness)"
+                } else {
+                    "per seed"
+                },
                 if args.replay_form == twist_learn::ReplayForm::Csmc {
                     " (conditional SMC around one per update)"
                 } else {
