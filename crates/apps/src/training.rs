@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lm_burn::heads::{HeadConfig, HeadKind, TwistHead};
 use lm_burn::{BurnLm, Device};
 use smc_core::model::Potential;
-use twist_learn::{AdamConfig, HeadTrainable, Parameterization, TrainConfig, TrainRecord};
+use twist_learn::{
+    AdamConfig, BiasOptimizer, HeadTrainable, Parameterization, TrainConfig, TrainRecord,
+};
 
 /// The shape and initialisation of a fresh head.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,6 +24,8 @@ pub struct HeadChoice {
     pub zero_output: bool,
     /// Embedding heads: the per-token bias's own learning rate (`None`: the common one).
     pub bias_lr: Option<f64>,
+    /// Embedding heads: how the bias is stepped at its own rate.
+    pub bias_optimizer: BiasOptimizer,
 }
 
 impl HeadChoice {
@@ -31,6 +35,14 @@ impl HeadChoice {
         config.zero_output = self.zero_output;
         config.rank = self.rank;
         config
+    }
+
+    /// How the per-token bias is stepped, as the command line spells it.
+    pub fn bias_optim_name(&self) -> &'static str {
+        match self.bias_optimizer {
+            BiasOptimizer::Adam => "adam",
+            BiasOptimizer::Sgd => "sgd",
+        }
     }
 
     /// The name of the initialisation, as the command line spells it.
@@ -144,7 +156,9 @@ pub fn fresh_or_resumed_head(
                     kind
                 );
             }
-            let mut t = t.with_bias_lr(choice.bias_lr);
+            let mut t = t
+                .with_bias_lr(choice.bias_lr)
+                .with_bias_optimizer(choice.bias_optimizer);
             t.head_mut()
                 .attach_base_model(lm)
                 .with_context(|| format!("resuming from {}", path.display()))?;
@@ -162,7 +176,8 @@ pub fn fresh_or_resumed_head(
                 param,
                 AdamConfig::default(),
             )
-            .with_bias_lr(choice.bias_lr),
+            .with_bias_lr(choice.bias_lr)
+            .with_bias_optimizer(choice.bias_optimizer),
             serde_json::Value::Null,
             0,
         ),

@@ -289,12 +289,26 @@ fn reproduce_small_with(
     tsmc(&args)
 }
 
-/// A replay pool drawn once and shared by the seeds, with conditional-SMC positives: the run
-/// completes and the table and summary say how CTL's positives were made.
+/// A replay pool drawn once and shared by the seeds, with conditional-SMC positives, an
+/// embedding head whose bias takes plain gradient steps, and bootstrap SMC at equal time: the
+/// run completes and the table and summary say how CTL's positives were made, how b was
+/// stepped, and give the equal-time row in the SMC table only.
 #[test]
 fn reproduce_with_a_shared_replay_pool_states_it() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--replay-samples", "2", "--replay-shared", "--replay-csmc"];
+    let extra = [
+        "--replay-samples",
+        "2",
+        "--replay-shared",
+        "--replay-csmc",
+        "--head",
+        "embedding",
+        "--bias-lr",
+        "1",
+        "--bias-optim",
+        "sgd",
+        "--equal-time",
+    ];
     let (ok, _, stderr) = reproduce_small_with("toxicity", dir.path(), &extra);
     assert!(ok, "{stderr}");
     let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
@@ -308,6 +322,31 @@ fn reproduce_with_a_shared_replay_pool_states_it() {
             .unwrap();
     assert_eq!(summary["replay_shared"], true, "{summary}");
     assert_eq!(summary["replay_form"], "csmc", "{summary}");
+    assert_eq!(summary["bias_optim"], "sgd", "{summary}");
+    assert!(
+        table.contains("per-token bias: gradient descent at 1"),
+        "{table}"
+    );
+    // The equal-time run has its own K: in the SMC table, not among the KL rows.
+    let names = |key: &str| -> Vec<String> {
+        summary[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["sampler"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("rows"), ["p0", "ctl"], "{summary}");
+    assert!(
+        names("smc_rows").contains(&"p0-equal-time".to_string()),
+        "{summary}"
+    );
+    let ctl = &summary["smc_rows"][1];
+    assert!(ctl["width_vs_equal_time"]["mean"].is_f64(), "{ctl}");
+    assert!(
+        ctl["seconds_per_run"]["mean"].as_f64().unwrap() > 0.0,
+        "{ctl}"
+    );
     let svg = std::fs::read_to_string(dir.path().join("smc.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{svg}");
 }
@@ -403,6 +442,17 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
                 "--bias-lr=-1",
             ][..],
             "--bias-lr must be a positive number",
+        ),
+        (
+            &[
+                "--task",
+                "toxicity-threshold",
+                "--head",
+                "embedding",
+                "--bias-optim",
+                "sgd",
+            ][..],
+            "--bias-optim sgd needs --bias-lr",
         ),
         (
             &["--task", "toxicity-threshold", "--replay-csmc"][..],

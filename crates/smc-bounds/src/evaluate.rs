@@ -126,6 +126,9 @@ pub struct BoundRuns {
     /// serialised.
     #[serde(skip)]
     pub values: Vec<f64>,
+    /// Wall-clock seconds of all the runs together (what an equal-time comparison needs).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// A lower and an upper bound on log Z that hold by construction (fixed-weight averages of
@@ -298,11 +301,13 @@ impl<L: LanguageModel> Sampler<'_, L> {
                 Method::Smc => label::LOWER_SMC,
             };
             let seeds = seed::derive_many(plan.seed, runs_label, plan.lower_runs);
+            let started = std::time::Instant::now();
             let values = self.lower_bound_values(method, k, &seeds)?;
             lower.push(BoundRuns {
                 method,
                 estimate: Estimate::from_values(&values),
                 values,
+                seconds: started.elapsed().as_secs_f64(),
             });
         }
         let refs = &exact[..plan.upper_refs.min(exact.len())];
@@ -313,11 +318,13 @@ impl<L: LanguageModel> Sampler<'_, L> {
                 Method::Smc => label::UPPER_SMC,
             };
             let upper_seed = seed::derive(plan.seed, method_label, 0);
+            let started = std::time::Instant::now();
             let values = self.upper_bound_values(method, k, refs, upper_seed)?;
             upper.push(BoundRuns {
                 method,
                 estimate: Estimate::from_values(&values),
                 values,
+                seconds: started.elapsed().as_secs_f64(),
             });
         }
         let log_z = LogZBounds::from_runs(&equal_parts(&lower), &equal_parts(&upper))?;

@@ -2,7 +2,9 @@
 //! outputs are pushed through the head with burn's autodiff (no gradient reaches the frozen
 //! base model, whose hidden states enter as constants) and Adam updates the head.
 
-use burn::optim::{AdamConfig as BurnAdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{
+    AdamConfig as BurnAdamConfig, GradientsParams, ModuleOptimizer, SgdConfig as BurnSgdConfig,
+};
 use burn::tensor::{Tensor, TensorData};
 use lm_burn::heads::TwistHead;
 use smc_core::batch::LogTable;
@@ -15,12 +17,28 @@ use crate::adam::AdamConfig;
 use crate::batch::{Batch, TrainableTwist};
 use crate::method::Parameterization;
 
+/// How an embedding head's per-token bias b is stepped when it has its own learning rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BiasOptimizer {
+    /// Adam, with the rest of the head's state: every b_v that gets any gradient moves by
+    /// about the rate, however small the gradient (a token seen once, with a tiny importance
+    /// weight, among the negatives is pushed down as far as a frequent one).
+    #[default]
+    Adam,
+    /// Plain gradient descent: b_v moves in proportion to its gradient, which for CTL is the
+    /// gap between the token's frequency among the positives and its weighted frequency among
+    /// the negatives (moment matching), so rare tokens barely move. No state.
+    Sgd,
+}
+
 /// A twist head with its optimiser.
 pub struct HeadTrainable {
     head: TwistHead,
     optim: ModuleOptimizer,
     param: Parameterization,
     bias_lr: Option<f64>,
+    bias_optimizer: BiasOptimizer,
+    bias_sgd: ModuleOptimizer,
 }
 
 impl HeadTrainable {
@@ -38,7 +56,21 @@ impl HeadTrainable {
             optim,
             param,
             bias_lr: None,
+            bias_optimizer: BiasOptimizer::Adam,
+            bias_sgd: BurnSgdConfig::new().init(),
         }
+    }
+
+    /// Chooses how the per-token bias is stepped when it has its own rate
+    /// ([`HeadTrainable::with_bias_lr`]); without one it follows the common Adam.
+    pub fn with_bias_optimizer(mut self, optimizer: BiasOptimizer) -> Self {
+        self.bias_optimizer = optimizer;
+        self
+    }
+
+    /// How the per-token bias is stepped.
+    pub fn bias_optimizer(&self) -> BiasOptimizer {
+        self.bias_optimizer
     }
 
     /// Gives an embedding head's per-token bias b its own learning rate (`None`: the common
@@ -168,7 +200,10 @@ impl TrainableTwist for HeadTrainable {
                     bias_grads.register(id, g);
                 }
                 let module = self.optim.step(learning_rate, module, params);
-                self.optim.step(bias_lr, module, bias_grads)
+                match self.bias_optimizer {
+                    BiasOptimizer::Adam => self.optim.step(bias_lr, module, bias_grads),
+                    BiasOptimizer::Sgd => self.bias_sgd.step(bias_lr, module, bias_grads),
+                }
             }
             _ => self.optim.step(learning_rate, module, params),
         };

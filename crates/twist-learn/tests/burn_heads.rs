@@ -377,28 +377,7 @@ fn an_embedding_heads_bias_takes_its_own_learning_rate() {
     let phi = potential();
     let (lr, bias_lr) = (1e-4, 1e-2);
     let max_moves = |bias_lr: Option<f64>| {
-        let mut twist = HeadTrainable::new(
-            head(&lm, HeadKind::Embedding, 1),
-            Parameterization::Identity,
-            AdamConfig::default(),
-        )
-        .with_bias_lr(bias_lr);
-        let cfg = TrainConfig {
-            method: Method::Ctl,
-            steps: 1,
-            batch_size: 16,
-            horizon: T,
-            learning_rate: lr,
-            seed: 4,
-            start_step: 0,
-            batch: BatchSource::Sampled,
-        };
-        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
-            Ok::<(), TrainError>(())
-        })
-        .unwrap();
-        // Both start at zero, so their values are the moves.
-        let values = twist.head().parameter_values().unwrap();
+        let values = one_update(&lm, &phi, lr, bias_lr, BiasOptimizer::Adam);
         let max_abs = |name: &str| {
             values
                 .iter()
@@ -417,4 +396,66 @@ fn an_embedding_heads_bias_takes_its_own_learning_rate() {
         b_common > 0.5 * lr && b_common <= 1.001 * lr,
         "b moved by {b_common}"
     );
+}
+
+/// One CTL update of a fresh embedding head from zero; its parameters' values after it.
+fn one_update(
+    lm: &BurnLm,
+    phi: &Phi,
+    lr: f64,
+    bias_lr: Option<f64>,
+    optimizer: BiasOptimizer,
+) -> Vec<(String, Vec<f32>)> {
+    let mut twist = HeadTrainable::new(
+        head(lm, HeadKind::Embedding, 1),
+        Parameterization::Identity,
+        AdamConfig::default(),
+    )
+    .with_bias_lr(bias_lr)
+    .with_bias_optimizer(optimizer);
+    let cfg = TrainConfig {
+        method: Method::Ctl,
+        steps: 1,
+        batch_size: 16,
+        horizon: T,
+        learning_rate: lr,
+        seed: 4,
+        start_step: 0,
+        batch: BatchSource::Sampled,
+    };
+    train(lm, &mut twist, phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
+    // Every parameter starts at zero, so the values are the moves.
+    twist.head().parameter_values().unwrap()
+}
+
+#[test]
+fn an_sgd_bias_moves_by_its_gradient() {
+    // CTL's gradient for b_v is the gap between v's weighted frequency among the negatives
+    // and among the positives, averaged over t: both frequencies sum to one at every t, so
+    // after one plain gradient step b sums to zero, no b_v moves by more than the rate, and
+    // the move scales exactly with the rate. Adam's step has none of these properties.
+    let lm = tiny_llama();
+    let phi = potential();
+    let bias = |bias_lr: f64, optimizer| {
+        let values = one_update(&lm, &phi, 1e-4, Some(bias_lr), optimizer);
+        values
+            .into_iter()
+            .find(|(n, _)| n == "out_bias")
+            .map(|(_, v)| v)
+            .unwrap()
+    };
+    let (b1, b2) = (bias(0.5, BiasOptimizer::Sgd), bias(1.0, BiasOptimizer::Sgd));
+    let sum: f64 = b1.iter().map(|&x| f64::from(x)).sum();
+    let max = b1.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(sum.abs() < 1e-5, "b sums to {sum}");
+    assert!(max > 0.0 && max <= 0.5, "b moved by up to {max}");
+    for (x, y) in b1.iter().zip(&b2) {
+        assert!((2.0 * x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
+    }
+    let adam = bias(0.5, BiasOptimizer::Adam);
+    let adam_max = adam.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(adam_max > 0.25, "Adam moved b by up to {adam_max}");
 }

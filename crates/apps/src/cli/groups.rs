@@ -8,6 +8,7 @@ use smc_core::resampling::Scheme;
 
 use crate::setup::ModelChoice;
 use crate::training::{HeadChoice, Positives};
+use twist_learn::BiasOptimizer;
 
 /// The model and where it runs.
 #[derive(Debug, Clone, Args)]
@@ -95,6 +96,20 @@ pub struct HeadArgs {
     /// SmolLM2, so b wants a rate hundreds of times larger (docs/training.md).
     #[arg(long)]
     pub bias_lr: Option<f64>,
+    /// How b is stepped at --bias-lr: `adam` (with the rest of the head: every b_v with any
+    /// gradient moves by about the rate) or `sgd` (in proportion to its gradient, the gap
+    /// between the token's frequency among positives and negatives; a rate of order 1).
+    #[arg(long, value_enum, default_value_t = BiasOptimArg::Adam)]
+    pub bias_optim: BiasOptimArg,
+}
+
+/// How an embedding head's per-token bias is stepped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BiasOptimArg {
+    /// Adam, the head's own optimiser.
+    Adam,
+    /// Plain gradient descent.
+    Sgd,
 }
 
 impl HeadArgs {
@@ -123,11 +138,21 @@ impl HeadArgs {
                 );
             }
         }
+        if self.bias_optim == BiasOptimArg::Sgd && self.bias_lr.is_none() {
+            anyhow::bail!(
+                "--bias-optim sgd needs --bias-lr: plain gradient descent on b wants a rate of \
+                 order 1, far from the head's Adam rate (--lr)"
+            );
+        }
         Ok(HeadChoice {
             kind,
             rank,
             zero_output: self.init == InitArg::ZeroOutput,
             bias_lr: self.bias_lr,
+            bias_optimizer: match self.bias_optim {
+                BiasOptimArg::Adam => BiasOptimizer::Adam,
+                BiasOptimArg::Sgd => BiasOptimizer::Sgd,
+            },
         })
     }
 }

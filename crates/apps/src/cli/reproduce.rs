@@ -73,6 +73,11 @@ pub struct ReproduceArgs {
     /// Give up collecting exact samples after this many draws from p0.
     #[arg(long, default_value_t = 50_000)]
     max_draws: usize,
+    /// Per seed, also run bootstrap SMC with the particles that the twisted samplers' SMC time
+    /// buys (K scaled by their seconds a run over bootstrap SMC's at --eval-particles), for the
+    /// SMC table's equal-time column.
+    #[arg(long)]
+    equal_time: bool,
     #[command(flatten)]
     model: ModelArgs,
     /// Output directory (records.jsonl, table.md, summary.json, smc.svg; default
@@ -143,6 +148,7 @@ impl ReproduceArgs {
             upper_samples,
             lower_runs,
             max_draws,
+            equal_time,
             model,
             out_dir,
             table_only,
@@ -220,6 +226,7 @@ impl ReproduceArgs {
             model: model.choice()?,
             out_dir,
             table_only,
+            equal_time,
         })
     }
 }

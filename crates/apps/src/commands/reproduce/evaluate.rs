@@ -67,11 +67,14 @@ pub(super) fn collect_exact(
     Ok(collected)
 }
 
+/// Every task's evaluation with the bounds at K = `particles` (the run's --eval-particles,
+/// or bootstrap SMC's equal-time K).
 pub(super) fn evaluate(
     ctx: &Ctx<'_>,
     mut twist: Option<&mut HeadTrainable>,
     tasks: &[Task<'_>],
     seed: u64,
+    particles: usize,
 ) -> Result<Vec<TaskEval>> {
     let a = ctx.args;
     let mut out = Vec::with_capacity(tasks.len());
@@ -92,7 +95,7 @@ pub(super) fn evaluate(
             lower_methods: vec![BoundMethod::Smc],
             upper_methods: vec![BoundMethod::Smc],
             ..EvalPlan::new(
-                a.eval_particles,
+                particles,
                 seed::derive(
                     seed::derive(0, seed::label::APP_EVAL, seed),
                     seed::label::EVAL_TASK,
@@ -101,6 +104,11 @@ pub(super) fn evaluate(
             )
         };
         let e = sampler.evaluate(&task.exact, &plan)?;
+        let smc_seconds = e
+            .lower
+            .iter()
+            .map(|r| r.seconds / r.values.len().max(1) as f64)
+            .sum();
         out.push(TaskEval {
             f_q: e.f_q,
             g_q: e.g_q,
@@ -108,6 +116,7 @@ pub(super) fn evaluate(
             upper: e.log_z.upper.mean,
             rule: BoundRule::Smc,
             lower_runs: e.log_z.lower_values.clone(),
+            smc_seconds,
         });
     }
     Ok(out)
@@ -116,14 +125,18 @@ pub(super) fn evaluate(
 pub(super) fn print_record(rec: &Record) {
     let n = rec.tasks.len() as f64;
     let mean = |f: &dyn Fn(&TaskEval) -> f64| rec.tasks.iter().map(f).sum::<f64>() / n;
+    let k = rec
+        .particles
+        .map_or(String::new(), |k| format!(" at K = {k}"));
     eprintln!(
-        "seed {} {:<6} F_q {:>8.3}  G_q {:>8.3}  log Z in [{:.3}, {:.3}]  (train {:.0} s)",
+        "seed {} {:<6} F_q {:>8.3}  G_q {:>8.3}  log Z in [{:.3}, {:.3}]{k}  (train {:.0} s, SMC {:.2} s a run)",
         rec.seed,
         rec.sampler,
         mean(&|t| t.f_q.mean),
         mean(&|t| t.g_q.mean),
         mean(&|t| t.lower),
         mean(&|t| t.upper),
-        rec.train_seconds
+        rec.train_seconds,
+        mean(&|t| t.smc_seconds)
     );
 }

@@ -32,7 +32,8 @@ use crate::potentials::PotentialSpec;
 use crate::presets::Preset;
 use crate::setup::load_model_and_prompt;
 use evaluate::{Ctx, Task, collect_exact, evaluate, print_record};
-pub use records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
+pub use records::{BoundRule, EQUAL_TIME, Record, ReproduceSettings, Row, TaskEval};
+use smc_table::equal_time_particles;
 pub use table::Built;
 use table::{build, finish};
 
@@ -159,7 +160,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             seed,
             sampler: "p0".into(),
             train_seconds: 0.0,
-            tasks: evaluate(&ctx, None, &tasks, seed)?,
+            tasks: evaluate(&ctx, None, &tasks, seed, args.eval_particles)?,
+            particles: None,
         };
         bar.suspend(|| print_record(&rec));
         records_out.write(&rec)?;
@@ -179,7 +181,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 &ad,
             )?;
             let mut twist = HeadTrainable::new(head, param, AdamConfig::default())
-                .with_bias_lr(args.head.bias_lr);
+                .with_bias_lr(args.head.bias_lr)
+                .with_bias_optimizer(args.head.bias_optimizer);
             let t0 = Instant::now();
             let msg = |i: usize| format!("seed {seed}: {method:?} update {i}/{}", args.steps);
             bar.set_message(msg(0));
@@ -227,12 +230,29 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 seed,
                 sampler: format!("{method:?}").to_lowercase(),
                 train_seconds,
-                tasks: evaluate(&ctx, Some(&mut twist), &tasks, seed)?,
+                tasks: evaluate(&ctx, Some(&mut twist), &tasks, seed, args.eval_particles)?,
+                particles: None,
             };
             bar.suspend(|| print_record(&rec));
             records_out.write(&rec)?;
             records.push(rec);
             bar.inc(1);
+        }
+        if args.equal_time {
+            let this_seed: Vec<&Record> = records.iter().filter(|r| r.seed == seed).collect();
+            if let Some(k) = equal_time_particles(&this_seed, args.eval_particles) {
+                bar.set_message(format!("seed {seed}: bootstrap SMC at equal time, K = {k}"));
+                let rec = Record {
+                    seed,
+                    sampler: EQUAL_TIME.into(),
+                    train_seconds: 0.0,
+                    tasks: evaluate(&ctx, None, &tasks, seed, k)?,
+                    particles: Some(k),
+                };
+                bar.suspend(|| print_record(&rec));
+                records_out.write(&rec)?;
+                records.push(rec);
+            }
         }
     }
     bar.finish_and_clear();

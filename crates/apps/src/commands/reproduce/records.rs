@@ -58,6 +58,9 @@ pub struct ReproduceSettings {
     pub out_dir: PathBuf,
     /// Only rebuild the table from the records.
     pub table_only: bool,
+    /// Per seed, also run bootstrap SMC with as many particles as the twisted samplers' SMC
+    /// time buys (the SMC table's equal-time column).
+    pub equal_time: bool,
 }
 
 /// One sampler's evaluation for one seed (infilling: averaged over the seed's tasks, with the
@@ -72,7 +75,14 @@ pub struct Record {
     pub train_seconds: f64,
     /// Per task (one task for a fixed potential): F_q, G_q and the best lower and upper bounds.
     pub tasks: Vec<TaskEval>,
+    /// The particles of this evaluation's SMC bounds when they are not the run's
+    /// `--eval-particles`: bootstrap SMC at equal time ([`EQUAL_TIME`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub particles: Option<usize>,
 }
+
+/// The sampler name of bootstrap SMC given the twisted samplers' SMC time (its `particles`).
+pub const EQUAL_TIME: &str = "p0-equal-time";
 
 /// A sampler's numbers on one task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +102,10 @@ pub struct TaskEval {
     /// kept): their spread is the variance of log Zhat at the evaluation's K.
     #[serde(default)]
     pub lower_runs: Vec<f64>,
+    /// Wall-clock seconds of one SMC run behind `lower`, averaged over the runs (0 in records
+    /// written before it was kept).
+    #[serde(default)]
+    pub smc_seconds: f64,
 }
 
 /// How a record's `lower` and `upper` were formed.

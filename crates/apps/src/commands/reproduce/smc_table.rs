@@ -4,12 +4,14 @@
 //! the width between them, the width's paired difference against bootstrap SMC, and the
 //! standard deviation of log Zhat across runs, pooled within (seed, task). Only evaluations
 //! whose bounds follow [`BoundRule::Smc`] count: older records' bounds are the tighter of SIS
-//! and SMC, not SMC's.
+//! and SMC, not SMC's. With `--equal-time`, bootstrap SMC also runs per seed with the particles
+//! that the twisted samplers' SMC time buys ([`EQUAL_TIME`]), and each twisted row's width is
+//! paired against it too.
 
 use serde::Serialize;
 use smc_bounds::Estimate;
 
-use super::records::{BoundRule, Record, TaskEval};
+use super::records::{BoundRule, EQUAL_TIME, Record, TaskEval};
 use super::table::pm;
 
 /// One sampler's SMC numbers over seeds.
@@ -25,13 +27,55 @@ pub struct SmcRow {
     pub width: Estimate,
     /// The width minus bootstrap SMC's, paired by seed.
     pub width_vs_p0: Estimate,
+    /// The width minus that of bootstrap SMC at equal time, paired by seed (`None` without
+    /// equal-time records).
+    pub width_vs_equal_time: Option<Estimate>,
+    /// The smallest and largest K of the row's SMC runs over seeds.
+    pub particles: (usize, usize),
+    /// Wall-clock seconds of one SMC run, over seeds (`None` in records without timings).
+    pub seconds_per_run: Option<Estimate>,
     /// The standard deviation of log Zhat across runs, pooled within (seed, task), and its
     /// degrees of freedom (the runs less one per (seed, task)); `None` without two runs.
     pub sd_log_zhat: Option<(f64, usize)>,
 }
 
+/// Largest K that bootstrap SMC may be given at equal time, as a multiple of the evaluation's.
+pub const MAX_EQUAL_TIME_FACTOR: usize = 16;
+
+/// Bootstrap SMC's particles at equal time for one seed's records: the evaluation's K scaled
+/// by the twisted samplers' mean SMC seconds a run over p0's (bootstrap SMC at K), never below
+/// K and at most [`MAX_EQUAL_TIME_FACTOR`] K. Cost is not linear in K (wider batches run
+/// faster a row), so the table reports the seconds each row's runs actually took. `None`
+/// without timed p0 and twisted evaluations.
+pub fn equal_time_particles(seed_records: &[&Record], k: usize) -> Option<usize> {
+    let seconds = |r: &Record| {
+        let n = r.tasks.len().max(1) as f64;
+        r.tasks.iter().map(|t| t.smc_seconds).sum::<f64>() / n
+    };
+    let base = seed_records
+        .iter()
+        .find(|r| r.sampler == "p0" && r.particles.is_none())
+        .map(|r| seconds(r))?;
+    let twisted: Vec<f64> = seed_records
+        .iter()
+        .filter(|r| r.sampler != "p0" && r.particles.is_none())
+        .map(|r| seconds(r))
+        .collect();
+    if !(base > 0.0) || twisted.is_empty() {
+        return None;
+    }
+    let ratio = twisted.iter().sum::<f64>() / twisted.len() as f64 / base;
+    let scaled = (k as f64 * ratio).round();
+    let max = k.saturating_mul(MAX_EQUAL_TIME_FACTOR);
+    Some(if scaled.is_finite() {
+        (scaled as usize).clamp(k, max)
+    } else {
+        max
+    })
+}
+
 /// The rows, one per sampler in the order the records first name them.
-pub fn smc_rows(records: &[Record]) -> Vec<SmcRow> {
+pub fn smc_rows(records: &[Record], eval_particles: usize) -> Vec<SmcRow> {
     let smc_tasks = |r: &'_ Record| -> Vec<TaskEval> {
         r.tasks
             .iter()
@@ -68,19 +112,29 @@ pub fn smc_rows(records: &[Record]) -> Vec<SmcRow> {
     };
     let width = |s: &str| per_seed(s, &|l, u| u - l);
     let p0_width = width("p0");
+    let equal_width = width(EQUAL_TIME);
+    let paired = |w: &[(u64, f64)], base: &[(u64, f64)]| -> Vec<f64> {
+        w.iter()
+            .filter_map(|&(seed, x)| base.iter().find(|&&(p, _)| p == seed).map(|&(_, y)| x - y))
+            .collect()
+    };
     samplers
         .iter()
         .map(|&s| {
             let values = |v: Vec<(u64, f64)>| v.into_iter().map(|(_, x)| x).collect::<Vec<_>>();
             let w = width(s);
-            let diffs: Vec<f64> = w
+            let diffs = paired(&w, &p0_width);
+            let twisted = s != "p0" && s != EQUAL_TIME;
+            let vs_equal = paired(&w, &equal_width);
+            let of_s: Vec<&Record> = records.iter().filter(|r| r.sampler == s).collect();
+            let ks = of_s.iter().map(|r| r.particles.unwrap_or(eval_particles));
+            let particles = (
+                ks.clone().min().unwrap_or(eval_particles),
+                ks.max().unwrap_or(eval_particles),
+            );
+            let secs: Vec<f64> = of_s
                 .iter()
-                .filter_map(|&(seed, x)| {
-                    p0_width
-                        .iter()
-                        .find(|&&(p, _)| p == seed)
-                        .map(|&(_, y)| x - y)
-                })
+                .map(|r| r.tasks.iter().map(|t| t.smc_seconds).sum::<f64>() / r.tasks.len() as f64)
                 .collect();
             let (mut ss, mut df) = (0.0, 0usize);
             for t in records
@@ -101,6 +155,11 @@ pub fn smc_rows(records: &[Record]) -> Vec<SmcRow> {
                 upper: Estimate::from_values(&values(per_seed(s, &|_, u| u))),
                 width: Estimate::from_values(&values(w)),
                 width_vs_p0: Estimate::from_values(&diffs),
+                width_vs_equal_time: (twisted && !vs_equal.is_empty())
+                    .then(|| Estimate::from_values(&vs_equal)),
+                particles,
+                seconds_per_run: (!secs.is_empty() && secs.iter().all(|&x| x > 0.0))
+                    .then(|| Estimate::from_values(&secs)),
                 sd_log_zhat: (df > 0).then(|| ((ss / df as f64).sqrt(), df)),
             }
         })
@@ -114,18 +173,37 @@ pub fn smc_markdown(rows: &[SmcRow], particles: usize, runs: usize) -> String {
                 SMC table.\n"
             .to_string();
     }
+    let equal_time = rows.iter().any(|r| r.sampler == EQUAL_TIME);
     let mut s = format!(
         "\nSMC with each sampler's twists at K = {particles} (p0: bootstrap SMC, no twist), \
          resampling at every step, on the same random numbers per seed: the lower bound is the \
          mean log Zhat of {runs} run(s), the upper bound conditional SMC around the exact \
          samples; a narrower interval and a smaller spread of log Zhat mean a better sampler at \
-         equal K.\n\n| sampler | SMC lower | CSMC upper | width | width vs p0 | sd of log Zhat (df) |\n\
-         |---|---|---|---|---|---|\n"
+         equal K.{}\n\n| sampler | K | s a run | SMC lower | CSMC upper | width | width vs p0 | width vs p0 at equal time | sd of log Zhat (df) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        if equal_time {
+            format!(
+                " {EQUAL_TIME}: bootstrap SMC per seed with K scaled by the twisted samplers' \
+                 mean SMC seconds a run over bootstrap SMC's at K = {particles} (at least \
+                 {particles}, at most {MAX_EQUAL_TIME_FACTOR} times; cost is not linear in K, \
+                 so the seconds each row's runs took are shown), on the same random numbers."
+            )
+        } else {
+            String::new()
+        }
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.sampler,
+            if r.particles.0 == r.particles.1 {
+                r.particles.0.to_string()
+            } else {
+                format!("{}-{}", r.particles.0, r.particles.1)
+            },
+            r.seconds_per_run
+                .as_ref()
+                .map_or("-".to_string(), |e| format!("{:.2}", e.mean)),
             pm(&r.lower),
             pm(&r.upper),
             pm(&r.width),
@@ -134,14 +212,16 @@ pub fn smc_markdown(rows: &[SmcRow], particles: usize, runs: usize) -> String {
             } else {
                 pm(&r.width_vs_p0)
             },
+            r.width_vs_equal_time.as_ref().map_or("-".to_string(), pm),
             r.sd_log_zhat
                 .map_or("-".to_string(), |(sd, df)| format!("{sd:.3} ({df})")),
         ));
     }
     s.push_str(
         "\nmean ± 95% Student t half-width over seeds (the same degrees of freedom as the KL \
-         table); the width's difference is paired by seed. The sd of log Zhat pools the runs' \
-         squared deviations within each (seed, task).\n",
+         table); the widths' differences are paired by seed; s a run is the mean over seeds of \
+         one SMC run's wall-clock seconds. The sd of log Zhat pools the runs' squared \
+         deviations within each (seed, task).\n",
     );
     s
 }
@@ -170,4 +250,89 @@ pub fn smc_svg(rows: &[SmcRow], particles: usize) -> String {
         &series,
         false,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sampler: &str, seconds: &[f64], particles: Option<usize>) -> Record {
+        let est = Estimate::from_values(&[0.0, 0.0]);
+        Record {
+            seed: 0,
+            sampler: sampler.into(),
+            train_seconds: 0.0,
+            tasks: seconds
+                .iter()
+                .map(|&smc_seconds| TaskEval {
+                    f_q: est,
+                    g_q: est,
+                    lower: -2.0,
+                    upper: -1.0,
+                    rule: BoundRule::Smc,
+                    lower_runs: vec![-2.0],
+                    smc_seconds,
+                })
+                .collect(),
+            particles,
+        }
+    }
+
+    #[test]
+    fn equal_time_scales_k_by_the_twisted_samplers_mean_seconds() {
+        // p0 takes 2 s a run (mean over its two tasks); the twisted samplers 3 and 2 s: the
+        // ratio 1.25 buys 80 particles at K = 64.
+        let recs = [
+            record("p0", &[1.0, 3.0], None),
+            record("ctl", &[3.0, 3.0], None),
+            record("rl", &[2.0, 2.0], None),
+            record(EQUAL_TIME, &[9.0, 9.0], Some(500)),
+        ];
+        let refs: Vec<&Record> = recs.iter().collect();
+        assert_eq!(equal_time_particles(&refs, 64), Some(80));
+        // Never fewer than K, at most MAX_EQUAL_TIME_FACTOR K.
+        let fast = [record("p0", &[2.0], None), record("ctl", &[1.0], None)];
+        assert_eq!(
+            equal_time_particles(&fast.iter().collect::<Vec<_>>(), 64),
+            Some(64)
+        );
+        let slow = [record("p0", &[1.0], None), record("ctl", &[1e9], None)];
+        assert_eq!(
+            equal_time_particles(&slow.iter().collect::<Vec<_>>(), 64),
+            Some(64 * MAX_EQUAL_TIME_FACTOR)
+        );
+        // Untimed (older) records or no twisted sampler: no equal-time run.
+        let untimed = [record("p0", &[0.0], None), record("ctl", &[1.0], None)];
+        assert_eq!(
+            equal_time_particles(&untimed.iter().collect::<Vec<_>>(), 64),
+            None
+        );
+        let alone = [record("p0", &[1.0], None)];
+        assert_eq!(
+            equal_time_particles(&alone.iter().collect::<Vec<_>>(), 64),
+            None
+        );
+    }
+
+    #[test]
+    fn the_equal_time_column_pairs_each_twisted_width_with_bootstrap_at_equal_time() {
+        // Widths: p0 1, ctl 1 (bounds -2, -1 each) against the equal-time run's 0.5.
+        let mut equal = record(EQUAL_TIME, &[1.0], Some(80));
+        equal.tasks[0].lower = -1.5;
+        let recs = [
+            record("p0", &[1.0], None),
+            record("ctl", &[1.25], None),
+            equal,
+        ];
+        let rows = smc_rows(&recs, 64);
+        let row = |s: &str| rows.iter().find(|r| r.sampler == s).unwrap();
+        let ctl = row("ctl");
+        assert_eq!(ctl.width_vs_equal_time.unwrap().mean, 0.5);
+        assert_eq!(ctl.particles, (64, 64));
+        assert!(row("p0").width_vs_equal_time.is_none());
+        assert_eq!(row(EQUAL_TIME).particles, (80, 80));
+        assert_eq!(row(EQUAL_TIME).seconds_per_run.unwrap().mean, 1.0);
+        let md = smc_markdown(&rows, 64, 1);
+        assert!(md.contains("| p0-equal-time | 80 | 1.00 |"), "{md}");
+    }
 }

@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use smc_bounds::Estimate;
+use twist_learn::BiasOptimizer;
 
 use super::records::{BoundRule, Record, ReproduceSettings, Row, TaskEval};
 use super::smc_table::{smc_markdown, smc_rows, smc_svg};
@@ -47,7 +48,13 @@ pub(super) fn build(
     seconds: f64,
     model: &str,
 ) -> Built {
-    let (log_z, rows) = table(records);
+    // Bootstrap SMC at equal time has another K: it belongs to the SMC table only.
+    let at_k: Vec<Record> = records
+        .iter()
+        .filter(|r| r.particles.is_none())
+        .cloned()
+        .collect();
+    let (log_z, rows) = table(&at_k);
     let mut rules: Vec<BoundRule> = Vec::new();
     for rule in records.iter().flat_map(|r| r.tasks.iter().map(|t| t.rule)) {
         if !rules.contains(&rule) {
@@ -65,7 +72,7 @@ pub(super) fn build(
         seconds,
         &rules,
     );
-    let smc = smc_rows(records);
+    let smc = smc_rows(records, args.eval_particles);
     md.push_str(&smc_markdown(
         &smc,
         args.eval_particles,
@@ -75,7 +82,7 @@ pub(super) fn build(
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
-        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "bias_lr": args.head.bias_lr, "log_z_per_task": log_z, "bound_rules": rules,
+        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "equal_time": args.equal_time, "log_z_per_task": log_z, "bound_rules": rules,
         "rejection_log_z": rejection_log_z, "rows": rows, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
@@ -239,7 +246,10 @@ fn markdown(
         args.lr,
         args.head
             .bias_lr
-            .map_or(String::new(), |b| format!(" (per-token bias: {b})")),
+            .map_or(String::new(), |b| match args.head.bias_optimizer {
+                BiasOptimizer::Adam => format!(" (per-token bias: {b})"),
+                BiasOptimizer::Sgd => format!(" (per-token bias: gradient descent at {b})"),
+            }),
         args.head.kind_name(),
         args.head.init_name(),
         args.eval_particles,
