@@ -27,9 +27,15 @@ pub enum BiasOptimizer {
     Adam,
     /// Plain gradient descent: b_v moves in proportion to its gradient, which for CTL is the
     /// gap between the token's frequency among the positives and its weighted frequency among
-    /// the negatives (moment matching), so rare tokens barely move. No state.
+    /// the negatives (moment matching), so rare tokens barely move. No state. A step moves
+    /// no b_v by more than [`MAX_SGD_BIAS_STEP`] (the gradient is clipped by value): losses
+    /// whose gradients are in nats rather than frequencies (RL's squared error) would
+    /// otherwise diverge at a rate made for frequency gaps.
     Sgd,
 }
+
+/// The largest move of any b_v in one plain gradient step, in nats.
+pub const MAX_SGD_BIAS_STEP: f64 = 0.1;
 
 /// A twist head with its optimiser.
 pub struct HeadTrainable {
@@ -197,6 +203,13 @@ impl TrainableTwist for HeadTrainable {
                 // without a gradient in a step keeps its value and its state.
                 let mut bias_grads = GradientsParams::new();
                 if let Some(g) = params.remove::<1>(id) {
+                    let g = match self.bias_optimizer {
+                        BiasOptimizer::Adam => g,
+                        BiasOptimizer::Sgd => {
+                            let c = MAX_SGD_BIAS_STEP / bias_lr;
+                            g.clamp(-c, c)
+                        }
+                    };
                     bias_grads.register(id, g);
                 }
                 let module = self.optim.step(learning_rate, module, params);

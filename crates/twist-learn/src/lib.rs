@@ -22,7 +22,7 @@ pub use adam::AdamConfig;
 pub use batch::{Batch, Parameterization, RecordedStep};
 pub use error::TrainError;
 pub use gibbs::{CsmcUpdate, ctl_csmc_update, train_ctl_particle_gibbs};
-pub use head::{BiasOptimizer, HeadTrainable};
+pub use head::{BiasOptimizer, HeadTrainable, MAX_SGD_BIAS_STEP};
 pub use infilling::{
     InfillingConfig, InfillingEval, evaluate_infilling, evaluate_infilling_with,
     infilling_eval_plan, train_infilling_ctl,

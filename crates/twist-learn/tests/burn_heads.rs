@@ -436,7 +436,9 @@ fn an_sgd_bias_moves_by_its_gradient() {
     // CTL's gradient for b_v is the gap between v's weighted frequency among the negatives
     // and among the positives, averaged over t: both frequencies sum to one at every t, so
     // after one plain gradient step b sums to zero, no b_v moves by more than the rate, and
-    // the move scales exactly with the rate. Adam's step has none of these properties.
+    // the move scales exactly with the rate (below the clip: a step of at most
+    // MAX_SGD_BIAS_STEP, i.e. gradients up to 1 pass at rates up to that). Adam's step has
+    // none of these properties.
     let lm = tiny_llama();
     let phi = potential();
     let bias = |bias_lr: f64, optimizer| {
@@ -447,14 +449,22 @@ fn an_sgd_bias_moves_by_its_gradient() {
             .map(|(_, v)| v)
             .unwrap()
     };
-    let (b1, b2) = (bias(0.5, BiasOptimizer::Sgd), bias(1.0, BiasOptimizer::Sgd));
+    let (r1, r2) = (MAX_SGD_BIAS_STEP / 2.0, MAX_SGD_BIAS_STEP);
+    let (b1, b2) = (bias(r1, BiasOptimizer::Sgd), bias(r2, BiasOptimizer::Sgd));
     let sum: f64 = b1.iter().map(|&x| f64::from(x)).sum();
     let max = b1.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    assert!(sum.abs() < 1e-5, "b sums to {sum}");
-    assert!(max > 0.0 && max <= 0.5, "b moved by up to {max}");
+    assert!(sum.abs() < 1e-6, "b sums to {sum}");
+    assert!(max > 0.0 && f64::from(max) <= r1, "b moved by up to {max}");
     for (x, y) in b1.iter().zip(&b2) {
         assert!((2.0 * x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
     }
+    // At a rate a thousand times larger the clip holds every move to MAX_SGD_BIAS_STEP.
+    let big = bias(1e3, BiasOptimizer::Sgd);
+    let big_max = big.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(
+        f64::from(big_max) <= MAX_SGD_BIAS_STEP * (1.0 + 1e-6) && big_max > 0.0,
+        "b moved by up to {big_max}"
+    );
     let adam = bias(0.5, BiasOptimizer::Adam);
     let adam_max = adam.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     assert!(adam_max > 0.25, "Adam moved b by up to {adam_max}");
