@@ -67,14 +67,16 @@ pub(super) fn collect_exact(
     Ok(collected)
 }
 
-/// Every task's evaluation with the bounds at K = `particles` (the run's --eval-particles,
-/// or bootstrap SMC's equal-time K).
+/// Every task's evaluation with the bounds at K = `particles` and F_q from `fq_draws` draws
+/// (the run's --eval-particles and --fq-samples; bootstrap SMC at equal time takes its own K
+/// and one draw, since only its bounds are used).
 pub(super) fn evaluate(
     ctx: &Ctx<'_>,
     mut twist: Option<&mut HeadTrainable>,
     tasks: &[Task<'_>],
     seed: u64,
     particles: usize,
+    fq_draws: usize,
 ) -> Result<Vec<TaskEval>> {
     let a = ctx.args;
     let mut out = Vec::with_capacity(tasks.len());
@@ -89,7 +91,7 @@ pub(super) fn evaluate(
         // (BoundRule::Smc); the upper bounds' references are the first exact samples in the
         // order they were drawn.
         let plan = EvalPlan {
-            fq_draws: a.fq_samples,
+            fq_draws,
             lower_runs: a.lower_runs.max(1),
             upper_refs: a.upper_samples.max(1),
             lower_methods: vec![BoundMethod::Smc],

@@ -160,7 +160,14 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             seed,
             sampler: "p0".into(),
             train_seconds: 0.0,
-            tasks: evaluate(&ctx, None, &tasks, seed, args.eval_particles)?,
+            tasks: evaluate(
+                &ctx,
+                None,
+                &tasks,
+                seed,
+                args.eval_particles,
+                args.fq_samples,
+            )?,
             particles: None,
         };
         bar.suspend(|| print_record(&rec));
@@ -230,7 +237,14 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 seed,
                 sampler: format!("{method:?}").to_lowercase(),
                 train_seconds,
-                tasks: evaluate(&ctx, Some(&mut twist), &tasks, seed, args.eval_particles)?,
+                tasks: evaluate(
+                    &ctx,
+                    Some(&mut twist),
+                    &tasks,
+                    seed,
+                    args.eval_particles,
+                    args.fq_samples,
+                )?,
                 particles: None,
             };
             bar.suspend(|| print_record(&rec));
@@ -246,7 +260,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     seed,
                     sampler: EQUAL_TIME.into(),
                     train_seconds: 0.0,
-                    tasks: evaluate(&ctx, None, &tasks, seed, k)?,
+                    tasks: evaluate(&ctx, None, &tasks, seed, k, 1)?,
                     particles: Some(k),
                 };
                 bar.suspend(|| print_record(&rec));

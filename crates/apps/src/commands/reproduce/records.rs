@@ -76,7 +76,8 @@ pub struct Record {
     /// Per task (one task for a fixed potential): F_q, G_q and the best lower and upper bounds.
     pub tasks: Vec<TaskEval>,
     /// The particles of this evaluation's SMC bounds when they are not the run's
-    /// `--eval-particles`: bootstrap SMC at equal time ([`EQUAL_TIME`]).
+    /// `--eval-particles`: bootstrap SMC at equal time ([`EQUAL_TIME`]), whose F_q (one draw)
+    /// and G_q are not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub particles: Option<usize>,
 }
