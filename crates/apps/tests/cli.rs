@@ -324,7 +324,7 @@ fn reproduce_with_a_shared_replay_pool_states_it() {
     assert_eq!(summary["replay_form"], "csmc", "{summary}");
     assert_eq!(summary["bias_optim"], "sgd", "{summary}");
     assert!(
-        table.contains("per-token bias: gradient descent at 1"),
+        table.contains("per-token bias: gradient descent at 1, at most 0.1 an update"),
         "{table}"
     );
     // The equal-time run has its own K: in the SMC table, not among the KL rows.
@@ -777,13 +777,52 @@ fn train_rejects_unknown_positives_and_gibbs_positives_for_other_methods() {
     );
 }
 
+/// (seed, sampler, F_q, G_q, lower, upper) of one hand-made reproduce record.
+type HandRow = (u64, &'static str, f64, f64, f64, f64);
+
+/// Writes `dir`/records.jsonl with one task per row; `extra(sampler, lower)` adds fields to the
+/// task (the bound rule and SMC runs; none for records older than them).
+fn write_records(
+    dir: &std::path::Path,
+    rows: &[HandRow],
+    extra: impl Fn(&str, f64) -> serde_json::Value,
+) {
+    let est = |m: f64| serde_json::json!({ "mean": m, "se": 0.1, "n": 16 });
+    let text: String = rows
+        .iter()
+        .map(|&(seed, sampler, f, g, lo, up)| {
+            let mut task =
+                serde_json::json!({ "f_q": est(f), "g_q": est(g), "lower": lo, "upper": up });
+            if let serde_json::Value::Object(more) = extra(sampler, lo) {
+                task.as_object_mut().unwrap().extend(more);
+            }
+            serde_json::json!({
+                "seed": seed, "sampler": sampler, "train_seconds": 1.0, "tasks": [task],
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("records.jsonl"), text).unwrap();
+}
+
+/// The row of `sampler` in the summary's array `key` (`rows` or `smc_rows`).
+fn sampler_row(summary: &serde_json::Value, key: &str, sampler: &str) -> serde_json::Value {
+    summary[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["sampler"] == sampler)
+        .unwrap()
+        .clone()
+}
+
 /// The reproduce table's arithmetic, checked against values computed by hand from a records
 /// file written here (no model runs: `--table-only`).
 #[test]
 fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
     let dir = tempfile::tempdir().unwrap();
-    // (seed, sampler, F_q, G_q, lower, upper)
-    let rows = [
+    let rows: [HandRow; 6] = [
         (0, "p0", -5.0, -1.0, -4.0, -2.0),
         (0, "ctl", -4.0, -2.0, -3.5, -2.5),
         (1, "p0", -6.0, -1.5, -4.2, -1.8),
@@ -791,26 +830,17 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
         (2, "p0", -5.5, 0.0, -5.0, -2.0),
         (2, "ctl", -3.5, -2.0, -4.0, -3.0),
     ];
-    let est = |m: f64| serde_json::json!({ "mean": m, "se": 0.1, "n": 16 });
     // Two SMC runs per evaluation around its lower bound: squared deviations 0.5 (p0) and 0.02
     // (ctl) per (seed, task).
     let runs = |sampler: &str, lo: f64| {
         let d = if sampler == "p0" { 0.5 } else { 0.1 };
         vec![lo - d, lo + d]
     };
-    let text: String = rows
-        .iter()
-        .map(|&(seed, sampler, f, g, lo, up)| {
-            serde_json::json!({
-                "seed": seed, "sampler": sampler, "train_seconds": 1.0,
-                "tasks": [{ "f_q": est(f), "g_q": est(g), "lower": lo, "upper": up, "rule": "smc",
-                    "lower_runs": runs(sampler, lo) }],
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(dir.path().join("records.jsonl"), text).unwrap();
+    write_records(
+        dir.path(),
+        &rows,
+        |sampler, lo| serde_json::json!({ "rule": "smc", "lower_runs": runs(sampler, lo) }),
+    );
     let out_dir = dir.path().to_str().unwrap();
     let (ok, stdout, stderr) = tsmc(&[
         "reproduce",
@@ -837,15 +867,7 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
         close(&z[2]["lower"], -4.5) && close(&z[2]["upper"], -2.5),
         "{z}"
     );
-    let row = |name: &str| {
-        summary["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["sampler"] == name)
-            .unwrap()
-            .clone()
-    };
+    let row = |name: &str| sampler_row(&summary, "rows", name);
     let (p0, ctl) = (row("p0"), row("ctl"));
     // p0: KL(q||sigma) per seed = midpoint - F_q = 2, 3, 2: mean 7/3, SE = 1/3.
     assert!(close(&p0["kl_q_sigma"]["mean"], 7.0 / 3.0), "{p0}");
@@ -869,15 +891,7 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
         "expected -1.500 ± {half:.3} in\n{stdout}"
     );
     // The SMC table: widths per seed p0 2, 2.4, 3 and ctl 1, 1.6, 1; paired -1, -0.8, -2.
-    let smc = |name: &str| {
-        summary["smc_rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["sampler"] == name)
-            .unwrap()
-            .clone()
-    };
+    let smc = |name: &str| sampler_row(&summary, "smc_rows", name);
     let (p0, ctl) = (smc("p0"), smc("ctl"));
     assert!(close(&p0["lower"]["mean"], -13.2 / 3.0), "{p0}");
     assert!(close(&p0["width"]["mean"], 7.4 / 3.0), "{p0}");
@@ -896,18 +910,7 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
     // Records from before the SMC rule was stored: their bounds are the tighter of SIS and
     // SMC, so they make no SMC table, and the chart still opens.
     let old = tempfile::tempdir().unwrap();
-    let text: String = rows
-        .iter()
-        .map(|&(seed, sampler, f, g, lo, up)| {
-            serde_json::json!({
-                "seed": seed, "sampler": sampler, "train_seconds": 1.0,
-                "tasks": [{ "f_q": est(f), "g_q": est(g), "lower": lo, "upper": up }],
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(old.path().join("records.jsonl"), text).unwrap();
+    write_records(old.path(), &rows, |_, _| serde_json::json!({}));
     let (ok, stdout, stderr) = tsmc(&[
         "reproduce",
         "--task",

@@ -338,6 +338,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
             rank: None,
             zero_output: false,
             bias_lr: None,
+            bias_optimizer: twist_learn::BiasOptimizer::Adam,
         },
         eval_particles: 2,
         fq_samples: 2,

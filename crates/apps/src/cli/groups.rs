@@ -98,7 +98,9 @@ pub struct HeadArgs {
     pub bias_lr: Option<f64>,
     /// How b is stepped at --bias-lr: `adam` (with the rest of the head: every b_v with any
     /// gradient moves by about the rate) or `sgd` (in proportion to its gradient, the gap
-    /// between the token's frequency among positives and negatives; a rate of order 1).
+    /// between the token's frequency among positives and negatives, with rates of order 1 to
+    /// 16; the gradient is clipped so that no b_v moves more than 0.1 nats an update, so gaps
+    /// above 0.1 / rate all move by 0.1).
     #[arg(long, value_enum, default_value_t = BiasOptimArg::Adam)]
     pub bias_optim: BiasOptimArg,
 }

@@ -17,7 +17,8 @@ use super::table::pm;
 /// One sampler's SMC numbers over seeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct SmcRow {
-    /// "p0" (bootstrap SMC) or the method whose twists drive twisted SMC.
+    /// "p0" (bootstrap SMC), [`EQUAL_TIME`] (bootstrap SMC at equal time) or the method whose
+    /// twists drive twisted SMC.
     pub sampler: String,
     /// The SMC lower bound on log Z over seeds.
     pub lower: Estimate,
@@ -27,8 +28,8 @@ pub struct SmcRow {
     pub width: Estimate,
     /// The width minus bootstrap SMC's, paired by seed.
     pub width_vs_p0: Estimate,
-    /// The width minus that of bootstrap SMC at equal time, paired by seed (`None` without
-    /// equal-time records).
+    /// The width minus that of bootstrap SMC at equal time, paired by seed (`None` for the
+    /// bootstrap rows and without equal-time records).
     pub width_vs_equal_time: Option<Estimate>,
     /// The smallest and largest K of the row's SMC runs over seeds.
     pub particles: (usize, usize),
@@ -186,7 +187,8 @@ pub fn smc_markdown(rows: &[SmcRow], particles: usize, runs: usize) -> String {
                 " {EQUAL_TIME}: bootstrap SMC per seed with K scaled by the twisted samplers' \
                  mean SMC seconds a run over bootstrap SMC's at K = {particles} (at least \
                  {particles}, at most {MAX_EQUAL_TIME_FACTOR} times; cost is not linear in K, \
-                 so the seconds each row's runs took are shown), on the same random numbers."
+                 so the seconds each row's runs took are shown, and they vary with the \
+                 machine's load) with the same seeds."
             )
         } else {
             String::new()
@@ -244,7 +246,10 @@ pub fn smc_svg(rows: &[SmcRow], particles: usize) -> String {
         })
         .collect();
     crate::svg::line_chart(
-        &format!("log Z bounds of SMC at K = {particles}: lower (SMC) to upper (conditional SMC)"),
+        &format!(
+            "log Z bounds of SMC at K = {particles} (p0-equal-time: its own K): lower (SMC) to \
+             upper (conditional SMC)"
+        ),
         "sampler (legend order; p0 = bootstrap SMC)",
         "log Z",
         &series,

@@ -248,7 +248,8 @@ fn markdown(
             .bias_lr
             .map_or(String::new(), |b| match args.head.bias_optimizer {
                 BiasOptimizer::Adam => format!(" (per-token bias: {b})"),
-                BiasOptimizer::Sgd => format!(" (per-token bias: gradient descent at {b})"),
+                BiasOptimizer::Sgd =>
+                    format!(" (per-token bias: gradient descent at {b}, at most 0.1 an update)"),
             }),
         args.head.kind_name(),
         args.head.init_name(),
