@@ -62,7 +62,8 @@ pub fn equal_time_particles(seed_records: &[&Record], k: usize) -> Option<usize>
         .filter(|r| r.sampler != "p0" && r.particles.is_none())
         .map(|r| seconds(r))
         .collect();
-    if !(base > 0.0) || twisted.is_empty() {
+    // A zero, negative or NaN time gives no ratio.
+    if base.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || twisted.is_empty() {
         return None;
     }
     let ratio = twisted.iter().sum::<f64>() / twisted.len() as f64 / base;
