@@ -298,9 +298,11 @@ fn optim_error(path: &std::path::Path, expected: &str, found: impl ToString) -> 
 
 /// Checks that an optimiser state (burn's burnpack bytes) belongs to `params` (name, id,
 /// shape): every state tensor carries the id of one of them and that parameter's shape, and
-/// either every parameter has state or none does (an optimiser that never stepped). burn itself
-/// would ignore state under foreign ids (silently restarting Adam) or fail on a shape mismatch
-/// at the next step.
+/// either every parameter has state or none does (an optimiser that never stepped), except the
+/// per-token bias `out_bias`, which Adam never steps when it takes plain gradient steps
+/// ([`BiasOptimizer::Sgd`]; resumed with Adam, its state starts fresh). burn itself would
+/// ignore state under foreign ids (silently restarting Adam) or fail on a shape mismatch at
+/// the next step.
 pub fn check_optimizer_state(
     path: &std::path::Path,
     bytes: &[u8],
@@ -341,7 +343,9 @@ pub fn check_optimizer_state(
         with_state.insert(*id);
     }
     if !with_state.is_empty()
-        && let Some((pname, _, _)) = params.iter().find(|(_, id, _)| !with_state.contains(id))
+        && let Some((pname, _, _)) = params
+            .iter()
+            .find(|(name, id, _)| !with_state.contains(id) && name != "out_bias")
     {
         return Err(optim_error(
             path,
