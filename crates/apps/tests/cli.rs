@@ -701,6 +701,20 @@ fn train_rejects_unknown_positives_and_gibbs_positives_for_other_methods() {
         stderr.contains("invalid value 'oracle' for '--positives") && stderr.contains("gibbs"),
         "{stderr}"
     );
+    // An evaluation past the run's updates would never happen: refused, not skipped.
+    let (ok, _, stderr) = tsmc(&[
+        "train",
+        "--task",
+        "potential",
+        "--steps",
+        "60",
+        "--eval-at",
+        "30,180",
+    ]);
+    assert!(
+        !ok && stderr.contains("--eval-at 180 is past --steps 60"),
+        "{stderr}"
+    );
     // Replayed exact positives: a --replay file, CTL, the potential task, and never the
     // evaluation's own exact samples; --replay alone is refused too.
     for (args, message) in [

@@ -49,7 +49,8 @@ pub struct TrainArgs {
     lr: f64,
     #[command(flatten)]
     head: HeadArgs,
-    /// Evaluate at these updates (comma-separated; default: 0, 1, 2, 4, 8, ... and the last).
+    /// Evaluate at these updates of this run (comma-separated, at most --steps; a resumed run
+    /// counts from its first update; default: 0, 1, 2, 4, 8, ... and the last).
     #[arg(long, value_delimiter = ',')]
     eval_at: Vec<usize>,
     /// Conditioning sequences per evaluation.
@@ -261,6 +262,13 @@ impl TrainArgs {
                 },
             ),
         };
+        // Evaluations count this run's updates; an entry past them would be silently skipped.
+        if let Some(&late) = eval_at.iter().find(|&&i| i > steps) {
+            bail!(
+                "--eval-at {late} is past --steps {steps}: evaluations count this run's updates \
+                 (1 to {steps}), also when it resumes from a checkpoint"
+            );
+        }
         Ok(TrainSettings {
             task,
             method,
