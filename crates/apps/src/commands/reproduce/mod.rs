@@ -170,9 +170,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             )?,
             particles: None,
         };
-        bar.suspend(|| print_record(&rec));
-        records_out.write(&rec)?;
-        records.push(rec);
+        keep(&bar, &mut records_out, &mut records, rec)?;
         bar.inc(1);
         for &method in methods {
             let param = Parameterization::for_method(method);
@@ -247,9 +245,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 )?,
                 particles: None,
             };
-            bar.suspend(|| print_record(&rec));
-            records_out.write(&rec)?;
-            records.push(rec);
+            keep(&bar, &mut records_out, &mut records, rec)?;
             bar.inc(1);
         }
         if args.equal_time {
@@ -263,9 +259,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     tasks: evaluate(&ctx, None, &tasks, seed, k, 1)?,
                     particles: Some(k),
                 };
-                bar.suspend(|| print_record(&rec));
-                records_out.write(&rec)?;
-                records.push(rec);
+                keep(&bar, &mut records_out, &mut records, rec)?;
             }
         }
     }
@@ -283,6 +277,19 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
         lm.name(),
     );
     finish(&out_dir, &built)
+}
+
+/// Prints an evaluation's record, appends it to records.jsonl and keeps it for the tables.
+fn keep(
+    bar: &ProgressBar,
+    out: &mut Appender,
+    records: &mut Vec<Record>,
+    rec: Record,
+) -> Result<()> {
+    bar.suspend(|| print_record(&rec));
+    out.write(&rec)?;
+    records.push(rec);
+    Ok(())
 }
 
 /// `--table-only`: the tables (markdown), summary (JSON) and chart rebuilt from the output directory's
