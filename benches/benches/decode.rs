@@ -34,6 +34,7 @@ fn decode(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(k), &k, |b, &k| {
             b.iter(|| {
                 let mut s = lm.start(&PROMPT, k).unwrap();
+                s.reserve(T).unwrap();
                 for step in 0..T {
                     black_box(s.next_log_probs().unwrap());
                     s.push(&tokens(k, step)).unwrap();

@@ -43,6 +43,8 @@ fn main() {
     let after_load = vm_hwm_mib();
     let start = Instant::now();
     let mut s = lm.start(&[6403, 1980, 253, 655], k).expect("session");
+    // As every tsmc driver does: the horizon is known, so the cache is sized once.
+    s.reserve(t).expect("reserve");
     for step in 0..t {
         let out = s.next_log_probs().expect("step");
         std::hint::black_box(out);

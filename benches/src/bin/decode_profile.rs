@@ -145,6 +145,7 @@ fn plain_run(lm: &BurnLm, prompt: &[u32], k: usize, t: usize, seed: u64) -> Run 
     profile::take();
     let start = Instant::now();
     let mut s = lm.start(prompt, k).expect("session");
+    s.reserve(t).expect("reserve");
     for step in 0..t {
         let out = s.next_log_probs().expect("log-probs");
         let tokens = profile::time("sample", || {

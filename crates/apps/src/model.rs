@@ -99,6 +99,13 @@ impl DecodeSession for ModelSession<'_> {
         }
     }
 
+    fn reserve(&mut self, tokens: usize) -> smc_core::Result<()> {
+        match self {
+            ModelSession::Local(s) => s.reserve(tokens),
+            ModelSession::Served(s) => s.reserve(tokens),
+        }
+    }
+
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
         match self {
             ModelSession::Local(s) => s.reorder(ancestors),

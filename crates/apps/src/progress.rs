@@ -153,6 +153,10 @@ impl<S: DecodeSession> DecodeSession for ProgressSession<S> {
         add(&self.times, |p| p.head_s += secs(t));
         out
     }
+    fn reserve(&mut self, tokens: usize) -> smc_core::Result<()> {
+        self.inner.reserve(tokens)
+    }
+
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
         let t = Instant::now();
         let out = self.inner.reorder(ancestors);

@@ -196,3 +196,39 @@ fn quantised_decoding_stays_near_the_reference_logits() {
     let _shared = lm.clone();
     assert!(lm.with_weight_format(WeightFormat::Q8).is_err());
 }
+
+/// The log-probabilities of 3 particles decoding their own continuations of ids[..4], with a
+/// resampling step after the second token, after `reserve` (None: no hint).
+fn decode_with_reservation(lm: &BurnLm, ids: &[u32], reserve: Option<usize>) -> Vec<Vec<f64>> {
+    let mut session = lm.start(&ids[..4], 3).unwrap();
+    if let Some(n) = reserve {
+        session.reserve(n).unwrap();
+    }
+    let mut rows = Vec::new();
+    for step in 0..7 {
+        let out = session.next_log_probs().unwrap();
+        rows.extend((0..3).map(|k| out.log_probs.row(k).to_vec()));
+        let column: Vec<u32> = (0..3).map(|k| (ids[4 + step] + 37 * k) % 320).collect();
+        session.push(&column).unwrap();
+        if step == 1 {
+            session.reorder(&[2, 0, 2]).unwrap();
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_cache_reservation_changes_no_log_probability() {
+    for name in ARCHS {
+        let (lm, ids, _) = load(name);
+        let unhinted = decode_with_reservation(&lm, &ids, None);
+        // Too small (the cache grows past it), exact, and larger than needed.
+        for n in [0, 2, 7, 100] {
+            let hinted = decode_with_reservation(&lm, &ids, Some(n));
+            assert!(
+                hinted == unhinted,
+                "{name}: reserve({n}) changed the log-probabilities"
+            );
+        }
+    }
+}

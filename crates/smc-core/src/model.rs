@@ -45,6 +45,7 @@ pub trait LanguageModel {
             });
         }
         let mut session = self.start(prompt, sequences.len())?;
+        session.reserve(horizon)?;
         let mut outputs = Vec::with_capacity(horizon);
         for t in 0..horizon {
             outputs.push(session.next_log_probs()?);
@@ -80,6 +81,14 @@ pub trait DecodeSession {
     /// weight psi_t / psi_{t-1} of spec §3 bit for bit.
     fn log_probs_normalised(&self) -> bool {
         true
+    }
+
+    /// A hint that at most `tokens` more tokens will be pushed to every particle, given before
+    /// the first push: a backend may size its caches once instead of growing them. The
+    /// default ignores it; a driver that knows its horizon should give it.
+    fn reserve(&mut self, tokens: usize) -> Result<()> {
+        let _ = tokens;
+        Ok(())
     }
 
     /// Whether [`draw_from_p0`](Self::draw_from_p0) draws: a serving engine samples from p0

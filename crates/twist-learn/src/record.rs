@@ -221,6 +221,10 @@ impl<S: DecodeSession> DecodeSession for RecordingSession<'_, S> {
         self.inner.push(tokens)
     }
 
+    fn reserve(&mut self, tokens: usize) -> Result<()> {
+        self.inner.reserve(tokens)
+    }
+
     fn reorder(&mut self, ancestors: &[usize]) -> Result<()> {
         self.rec.push_reorder(ancestors);
         self.inner.reorder(ancestors)

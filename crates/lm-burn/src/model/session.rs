@@ -120,6 +120,11 @@ impl DecodeSession for BurnSession<'_> {
         Ok(())
     }
 
+    fn reserve(&mut self, tokens: usize) -> smc_core::Result<()> {
+        self.cache.reserve(tokens);
+        Ok(())
+    }
+
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
         if ancestors.len() != self.particles {
             return Err(LmError::LengthMismatch {

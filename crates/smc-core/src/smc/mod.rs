@@ -347,7 +347,8 @@ fn run_inner<L: LanguageModel>(
     if reference.is_some() {
         config.resampling.check_conditional()?;
     }
-    let session = lm.start(prompt, config.num_particles)?;
+    let mut session = lm.start(prompt, config.num_particles)?;
+    session.reserve(config.horizon)?;
     if session.num_particles() != config.num_particles {
         return Err(SmcError::Shape {
             component: "language model session particles".into(),

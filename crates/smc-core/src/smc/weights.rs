@@ -181,6 +181,7 @@ pub fn sample_base<L: LanguageModel>(
         return Ok((vec![Vec::new(); n], vec![0.0; n]));
     }
     let mut session = lm.start(prompt, n)?;
+    session.reserve(horizon)?;
     let mut tokens = TokenBuffer::new(n, horizon);
     let mut log_p0 = vec![0.0; n];
     if session.draws_from_p0() {
