@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lm_burn::heads::{HeadConfig, HeadKind, TwistHead};
+use lm_burn::heads::{BiasGate, HeadConfig, HeadKind, TwistHead};
 use lm_burn::{BurnLm, Device};
 use smc_core::model::Potential;
 use twist_learn::{
@@ -26,6 +26,8 @@ pub struct HeadChoice {
     pub bias_lr: Option<f64>,
     /// Embedding heads: how the bias is stepped at its own rate.
     pub bias_optimizer: BiasOptimizer,
+    /// Embedding heads: the bias scaled by a learned gate of the input (`None`: not gated).
+    pub bias_gate: Option<BiasGate>,
 }
 
 impl HeadChoice {
@@ -34,7 +36,17 @@ impl HeadChoice {
         let mut config = HeadConfig::for_model(lm, self.kind, conditioning);
         config.zero_output = self.zero_output;
         config.rank = self.rank;
+        config.bias_gate = self.bias_gate;
         config
+    }
+
+    /// The bias gate, as the command line spells it.
+    pub fn bias_gate_name(&self) -> &'static str {
+        match self.bias_gate {
+            None => "none",
+            Some(BiasGate::Sigmoid) => "sigmoid",
+            Some(BiasGate::Linear) => "linear",
+        }
     }
 
     /// How the per-token bias is stepped, as the command line spells it.
@@ -154,6 +166,19 @@ pub fn fresh_or_resumed_head(
                     "--bias-lr is for the per-token bias of an embedding head, but {} holds a {:?} head",
                     path.display(),
                     kind
+                );
+            }
+            let gate = t.head().config.bias_gate;
+            if choice.bias_gate.is_some() && choice.bias_gate != gate {
+                anyhow::bail!(
+                    "--bias-gate {} does not match {}, whose head has bias gate {}",
+                    choice.bias_gate_name(),
+                    path.display(),
+                    HeadChoice {
+                        bias_gate: gate,
+                        ..choice
+                    }
+                    .bias_gate_name()
                 );
             }
             let mut t = t

@@ -566,9 +566,26 @@ fn train_on_a_potential_writes_checkpoints_and_a_curve_with_kl_estimates_and_res
 fn an_embedding_head_trains_resumes_and_drives_sample() {
     // With the bias in the common Adam, and with plain gradient steps for it (no Adam state for
     // b in the checkpoint, which resuming must accept).
-    for bias in [&[][..], &["--bias-lr", "1", "--bias-optim", "sgd"][..]] {
+    // And with the bias gated by the hidden state (the checkpoint keeps the gate).
+    for bias in [
+        &[][..],
+        &["--bias-lr", "1", "--bias-optim", "sgd"][..],
+        &[
+            "--bias-gate",
+            "sigmoid",
+            "--bias-lr",
+            "1",
+            "--bias-optim",
+            "sgd",
+        ][..],
+    ] {
         embedding_head_trains_resumes_and_drives_sample(bias);
     }
+    let (ok, _, stderr) = tsmc(&["train", "--head", "mlp", "--bias-gate", "linear"]);
+    assert!(
+        !ok && stderr.contains("--bias-gate is for the per-token bias of --head embedding"),
+        "{stderr}"
+    );
     for bad in ["low-rank:0", "low-rank", "embeddings"] {
         let (ok, _, stderr) = tsmc(&["train", "--head", bad]);
         assert!(!ok && stderr.contains("low-rank:R"), "{bad}: {stderr}");
@@ -607,6 +624,31 @@ fn embedding_head_trains_resumes_and_drives_sample(bias: &[&str]) {
     assert_eq!(meta["metadata"]["step"], 3);
     assert_eq!(meta["head"]["kind"], "embedding");
     assert_eq!(meta["head"]["rank"], 8);
+    let gate = bias.contains(&"--bias-gate");
+    assert_eq!(meta["head"]["bias_gate"].is_string(), gate, "{meta}");
+    if gate {
+        // Resuming with another gate is refused, naming both.
+        let mut args = vec![
+            "train",
+            "--task",
+            "potential",
+            "--head",
+            "low-rank:8",
+            "--steps",
+            "1",
+            "--resume",
+            &ckpt,
+            "--bias-gate",
+            "linear",
+        ];
+        args.extend(common);
+        let (ok, _, stderr) = tsmc(&args);
+        assert!(
+            !ok && stderr.contains("--bias-gate linear does not match")
+                && stderr.contains("bias gate sigmoid"),
+            "{stderr}"
+        );
+    }
     // d r + r d + V parameters, not the output embedding: a small file.
     let size = std::fs::metadata(&ckpt).unwrap().len();
     assert!(size < 2_000_000, "{size} bytes");

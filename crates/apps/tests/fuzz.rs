@@ -339,6 +339,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
             zero_output: false,
             bias_lr: None,
             bias_optimizer: twist_learn::BiasOptimizer::Adam,
+            bias_gate: None,
         },
         eval_particles: 2,
         fq_samples: 2,

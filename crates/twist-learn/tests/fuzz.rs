@@ -61,13 +61,11 @@ fn update(lm: &BurnLm, twist: &mut HeadTrainable) -> Result<(), TrainError> {
 
 /// A checkpoint of a head trained for two updates (so Adam has state for every parameter).
 fn seed_checkpoint(lm: &BurnLm, kind: HeadKind, conditioning: Option<Vec<u32>>) -> Vec<u8> {
-    let head = TwistHead::new(
-        lm,
-        HeadConfig::for_model(lm, kind, conditioning),
-        1,
-        &default_device().autodiff(),
-    )
-    .unwrap();
+    seed_checkpoint_of(lm, HeadConfig::for_model(lm, kind, conditioning))
+}
+
+fn seed_checkpoint_of(lm: &BurnLm, config: HeadConfig) -> Vec<u8> {
+    let head = TwistHead::new(lm, config, 1, &default_device().autodiff()).unwrap();
     let mut twist = HeadTrainable::new(head, Parameterization::Identity, AdamConfig::default());
     update(lm, &mut twist).unwrap();
     update(lm, &mut twist).unwrap();
@@ -138,6 +136,13 @@ fn fuzz_checkpoint_reader() {
     let raw = [
         seed_checkpoint(&lm, HeadKind::Linear, None),
         seed_checkpoint(&lm, HeadKind::Mlp, Some(vec![7, 8])),
+        // A low-rank embedding head with a gated bias: its parameters are routed by name.
+        seed_checkpoint_of(&lm, {
+            let mut c = HeadConfig::for_model(&lm, HeadKind::Embedding, None);
+            c.rank = Some(4);
+            c.bias_gate = Some(lm_burn::heads::BiasGate::Sigmoid);
+            c
+        }),
     ];
     let seeds = raw.each_ref().map(|r| split(r));
     let ad = default_device().autodiff();
@@ -154,6 +159,7 @@ fn fuzz_checkpoint_reader() {
         )
         .unwrap();
         assert_eq!(meta["step"], 2);
+        twist.head_mut().attach_base_model(&lm).unwrap();
         update(&lm, &mut twist).unwrap();
     }
     fuzz(
@@ -221,7 +227,9 @@ fn fuzz_checkpoint_reader() {
                 AdamConfig::default(),
             ) {
                 Ok((mut twist, _)) => {
-                    let _ = update(&lm, &mut twist);
+                    if twist.head_mut().attach_base_model(&lm).is_ok() {
+                        let _ = update(&lm, &mut twist);
+                    }
                     Ok(true)
                 }
                 Err(e) => names(&e, &path),

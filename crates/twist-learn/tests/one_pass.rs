@@ -210,8 +210,19 @@ fn potential() -> Phi {
 
 /// A head with every parameter away from zero (so that no gradient vanishes by symmetry).
 fn random_head(lm: &BurnLm, kind: HeadKind, rank: Option<usize>, seed: u64) -> TwistHead {
+    random_gated_head(lm, kind, rank, None, seed)
+}
+
+fn random_gated_head(
+    lm: &BurnLm,
+    kind: HeadKind,
+    rank: Option<usize>,
+    gate: Option<lm_burn::heads::BiasGate>,
+    seed: u64,
+) -> TwistHead {
     let mut config = HeadConfig::for_model(lm, kind, None);
     config.rank = rank;
+    config.bias_gate = gate;
     let mut head = TwistHead::new(lm, config, seed, &default_device().autodiff()).unwrap();
     let mut rng = rng_from_seed(seed);
     for (name, values) in head.parameter_values().unwrap() {
@@ -243,19 +254,24 @@ fn burn_batches_from_the_sampling_run_match_teacher_forced_ones_to_float_roundin
     let lm = tiny_llama("llama-tied");
     let phi = potential();
     let horizon = 3;
-    for (kind, rank) in [
-        (HeadKind::Linear, None),
-        (HeadKind::Embedding, None),
-        (HeadKind::Embedding, Some(4)),
+    for (kind, rank, gate) in [
+        (HeadKind::Linear, None, None),
+        (HeadKind::Embedding, None, None),
+        (HeadKind::Embedding, Some(4), None),
+        (
+            HeadKind::Embedding,
+            Some(4),
+            Some(lm_burn::heads::BiasGate::Sigmoid),
+        ),
     ] {
         for method in Method::ALL {
             let param = Parameterization::for_method(method);
             let twist = HeadTrainable::new(
-                random_head(&lm, kind, rank, 2),
+                random_gated_head(&lm, kind, rank, gate, 2),
                 param,
                 AdamConfig::default(),
             );
-            let what = format!("{kind:?} {rank:?} {method:?}");
+            let what = format!("{kind:?} {rank:?} {gate:?} {method:?}");
             let (a, ra) = draw_batch(
                 &lm,
                 &twist,

@@ -3,7 +3,7 @@
 
 use clap::{Args, ValueEnum};
 
-use lm_burn::heads::HeadKind;
+use lm_burn::heads::{BiasGate, HeadKind};
 use smc_core::resampling::Scheme;
 
 use crate::setup::ModelChoice;
@@ -103,6 +103,23 @@ pub struct HeadArgs {
     /// above 0.1 / rate all move by 0.1).
     #[arg(long, value_enum, default_value_t = BiasOptimArg::Adam)]
     pub bias_optim: BiasOptimArg,
+    /// Scale an embedding head's bias by a learned gate of the hidden state,
+    /// e_v · (A h) + g(h) b_v: `sigmoid` (g = 2 sigmoid(w · h + c), in (0, 2)) or `linear`
+    /// (g = 1 + w · h + c); w and c start at zero (g = 1) and train at --lr. Lets the head
+    /// turn b down where the prefix no longer needs it.
+    #[arg(long, value_enum, default_value_t = BiasGateArg::None)]
+    pub bias_gate: BiasGateArg,
+}
+
+/// Whether and how an embedding head's bias is gated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BiasGateArg {
+    /// No gate: e_v · (A h) + b_v.
+    None,
+    /// g = 2 sigmoid(w · h + c).
+    Sigmoid,
+    /// g = 1 + w · h + c.
+    Linear,
 }
 
 /// How an embedding head's per-token bias is stepped.
@@ -140,6 +157,17 @@ impl HeadArgs {
                 );
             }
         }
+        if self.bias_gate != BiasGateArg::None && kind != HeadKind::Embedding {
+            anyhow::bail!(
+                "--bias-gate is for the per-token bias of --head embedding or low-rank:R; \
+                 found --head {}",
+                if kind == HeadKind::Mlp {
+                    "mlp"
+                } else {
+                    "linear"
+                }
+            );
+        }
         if self.bias_optim == BiasOptimArg::Sgd && self.bias_lr.is_none() {
             anyhow::bail!(
                 "--bias-optim sgd needs --bias-lr: plain gradient descent on b wants a rate of \
@@ -154,6 +182,11 @@ impl HeadArgs {
             bias_optimizer: match self.bias_optim {
                 BiasOptimArg::Adam => BiasOptimizer::Adam,
                 BiasOptimArg::Sgd => BiasOptimizer::Sgd,
+            },
+            bias_gate: match self.bias_gate {
+                BiasGateArg::None => None,
+                BiasGateArg::Sigmoid => Some(BiasGate::Sigmoid),
+                BiasGateArg::Linear => Some(BiasGate::Linear),
             },
         })
     }

@@ -230,7 +230,7 @@ impl TwistHead {
         loader.finish()?;
         Ok(Checkpoint {
             head: Self {
-                module: HeadModule::assemble(config.kind, values),
+                module: HeadModule::assemble(&config, values),
                 config,
                 cond_hidden,
                 base: None,

@@ -7,6 +7,9 @@
 //!   both starting at zero so that psi = 1 and the twisted proposal is p0 at step 0; optionally
 //!   of low rank, A = U W^T (U: d x r starting at zero, W: d_in x r random), so that a few
 //!   hundred thousand parameters (or d·r + d_in·r + V) are trained instead of tens of millions.
+//!   Optionally the bias is gated by the input ([`BiasGate`]): raw_t(v) = e_v · (A x_t) +
+//!   g(x_t) b_v with g a learned scalar, 1 at the start, so that the head can turn the
+//!   context-free bias down where the prefix no longer needs it.
 //!   E is not part of the head: it is read from the base model when the head is built or
 //!   attached ([`TwistHead::attach_base_model`]), and a fingerprint of it is kept to refuse
 //!   another model's.
@@ -19,7 +22,7 @@
 mod checkpoint;
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -42,6 +45,18 @@ pub enum HeadKind {
     /// raw(v) = e_v · (A x) + b_v through the base model's frozen output embedding E, with A
     /// of full rank or of rank [`HeadConfig::rank`]; starts at zero (q = p0).
     Embedding,
+}
+
+/// How an embedding head's bias b is scaled by a learned scalar of the input x:
+/// raw(v) = e_v · (A x) + g(x) b_v, with w [d_in] and c starting at zero so that g = 1 and
+/// the head starts as the ungated one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BiasGate {
+    /// g = 2 sigmoid(w · x + c), in (0, 2).
+    Sigmoid,
+    /// g = 1 + w · x + c, unbounded.
+    Linear,
 }
 
 /// Everything that defines a head's shape.
@@ -74,6 +89,9 @@ pub struct HeadConfig {
     /// built on ([`embedding_fingerprint`]); attaching another model's is an error.
     #[serde(default)]
     pub base_fingerprint: Option<u64>,
+    /// Embedding heads: the bias scaled by a learned gate of the input (`None`: not gated).
+    #[serde(default)]
+    pub bias_gate: Option<BiasGate>,
 }
 
 /// One trainable tensor of a head: its name in checkpoints, its shape and the standard
@@ -102,6 +120,7 @@ impl HeadConfig {
             zero_output: false,
             rank: None,
             base_fingerprint: None,
+            bias_gate: None,
         }
     }
 
@@ -125,7 +144,8 @@ impl HeadConfig {
 
     /// The trainable tensors in order: `layers.{i}.weight` [in, out] and `layers.{i}.bias`
     /// \[out\] for linear and MLP heads; `factors.0` (A^T [d_in, d], or W [d_in, r] then
-    /// `factors.1` = U^T [r, d] at low rank) and `out_bias` \[V\] for embedding heads.
+    /// `factors.1` = U^T [r, d] at low rank) and `out_bias` \[V\] for embedding heads,
+    /// followed by `gate.weight` [d_in, 1] and `gate.bias` \[1\] when the bias is gated.
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         let spec = |name: String, shape: Vec<usize>, init_std: f64| ParamSpec {
             name,
@@ -168,6 +188,10 @@ impl HeadConfig {
                     ],
                 };
                 out.push(spec("out_bias".into(), vec![self.vocab_size], 0.0));
+                if self.bias_gate.is_some() {
+                    out.push(spec("gate.weight".into(), vec![d_in, 1], 0.0));
+                    out.push(spec("gate.bias".into(), vec![1], 0.0));
+                }
                 out
             }
         }
@@ -200,6 +224,11 @@ pub struct HeadModule {
     pub factors: Vec<Param<Tensor<2>>>,
     /// Embedding heads: the per-token bias b \[V\].
     pub out_bias: Option<Param<Tensor<1>>>,
+    /// Embedding heads with a gated bias: w [d_in, 1] and c \[1\] of the gate.
+    pub gate: Option<Dense>,
+    /// The gate's form (set with `gate`).
+    #[module(skip)]
+    pub gate_form: Option<BiasGate>,
 }
 
 /// A head's parameter, matrix or vector.
@@ -209,18 +238,26 @@ pub(crate) enum ParamValue {
 }
 
 impl HeadModule {
-    /// Assembles a module from its parameters in the order of [`HeadConfig::param_specs`].
-    pub(crate) fn assemble(kind: HeadKind, values: Vec<ParamValue>) -> Self {
-        let mut module = HeadModule {
-            layers: Vec::new(),
-            factors: Vec::new(),
-            out_bias: None,
-        };
+    /// Assembles a module from its parameters in the order of [`HeadConfig::param_specs`],
+    /// each routed by its name there.
+    pub(crate) fn assemble(config: &HeadConfig, values: Vec<ParamValue>) -> Self {
+        let mut module = HeadModule::empty();
         let mut weight = None;
-        for v in values {
-            match (kind, v) {
-                (HeadKind::Embedding, ParamValue::Matrix(m)) => module.factors.push(m),
-                (HeadKind::Embedding, ParamValue::Vector(b)) => module.out_bias = Some(b),
+        let mut gate_weight = None;
+        for (spec, v) in config.param_specs().into_iter().zip(values) {
+            match (spec.name.as_str(), v) {
+                ("gate.weight", ParamValue::Matrix(m)) => gate_weight = Some(m),
+                ("gate.bias", ParamValue::Vector(bias)) => {
+                    let weight = gate_weight
+                        .take()
+                        .expect("param_specs: the gate's weight before its bias");
+                    module.gate = Some(Dense { weight, bias });
+                    module.gate_form = config.bias_gate;
+                }
+                ("out_bias", ParamValue::Vector(b)) => module.out_bias = Some(b),
+                (name, ParamValue::Matrix(m)) if name.starts_with("factors.") => {
+                    module.factors.push(m)
+                }
                 (_, ParamValue::Matrix(m)) => weight = Some(m),
                 (_, ParamValue::Vector(bias)) => {
                     let weight = weight
@@ -231,6 +268,32 @@ impl HeadModule {
             }
         }
         module
+    }
+
+    fn empty() -> Self {
+        HeadModule {
+            layers: Vec::new(),
+            factors: Vec::new(),
+            out_bias: None,
+            gate: None,
+            gate_form: None,
+        }
+    }
+
+    /// The parameters in spec order, taken apart (the inverse of [`HeadModule::assemble`]).
+    fn into_values(self) -> Vec<ParamValue> {
+        let mut out = Vec::new();
+        for l in self.layers {
+            out.push(ParamValue::Matrix(l.weight));
+            out.push(ParamValue::Vector(l.bias));
+        }
+        out.extend(self.factors.into_iter().map(ParamValue::Matrix));
+        out.extend(self.out_bias.map(ParamValue::Vector));
+        if let Some(g) = self.gate {
+            out.push(ParamValue::Matrix(g.weight));
+            out.push(ParamValue::Vector(g.bias));
+        }
+        out
     }
 
     /// The parameters in the order of [`HeadConfig::param_specs`], each with its id and
@@ -247,6 +310,10 @@ impl HeadModule {
         if let Some(b) = &self.out_bias {
             out.push((b.id.val(), ParamRef::Vector(b)));
         }
+        if let Some(g) = &self.gate {
+            out.push((g.weight.id.val(), ParamRef::Matrix(&g.weight)));
+            out.push((g.bias.id.val(), ParamRef::Vector(&g.bias)));
+        }
         out
     }
 
@@ -255,6 +322,17 @@ impl HeadModule {
     pub fn forward(&self, mut x: Tensor<2>, base: Option<&Tensor<2>>) -> Result<Tensor<2>> {
         if !self.factors.is_empty() {
             let base = base.ok_or(LmError::NoBaseEmbedding)?;
+            // The gate reads the head's input, before the factors overwrite it.
+            let gate = match (&self.gate, self.gate_form) {
+                (Some(g), Some(form)) => {
+                    let z = crate::ops::linear(x.clone(), &g.weight.val(), Some(&g.bias.val()));
+                    Some(match form {
+                        BiasGate::Sigmoid => sigmoid(z) * 2.0,
+                        BiasGate::Linear => z + 1.0,
+                    })
+                }
+                _ => None,
+            };
             for f in &self.factors {
                 x = x.matmul(f.val());
             }
@@ -262,7 +340,12 @@ impl HeadModule {
             // constant, so no gradient is kept for its slices.
             x = crate::ops::output_head(x, base);
             if let Some(b) = &self.out_bias {
-                x = x + b.val().unsqueeze::<2>();
+                let b = b.val().unsqueeze::<2>();
+                x = match gate {
+                    // [N, 1] times [1, V]: each row's bias scaled by its gate.
+                    Some(g) => x + g * b,
+                    None => x + b,
+                };
             }
             return Ok(x);
         }
@@ -358,7 +441,7 @@ impl TwistHead {
             None => None,
         };
         let mut head = Self {
-            module: HeadModule::assemble(config.kind, values),
+            module: HeadModule::assemble(&config, values),
             config,
             cond_hidden,
             base: None,
@@ -525,21 +608,8 @@ impl TwistHead {
         }
         let data = TensorData::new(values.to_vec(), shape.clone());
         let device = &self.device;
-        let mut ordered: Vec<ParamValue> = Vec::new();
-        let module = std::mem::replace(
-            &mut self.module,
-            HeadModule {
-                layers: Vec::new(),
-                factors: Vec::new(),
-                out_bias: None,
-            },
-        );
-        for l in module.layers {
-            ordered.push(ParamValue::Matrix(l.weight));
-            ordered.push(ParamValue::Vector(l.bias));
-        }
-        ordered.extend(module.factors.into_iter().map(ParamValue::Matrix));
-        ordered.extend(module.out_bias.map(ParamValue::Vector));
+        let module = std::mem::replace(&mut self.module, HeadModule::empty());
+        let ordered = module.into_values();
         let replace = |v: ParamValue| match v {
             ParamValue::Matrix(p) => {
                 let mut q = Param::from_tensor(Tensor::from_data(data.clone(), device));
@@ -557,7 +627,7 @@ impl TwistHead {
             .enumerate()
             .map(|(j, v)| if j == i { replace(v) } else { v })
             .collect();
-        self.module = HeadModule::assemble(self.config.kind, values);
+        self.module = HeadModule::assemble(&self.config, values);
         Ok(())
     }
 }
@@ -591,7 +661,14 @@ pub(crate) fn validate_shape(config: &HeadConfig) -> Result<()> {
             "null (a rank is for embedding heads)",
             r.to_string(),
         ),
-        _ => Ok(()),
+        _ => match (config.kind, config.bias_gate) {
+            (HeadKind::Linear | HeadKind::Mlp, Some(g)) => bad(
+                "head.bias_gate",
+                "null (a bias gate is for embedding heads)",
+                format!("{g:?}").to_lowercase(),
+            ),
+            _ => Ok(()),
+        },
     }
 }
 
