@@ -28,6 +28,8 @@ pub struct HeadChoice {
     pub bias_optimizer: BiasOptimizer,
     /// Embedding heads: the bias scaled by a learned gate of the input (`None`: not gated).
     pub bias_gate: Option<BiasGate>,
+    /// The gate's own Adam rate (`None`: the common one).
+    pub gate_lr: Option<f64>,
 }
 
 impl HeadChoice {
@@ -183,7 +185,8 @@ pub fn fresh_or_resumed_head(
             }
             let mut t = t
                 .with_bias_lr(choice.bias_lr)
-                .with_bias_optimizer(choice.bias_optimizer);
+                .with_bias_optimizer(choice.bias_optimizer)
+                .with_gate_lr(choice.gate_lr);
             t.head_mut()
                 .attach_base_model(lm)
                 .with_context(|| format!("resuming from {}", path.display()))?;
@@ -202,7 +205,8 @@ pub fn fresh_or_resumed_head(
                 AdamConfig::default(),
             )
             .with_bias_lr(choice.bias_lr)
-            .with_bias_optimizer(choice.bias_optimizer),
+            .with_bias_optimizer(choice.bias_optimizer)
+            .with_gate_lr(choice.gate_lr),
             serde_json::Value::Null,
             0,
         ),

@@ -573,6 +573,8 @@ fn an_embedding_head_trains_resumes_and_drives_sample() {
         &[
             "--bias-gate",
             "sigmoid",
+            "--gate-lr",
+            "1e-3",
             "--bias-lr",
             "1",
             "--bias-optim",
@@ -581,6 +583,11 @@ fn an_embedding_head_trains_resumes_and_drives_sample() {
     ] {
         embedding_head_trains_resumes_and_drives_sample(bias);
     }
+    let (ok, _, stderr) = tsmc(&["train", "--head", "embedding", "--gate-lr", "1e-3"]);
+    assert!(
+        !ok && stderr.contains("--gate-lr is for the gate of --bias-gate"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = tsmc(&["train", "--head", "mlp", "--bias-gate", "linear"]);
     assert!(
         !ok && stderr.contains("--bias-gate is for the per-token bias of --head embedding"),

@@ -469,3 +469,60 @@ fn an_sgd_bias_moves_by_its_gradient() {
     let adam_max = adam.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     assert!(adam_max > 0.25, "Adam moved b by up to {adam_max}");
 }
+
+#[test]
+fn a_bias_gate_takes_its_own_learning_rate() {
+    // As for b above: Adam's first step moves w and c by about their rate. b starts away from
+    // zero, since the gate's gradient is proportional to it.
+    let lm = tiny_llama();
+    let phi = potential();
+    let (lr, gate_lr) = (1e-4, 1e-2);
+    let moves = |gate_lr: Option<f64>| {
+        let mut config = HeadConfig::for_model(&lm, HeadKind::Embedding, None);
+        config.bias_gate = Some(lm_burn::heads::BiasGate::Sigmoid);
+        let mut h = TwistHead::new(&lm, config, 1, &default_device().autodiff()).unwrap();
+        let b: Vec<f32> = (0..lm.dims().vocab)
+            .map(|v| ((v * 37 % 101) as f32 / 101.0 - 0.5) * 0.5)
+            .collect();
+        h.set_parameter("out_bias", &b).unwrap();
+        let mut twist = HeadTrainable::new(h, Parameterization::Identity, AdamConfig::default())
+            .with_gate_lr(gate_lr);
+        let cfg = TrainConfig {
+            method: Method::Ctl,
+            steps: 1,
+            batch_size: 16,
+            horizon: T,
+            learning_rate: lr,
+            seed: 4,
+            start_step: 0,
+            batch: BatchSource::Sampled,
+        };
+        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
+        let values = twist.head().parameter_values().unwrap();
+        let max_abs = |name: &str| {
+            values
+                .iter()
+                .filter(|(n, _)| n == name)
+                .flat_map(|(_, v)| v.iter().map(|x| f64::from(x.abs())))
+                .fold(0.0, f64::max)
+        };
+        (
+            max_abs("factors.0"),
+            max_abs("gate.weight"),
+            max_abs("gate.bias"),
+        )
+    };
+    let (a, w, c) = moves(Some(gate_lr));
+    assert!(a > 0.5 * lr && a <= 1.001 * lr, "A moved by {a}");
+    assert!(w > 0.5 * gate_lr && w <= 1.001 * gate_lr, "w moved by {w}");
+    assert!(c > 0.5 * gate_lr && c <= 1.001 * gate_lr, "c moved by {c}");
+    let (a_common, w_common, _) = moves(None);
+    assert!((a_common - a).abs() <= 1e-9, "{a_common} vs {a}");
+    assert!(
+        w_common > 0.5 * lr && w_common <= 1.001 * lr,
+        "w moved by {w_common}"
+    );
+}

@@ -187,7 +187,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             )?;
             let mut twist = HeadTrainable::new(head, param, AdamConfig::default())
                 .with_bias_lr(args.head.bias_lr)
-                .with_bias_optimizer(args.head.bias_optimizer);
+                .with_bias_optimizer(args.head.bias_optimizer)
+                .with_gate_lr(args.head.gate_lr);
             let t0 = Instant::now();
             let msg = |i: usize| format!("seed {seed}: {method:?} update {i}/{}", args.steps);
             bar.set_message(msg(0));

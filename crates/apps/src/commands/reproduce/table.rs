@@ -82,7 +82,7 @@ pub(super) fn build(
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
-        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "equal_time": args.equal_time, "log_z_per_task": log_z, "bound_rules": rules,
+        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "equal_time": args.equal_time, "log_z_per_task": log_z, "bound_rules": rules,
         "rejection_log_z": rejection_log_z, "rows": rows, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
@@ -235,7 +235,7 @@ fn markdown(
 ) -> String {
     let mut s = format!(
         "Task `{}` ({}): prompt {:?}, T = {horizon}{}, {} seeds, {} updates of K = {} per method, \
-         lr {}{}, {} head ({} init); bounds at K = {}, F_q from {} draws, {} exact samples per seed{}. {:.0} s.\n\n",
+         lr {}{}, {} ({} init); bounds at K = {}, F_q from {} draws, {} exact samples per seed{}. {:.0} s.\n\n",
         preset.name,
         preset.summary,
         preset.prompt,
@@ -251,7 +251,17 @@ fn markdown(
                 BiasOptimizer::Sgd =>
                     format!(" (per-token bias: gradient descent at {b}, at most 0.1 an update)"),
             }),
-        args.head.kind_name(),
+        match args.head.bias_gate {
+            None => format!("{} head", args.head.kind_name()),
+            Some(_) => format!(
+                "{} head with a {}-gated bias{}",
+                args.head.kind_name(),
+                args.head.bias_gate_name(),
+                args.head
+                    .gate_lr
+                    .map_or(String::new(), |g| format!(" (gate lr {g})"))
+            ),
+        },
         args.head.init_name(),
         args.eval_particles,
         args.fq_samples,

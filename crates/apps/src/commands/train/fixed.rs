@@ -105,7 +105,7 @@ pub fn run(args: &TrainSettings, task: FixedTask) -> Result<()> {
         json!({
             "method": method_name(method), "positives": args.positives.name(), "task": "infilling-fixed", "base_model": lm.name(), "step": step,
             "seed": args.seed, "task_seed": task_seed, "prompt": args.prompt, "tokens": args.tokens,
-            "conditioning": c, "conditioning_text": c_text, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "init": args.head.init_name(),
+            "conditioning": c, "conditioning_text": c_text, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "init": args.head.init_name(),
         })
     };
     let cfg = args.train_config(start_step);

@@ -103,7 +103,7 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
     let meta = |step: usize| {
         serde_json::json!({
             "method": "ctl", "task": "infilling", "base_model": lm.name(), "step": step, "seed": args.seed,
-            "prompt": args.prompt, "tokens": args.tokens, "cond_tokens": args.cond_tokens, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(),
+            "prompt": args.prompt, "tokens": args.tokens, "cond_tokens": args.cond_tokens, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr,
         })
     };
     train_infilling_ctl(lm, &mut twist, prompt, &cfg, |i, tw, loss| -> Result<()> {

@@ -56,7 +56,7 @@ pub fn run(
     let meta = |step: usize| {
         serde_json::json!({
             "method": method_name(method), "positives": args.positives.name(), "task": "potential", "potential": potential.to_string(), "base_model": lm.name(),
-            "step": step, "seed": args.seed, "prompt": args.prompt, "tokens": args.tokens, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(),
+            "step": step, "seed": args.seed, "prompt": args.prompt, "tokens": args.tokens, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr,
         })
     };
     let started = Instant::now();
