@@ -413,6 +413,13 @@ fn one_update(
     )
     .with_bias_lr(bias_lr)
     .with_bias_optimizer(optimizer);
+    ctl_update_once(lm, phi, &mut twist, lr);
+    // Every parameter starts at zero, so the values are the moves.
+    twist.head().parameter_values().unwrap()
+}
+
+/// One CTL update (K = 16, seed 4) of `twist` at learning rate `lr`.
+fn ctl_update_once(lm: &BurnLm, phi: &Phi, twist: &mut HeadTrainable, lr: f64) {
     let cfg = TrainConfig {
         method: Method::Ctl,
         steps: 1,
@@ -423,12 +430,10 @@ fn one_update(
         start_step: 0,
         batch: BatchSource::Sampled,
     };
-    train(lm, &mut twist, phi, &PROMPT, &cfg, |_, _, _| {
+    train(lm, twist, phi, &PROMPT, &cfg, |_, _, _| {
         Ok::<(), TrainError>(())
     })
     .unwrap();
-    // Every parameter starts at zero, so the values are the moves.
-    twist.head().parameter_values().unwrap()
 }
 
 #[test]
@@ -487,20 +492,7 @@ fn a_bias_gate_takes_its_own_learning_rate() {
         h.set_parameter("out_bias", &b).unwrap();
         let mut twist = HeadTrainable::new(h, Parameterization::Identity, AdamConfig::default())
             .with_gate_lr(gate_lr);
-        let cfg = TrainConfig {
-            method: Method::Ctl,
-            steps: 1,
-            batch_size: 16,
-            horizon: T,
-            learning_rate: lr,
-            seed: 4,
-            start_step: 0,
-            batch: BatchSource::Sampled,
-        };
-        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
-            Ok::<(), TrainError>(())
-        })
-        .unwrap();
+        ctl_update_once(&lm, &phi, &mut twist, lr);
         let values = twist.head().parameter_values().unwrap();
         let max_abs = |name: &str| {
             values
