@@ -378,13 +378,7 @@ fn an_embedding_heads_bias_takes_its_own_learning_rate() {
     let (lr, bias_lr) = (1e-4, 1e-2);
     let max_moves = |bias_lr: Option<f64>| {
         let values = one_update(&lm, &phi, lr, bias_lr, BiasOptimizer::Adam);
-        let max_abs = |name: &str| {
-            values
-                .iter()
-                .filter(|(n, _)| n == name)
-                .flat_map(|(_, v)| v.iter().map(|x| f64::from(x.abs())))
-                .fold(0.0, f64::max)
-        };
+        let max_abs = |name: &str| max_abs_of(&values, name);
         (max_abs("factors.0"), max_abs("out_bias"))
     };
     let (a, b) = max_moves(Some(bias_lr));
@@ -416,6 +410,15 @@ fn one_update(
     ctl_update_once(lm, phi, &mut twist, lr);
     // Every parameter starts at zero, so the values are the moves.
     twist.head().parameter_values().unwrap()
+}
+
+/// The largest |value| of the parameter `name` among `values`.
+fn max_abs_of(values: &[(String, Vec<f32>)], name: &str) -> f64 {
+    values
+        .iter()
+        .filter(|(n, _)| n == name)
+        .flat_map(|(_, v)| v.iter().map(|x| f64::from(x.abs())))
+        .fold(0.0, f64::max)
 }
 
 /// One CTL update (K = 16, seed 4) of `twist` at learning rate `lr`.
@@ -494,13 +497,7 @@ fn a_bias_gate_takes_its_own_learning_rate() {
             .with_gate_lr(gate_lr);
         ctl_update_once(&lm, &phi, &mut twist, lr);
         let values = twist.head().parameter_values().unwrap();
-        let max_abs = |name: &str| {
-            values
-                .iter()
-                .filter(|(n, _)| n == name)
-                .flat_map(|(_, v)| v.iter().map(|x| f64::from(x.abs())))
-                .fold(0.0, f64::max)
-        };
+        let max_abs = |name: &str| max_abs_of(&values, name);
         (
             max_abs("factors.0"),
             max_abs("gate.weight"),

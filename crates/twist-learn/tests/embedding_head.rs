@@ -264,6 +264,31 @@ fn parameter_gradients_of_every_head_match_finite_differences_for_every_loss() {
     }
 }
 
+/// 1000 updates of `method` (K = 32, lr 1e-2, seed 3), the exact training tests' run; returns
+/// its configuration.
+fn train_to_convergence(
+    lm: &BurnLm,
+    twist: &mut HeadTrainable,
+    phi: &Phi,
+    method: Method,
+) -> TrainConfig {
+    let cfg = TrainConfig {
+        method,
+        steps: 1000,
+        batch_size: 32,
+        horizon: T,
+        learning_rate: 1e-2,
+        seed: 3,
+        start_step: 0,
+        batch: BatchSource::Sampled,
+    };
+    train(lm, twist, phi, &PROMPT, &cfg, |_, _, _| {
+        Ok::<(), TrainError>(())
+    })
+    .unwrap();
+    cfg
+}
+
 #[test]
 fn every_method_trains_embedding_heads_to_cut_both_exact_kls() {
     let lm = tiny("llama-tied");
@@ -277,20 +302,7 @@ fn every_method_trains_embedding_heads_to_cut_both_exact_kls() {
                 Parameterization::for_method(method),
                 AdamConfig::default(),
             );
-            let cfg = TrainConfig {
-                method,
-                steps: 1000,
-                batch_size: 32,
-                horizon: T,
-                learning_rate: 1e-2,
-                seed: 3,
-                start_step: 0,
-                batch: BatchSource::Sampled,
-            };
-            train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
-                Ok::<(), TrainError>(())
-            })
-            .unwrap();
+            train_to_convergence(&lm, &mut twist, &phi, method);
             let (qs, sq) = exact_kls(&lm, &exact, Some(&twist));
             println!(
                 "{rank:?} {method:?}: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
@@ -444,20 +456,7 @@ fn gated_embedding_heads_train_to_cut_both_exact_kls_and_come_back_from_checkpoi
             Parameterization::Identity,
             AdamConfig::default(),
         );
-        let cfg = TrainConfig {
-            method: Method::Ctl,
-            steps: 1000,
-            batch_size: 32,
-            horizon: T,
-            learning_rate: 1e-2,
-            seed: 3,
-            start_step: 0,
-            batch: BatchSource::Sampled,
-        };
-        train(&lm, &mut twist, &phi, &PROMPT, &cfg, |_, _, _| {
-            Ok::<(), TrainError>(())
-        })
-        .unwrap();
+        let cfg = train_to_convergence(&lm, &mut twist, &phi, Method::Ctl);
         let (qs, sq) = exact_kls(&lm, &exact, Some(&twist));
         println!(
             "{gate:?}: KL(q||sigma) {qs:.4} (p0 {base_qs:.4}), KL(sigma||q) {sq:.4} (p0 {base_sq:.4})"
