@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lm_burn::heads::{BiasGate, HeadConfig, HeadKind, TwistHead};
+use lm_burn::heads::{BiasGate, CondEncoding, HeadConfig, HeadKind, TwistHead};
 use lm_burn::{BurnLm, Device};
 use smc_core::model::Potential;
 use twist_learn::{
@@ -30,6 +30,9 @@ pub struct HeadChoice {
     pub bias_gate: Option<BiasGate>,
     /// The gate's own Adam rate (`None`: the common one).
     pub gate_lr: Option<f64>,
+    /// Conditional heads: how c becomes h_c (`None`: [`CondEncoding::Last`] for a fresh head,
+    /// the checkpoint's for a resumed one).
+    pub cond_encoding: Option<CondEncoding>,
 }
 
 impl HeadChoice {
@@ -39,7 +42,13 @@ impl HeadChoice {
         config.zero_output = self.zero_output;
         config.rank = self.rank;
         config.bias_gate = self.bias_gate;
+        config.cond_encoding = self.cond_encoding.unwrap_or_default();
         config
+    }
+
+    /// The conditioning encoding, as the command line spells it (`last` when not given).
+    pub fn cond_encoding_name(&self) -> &'static str {
+        self.cond_encoding.unwrap_or_default().name()
     }
 
     /// The bias gate, as the command line spells it.
@@ -183,6 +192,24 @@ pub fn fresh_or_resumed_head(
                     .bias_gate_name()
                 );
             }
+            if let Some(encoding) = choice.cond_encoding {
+                let config = &t.head().config;
+                if config.conditioning.is_none() {
+                    anyhow::bail!(
+                        "--cond-encoding is for conditional (infilling) heads, but {} holds an \
+                         unconditional head",
+                        path.display()
+                    );
+                }
+                if config.cond_encoding != encoding {
+                    anyhow::bail!(
+                        "--cond-encoding {} does not match {}, whose head encodes c by {}",
+                        encoding.name(),
+                        path.display(),
+                        config.cond_encoding.name()
+                    );
+                }
+            }
             let mut t = t
                 .with_bias_lr(choice.bias_lr)
                 .with_bias_optimizer(choice.bias_optimizer)
@@ -193,6 +220,10 @@ pub fn fresh_or_resumed_head(
             let step = resumed_step(path, &meta, steps)?;
             (t, meta, step)
         }
+        None if choice.cond_encoding.is_some() && conditioning.is_none() => anyhow::bail!(
+            "--cond-encoding is for conditional (infilling) heads; this task's head is not \
+             conditional"
+        ),
         None => (
             HeadTrainable::new(
                 TwistHead::new(

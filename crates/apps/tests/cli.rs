@@ -459,6 +459,17 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
             "--replay-csmc needs exact samples to replay",
         ),
         (
+            &[
+                "--task",
+                "toxicity-threshold",
+                "--head",
+                "embedding",
+                "--cond-encoding",
+                "mean-embedding",
+            ][..],
+            "--cond-encoding is for conditional (infilling) heads",
+        ),
+        (
             &["--task", "toxicity-threshold", "--replay-shared"][..],
             "--replay-shared needs exact samples to replay",
         ),
@@ -739,6 +750,27 @@ fn train_on_one_infilling_task_measures_every_snapshot_on_a_particle_gibbs_chain
         stderr.contains("trained for conditioning tokens"),
         "{stderr}"
     );
+    // One continuation trains an unconditional head: there is no c to encode, nor for a
+    // potential.
+    let mut other = args.to_vec();
+    other.extend(["--cond-encoding", "mean-hidden"]);
+    for args in [
+        &other[..],
+        &[
+            "train",
+            "--task",
+            "potential",
+            "--cond-encoding",
+            "mean-embedding",
+        ][..],
+    ] {
+        let (ok, _, stderr) = tsmc(args);
+        assert!(
+            !ok && stderr
+                .contains("--cond-encoding is for the conditional heads of --task infilling"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -341,6 +341,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
             bias_optimizer: twist_learn::BiasOptimizer::Adam,
             bias_gate: None,
             gate_lr: None,
+            cond_encoding: None,
         },
         eval_particles: 2,
         fq_samples: 2,

@@ -80,6 +80,8 @@ fn every_architecture_enforces_its_context_length_in_prefill_and_decoding() {
         lm.teacher_forced(&[1; 100], &[vec![2; 29]]).unwrap();
         let e = lm.encode_last_hidden(&[1; 300]).unwrap_err();
         assert_beyond_context(&e, "300 tokens");
+        let e = lm.encode_mean_hidden(&[1; 300]).unwrap_err();
+        assert_beyond_context(&e, "300 tokens");
     }
 }
 
@@ -160,11 +162,15 @@ fn overflowing_activations_are_errors_not_nan_log_probabilities() {
         assert!(e.to_string().contains("overflowed"), "{e}");
         let e = lm.score(&[vec![1, 2]], &[vec![3, 4]]).unwrap_err();
         assert!(is_non_finite(&e, "score: log p0 of token 0"), "{name}: {e}");
-        let e = lm.encode_last_hidden(&[1, 2]).unwrap_err();
-        assert!(
-            is_non_finite(&e, "conditioning hidden state"),
-            "{name}: {e}"
-        );
+        for e in [
+            lm.encode_last_hidden(&[1, 2]).unwrap_err(),
+            lm.encode_mean_hidden(&[1, 2]).unwrap_err(),
+        ] {
+            assert!(
+                is_non_finite(&e, "conditioning hidden state"),
+                "{name}: {e}"
+            );
+        }
         let e = lm.teacher_forced(&[1, 2], &[vec![3, 4]]).unwrap_err();
         assert!(is_non_finite(inner(&e), "teacher forcing"), "{name}: {e}");
         let mut s = lm.start(&[1, 2], 3).unwrap();

@@ -232,3 +232,64 @@ fn a_cache_reservation_changes_no_log_probability() {
         }
     }
 }
+
+#[test]
+fn conditioning_encodings_are_the_means_they_name() {
+    for name in ARCHS {
+        let (lm, ids, _) = load(name);
+        let c = &ids[..5];
+        // Causal attention: c's state at position i is that of c[..=i] encoded alone.
+        let states: Vec<Vec<f32>> = (1..=c.len())
+            .map(|n| lm.encode_last_hidden(&c[..n]).unwrap())
+            .collect();
+        let d = states[0].len();
+        let mean: Vec<f64> = (0..d)
+            .map(|j| states.iter().map(|s| f64::from(s[j])).sum::<f64>() / c.len() as f64)
+            .collect();
+        let got: Vec<f64> = lm
+            .encode_mean_hidden(c)
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let diff = max_abs_diff(&got, &mean);
+        assert!(diff < 1e-4, "{name}: mean hidden state off by {diff}");
+
+        let head = lm.output_head();
+        let [rows, vocab] = head.dims();
+        assert_eq!(rows, d, "{name}");
+        let w: Vec<f32> = head.try_into_vec_as::<f32>().unwrap();
+        let mean: Vec<f64> = (0..d)
+            .map(|j| {
+                c.iter()
+                    .map(|&t| f64::from(w[j * vocab + t as usize]))
+                    .sum::<f64>()
+                    / c.len() as f64
+            })
+            .collect();
+        let got: Vec<f64> = lm
+            .mean_output_embedding(c)
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let diff = max_abs_diff(&got, &mean);
+        assert!(diff < 1e-6, "{name}: mean output embedding off by {diff}");
+
+        let e = lm.mean_output_embedding(&[1, vocab as u32]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("token id {vocab} is outside")),
+            "{name}: {e}"
+        );
+        for e in [
+            lm.mean_output_embedding(&[]).unwrap_err(),
+            lm.encode_mean_hidden(&[]).unwrap_err(),
+        ] {
+            assert!(
+                e.to_string().contains("conditioning sequence"),
+                "{name}: {e}"
+            );
+        }
+    }
+}

@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use lm_burn::heads::{BiasGate, HeadConfig, HeadKind, TwistHead};
+use lm_burn::heads::{
+    BiasGate, CondEncoding, HeadConfig, HeadKind, TwistHead, encode_conditioning,
+};
 use lm_burn::{BurnLm, LmError, default_device};
 use smc_core::prelude::*;
 use twist_learn::*;
@@ -407,41 +409,67 @@ fn an_embedding_head_checkpoint_loads_back_only_onto_its_base_model() {
 }
 
 #[test]
-fn a_conditional_embedding_head_reads_its_conditioning_tokens() {
+fn a_conditional_embedding_head_reads_its_conditioning_tokens_by_every_encoding() {
     let lm = tiny("llama-tied");
-    let config = HeadConfig::for_model(&lm, HeadKind::Embedding, Some(vec![7, 9]));
-    let h = TwistHead::new(&lm, config, 1, &default_device().autodiff()).unwrap();
-    assert_eq!(h.config.input_size(), 128);
-    let mut twist = HeadTrainable::new(h, Parameterization::Identity, AdamConfig::default());
-    let cfg = InfillingConfig {
-        horizon: T,
-        cond_len: 1,
-        batch_size: 8,
-        steps: 6,
-        learning_rate: 1e-2,
-        seed: 0,
-        start_step: 0,
-        batch: BatchSource::Sampled,
-    };
-    train_infilling_ctl(&lm, &mut twist, &PROMPT, &cfg, |_, _, _| {
-        Ok::<(), TrainError>(())
-    })
-    .unwrap();
-    // After training, A's columns for h_c are not zero: two conditioning sequences give two
-    // different twists on the same prefix.
-    let input = |c: &[u32], twist: &mut HeadTrainable| {
-        twist.head_mut().set_conditioning(&lm, c).unwrap();
+    for encoding in [
+        CondEncoding::Last,
+        CondEncoding::MeanHidden,
+        CondEncoding::MeanEmbedding,
+    ] {
+        let mut config = HeadConfig::for_model(&lm, HeadKind::Embedding, Some(vec![7, 9]));
+        config.cond_encoding = encoding;
+        let h = TwistHead::new(&lm, config, 1, &default_device().autodiff()).unwrap();
+        assert_eq!(h.config.input_size(), 128);
+        let expected = encode_conditioning(&lm, encoding, &[7, 9]).unwrap();
+        assert_eq!(
+            h.cond_hidden.as_deref(),
+            Some(&expected[..]),
+            "{encoding:?}"
+        );
+        let mut twist = HeadTrainable::new(h, Parameterization::Identity, AdamConfig::default());
+        let cfg = InfillingConfig {
+            horizon: T,
+            cond_len: 1,
+            batch_size: 8,
+            steps: 6,
+            learning_rate: 1e-2,
+            seed: 0,
+            start_step: 0,
+            batch: BatchSource::Sampled,
+        };
+        train_infilling_ctl(&lm, &mut twist, &PROMPT, &cfg, |_, _, _| {
+            Ok::<(), TrainError>(())
+        })
+        .unwrap();
+        // After training, A's columns for h_c are not zero: two conditioning sequences give two
+        // different twists on the same prefix.
+        let raw = |c: &[u32], twist: &mut HeadTrainable| {
+            twist.head_mut().set_conditioning(&lm, c).unwrap();
+            let out = lm.teacher_forced(&PROMPT, &[vec![3, 4]]).unwrap();
+            twist.head().raw(out[1].hidden.as_ref().unwrap()).unwrap()
+        };
+        let (a, b) = (raw(&[11], &mut twist), raw(&[200], &mut twist));
+        let d = max_diff(a.as_slice(), b.as_slice());
+        assert!(d > 1e-4, "{encoding:?}: conditioning changes nothing ({d})");
+        // Re-targeting encodes the new tokens the head's way.
+        let expected = encode_conditioning(&lm, encoding, &[200]).unwrap();
+        assert_eq!(twist.head().cond_hidden.as_deref(), Some(&expected[..]));
+        // A checkpoint keeps the encoding and gives the same twist.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("head.safetensors");
+        twist
+            .save_checkpoint(&path, &serde_json::json!({ "step": 6 }))
+            .unwrap();
+        let (mut loaded, _) = TwistHead::load(&path, &default_device()).unwrap();
+        assert_eq!(loaded.config.cond_encoding, encoding);
+        loaded.attach_base_model(&lm).unwrap();
+        loaded.set_conditioning(&lm, &[11]).unwrap();
         let out = lm.teacher_forced(&PROMPT, &[vec![3, 4]]).unwrap();
-        twist.head().raw(out[1].hidden.as_ref().unwrap()).unwrap()
-    };
-    let (a, b) = (input(&[11], &mut twist), input(&[200], &mut twist));
-    let d = a
-        .as_slice()
-        .iter()
-        .zip(b.as_slice())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    assert!(d > 1e-4, "conditioning changes nothing ({d})");
+        let c = loaded.raw(out[1].hidden.as_ref().unwrap()).unwrap();
+        let a = raw(&[11], &mut twist);
+        let d = max_diff(a.as_slice(), c.as_slice());
+        assert!(d < 1e-9, "{encoding:?}: the loaded head differs by {d}");
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use clap::{Args, ValueEnum};
 
-use lm_burn::heads::{BiasGate, HeadKind};
+use lm_burn::heads::{BiasGate, CondEncoding, HeadKind};
 use smc_core::resampling::Scheme;
 
 use crate::setup::ModelChoice;
@@ -113,6 +113,24 @@ pub struct HeadArgs {
     /// near 1 for hundreds of updates.
     #[arg(long)]
     pub gate_lr: Option<f64>,
+    /// How a conditional (infilling) head encodes the conditioning tokens c into the vector
+    /// h_c it reads beside h_t: `last` (the hidden state after c, c encoded alone), `mean-hidden`
+    /// (the mean of c's hidden states) or `mean-embedding` (the mean of c's output-embedding
+    /// vectors, so that e_v · (A h_c) can copy c's tokens). Default `last`; a resumed head keeps
+    /// its own.
+    #[arg(long, value_enum)]
+    pub cond_encoding: Option<CondEncodingArg>,
+}
+
+/// How a conditional head encodes its conditioning tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CondEncodingArg {
+    /// The final-norm hidden state at c's last position.
+    Last,
+    /// The mean of c's final-norm hidden states.
+    MeanHidden,
+    /// The mean of c's output-embedding vectors.
+    MeanEmbedding,
 }
 
 /// Whether and how an embedding head's bias is gated.
@@ -201,6 +219,11 @@ impl HeadArgs {
                 BiasGateArg::Linear => Some(BiasGate::Linear),
             },
             gate_lr: self.gate_lr,
+            cond_encoding: self.cond_encoding.map(|e| match e {
+                CondEncodingArg::Last => CondEncoding::Last,
+                CondEncodingArg::MeanHidden => CondEncoding::MeanHidden,
+                CondEncodingArg::MeanEmbedding => CondEncoding::MeanEmbedding,
+            }),
         })
     }
 }

@@ -197,6 +197,12 @@ impl ReproduceArgs {
             bail!("--replay-samples gives CTL its positives, but ctl is not among --methods");
         }
         let cond_tokens = cond_tokens.or(preset.cond_tokens);
+        if head.cond_encoding.is_some() && cond_tokens.is_none() {
+            bail!(
+                "--cond-encoding is for conditional (infilling) heads; {} trains unconditional ones",
+                preset.name
+            );
+        }
         let out_dir =
             out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name)));
         check_out_dir(&out_dir, &model.model, table_only)?;

@@ -200,6 +200,12 @@ impl TrainArgs {
         let model_path = crate::output::model_input(&model.model);
         let metadata_copy = checkpoint.with_extension("json");
         let mut inputs = vec![("--model", model_path.as_path())];
+        if !matches!(task, TaskArg::Infilling) && head.cond_encoding.is_some() {
+            bail!(
+                "--cond-encoding is for the conditional heads of --task infilling; this task \
+                 trains an unconditional one"
+            );
+        }
         if let TaskArg::Potential = task {
             inputs.extend(exact.as_deref().map(|e| ("--exact", e)));
             inputs.extend(replay.as_deref().map(|r| ("--replay", r)));

@@ -14,8 +14,10 @@
 //!   attached ([`TwistHead::attach_base_model`]), and a fingerprint of it is kept to refuse
 //!   another model's.
 //!
-//! Optionally conditional (infilling): the hidden state of the conditioning tokens, encoded
-//! alone, is concatenated to each position's hidden state (x_t = [h_t, h_c], d_in = 2d). A
+//! Optionally conditional (infilling): a d-vector h_c encoding the conditioning tokens
+//! ([`CondEncoding`]: the last final-norm hidden state of c encoded alone, the mean of those
+//! states, or the mean of c's rows of the output embedding) is concatenated to each position's
+//! hidden state (x_t = [h_t, h_c], d_in = 2d). A
 //! checkpoint is one safetensors file (weights, metadata in its header, optionally the
 //! optimiser's state) renamed into place, so that a reader sees the old one or the new one.
 
@@ -59,6 +61,31 @@ pub enum BiasGate {
     Linear,
 }
 
+/// How a conditional head encodes its conditioning tokens c = c_1..c_m into h_c \[d\].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CondEncoding {
+    /// The final-norm hidden state at c's last position, c encoded alone (what comes after c).
+    #[default]
+    Last,
+    /// The mean over c's positions of those hidden states (what c's tokens predict).
+    MeanHidden,
+    /// The mean of c's rows e_{c_i} of the output embedding: through an embedding head,
+    /// e_v · (alpha h_c) raises the tokens of c and their neighbours, a copy feature.
+    MeanEmbedding,
+}
+
+impl CondEncoding {
+    /// The name used on the command line and in records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Last => "last",
+            Self::MeanHidden => "mean-hidden",
+            Self::MeanEmbedding => "mean-embedding",
+        }
+    }
+}
+
 /// Everything that defines a head's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
@@ -92,6 +119,9 @@ pub struct HeadConfig {
     /// Embedding heads: the bias scaled by a learned gate of the input (`None`: not gated).
     #[serde(default)]
     pub bias_gate: Option<BiasGate>,
+    /// Conditional heads: how the conditioning tokens become h_c.
+    #[serde(default)]
+    pub cond_encoding: CondEncoding,
 }
 
 /// One trainable tensor of a head: its name in checkpoints, its shape and the standard
@@ -121,6 +151,7 @@ impl HeadConfig {
             rank: None,
             base_fingerprint: None,
             bias_gate: None,
+            cond_encoding: CondEncoding::Last,
         }
     }
 
@@ -412,6 +443,15 @@ pub fn embedding_fingerprint(base: &Tensor<2>) -> Result<u64> {
     Ok(h)
 }
 
+/// h_c for conditioning tokens `c` under `encoding` (\[d\]).
+pub fn encode_conditioning(lm: &BurnLm, encoding: CondEncoding, c: &[u32]) -> Result<Vec<f32>> {
+    match encoding {
+        CondEncoding::Last => lm.encode_last_hidden(c),
+        CondEncoding::MeanHidden => lm.encode_mean_hidden(c),
+        CondEncoding::MeanEmbedding => lm.mean_output_embedding(c),
+    }
+}
+
 impl TwistHead {
     /// A freshly initialised head from `seed`: linear and MLP weights N(0, 2/(fan_in +
     /// fan_out)), biases 0 (with `config.zero_output`, the output layer's weights start at 0);
@@ -437,7 +477,7 @@ impl TwistHead {
             })
             .collect();
         let cond_hidden = match &config.conditioning {
-            Some(c) => Some(lm.encode_last_hidden(c)?),
+            Some(c) => Some(encode_conditioning(lm, config.cond_encoding, c)?),
             None => None,
         };
         let mut head = Self {
@@ -495,7 +535,11 @@ impl TwistHead {
         if self.config.conditioning.is_none() {
             return Err(LmError::NotConditional);
         }
-        self.cond_hidden = Some(lm.encode_last_hidden(conditioning)?);
+        self.cond_hidden = Some(encode_conditioning(
+            lm,
+            self.config.cond_encoding,
+            conditioning,
+        )?);
         self.config.conditioning = Some(conditioning.to_vec());
         Ok(())
     }

@@ -61,6 +61,61 @@ impl BurnLm {
         }
     }
 
+    /// The mean over positions of the final-norm hidden states of `tokens` encoded alone
+    /// (\[d\]): a conditioning vector that sums up what every token of c predicts.
+    pub fn encode_mean_hidden(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(LmError::EmptySequence {
+                what: "the conditioning sequence".into(),
+            });
+        }
+        let n = tokens.len();
+        self.dims()
+            .check_context(n, || format!("the conditioning sequence ({n} tokens)"))?;
+        let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(tokens, 1, tokens.len()))?;
+        let d = h.dims()[2];
+        let mean = h.reshape([n, d]).mean_dim(0);
+        let hidden = to_vec(mean, "hidden states")?;
+        match first_non_finite(&hidden) {
+            Some(value) => Err(LmError::NonFinite {
+                what: "the conditioning hidden state".into(),
+                value,
+            }),
+            None => Ok(hidden),
+        }
+    }
+
+    /// The mean of the output embedding's vectors e_{c_i} of `tokens` (\[d\]), the vectors
+    /// an embedding head projects onto: a copy feature of the conditioning tokens.
+    pub fn mean_output_embedding(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(LmError::EmptySequence {
+                what: "the conditioning sequence".into(),
+            });
+        }
+        let vocab = self.dims().vocab;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(LmError::TokenOutOfRange { token, vocab });
+        }
+        // [d, V]: token v's vector is column v.
+        let w = self.output_head();
+        let [d, _] = w.dims();
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let index = burn::tensor::Tensor::<1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(ids, [tokens.len()]),
+            &w.device(),
+        );
+        let mean = w.select(1, index).mean_dim(1).reshape([d]);
+        let out = to_vec(mean, "output embedding")?;
+        match first_non_finite(&out) {
+            Some(value) => Err(LmError::NonFinite {
+                what: "the conditioning tokens' mean output embedding".into(),
+                value,
+            }),
+            None => Ok(out),
+        }
+    }
+
     /// log p0(continuation | prefix) for each (prefix, continuation) pair, in one batched pass
     /// per distinct shape (the infilling potential's scoring pass).
     pub fn score(&self, prefixes: &[Vec<u32>], continuations: &[Vec<u32>]) -> Result<Vec<f64>> {

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use lm_burn::heads::CondEncoding;
 use smc_bounds::Estimate;
 use twist_learn::BiasOptimizer;
 
@@ -82,7 +83,7 @@ pub(super) fn build(
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
-        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "equal_time": args.equal_time, "log_z_per_task": log_z, "bound_rules": rules,
+        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "cond_encoding": args.head.cond_encoding_name(), "equal_time": args.equal_time, "log_z_per_task": log_z, "bound_rules": rules,
         "rejection_log_z": rejection_log_z, "rows": rows, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
@@ -239,7 +240,14 @@ fn markdown(
         preset.name,
         preset.summary,
         preset.prompt,
-        cond_len.map_or(String::new(), |m| format!(", m = {m}")),
+        cond_len.map_or(String::new(), |m| format!(
+            ", m = {m} (c encoded by its {})",
+            match args.head.cond_encoding.unwrap_or_default() {
+                CondEncoding::Last => "last hidden state",
+                CondEncoding::MeanHidden => "mean hidden state",
+                CondEncoding::MeanEmbedding => "mean output-embedding vector",
+            }
+        )),
         args.seeds,
         args.steps,
         args.particles,

@@ -100,10 +100,11 @@ pub fn run(args: &TrainSettings, eval_tasks: usize) -> Result<()> {
         start_step,
         batch: args.batch,
     };
+    let cond_encoding = twist.head().config.cond_encoding.name();
     let meta = |step: usize| {
         serde_json::json!({
             "method": "ctl", "task": "infilling", "base_model": lm.name(), "step": step, "seed": args.seed,
-            "prompt": args.prompt, "tokens": args.tokens, "cond_tokens": args.cond_tokens, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr,
+            "prompt": args.prompt, "tokens": args.tokens, "cond_tokens": args.cond_tokens, "lr": args.lr, "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "cond_encoding": cond_encoding,
         })
     };
     train_infilling_ctl(lm, &mut twist, prompt, &cfg, |i, tw, loss| -> Result<()> {
