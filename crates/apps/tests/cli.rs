@@ -430,7 +430,14 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
             "ctl is not among --methods",
         ),
         (
-            &["--task", "toxicity-threshold", "--bias-lr", "1e-2"][..],
+            &[
+                "--task",
+                "toxicity-threshold",
+                "--head",
+                "linear",
+                "--bias-lr",
+                "1e-2",
+            ][..],
             "--bias-lr is for the per-token bias of --head embedding or low-rank:R; found --head linear",
         ),
         (

@@ -68,6 +68,9 @@ fn train_args(model: &Path, ckpt: &Path, curve: &Path) -> Vec<String> {
         "4",
         "-t",
         "2",
+        // The head whose update time the kill delays were sized for.
+        "--head",
+        "linear",
     ]
     .map(String::from)
     .to_vec();

@@ -82,10 +82,12 @@ impl PromptArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Twist head")]
 pub struct HeadArgs {
-    /// The head's architecture: `linear` (hidden state -> vocabulary), `mlp` (three layers),
-    /// `embedding` (e_v · (A h) + b_v through the base model's frozen output embedding, A and b
-    /// starting at zero so q = p0) or `low-rank:R` (the same with A of rank R).
-    #[arg(long, default_value = "linear")]
+    /// The head's architecture: `embedding` (the default: e_v · (A h) + b_v through the base
+    /// model's frozen output embedding, A and b starting at zero so q = p0; every measured
+    /// improvement over p0 used it), `low-rank:R` (the same with A of rank R), `linear`
+    /// (hidden state -> vocabulary, tens of millions of parameters starting away from p0) or
+    /// `mlp` (three layers).
+    #[arg(long, default_value = "embedding")]
     pub head: HeadArg,
     /// Initialisation: `xavier` (every layer N(0, 2/(fan_in + fan_out)), the spec's) or
     /// `zero-output` (the output layer at 0, so the twisted proposal starts at p0).

@@ -35,8 +35,10 @@ pub struct ReproduceArgs {
     /// Particles per update.
     #[arg(long, short = 'k', default_value_t = 16)]
     particles: usize,
-    /// Adam learning rate (constant).
-    #[arg(long, default_value_t = 1e-4)]
+    /// Adam learning rate (constant). Through the output embedding one step moves log psi by
+    /// up to about 3e4 times the rate on SmolLM2: 1e-4 overshoots, 1e-5 is what every measured
+    /// improvement over p0 used (docs/training.md).
+    #[arg(long, default_value_t = 1e-5)]
     lr: f64,
     #[command(flatten)]
     head: HeadArgs,
