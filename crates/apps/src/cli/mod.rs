@@ -5,6 +5,7 @@ pub mod bounds;
 pub mod demo;
 pub mod exact;
 pub mod groups;
+pub mod head;
 pub mod report;
 pub mod reproduce;
 pub mod sample;
