@@ -233,6 +233,10 @@ fn a_cache_reservation_changes_no_log_probability() {
     }
 }
 
+fn to_f64(v: Vec<f32>) -> Vec<f64> {
+    v.into_iter().map(f64::from).collect()
+}
+
 #[test]
 fn conditioning_encodings_are_the_means_they_name() {
     for name in ARCHS {
@@ -246,13 +250,7 @@ fn conditioning_encodings_are_the_means_they_name() {
         let mean: Vec<f64> = (0..d)
             .map(|j| states.iter().map(|s| f64::from(s[j])).sum::<f64>() / c.len() as f64)
             .collect();
-        let got: Vec<f64> = lm
-            .encode_mean_hidden(c)
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect();
-        let diff = max_abs_diff(&got, &mean);
+        let diff = max_abs_diff(&to_f64(lm.encode_mean_hidden(c).unwrap()), &mean);
         assert!(diff < 1e-4, "{name}: mean hidden state off by {diff}");
 
         let head = lm.output_head();
@@ -267,13 +265,7 @@ fn conditioning_encodings_are_the_means_they_name() {
                     / c.len() as f64
             })
             .collect();
-        let got: Vec<f64> = lm
-            .mean_output_embedding(c)
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect();
-        let diff = max_abs_diff(&got, &mean);
+        let diff = max_abs_diff(&to_f64(lm.mean_output_embedding(c).unwrap()), &mean);
         assert!(diff < 1e-6, "{name}: mean output embedding off by {diff}");
 
         let e = lm.mean_output_embedding(&[1, vocab as u32]).unwrap_err();

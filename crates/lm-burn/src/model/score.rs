@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 use smc_core::batch::{HiddenStates, LogTable};
 use smc_core::model::StepOutput;
@@ -41,58 +42,27 @@ impl BurnLm {
     /// The final-norm hidden state at the last position of `tokens` encoded alone (\[d\]): the
     /// conditioning vector of conditional twist heads.
     pub fn encode_last_hidden(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(LmError::EmptySequence {
-                what: "the conditioning sequence".into(),
-            });
-        }
-        let n = tokens.len();
-        self.dims()
-            .check_context(n, || format!("the conditioning sequence ({n} tokens)"))?;
-        let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(tokens, 1, tokens.len()))?;
-        let d = h.dims()[2];
-        let hidden = to_vec(h.slice([0..1, n - 1..n, 0..d]), "hidden states")?;
-        match first_non_finite(&hidden) {
-            Some(value) => Err(LmError::NonFinite {
-                what: "the conditioning hidden state".into(),
-                value,
-            }),
-            None => Ok(hidden),
-        }
+        let (h, n, d) = self.conditioning_states(tokens)?;
+        finite_conditioning(
+            to_vec(h.slice([0..1, n - 1..n, 0..d]), "hidden states")?,
+            "the conditioning hidden state",
+        )
     }
 
     /// The mean over positions of the final-norm hidden states of `tokens` encoded alone
     /// (\[d\]): a conditioning vector that sums up what every token of c predicts.
     pub fn encode_mean_hidden(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(LmError::EmptySequence {
-                what: "the conditioning sequence".into(),
-            });
-        }
-        let n = tokens.len();
-        self.dims()
-            .check_context(n, || format!("the conditioning sequence ({n} tokens)"))?;
-        let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(tokens, 1, tokens.len()))?;
-        let d = h.dims()[2];
-        let mean = h.reshape([n, d]).mean_dim(0);
-        let hidden = to_vec(mean, "hidden states")?;
-        match first_non_finite(&hidden) {
-            Some(value) => Err(LmError::NonFinite {
-                what: "the conditioning hidden state".into(),
-                value,
-            }),
-            None => Ok(hidden),
-        }
+        let (h, n, d) = self.conditioning_states(tokens)?;
+        finite_conditioning(
+            to_vec(h.reshape([n, d]).mean_dim(0), "hidden states")?,
+            "the conditioning hidden state",
+        )
     }
 
     /// The mean of the output embedding's vectors e_{c_i} of `tokens` (\[d\]), the vectors
     /// an embedding head projects onto: a copy feature of the conditioning tokens.
     pub fn mean_output_embedding(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(LmError::EmptySequence {
-                what: "the conditioning sequence".into(),
-            });
-        }
+        non_empty_conditioning(tokens)?;
         let vocab = self.dims().vocab;
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(LmError::TokenOutOfRange { token, vocab });
@@ -105,15 +75,25 @@ impl BurnLm {
             burn::tensor::TensorData::new(ids, [tokens.len()]),
             &w.device(),
         );
-        let mean = w.select(1, index).mean_dim(1).reshape([d]);
-        let out = to_vec(mean, "output embedding")?;
-        match first_non_finite(&out) {
-            Some(value) => Err(LmError::NonFinite {
-                what: "the conditioning tokens' mean output embedding".into(),
-                value,
-            }),
-            None => Ok(out),
-        }
+        finite_conditioning(
+            to_vec(
+                w.select(1, index).mean_dim(1).reshape([d]),
+                "output embedding",
+            )?,
+            "the conditioning tokens' mean output embedding",
+        )
+    }
+
+    /// The final-norm hidden states [1, n, d] of conditioning tokens encoded alone, with n
+    /// and d; empty or over-long sequences are errors.
+    fn conditioning_states(&self, tokens: &[u32]) -> Result<(Tensor<3>, usize, usize)> {
+        non_empty_conditioning(tokens)?;
+        let n = tokens.len();
+        self.dims()
+            .check_context(n, || format!("the conditioning sequence ({n} tokens)"))?;
+        let (h, _) = crate::cpu::in_pool(|| self.model.forward_seq(tokens, 1, n))?;
+        let d = h.dims()[2];
+        Ok((h, n, d))
     }
 
     /// log p0(continuation | prefix) for each (prefix, continuation) pair, in one batched pass
@@ -258,5 +238,25 @@ impl BurnLm {
                 }),
             })
             .collect())
+    }
+}
+
+fn non_empty_conditioning(tokens: &[u32]) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(LmError::EmptySequence {
+            what: "the conditioning sequence".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `values` if every one is finite, else an error naming `what`.
+fn finite_conditioning(values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
+    match first_non_finite(&values) {
+        Some(value) => Err(LmError::NonFinite {
+            what: what.into(),
+            value,
+        }),
+        None => Ok(values),
     }
 }
