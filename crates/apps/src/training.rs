@@ -13,6 +13,43 @@ use twist_learn::{
     AdamConfig, BiasOptimizer, HeadTrainable, Parameterization, TrainConfig, TrainRecord,
 };
 
+/// A head's maximum-likelihood fit to exact samples before training (`--fit-epochs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitSettings {
+    /// Passes over the exact samples.
+    pub epochs: usize,
+    /// Adam's rate.
+    pub lr: f64,
+}
+
+/// Exact samples per Adam step of a fit.
+pub const FIT_BATCH: usize = 8;
+
+/// Fits `twist` to the exact samples `pool` by maximum likelihood of its twisted proposal
+/// (twist_learn::exact_fit): one base-model pass over the pool, then `fit.epochs` epochs of
+/// Adam in batches of [`FIT_BATCH`], shuffled from `seed`.
+pub fn fit_to_exact(
+    lm: &BurnLm,
+    prompt: &[u32],
+    twist: &mut HeadTrainable,
+    pool: &[Vec<u32>],
+    fit: FitSettings,
+    seed: u64,
+) -> Result<()> {
+    let samples: Vec<(Vec<u32>, Option<Vec<u32>>)> =
+        pool.iter().map(|s| (s.clone(), None)).collect();
+    let examples =
+        twist_learn::exact_fit::exact_examples(lm, prompt, &samples, CondEncoding::Last, 64)?;
+    let cfg = twist_learn::exact_fit::FitConfig {
+        epochs: fit.epochs,
+        batch: FIT_BATCH,
+        learning_rate: fit.lr,
+        seed,
+    };
+    twist_learn::exact_fit::fit_exact(twist, &examples, &cfg)?;
+    Ok(())
+}
+
 /// The shape and initialisation of a fresh head.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HeadChoice {

@@ -349,6 +349,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
         replay_samples: 0,
         replay_form: twist_learn::ReplayForm::Direct,
         replay_shared: false,
+        fit: None,
         upper_samples: 1,
         lower_runs: 1,
         max_draws: 10,

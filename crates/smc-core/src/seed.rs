@@ -68,6 +68,7 @@
 //! | [`label::APP_REPLAY_POOL`] | 0 | a reproduction's pool of exact samples shared by its seeds |
 //! | [`label::APP_HEAD_INIT`] | method index (r * methods + m in a reproduction) | a twist head's initial weights |
 //! | [`label::APP_TWIST_NOISE`] | 0 | the perturbation of a demo's twist |
+//! | [`label::APP_FIT`] | r * 2 + parameterisation (0 identity, 1 log-sigmoid) | the shuffles of a head's fit to exact samples |
 
 /// The labels of every derived stream (see the module documentation for what each seeds).
 pub mod label {
@@ -125,6 +126,8 @@ pub mod label {
     pub const APP_HEAD_INIT: &str = "apps/head-init";
     /// The perturbation of a demo's twist.
     pub const APP_TWIST_NOISE: &str = "apps/twist-noise";
+    /// The shuffles of a head's maximum-likelihood fit to exact samples.
+    pub const APP_FIT: &str = "apps/fit";
 }
 
 /// The SplitMix64 finaliser: a bijection of u64 with full avalanche.
@@ -215,6 +218,7 @@ mod tests {
             label::APP_REPLAY_POOL,
             label::APP_HEAD_INIT,
             label::APP_TWIST_NOISE,
+            label::APP_FIT,
         ];
         assert_eq!(
             labels.iter().collect::<HashSet<_>>().len(),

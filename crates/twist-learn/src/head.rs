@@ -287,6 +287,15 @@ impl HeadTrainable {
         grads: &[LogTable],
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let params = self.backward(batch, grads)?;
+        self.named_gradients(&params)
+    }
+
+    /// Gradients by parameter name (as in `HeadConfig::param_specs`, row-major; zeros where
+    /// none reached the parameter).
+    pub(crate) fn named_gradients(
+        &self,
+        params: &GradientsParams,
+    ) -> Result<Vec<(String, Vec<f32>)>> {
         self.head
             .parameters()
             .into_iter()

@@ -8,6 +8,7 @@
 pub mod adam;
 pub mod batch;
 pub mod error;
+pub mod exact_fit;
 pub mod gibbs;
 pub mod head;
 pub mod infilling;

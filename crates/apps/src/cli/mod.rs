@@ -4,6 +4,7 @@
 pub mod bounds;
 pub mod demo;
 pub mod exact;
+pub mod fit;
 pub mod groups;
 pub mod head;
 pub mod report;

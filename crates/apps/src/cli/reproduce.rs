@@ -7,6 +7,7 @@ use clap::Args;
 
 use twist_learn::{Method, ReplayForm};
 
+use super::fit::FitArgs;
 use super::groups::{HeadArgs, MethodArg, ModelArgs, at_least};
 use crate::commands::reproduce::ReproduceSettings;
 use crate::presets::{ExactMethod, Preset};
@@ -66,6 +67,8 @@ pub struct ReproduceArgs {
     /// out the pool's own randomness).
     #[arg(long)]
     replay_shared: bool,
+    #[command(flatten)]
+    fit: FitArgs,
     /// Exact samples per seed that seed the upper bounds (conditional SMC, SIS).
     #[arg(long, default_value_t = 3)]
     upper_samples: usize,
@@ -147,6 +150,7 @@ impl ReproduceArgs {
             replay_samples,
             replay_csmc,
             replay_shared,
+            fit,
             upper_samples,
             lower_runs,
             max_draws,
@@ -186,6 +190,10 @@ impl ReproduceArgs {
             if replay_shared {
                 bail!("--replay-shared needs exact samples to replay: give --replay-samples N");
             }
+        }
+        let fit = fit.settings()?;
+        if fit.is_some() && replay_samples == 0 {
+            bail!("--fit-epochs fits the heads to CTL's replay pool: give --replay-samples N");
         }
         // Rejection accepts at most one sample per draw.
         match exact_samples.checked_add(replay_samples) {
@@ -228,6 +236,7 @@ impl ReproduceArgs {
                 ReplayForm::Direct
             },
             replay_shared,
+            fit,
             upper_samples,
             lower_runs,
             max_draws,

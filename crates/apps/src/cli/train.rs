@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use twist_learn::{BatchSource, Method};
 
+use super::fit::FitArgs;
 use super::groups::{HeadArgs, MethodArg, ModelArgs, PositivesArg, PromptArgs, at_least};
 use crate::commands::train::{TrainSettings, TrainTask};
 use crate::potentials::PotentialSpec;
@@ -102,6 +103,8 @@ pub struct TrainArgs {
     /// the drawn sequences, as before; for comparison).
     #[arg(long, value_enum, default_value_t = BatchSourceArg::Sampled)]
     batch_source: BatchSourceArg,
+    #[command(flatten)]
+    fit: FitArgs,
 }
 
 /// Where a training batch's base-model rows come from.
@@ -153,6 +156,7 @@ impl TrainArgs {
             gibbs_sweeps,
             eval_particles,
             batch_source,
+            fit,
         } = self;
         let method: Method = method.into();
         let positives: Positives = positives.into();
@@ -189,6 +193,19 @@ impl TrainArgs {
                 bail!("--replay is for --positives exact or exact-csmc")
             }
             _ => {}
+        }
+        let fit = fit.settings()?;
+        if fit.is_some() {
+            if replay.is_none() {
+                bail!(
+                    "--fit-epochs fits the head to the exact samples CTL replays: give --positives exact --replay FILE"
+                );
+            }
+            if resume.is_some() {
+                bail!(
+                    "--fit-epochs fits a fresh head before training; --resume continues a trained one"
+                );
+            }
         }
         if checkpoint.extension().is_some_and(|e| e == "json") {
             bail!(
@@ -294,6 +311,7 @@ impl TrainArgs {
             checkpoint,
             resume,
             out,
+            fit,
             batch: match batch_source {
                 BatchSourceArg::Sampled => BatchSource::Sampled,
                 BatchSourceArg::TeacherForced => BatchSource::TeacherForced,

@@ -544,6 +544,11 @@ impl TwistHead {
         Ok(())
     }
 
+    /// Embedding heads: the base model's output embedding [d, V] the head reads (a constant).
+    pub fn base_embedding(&self) -> Option<Tensor<2>> {
+        self.base.clone()
+    }
+
     /// The device of the parameters.
     pub fn device(&self) -> &Device {
         &self.device

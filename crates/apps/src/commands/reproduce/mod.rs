@@ -9,6 +9,7 @@
 //! chart `smc.svg` at the end.
 
 mod evaluate;
+mod fit;
 mod records;
 mod smc_table;
 mod table;
@@ -70,7 +71,8 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
         args,
     };
     let started = Instant::now();
-    let bar = ProgressBar::new((args.seeds * (methods.len() + 1)) as u64);
+    let per_seed = methods.len() + 1 + usize::from(args.fit.is_some());
+    let bar = ProgressBar::new((args.seeds * per_seed) as u64);
     bar.set_style(
         ProgressStyle::with_template("reproduce {pos}/{len} [{bar:30}] {msg} {elapsed}/{eta}")
             .expect("template")
@@ -172,10 +174,9 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
         };
         keep(&bar, &mut records_out, &mut records, rec)?;
         bar.inc(1);
-        for &method in methods {
-            let param = Parameterization::for_method(method);
+        let fresh = |method: Method| -> Result<TwistHead> {
             let placeholder = cond_len.map(|m| vec![prompt[0]; m]);
-            let head = TwistHead::new(
+            Ok(TwistHead::new(
                 lm,
                 args.head.config(lm, placeholder),
                 seed::derive(
@@ -184,7 +185,42 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     seed * Method::ALL.len() as u64 + method as u64,
                 ),
                 &ad,
-            )?;
+            )?)
+        };
+        let mut fits = match args.fit {
+            Some(settings) if cond_len.is_none() => {
+                bar.set_message(format!("seed {seed}: fitting the heads to the replay pool"));
+                let mut fits = fit::Fits::new(lm, prompt, &tasks[0].replay, settings, seed)?;
+                // The fit alone, evaluated as its own sampler: what the methods start from.
+                let identity = Parameterization::Identity;
+                let (head, secs) = fits.fitted(fresh(Method::Ctl)?, identity)?;
+                let mut twist = HeadTrainable::new(head, identity, AdamConfig::default());
+                let rec = Record {
+                    seed,
+                    sampler: "fit".into(),
+                    train_seconds: secs,
+                    tasks: evaluate(
+                        &ctx,
+                        Some(&mut twist),
+                        &tasks,
+                        seed,
+                        args.eval_particles,
+                        args.fq_samples,
+                    )?,
+                    particles: None,
+                };
+                keep(&bar, &mut records_out, &mut records, rec)?;
+                bar.inc(1);
+                Some(fits)
+            }
+            _ => None,
+        };
+        for &method in methods {
+            let param = Parameterization::for_method(method);
+            let (head, fit_seconds) = match fits.as_mut() {
+                Some(fits) => fits.fitted(fresh(method)?, param)?,
+                None => (fresh(method)?, 0.0),
+            };
             let mut twist = HeadTrainable::new(head, param, AdamConfig::default())
                 .with_bias_lr(args.head.bias_lr)
                 .with_bias_optimizer(args.head.bias_optimizer)
@@ -230,7 +266,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     train(lm, &mut twist, phi, prompt, &cfg, on_step)?;
                 }
             }
-            let train_seconds = t0.elapsed().as_secs_f64();
+            let train_seconds = fit_seconds + t0.elapsed().as_secs_f64();
             bar.set_message(format!("seed {seed}: evaluating {method:?}"));
             let rec = Record {
                 seed,

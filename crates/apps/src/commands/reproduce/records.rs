@@ -10,7 +10,7 @@ use twist_learn::Method;
 
 use crate::presets::Preset;
 use crate::setup::ModelChoice;
-use crate::training::HeadChoice;
+use crate::training::{FitSettings, HeadChoice};
 
 /// The validated settings of `tsmc reproduce`.
 #[derive(Debug, Clone)]
@@ -46,6 +46,8 @@ pub struct ReproduceSettings {
     pub replay_form: twist_learn::ReplayForm,
     /// One pool of `replay_samples`, drawn once, for every seed (instead of one per seed).
     pub replay_shared: bool,
+    /// Fit every head to the replay pool before its method trains (`None`: no fit).
+    pub fit: Option<FitSettings>,
     /// Exact samples per seed that seed the upper bounds.
     pub upper_samples: usize,
     /// Runs per lower bound.

@@ -75,6 +75,22 @@ pub fn run(
         Some(path) => read_exact(path, args.tokens)?,
         None => Vec::new(),
     };
+    if let Some(fit) = args.fit {
+        let t0 = Instant::now();
+        let seed = smc_core::seed::derive(args.seed, smc_core::seed::label::APP_FIT, 0);
+        crate::training::fit_to_exact(lm, prompt, &mut twist, &pool, fit, seed)?;
+        println!(
+            "fitted the head to {} exact samples ({} epochs, Adam at {}) in {:.1} s",
+            pool.len(),
+            fit.epochs,
+            fit.lr,
+            t0.elapsed().as_secs_f64()
+        );
+        if let Some(e) = &evaluator {
+            let eval = e.evaluate(Some(&twist))?;
+            e.report(&mut curve, start_step, "fitted", &eval, started)?;
+        }
+    }
     let bar = train_bar(args.steps);
     train_with(
         args.positives,

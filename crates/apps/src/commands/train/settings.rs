@@ -6,7 +6,7 @@ use twist_learn::{BatchSource, Method, TrainConfig};
 
 use crate::potentials::PotentialSpec;
 use crate::setup::ModelChoice;
-use crate::training::{HeadChoice, Positives};
+use crate::training::{FitSettings, HeadChoice, Positives};
 
 /// What `tsmc train` learns a twist for.
 #[derive(Debug, Clone)]
@@ -76,6 +76,8 @@ pub struct TrainSettings {
     pub out: PathBuf,
     /// Where an update's base-model rows come from.
     pub batch: BatchSource,
+    /// Fit the fresh head to the replayed exact samples before training.
+    pub fit: Option<FitSettings>,
 }
 
 impl TrainSettings {
