@@ -351,6 +351,47 @@ fn reproduce_with_a_shared_replay_pool_states_it() {
     assert!(svg.starts_with("<svg"), "{svg}");
 }
 
+/// --fit-epochs: every seed evaluates the fit alone as the sampler `fit` before CTL, which
+/// starts from it; the table and summary say so.
+#[test]
+fn reproduce_with_a_fit_to_the_replay_pool_evaluates_the_fit_as_its_own_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        "--replay-samples",
+        "3",
+        "--head",
+        "embedding",
+        "--fit-epochs",
+        "2",
+        "--fit-lr",
+        "1e-3",
+    ];
+    let (ok, _, stderr) = reproduce_small_with("toxicity", dir.path(), &extra);
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    let rows: Vec<&str> = summary["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sampler"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, ["p0", "fit", "ctl"], "{summary}");
+    assert_eq!(summary["fit_epochs"], 2, "{summary}");
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    assert!(
+        table.contains("every head first fitted to that pool by maximum likelihood"),
+        "{table}"
+    );
+    let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
+    assert_eq!(
+        records.matches("\"sampler\":\"fit\"").count(),
+        2,
+        "{records}"
+    );
+}
+
 #[test]
 fn reproduce_writes_a_kl_table_over_seeds_for_a_classifier_and_an_infilling_task() {
     for task in ["toxicity", "infilling-short"] {
@@ -479,6 +520,22 @@ fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
         (
             &["--task", "toxicity-threshold", "--replay-shared"][..],
             "--replay-shared needs exact samples to replay",
+        ),
+        (
+            &["--task", "toxicity-threshold", "--fit-epochs", "3"][..],
+            "--fit-epochs fits the heads to CTL's replay pool: give --replay-samples N",
+        ),
+        (
+            &[
+                "--task",
+                "toxicity-threshold",
+                "--replay-samples",
+                "4",
+                "--fit-epochs",
+                "3",
+                "--fit-lr=0",
+            ][..],
+            "--fit-lr must be a positive number",
         ),
         (
             &[
@@ -777,6 +834,37 @@ fn train_on_one_infilling_task_measures_every_snapshot_on_a_particle_gibbs_chain
                 .contains("--cond-encoding is for the conditional heads of --task infilling"),
             "{stderr}"
         );
+    }
+}
+
+#[test]
+fn train_fits_only_a_fresh_head_to_a_replay_pool() {
+    for (args, message) in [
+        (
+            &["train", "--task", "potential", "--fit-epochs", "2"][..],
+            "--fit-epochs fits the head to the exact samples CTL replays",
+        ),
+        (
+            &[
+                "train",
+                "--task",
+                "potential",
+                "--method",
+                "ctl",
+                "--positives",
+                "exact",
+                "--replay",
+                "pool.jsonl",
+                "--resume",
+                "head.safetensors",
+                "--fit-epochs",
+                "2",
+            ][..],
+            "--fit-epochs fits a fresh head before training; --resume continues a trained one",
+        ),
+    ] {
+        let (ok, _, stderr) = tsmc(args);
+        assert!(!ok && stderr.contains(message), "{args:?}: {stderr}");
     }
 }
 
