@@ -215,6 +215,31 @@ impl LoadedAny {
     }
 }
 
+/// Checks, before anything is allocated, that a fit to `samples` exact samples of `tokens`
+/// tokens (`--fit-epochs`) fits the memory budget: it keeps every sample's log p0 rows and
+/// hidden states in f32 (T x (V + d) each), and its teacher-forced passes hold 64 samples'
+/// rows in f64 at a time. The error gives the estimate and what to change.
+pub fn check_fit_size(
+    lm: &BurnLm,
+    choice: &ModelChoice,
+    samples: usize,
+    tokens: usize,
+) -> Result<()> {
+    let d = lm.dims();
+    let kept = samples as f64 * tokens as f64 * (d.vocab + d.hidden) as f64 * 4.0;
+    let pass = 64.0 * tokens as f64 * d.vocab as f64 * 8.0;
+    let need = kept + pass;
+    let (budget, source) = budget(choice.memory_budget);
+    if need > budget {
+        bail!(
+            "--fit-epochs keeps {samples} exact samples' log p0 rows and hidden states in memory, about {:.1} GiB, but {source} is {:.1} GiB: replay fewer samples or raise --memory-budget (GiB)",
+            need / GIB,
+            budget / GIB
+        );
+    }
+    Ok(())
+}
+
 /// MemAvailable from /proc/meminfo, or 16 GiB where it cannot be read.
 fn available_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")

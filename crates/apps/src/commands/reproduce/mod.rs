@@ -58,6 +58,9 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             .max(64),
         args.tokens + args.cond_tokens.unwrap_or(0),
     )?;
+    if args.fit.is_some() {
+        crate::setup::check_fit_size(&loaded.lm, &args.model, args.replay_samples, args.tokens)?;
+    }
     // Only now: a run refused before it starts leaves an earlier run's records alone.
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("creating the output directory {}", out_dir.display()))?;

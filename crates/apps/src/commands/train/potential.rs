@@ -76,6 +76,7 @@ pub fn run(
         None => Vec::new(),
     };
     if let Some(fit) = args.fit {
+        crate::setup::check_fit_size(lm, &args.model, pool.len(), args.tokens)?;
         let t0 = Instant::now();
         let seed = smc_core::seed::derive(args.seed, smc_core::seed::label::APP_FIT, 0);
         crate::training::fit_to_exact(lm, prompt, &mut twist, &pool, fit, seed)?;
