@@ -378,10 +378,16 @@ fn reproduce_with_a_fit_to_the_replay_pool_evaluates_the_fit_as_its_own_row() {
         .map(|r| r["sampler"].as_str().unwrap())
         .collect();
     assert_eq!(rows, ["p0", "fit", "ctl"], "{summary}");
+    // Every sampler's paired differences by seed, in the summary and the table.
+    let per_seed = summary["rows"][2]["delta_per_seed"].as_array().unwrap();
+    assert_eq!(per_seed.len(), 2, "{summary}");
+    assert_eq!(per_seed[1][0], 1, "{summary}");
     assert_eq!(summary["fit_epochs"], 2, "{summary}");
     let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
     assert!(
-        table.contains("every head first fitted to that pool by maximum likelihood"),
+        table.contains("every head first fitted to that pool by maximum likelihood")
+            && table.contains("| ctl |")
+            && table.contains("seeds below zero"),
         "{table}"
     );
     let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();

@@ -142,6 +142,8 @@ pub struct Row {
     pub delta_kl_q_sigma: Estimate,
     /// KL(σ‖q) minus p0's, paired by seed (= G_q - G_q of p0, on the same exact samples).
     pub delta_kl_sigma_q: Estimate,
+    /// The two paired differences of each seed, in seed order: (seed, ΔKL(q‖σ), ΔKL(σ‖q)).
+    pub delta_per_seed: Vec<(u64, f64, f64)>,
     /// Mean training time per seed.
     pub train_seconds: f64,
 }

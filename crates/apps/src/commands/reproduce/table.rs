@@ -141,22 +141,24 @@ fn table(records: &[Record]) -> (Vec<LogZ>, Vec<Row>) {
             })
             .collect()
     };
-    let paired = |a: &[(u64, f64)], b: &[(u64, f64)], sign: f64| -> Estimate {
-        let d: Vec<f64> = a
-            .iter()
+    let paired_by_seed = |a: &[(u64, f64)], b: &[(u64, f64)], sign: f64| -> Vec<(u64, f64)> {
+        a.iter()
             .filter_map(|&(seed, x)| {
                 b.iter()
                     .find(|&&(s, _)| s == seed)
-                    .map(|&(_, y)| sign * (x - y))
+                    .map(|&(_, y)| (seed, sign * (x - y)))
             })
-            .collect();
-        Estimate::from_values(&d)
+            .collect()
     };
+    let estimate =
+        |d: &[(u64, f64)]| Estimate::from_values(&d.iter().map(|&(_, x)| x).collect::<Vec<_>>());
     let (p0_f, p0_g) = (means("p0", &|t| t.f_q.mean), means("p0", &|t| t.g_q.mean));
     let rows = samplers
         .iter()
         .map(|s| {
             let recs: Vec<&Record> = records.iter().filter(|r| &r.sampler == s).collect();
+            let dq = paired_by_seed(&means(s, &|t| t.f_q.mean), &p0_f, -1.0);
+            let ds = paired_by_seed(&means(s, &|t| t.g_q.mean), &p0_g, 1.0);
             let per_seed = |f: &dyn Fn(&TaskEval, f64) -> f64| -> Vec<f64> {
                 recs.iter()
                     .map(|r| {
@@ -176,8 +178,16 @@ fn table(records: &[Record]) -> (Vec<LogZ>, Vec<Row>) {
                 kl_sigma_q: Estimate::from_values(&per_seed(&|t, z| t.g_q.mean - z)),
                 f_q: Estimate::from_values(&per_seed(&|t, _| t.f_q.mean)),
                 g_q: Estimate::from_values(&per_seed(&|t, _| t.g_q.mean)),
-                delta_kl_q_sigma: paired(&means(s, &|t| t.f_q.mean), &p0_f, -1.0),
-                delta_kl_sigma_q: paired(&means(s, &|t| t.g_q.mean), &p0_g, 1.0),
+                delta_kl_q_sigma: estimate(&dq),
+                delta_kl_sigma_q: estimate(&ds),
+                delta_per_seed: dq
+                    .iter()
+                    .filter_map(|&(seed, q)| {
+                        ds.iter()
+                            .find(|&&(s, _)| s == seed)
+                            .map(|&(_, d)| (seed, q, d))
+                    })
+                    .collect(),
                 train_seconds: recs.iter().map(|r| r.train_seconds).sum::<f64>()
                     / recs.len() as f64,
             }
@@ -368,5 +378,37 @@ fn markdown(
         n.saturating_sub(1),
         t_quantile(n),
     ));
+    s.push_str(&per_seed_table(rows));
+    s
+}
+
+/// The paired differences of every seed, so that a reader sees whether an interval that
+/// crosses zero comes from one seed or from all of them.
+fn per_seed_table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "\nPer seed (the Δ columns' paired differences, in seed order; below zero = better than \
+         p0):\n\n| sampler | ΔKL(q‖σ) by seed | ΔKL(σ‖q) by seed | seeds below zero (q‖σ, σ‖q) |\n|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| r.sampler != "p0") {
+        let list = |f: &dyn Fn(&(u64, f64, f64)) -> f64| {
+            r.delta_per_seed
+                .iter()
+                .map(|d| format!("{:.2}", f(d)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let below = |f: &dyn Fn(&(u64, f64, f64)) -> f64| {
+            r.delta_per_seed.iter().filter(|d| f(d) < 0.0).count()
+        };
+        let n = r.delta_per_seed.len();
+        s.push_str(&format!(
+            "| {} | {} | {} | {}/{n}, {}/{n} |\n",
+            r.sampler,
+            list(&|d| d.1),
+            list(&|d| d.2),
+            below(&|d| d.1),
+            below(&|d| d.2),
+        ));
+    }
     s
 }
