@@ -70,6 +70,26 @@ pub(super) fn collect_exact(
 /// Every task's evaluation with the bounds at K = `particles` and F_q from `fq_draws` draws
 /// (the run's --eval-particles and --fq-samples; bootstrap SMC at equal time takes its own K
 /// and one draw, since only its bounds are used).
+/// A sampler's record for one seed: `twist`'s proposal (p0's with `None`) evaluated at the run's
+/// --eval-particles and --fq-samples.
+pub(super) fn record(
+    ctx: &Ctx<'_>,
+    twist: Option<&mut HeadTrainable>,
+    tasks: &[Task<'_>],
+    seed: u64,
+    sampler: String,
+    train_seconds: f64,
+) -> Result<Record> {
+    let a = ctx.args;
+    Ok(Record {
+        seed,
+        sampler,
+        train_seconds,
+        tasks: evaluate(ctx, twist, tasks, seed, a.eval_particles, a.fq_samples)?,
+        particles: None,
+    })
+}
+
 pub(super) fn evaluate(
     ctx: &Ctx<'_>,
     mut twist: Option<&mut HeadTrainable>,

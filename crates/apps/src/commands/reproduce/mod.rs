@@ -33,7 +33,7 @@ use crate::jsonl::{Appender, read_numbered};
 use crate::potentials::PotentialSpec;
 use crate::presets::Preset;
 use crate::setup::load_model_and_prompt;
-use evaluate::{Ctx, Task, collect_exact, evaluate, print_record};
+use evaluate::{Ctx, Task, collect_exact, evaluate, print_record, record};
 pub use records::{BoundRule, EQUAL_TIME, Record, ReproduceSettings, Row, TaskEval};
 use smc_table::equal_time_particles;
 pub use table::Built;
@@ -162,20 +162,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             }
         };
         bar.set_message(format!("seed {seed}: evaluating p0"));
-        let rec = Record {
-            seed,
-            sampler: "p0".into(),
-            train_seconds: 0.0,
-            tasks: evaluate(
-                &ctx,
-                None,
-                &tasks,
-                seed,
-                args.eval_particles,
-                args.fq_samples,
-            )?,
-            particles: None,
-        };
+        let rec = record(&ctx, None, &tasks, seed, "p0".into(), 0.0)?;
         keep(&bar, &mut records_out, &mut records, rec)?;
         bar.inc(1);
         let fresh = |method: Method| -> Result<TwistHead> {
@@ -199,20 +186,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 let identity = Parameterization::Identity;
                 let (head, secs) = fits.fitted(fresh(Method::Ctl)?, identity)?;
                 let mut twist = HeadTrainable::new(head, identity, AdamConfig::default());
-                let rec = Record {
-                    seed,
-                    sampler: "fit".into(),
-                    train_seconds: secs,
-                    tasks: evaluate(
-                        &ctx,
-                        Some(&mut twist),
-                        &tasks,
-                        seed,
-                        args.eval_particles,
-                        args.fq_samples,
-                    )?,
-                    particles: None,
-                };
+                let rec = record(&ctx, Some(&mut twist), &tasks, seed, "fit".into(), secs)?;
                 keep(&bar, &mut records_out, &mut records, rec)?;
                 bar.inc(1);
                 Some(fits)
@@ -272,20 +246,14 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             }
             let train_seconds = fit_seconds + t0.elapsed().as_secs_f64();
             bar.set_message(format!("seed {seed}: evaluating {method:?}"));
-            let rec = Record {
+            let rec = record(
+                &ctx,
+                Some(&mut twist),
+                &tasks,
                 seed,
-                sampler: format!("{method:?}").to_lowercase(),
+                format!("{method:?}").to_lowercase(),
                 train_seconds,
-                tasks: evaluate(
-                    &ctx,
-                    Some(&mut twist),
-                    &tasks,
-                    seed,
-                    args.eval_particles,
-                    args.fq_samples,
-                )?,
-                particles: None,
-            };
+            )?;
             keep(&bar, &mut records_out, &mut records, rec)?;
             bar.inc(1);
         }
