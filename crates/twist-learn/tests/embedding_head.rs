@@ -5,8 +5,6 @@
 //! method trains them to cut both exact KLs, and checkpoints load back only onto their model.
 //! The same for heads whose bias is gated by the input, raw(v) = e_v · (A x) + g(x) b_v.
 
-use std::path::PathBuf;
-
 use lm_burn::heads::{
     BiasGate, CondEncoding, HeadConfig, HeadKind, TwistHead, encode_conditioning,
 };
@@ -14,21 +12,8 @@ use lm_burn::{BurnLm, LmError, default_device};
 use smc_core::prelude::*;
 use twist_learn::*;
 
-fn tiny(dir: &str) -> BurnLm {
-    BurnLm::from_hf_dir(
-        &manifest_dir()
-            .join("../../testdata/reference/tiny-models")
-            .join(dir),
-        &default_device(),
-    )
-    .unwrap()
-}
-
-fn manifest_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
+mod common;
+use common::{randomise, tiny};
 
 type Phi = FnPotential<fn(&[u32], &[u32]) -> f64>;
 
@@ -172,19 +157,6 @@ fn roles(method: Method) -> Roles {
     }
 }
 
-/// Sets every parameter to small random values (so that no gradient vanishes by symmetry).
-fn randomise(head: &mut TwistHead, scale: f64, seed: u64) {
-    use rand::RngExt;
-    let mut rng = rng_from_seed(seed);
-    for (name, values) in head.parameter_values().unwrap() {
-        let v: Vec<f32> = values
-            .iter()
-            .map(|_| (scale * (rng.random::<f64>() - 0.5)) as f32)
-            .collect();
-        head.set_parameter(&name, &v).unwrap();
-    }
-}
-
 /// The loss with the head's raw outputs recomputed on the batch's hidden states and the
 /// targets held fixed (stop-gradient), as a function of the head's parameters.
 fn loss_of(head: &TwistHead, batch: &Batch, method: Method, tg: &Targets) -> f64 {
@@ -239,29 +211,9 @@ fn parameter_gradients_of_every_head_match_finite_differences_for_every_loss() {
             let tg = targets(&batch, roles(method));
             let (_, grads) = loss_and_grads(method, &batch, &tg);
             let analytic = twist.parameter_gradients(&batch, &grads).unwrap();
-            let values = twist.head().parameter_values().unwrap();
-            for ((name, g), (_, v)) in analytic.iter().zip(&values) {
-                // The three coordinates with the largest gradients and two fixed ones.
-                let mut order: Vec<usize> = (0..g.len()).collect();
-                order.sort_by(|&i, &j| g[j].abs().total_cmp(&g[i].abs()));
-                let mut coords: Vec<usize> = order.into_iter().take(3).collect();
-                coords.extend([g.len() / 3, g.len() - 1]);
-                for i in coords {
-                    let at = |delta: f32| {
-                        let mut h = twist.head().clone();
-                        let mut w = v.clone();
-                        w[i] += delta;
-                        h.set_parameter(name, &w).unwrap();
-                        loss_of(&h, &batch, method, &tg)
-                    };
-                    let fd = (at(step) - at(-step)) / (2.0 * step as f64);
-                    let g = g[i] as f64;
-                    assert!(
-                        (fd - g).abs() <= 2e-4 + rel * g.abs(),
-                        "{kind:?} {rank:?} {gate:?} {method:?} {name}[{i}]: finite difference {fd} vs gradient {g}"
-                    );
-                }
-            }
+            let loss = |h: &TwistHead| loss_of(h, &batch, method, &tg);
+            let label = format!("{kind:?} {rank:?} {gate:?} {method:?}");
+            common::check_gradients(twist.head(), &analytic, step, rel, loss, &label);
         }
     }
 }

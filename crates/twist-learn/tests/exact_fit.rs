@@ -4,8 +4,7 @@
 //! differences under both parameterisations, and fitting exact draws from sigma cuts the exact
 //! KL(sigma || q).
 
-use std::path::PathBuf;
-
+use common::{randomise, tiny};
 use lm_burn::heads::{CondEncoding, HeadConfig, HeadKind, TwistHead};
 use lm_burn::{BurnLm, default_device};
 use rand::RngExt;
@@ -15,16 +14,7 @@ use twist_learn::exact_fit::{
 };
 use twist_learn::*;
 
-fn tiny(dir: &str) -> BurnLm {
-    let root = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    BurnLm::from_hf_dir(
-        &root.join("../../testdata/reference/tiny-models").join(dir),
-        &default_device(),
-    )
-    .unwrap()
-}
+mod common;
 
 const PROMPT: [u32; 3] = [5, 17, 250];
 const T: usize = 2;
@@ -41,18 +31,6 @@ fn potential() -> Phi {
 fn embedding_head(lm: &BurnLm) -> TwistHead {
     let config = HeadConfig::for_model(lm, HeadKind::Embedding, None);
     TwistHead::new(lm, config, 1, &default_device().autodiff()).unwrap()
-}
-
-/// Every parameter set to small random values, so that no gradient vanishes by symmetry.
-fn randomise(head: &mut TwistHead, scale: f64, seed: u64) {
-    let mut rng = rng_from_seed(seed);
-    for (name, values) in head.parameter_values().unwrap() {
-        let v: Vec<f32> = values
-            .iter()
-            .map(|_| (scale * (rng.random::<f64>() - 0.5)) as f32)
-            .collect();
-        head.set_parameter(&name, &v).unwrap();
-    }
 }
 
 fn examples(lm: &BurnLm, seqs: &[Vec<u32>]) -> Vec<ExactExample> {
@@ -105,32 +83,20 @@ fn fit_gradients_match_finite_differences_under_both_parameterisations() {
         randomise(&mut h, 0.2, 7);
         let twist = HeadTrainable::new(h, param, AdamConfig::default());
         let (_, grads) = nll_and_gradients(&twist, &ex).unwrap();
-        let values = twist.head().parameter_values().unwrap();
-        for ((name, g), (_, v)) in grads.iter().zip(&values) {
-            // The three coordinates with the largest gradients and two fixed ones.
-            let mut order: Vec<usize> = (0..g.len()).collect();
-            order.sort_by(|&i, &j| g[j].abs().total_cmp(&g[i].abs()));
-            let mut coords: Vec<usize> = order.into_iter().take(3).collect();
-            coords.extend([g.len() / 3, g.len() - 1]);
-            for i in coords {
-                let at = |delta: f32| {
-                    let mut h = twist.head().clone();
-                    let mut w = v.clone();
-                    w[i] += delta;
-                    h.set_parameter(name, &w).unwrap();
-                    let t = HeadTrainable::new(h, param, AdamConfig::default());
-                    nll_and_gradients(&t, &ex).unwrap().0
-                };
-                let fd = (at(step) - at(-step)) / (2.0 * step as f64);
-                let g = g[i] as f64;
-                // The embedding heads' loss gradients match to 1e-7 to 3e-5 relative in
-                // embedding_head.rs; the same tolerance as there.
-                assert!(
-                    (fd - g).abs() <= 2e-4 + 5e-3 * g.abs(),
-                    "{param:?} {name}[{i}]: finite difference {fd} vs gradient {g}"
-                );
-            }
-        }
+        // The embedding heads' loss gradients match to 1e-7 to 3e-5 relative in
+        // embedding_head.rs; the same tolerance as there.
+        let loss = |h: &TwistHead| {
+            let t = HeadTrainable::new(h.clone(), param, AdamConfig::default());
+            nll_and_gradients(&t, &ex).unwrap().0
+        };
+        common::check_gradients(
+            twist.head(),
+            &grads,
+            step,
+            5e-3,
+            loss,
+            &format!("{param:?}"),
+        );
     }
 }
 
