@@ -10,6 +10,7 @@
 
 mod evaluate;
 mod fit;
+mod ordering;
 mod per_seed;
 mod records;
 mod smc_table;

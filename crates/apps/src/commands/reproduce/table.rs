@@ -73,6 +73,10 @@ pub(super) fn build(
         seconds,
         &rules,
     );
+    let order = super::ordering::ordering(&rows);
+    if let Some(o) = &order {
+        md.push_str(&super::ordering::ordering_markdown(o));
+    }
     let smc = smc_rows(records, args.eval_particles);
     md.push_str(&smc_markdown(
         &smc,
@@ -84,7 +88,7 @@ pub(super) fn build(
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
         "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "fit_epochs": args.fit.map(|f| f.epochs), "fit_lr": args.fit.map(|f| f.lr), "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "cond_encoding": args.head.cond_encoding_name(), "equal_time": args.equal_time, "log_z_per_task": log_z, "bound_rules": rules,
-        "rejection_log_z": rejection_log_z, "rows": rows, "smc_rows": smc,
+        "rejection_log_z": rejection_log_z, "rows": rows, "ordering": order, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
     let svg = smc_svg(&smc, args.eval_particles);
