@@ -29,6 +29,7 @@ pub mod constraint;
 pub mod error;
 pub mod feynman_kac;
 pub mod logspace;
+pub mod lookahead;
 pub mod model;
 pub mod resampling;
 pub mod seed;

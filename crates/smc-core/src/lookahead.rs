@@ -1,0 +1,270 @@
+//! A final twist that runs the base model on candidate last tokens: for a continuation
+//! potential phi(s) = p0(c | prompt, s) (infilling), the twisted proposal's last step wants
+//! psi_T(s_<T, v) = phi(s_<T, v), which is exact for any token the model is run on. Running it
+//! on all V tokens is V passes per particle, so only each particle's top N tokens under p0 are
+//! scored; every other token gets the p0-weighted mean of log phi over those N. The proposal
+//! stays normalised with full support, and its weights stay exact: only its distance to sigma
+//! depends on N. Steps before T are left to an inner twist (a learned head) or to p0.
+
+use crate::batch::{LogTable, TokenBuffer};
+use crate::error::{Result, SmcError};
+use crate::logspace::log_sum_exp;
+use crate::model::{DecodeSession, LanguageModel, Twist, TwistInput};
+
+/// Candidate sequences scored per teacher-forced call, so that memory stays bounded however
+/// many particles and candidates there are.
+const SCORE_CHUNK: usize = 256;
+
+/// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top `candidates` tokens; an
+/// inner twist (or none: psi = 1) before T.
+pub struct FinalLookahead<'a, L: LanguageModel> {
+    lm: &'a L,
+    continuation: Vec<u32>,
+    candidates: usize,
+    inner: Option<&'a dyn Twist>,
+}
+
+impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
+    /// The lookahead for continuation tokens `continuation` (at least one) over the top
+    /// `candidates` tokens (at least one; more than V means all of them).
+    pub fn new(
+        lm: &'a L,
+        continuation: Vec<u32>,
+        candidates: usize,
+        inner: Option<&'a dyn Twist>,
+    ) -> Result<Self> {
+        if continuation.is_empty() {
+            return Err(SmcError::config(
+                "lookahead continuation",
+                "at least one token",
+                "none",
+            ));
+        }
+        if let Some(&c) = continuation
+            .iter()
+            .find(|&&c| c as usize >= lm.vocab_size())
+        {
+            return Err(SmcError::config(
+                "lookahead continuation token",
+                format!("< vocabulary size {}", lm.vocab_size()),
+                c,
+            ));
+        }
+        if candidates == 0 {
+            return Err(SmcError::config("lookahead candidates", ">= 1", 0));
+        }
+        Ok(Self {
+            lm,
+            continuation,
+            candidates: candidates.min(lm.vocab_size()),
+            inner,
+        })
+    }
+
+    /// p0's next-token log-probabilities after each particle's prefix (normalised).
+    fn p0_rows(&self, prompt: &[u32], prefixes: &TokenBuffer) -> Result<Vec<Vec<f64>>> {
+        let k = prefixes.num_particles();
+        let mut session = self.lm.start(prompt, k)?;
+        session.reserve(prefixes.len() + 1)?;
+        for pos in 0..prefixes.len() {
+            let column: Vec<u32> = prefixes.iter().map(|row| row[pos]).collect();
+            session.push(&column)?;
+        }
+        let out = session.next_log_probs()?;
+        Ok((0..k)
+            .map(|p| {
+                let row = out.log_probs.row(p);
+                let lz = log_sum_exp(row);
+                row.iter().map(|x| x - lz).collect()
+            })
+            .collect())
+    }
+
+    /// log p0(c | prompt, s) for each sequence s (all of one length).
+    fn score(&self, prompt: &[u32], sequences: Vec<Vec<u32>>) -> Result<Vec<f64>> {
+        let start = sequences.first().map_or(0, Vec::len);
+        let mut out = Vec::with_capacity(sequences.len());
+        for chunk in sequences.chunks(SCORE_CHUNK) {
+            let seqs: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|s| s.iter().chain(&self.continuation).copied().collect())
+                .collect();
+            let steps = self.lm.teacher_forced(prompt, &seqs)?;
+            for r in 0..seqs.len() {
+                let mut total = 0.0;
+                for (j, &c) in self.continuation.iter().enumerate() {
+                    let row = steps[start + j].log_probs.row(r);
+                    total += row[c as usize] - log_sum_exp(row);
+                }
+                out.push(total);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
+    fn name(&self) -> &str {
+        "final lookahead"
+    }
+
+    fn log_psi(&self, input: &TwistInput<'_>) -> Result<LogTable> {
+        let v = self.lm.vocab_size();
+        let k = input.prefixes.num_particles();
+        if input.step < input.horizon {
+            return match self.inner {
+                Some(tw) => tw.log_psi(input),
+                None => Ok(LogTable::filled(k, v, 0.0)),
+            };
+        }
+        let rows = self.p0_rows(input.prompt, input.prefixes)?;
+        let mut sets = Vec::with_capacity(k);
+        let mut sequences = Vec::with_capacity(k * self.candidates);
+        for (p, row) in rows.iter().enumerate() {
+            let mut idx: Vec<usize> = (0..v).collect();
+            if self.candidates < v {
+                idx.select_nth_unstable_by(self.candidates, |a, b| row[*b].total_cmp(&row[*a]));
+                idx.truncate(self.candidates);
+            }
+            for &u in &idx {
+                let mut s = input.prefixes.row(p).to_vec();
+                s.push(u as u32);
+                sequences.push(s);
+            }
+            sets.push(idx);
+        }
+        let scores = self.score(input.prompt, sequences)?;
+        let mut table = Vec::with_capacity(k * v);
+        for (p, (row, set)) in rows.iter().zip(&sets).enumerate() {
+            let f = &scores[p * self.candidates..(p + 1) * self.candidates];
+            // Weights relative to the set's largest log p0, so that a set of tiny
+            // probabilities does not underflow to 0 / 0.
+            let top = set
+                .iter()
+                .map(|&u| row[u])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let (mut num, mut den) = (0.0, 0.0);
+            for (&u, &fu) in set.iter().zip(f) {
+                let w = (row[u] - top).exp();
+                if w > 0.0 {
+                    num += w * fu;
+                    den += w;
+                }
+            }
+            let fallback = if den > 0.0 { num / den } else { 0.0 };
+            let start = table.len();
+            table.resize(start + v, fallback);
+            for (&u, &fu) in set.iter().zip(f) {
+                table[start + u] = fu;
+            }
+        }
+        LogTable::from_vec(k, v, table).ok_or_else(|| {
+            SmcError::config("lookahead table", format!("{k} x {v}"), "another shape")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FnPotential;
+    use crate::smc::Proposal;
+    use crate::tabular::{Enumeration, TabularLm};
+
+    /// log p0(c | prompt, s) by the table, token by token.
+    fn log_phi(lm: &TabularLm, prompt: &[u32], s: &[u32], c: &[u32]) -> f64 {
+        let mut ctx: Vec<u32> = prompt.iter().chain(s).copied().collect();
+        let mut total = 0.0;
+        for &t in c {
+            total += lm.next_log_probs(&ctx).unwrap()[t as usize];
+            ctx.push(t);
+        }
+        total
+    }
+
+    #[test]
+    fn with_every_token_and_the_optimal_inner_twist_q_is_sigma() {
+        let lm = TabularLm::random(4, 2, 1.5, 7);
+        let (prompt, c, horizon) = (vec![1u32, 3], vec![2u32, 0], 3);
+        let phi = FnPotential::new("continuation", |pr: &[u32], s: &[u32]| {
+            log_phi(&lm, pr, s, &c)
+        });
+        let e = Enumeration::new(&lm, &prompt, horizon, &phi).unwrap();
+        let optimal = e.optimal_twist();
+        let look = FinalLookahead::new(&lm, c.clone(), 4, Some(&optimal)).unwrap();
+        let log_q = e
+            .proposal_log_q(&lm, &prompt, Some(&look), Proposal::Twisted)
+            .unwrap();
+        assert!(
+            e.kl_sigma_q(&log_q).abs() < 1e-10,
+            "{}",
+            e.kl_sigma_q(&log_q)
+        );
+        assert!(e.kl_q_sigma(&log_q).abs() < 1e-10);
+
+        // Without an inner twist the last step alone is exact: KL(σ‖q) falls below p0's.
+        let alone = FinalLookahead::new(&lm, c.clone(), 4, None).unwrap();
+        let log_q = e
+            .proposal_log_q(&lm, &prompt, Some(&alone), Proposal::Twisted)
+            .unwrap();
+        let log_p0 = e
+            .proposal_log_q(&lm, &prompt, None, Proposal::Twisted)
+            .unwrap();
+        assert!(e.kl_sigma_q(&log_q) < e.kl_sigma_q(&log_p0) - 1e-3);
+    }
+
+    #[test]
+    fn outside_the_candidates_psi_is_the_p0_weighted_mean_of_log_phi() {
+        let lm = TabularLm::random(5, 1, 2.0, 3);
+        let (prompt, c) = (vec![0u32], vec![4u32]);
+        let look = FinalLookahead::new(&lm, c.clone(), 2, None).unwrap();
+        let prefixes = TokenBuffer::from_rows(&[vec![1, 2], vec![3, 3]]);
+        let input = TwistInput {
+            step: 3,
+            horizon: 3,
+            prompt: &prompt,
+            prefixes: &prefixes,
+            hidden: None,
+        };
+        let tab = look.log_psi(&input).unwrap();
+        for p in 0..2 {
+            let prefix = prefixes.row(p);
+            let ctx: Vec<u32> = prompt.iter().chain(prefix).copied().collect();
+            let row = lm.next_log_probs(&ctx).unwrap();
+            let mut order: Vec<usize> = (0..5).collect();
+            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+            let f = |u: usize| {
+                let mut s = prefix.to_vec();
+                s.push(u as u32);
+                log_phi(&lm, &prompt, &s, &c)
+            };
+            let (a, b) = (order[0], order[1]);
+            let (wa, wb) = (row[a].exp(), row[b].exp());
+            let mean = (wa * f(a) + wb * f(b)) / (wa + wb);
+            for u in 0..5 {
+                let want = if u == a || u == b { f(u) } else { mean };
+                assert!(
+                    (tab.row(p)[u] - want).abs() < 1e-12,
+                    "particle {p} token {u}"
+                );
+            }
+        }
+        // Before T: psi = 1 without an inner twist.
+        let early = TwistInput { step: 2, ..input };
+        assert!(
+            look.log_psi(&early)
+                .unwrap()
+                .as_slice()
+                .iter()
+                .all(|&x| x == 0.0)
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        let lm = TabularLm::random(3, 1, 1.0, 1);
+        assert!(FinalLookahead::new(&lm, vec![], 2, None).is_err());
+        assert!(FinalLookahead::new(&lm, vec![3], 2, None).is_err());
+        assert!(FinalLookahead::new(&lm, vec![1], 0, None).is_err());
+    }
+}
