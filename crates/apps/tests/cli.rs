@@ -438,6 +438,41 @@ fn reproduce_writes_a_kl_table_over_seeds_for_a_classifier_and_an_infilling_task
     }
 }
 
+/// `--lookahead N` on an infilling task adds the samplers `lookahead` (p0 with the exact final
+/// twist) and `ctl+lookahead` for every seed, left out of the ordering's verdict; on a task
+/// without a continuation, or with no candidates, it is refused before anything runs.
+#[test]
+fn reproduce_lookahead_adds_the_exact_final_twist_samplers_on_infilling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) =
+        reproduce_small_with("infilling-short", dir.path(), &["--lookahead", "3"]);
+    assert!(ok, "{stderr}");
+    let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
+    for sampler in ["p0", "ctl", "lookahead", "ctl+lookahead"] {
+        let n = records
+            .matches(&format!("\"sampler\":\"{sampler}\""))
+            .count();
+        assert_eq!(n, 2, "{sampler}: {records}");
+    }
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    assert!(table.contains("| ctl+lookahead |"), "{table}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["lookahead"], 3);
+    // CTL is the only method, so there is no verdict on the ordering.
+    assert!(summary["ordering"].is_null(), "{}", summary["ordering"]);
+    for (task, n, message) in [
+        ("toxicity", "2", "--lookahead scores the continuation c"),
+        ("infilling-short", "0", "at least one candidate"),
+    ] {
+        let out = dir.path().join(format!("refused-{task}-{n}"));
+        let (ok, _, stderr) = reproduce_small_with(task, &out, &["--lookahead", n]);
+        assert!(!ok && stderr.contains(message), "{task}: {stderr}");
+        assert!(!out.exists(), "{task}");
+    }
+}
+
 #[test]
 fn reproduce_rejects_unknown_tasks_and_methods_the_task_cannot_train() {
     let dir = tempfile::tempdir().unwrap();

@@ -362,6 +362,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
         out_dir: out_dir.to_path_buf(),
         table_only: true,
         equal_time: false,
+        lookahead: None,
     }
 }
 

@@ -12,8 +12,9 @@ use crate::logspace::log_sum_exp;
 use crate::model::{DecodeSession, LanguageModel, Twist, TwistInput};
 
 /// Candidate sequences scored per teacher-forced call, so that memory stays bounded however
-/// many particles and candidates there are.
-const SCORE_CHUNK: usize = 256;
+/// many particles and candidates there are (a teacher-forced call returns a row of V log
+/// probabilities per sequence and position: 32 x 15 x 49152 f64 is 190 MB on SmolLM2).
+const SCORE_CHUNK: usize = 32;
 
 /// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top `candidates` tokens; an
 /// inner twist (or none: psi = 1) before T.

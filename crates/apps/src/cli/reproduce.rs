@@ -83,6 +83,12 @@ pub struct ReproduceArgs {
     /// SMC table's equal-time column.
     #[arg(long)]
     equal_time: bool,
+    /// Infilling: also evaluate p0 and each trained head with an exact final twist,
+    /// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top N tokens under p0 (the
+    /// p0-weighted mean of log phi elsewhere): the samplers `lookahead` and `ctl+lookahead`.
+    /// Costs N teacher-forced passes of the prompt, T and c per particle at step T.
+    #[arg(long, value_name = "N")]
+    lookahead: Option<usize>,
     #[command(flatten)]
     model: ModelArgs,
     /// Output directory (records.jsonl, table.md, summary.json, smc.svg; default
@@ -155,6 +161,7 @@ impl ReproduceArgs {
             lower_runs,
             max_draws,
             equal_time,
+            lookahead,
             model,
             out_dir,
             table_only,
@@ -213,6 +220,17 @@ impl ReproduceArgs {
                 preset.name
             );
         }
+        if let Some(n) = lookahead {
+            if preset.exact != ExactMethod::JointAncestral {
+                bail!(
+                    "--lookahead scores the continuation c of infilling tasks; {} has none",
+                    preset.name
+                );
+            }
+            if n == 0 {
+                bail!("--lookahead needs at least one candidate token, found 0");
+            }
+        }
         let out_dir =
             out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name)));
         check_out_dir(&out_dir, &model.model, table_only)?;
@@ -244,6 +262,7 @@ impl ReproduceArgs {
             out_dir,
             table_only,
             equal_time,
+            lookahead,
         })
     }
 }

@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 
 use lm_burn::BurnLm;
 use smc_bounds::{EvalPlan, Method as BoundMethod};
+use smc_core::lookahead::FinalLookahead;
 use smc_core::model::{Potential, Twist};
 use smc_core::seed;
 use smc_core::smc::rng_from_seed;
@@ -79,13 +80,15 @@ pub(super) fn record(
     seed: u64,
     sampler: String,
     train_seconds: f64,
+    lookahead: Option<usize>,
 ) -> Result<Record> {
     let a = ctx.args;
+    let (k, draws) = (a.eval_particles, a.fq_samples);
     Ok(Record {
         seed,
         sampler,
         train_seconds,
-        tasks: evaluate(ctx, twist, tasks, seed, a.eval_particles, a.fq_samples)?,
+        tasks: evaluate(ctx, twist, tasks, seed, k, draws, lookahead)?,
         particles: None,
     })
 }
@@ -97,6 +100,7 @@ pub(super) fn evaluate(
     seed: u64,
     particles: usize,
     fq_draws: usize,
+    lookahead: Option<usize>,
 ) -> Result<Vec<TaskEval>> {
     let a = ctx.args;
     let mut out = Vec::with_capacity(tasks.len());
@@ -105,6 +109,12 @@ pub(super) fn evaluate(
             t.head_mut().set_conditioning(ctx.lm, c)?;
         }
         let tw = twist.as_deref().map(|t| t as &dyn Twist);
+        // The exact final twist wraps the head (or p0) on infilling's continuation c.
+        let look = match (lookahead, &task.conditioning) {
+            (Some(n), Some(c)) => Some(FinalLookahead::new(ctx.lm, c.clone(), n, tw)?),
+            _ => None,
+        };
+        let tw = look.as_ref().map(|l| l as &dyn Twist).or(tw);
         let sampler = sampler(ctx.lm, ctx.prompt, ctx.horizon, task.potential.as_ref(), tw);
         // One plan per (seed, task), shared by every sampler: common random numbers, so the
         // samplers' differences are paired. The bounds are the SMC pair declared in advance

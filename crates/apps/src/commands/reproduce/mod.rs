@@ -163,9 +163,14 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             }
         };
         bar.set_message(format!("seed {seed}: evaluating p0"));
-        let rec = record(&ctx, None, &tasks, seed, "p0".into(), 0.0)?;
+        let rec = record(&ctx, None, &tasks, seed, "p0".into(), 0.0, None)?;
         keep(&bar, &mut records_out, &mut records, rec)?;
         bar.inc(1);
+        if args.lookahead.is_some() {
+            let name = "lookahead".to_string();
+            let rec = record(&ctx, None, &tasks, seed, name, 0.0, args.lookahead)?;
+            keep(&bar, &mut records_out, &mut records, rec)?;
+        }
         let fresh = |method: Method| -> Result<TwistHead> {
             let placeholder = cond_len.map(|m| vec![prompt[0]; m]);
             Ok(TwistHead::new(
@@ -187,7 +192,15 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                 let identity = Parameterization::Identity;
                 let (head, secs) = fits.fitted(fresh(Method::Ctl)?, identity)?;
                 let mut twist = HeadTrainable::new(head, identity, AdamConfig::default());
-                let rec = record(&ctx, Some(&mut twist), &tasks, seed, "fit".into(), secs)?;
+                let rec = record(
+                    &ctx,
+                    Some(&mut twist),
+                    &tasks,
+                    seed,
+                    "fit".into(),
+                    secs,
+                    None,
+                )?;
                 keep(&bar, &mut records_out, &mut records, rec)?;
                 bar.inc(1);
                 Some(fits)
@@ -247,16 +260,24 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
             }
             let train_seconds = fit_seconds + t0.elapsed().as_secs_f64();
             bar.set_message(format!("seed {seed}: evaluating {method:?}"));
+            let name = format!("{method:?}").to_lowercase();
             let rec = record(
                 &ctx,
                 Some(&mut twist),
                 &tasks,
                 seed,
-                format!("{method:?}").to_lowercase(),
+                name.clone(),
                 train_seconds,
+                None,
             )?;
             keep(&bar, &mut records_out, &mut records, rec)?;
             bar.inc(1);
+            if args.lookahead.is_some() {
+                let name = format!("{name}+lookahead");
+                let (twist, la) = (Some(&mut twist), args.lookahead);
+                let rec = record(&ctx, twist, &tasks, seed, name, train_seconds, la)?;
+                keep(&bar, &mut records_out, &mut records, rec)?;
+            }
         }
         if args.equal_time {
             let this_seed: Vec<&Record> = records.iter().filter(|r| r.seed == seed).collect();
@@ -266,7 +287,7 @@ pub fn run(args: &ReproduceSettings) -> Result<()> {
                     seed,
                     sampler: EQUAL_TIME.into(),
                     train_seconds: 0.0,
-                    tasks: evaluate(&ctx, None, &tasks, seed, k, 1)?,
+                    tasks: evaluate(&ctx, None, &tasks, seed, k, 1, None)?,
                     particles: Some(k),
                 };
                 keep(&bar, &mut records_out, &mut records, rec)?;

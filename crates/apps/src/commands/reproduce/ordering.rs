@@ -8,9 +8,12 @@ use super::records::Row;
 
 /// The method the paper's ordering is about.
 const CTL: &str = "ctl";
-/// Rows that are not twist-learning methods: the base model, and the fit every method starts
-/// from (compared with CTL in the table, left out of the verdict).
-const NOT_METHODS: [&str; 2] = ["p0", "fit"];
+/// Rows that are not twist-learning methods: the base model, the fit every method starts
+/// from, and samplers with the exact final lookahead twist (compared with CTL in the table,
+/// left out of the verdict).
+fn is_method(sampler: &str) -> bool {
+    !(sampler == "p0" || sampler == "fit" || sampler.ends_with("lookahead"))
+}
 
 /// One sampler against CTL: X − CTL on each KL, paired by seed (p0's terms cancel), so above
 /// zero = CTL better.
@@ -63,10 +66,7 @@ pub(super) fn ordering(rows: &[Row]) -> Option<Ordering> {
             }
         })
         .collect();
-    let methods: Vec<&VsCtl> = vs
-        .iter()
-        .filter(|v| !NOT_METHODS.contains(&v.sampler.as_str()))
-        .collect();
+    let methods: Vec<&VsCtl> = vs.iter().filter(|v| is_method(&v.sampler)).collect();
     if methods.is_empty() {
         return None;
     }
@@ -92,11 +92,7 @@ pub(super) fn ordering(rows: &[Row]) -> Option<Ordering> {
 
 /// The markdown section: the paired table and one sentence on the ordering.
 pub(super) fn ordering_markdown(o: &Ordering) -> String {
-    let methods = o
-        .rows
-        .iter()
-        .filter(|v| !NOT_METHODS.contains(&v.sampler.as_str()))
-        .count();
+    let methods = o.rows.iter().filter(|v| is_method(&v.sampler)).count();
     let mut s = String::from(
         "\nCTL against each other sampler, paired by seed on the same exact samples (X − CTL; \
          above zero = CTL better; mean ± 95% Student t half-width over seeds):\n\n\
@@ -129,8 +125,9 @@ pub(super) fn ordering_markdown(o: &Ordering) -> String {
             .to_string(),
     };
     s.push_str(&format!(
-        "\nThe paper's ordering on KL(σ‖q) (CTL best or tied) {why}. `fit` is not a method \
-         (every method starts from it) and is left out of this verdict.\n"
+        "\nThe paper's ordering on KL(σ‖q) (CTL best or tied) {why}. `fit` (what every method \
+         starts from) and the lookahead samplers are not methods and are left out of this \
+         verdict.\n"
     ));
     s
 }

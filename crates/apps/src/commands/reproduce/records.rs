@@ -63,6 +63,9 @@ pub struct ReproduceSettings {
     /// Per seed, also run bootstrap SMC with as many particles as the twisted samplers' SMC
     /// time buys (the SMC table's equal-time column).
     pub equal_time: bool,
+    /// Infilling: also evaluate p0 and every head with the exact final lookahead twist over
+    /// this many candidates.
+    pub lookahead: Option<usize>,
 }
 
 /// One sampler's evaluation for one seed (infilling: averaged over the seed's tasks, with the
