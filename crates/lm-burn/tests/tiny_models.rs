@@ -123,6 +123,31 @@ fn batched_scoring_equals_sum_of_full_forward_log_probs() {
     }
 }
 
+/// The model's continuation scores (one pass, logits at c's positions) equal the sums of the
+/// teacher-forced rows that the trait's default would take.
+#[test]
+fn continuation_scores_equal_the_teacher_forced_rows() {
+    for name in ARCHS {
+        let (lm, ids, _) = load(name);
+        let prompt = &ids[..3];
+        let (seqs, c) = (vec![vec![7u32, 8], vec![100, 200]], [42u32, 5, 9]);
+        let got = lm.score_continuation(prompt, &seqs, &c).unwrap();
+        let full: Vec<Vec<u32>> = seqs.iter().map(|s| [&s[..], &c[..]].concat()).collect();
+        let rows = lm.teacher_forced(prompt, &full).unwrap();
+        for (r, g) in got.iter().enumerate() {
+            let want: f64 = c
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| rows[2 + j].log_probs.row(r)[t as usize])
+                .sum();
+            assert!(
+                (g - want).abs() < 1e-4,
+                "{name}: sequence {r}: {g} vs {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn batched_teacher_forcing_equals_replaying_a_decoding_session() {
     for name in ARCHS {

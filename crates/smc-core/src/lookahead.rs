@@ -11,10 +11,10 @@ use crate::error::{Result, SmcError};
 use crate::logspace::log_sum_exp;
 use crate::model::{DecodeSession, LanguageModel, Twist, TwistInput};
 
-/// Candidate sequences scored per teacher-forced call, so that memory stays bounded however
-/// many particles and candidates there are (a teacher-forced call returns a row of V log
-/// probabilities per sequence and position: 32 x 15 x 49152 f64 is 190 MB on SmolLM2).
-const SCORE_CHUNK: usize = 32;
+/// Candidate sequences scored per call, so that memory stays bounded however many particles
+/// and candidates there are (the default scoring returns a row of V log probabilities per
+/// sequence and position: 64 x 15 x 49152 f64 is 380 MB on SmolLM2).
+const SCORE_CHUNK: usize = 64;
 
 /// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top `candidates` tokens; an
 /// inner twist (or none: psi = 1) before T.
@@ -81,24 +81,14 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
             .collect())
     }
 
-    /// log p0(c | prompt, s) for each sequence s (all of one length).
+    /// log p0(c | prompt, s) for each sequence s (all of one length), in chunks.
     fn score(&self, prompt: &[u32], sequences: Vec<Vec<u32>>) -> Result<Vec<f64>> {
-        let start = sequences.first().map_or(0, Vec::len);
         let mut out = Vec::with_capacity(sequences.len());
         for chunk in sequences.chunks(SCORE_CHUNK) {
-            let seqs: Vec<Vec<u32>> = chunk
-                .iter()
-                .map(|s| s.iter().chain(&self.continuation).copied().collect())
-                .collect();
-            let steps = self.lm.teacher_forced(prompt, &seqs)?;
-            for r in 0..seqs.len() {
-                let mut total = 0.0;
-                for (j, &c) in self.continuation.iter().enumerate() {
-                    let row = steps[start + j].log_probs.row(r);
-                    total += row[c as usize] - log_sum_exp(row);
-                }
-                out.push(total);
-            }
+            out.extend(
+                self.lm
+                    .score_continuation(prompt, chunk, &self.continuation)?,
+            );
         }
         Ok(out)
     }

@@ -54,6 +54,36 @@ pub trait LanguageModel {
         }
         Ok(outputs)
     }
+
+    /// log p0(continuation | prompt, s) for each sequence s (all the same length): a
+    /// continuation potential's value, and the lookahead twist's scores. The default sums
+    /// [`LanguageModel::teacher_forced`] rows; a model with a pass that computes only the
+    /// continuation's rows should override it.
+    fn score_continuation(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<u32>],
+        continuation: &[u32],
+    ) -> Result<Vec<f64>> {
+        let start = sequences.first().map_or(0, Vec::len);
+        let seqs: Vec<Vec<u32>> = sequences
+            .iter()
+            .map(|s| s.iter().chain(continuation).copied().collect())
+            .collect();
+        let steps = self.teacher_forced(prompt, &seqs)?;
+        Ok((0..seqs.len())
+            .map(|r| {
+                continuation
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &c)| {
+                        let row = steps[start + j].log_probs.row(r);
+                        row[c as usize] - crate::logspace::log_sum_exp(row)
+                    })
+                    .sum()
+            })
+            .collect())
+    }
 }
 
 /// The per-run decoding state of K particles.

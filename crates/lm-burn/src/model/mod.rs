@@ -160,6 +160,21 @@ impl LanguageModel for BurnLm {
     ) -> smc_core::Result<Vec<StepOutput>> {
         Ok(self.teacher_forced_batched(prompt, sequences)?)
     }
+
+    /// One batched pass whose logits are taken at the continuation's positions only.
+    fn score_continuation(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<u32>],
+        continuation: &[u32],
+    ) -> smc_core::Result<Vec<f64>> {
+        let prefixes: Vec<Vec<u32>> = sequences
+            .iter()
+            .map(|s| prompt.iter().chain(s).copied().collect())
+            .collect();
+        let conts = vec![continuation.to_vec(); prefixes.len()];
+        Ok(self.score(&prefixes, &conts)?)
+    }
 }
 
 /// Appends the log-softmax of one row of logits, in f64 (one pass for the extremes, one for the
