@@ -2,7 +2,7 @@
 //! potential phi(s) = p0(c | prompt, s) (infilling), the twisted proposal's last step wants
 //! psi_T(s_<T, v) = phi(s_<T, v), which is exact for any token the model is run on. Running it
 //! on all V tokens is V passes per particle, so only each particle's top N tokens under p0 are
-//! scored; every other token gets the p0-weighted mean of log phi over those N. The proposal
+//! scored; every other token gets the log of the p0-weighted mean of phi over those N. The proposal
 //! stays normalised with full support, and its weights stay exact: only its distance to sigma
 //! depends on N. Steps before T are left to an inner twist (a learned head) or to p0.
 
@@ -16,8 +16,8 @@ use crate::model::{DecodeSession, LanguageModel, Twist, TwistInput};
 /// sequence and position: 64 x 15 x 49152 f64 is 380 MB on SmolLM2).
 const SCORE_CHUNK: usize = 64;
 
-/// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top `candidates` tokens; an
-/// inner twist (or none: psi = 1) before T.
+/// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top `candidates` tokens, the
+/// p0-weighted mean of those elsewhere; an inner twist (or none: psi = 1) before T.
 pub struct FinalLookahead<'a, L: LanguageModel> {
     lm: &'a L,
     continuation: Vec<u32>,
@@ -128,21 +128,17 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
         let mut table = Vec::with_capacity(k * v);
         for (p, (row, set)) in rows.iter().zip(&sets).enumerate() {
             let f = &scores[p * self.candidates..(p + 1) * self.candidates];
-            // Weights relative to the set's largest log p0, so that a set of tiny
-            // probabilities does not underflow to 0 / 0.
-            let top = set
-                .iter()
-                .map(|&u| row[u])
-                .fold(f64::NEG_INFINITY, f64::max);
-            let (mut num, mut den) = (0.0, 0.0);
-            for (&u, &fu) in set.iter().zip(f) {
-                let w = (row[u] - top).exp();
-                if w > 0.0 {
-                    num += w * fu;
-                    den += w;
-                }
-            }
-            let fallback = if den > 0.0 { num / den } else { 0.0 };
+            // Outside the set: log of the p0-weighted mean of phi over the set, an estimate
+            // of E_p0[phi | s_<T] (the mean of log phi lies below it by Jensen's gap, which is
+            // many nats when phi spans orders of magnitude, and starves the tokens outside).
+            let terms: Vec<f64> = set.iter().zip(f).map(|(&u, &fu)| row[u] + fu).collect();
+            let mass: Vec<f64> = set.iter().map(|&u| row[u]).collect();
+            let (num, den) = (log_sum_exp(&terms), log_sum_exp(&mass));
+            let fallback = if num.is_finite() && den.is_finite() {
+                num - den
+            } else {
+                0.0
+            };
             let start = table.len();
             table.resize(start + v, fallback);
             for (&u, &fu) in set.iter().zip(f) {
@@ -205,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn outside_the_candidates_psi_is_the_p0_weighted_mean_of_log_phi() {
+    fn outside_the_candidates_psi_is_the_p0_weighted_mean_of_phi() {
         let lm = TabularLm::random(5, 1, 2.0, 3);
         let (prompt, c) = (vec![0u32], vec![4u32]);
         let look = FinalLookahead::new(&lm, c.clone(), 2, None).unwrap();
@@ -231,7 +227,7 @@ mod tests {
             };
             let (a, b) = (order[0], order[1]);
             let (wa, wb) = (row[a].exp(), row[b].exp());
-            let mean = (wa * f(a) + wb * f(b)) / (wa + wb);
+            let mean = ((wa * f(a).exp() + wb * f(b).exp()) / (wa + wb)).ln();
             for u in 0..5 {
                 let want = if u == a || u == b { f(u) } else { mean };
                 assert!(

@@ -85,7 +85,7 @@ pub struct ReproduceArgs {
     equal_time: bool,
     /// Infilling: also evaluate p0 and each trained head with an exact final twist,
     /// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top N tokens under p0 (the
-    /// p0-weighted mean of log phi elsewhere): the samplers `lookahead` and `ctl+lookahead`.
+    /// log of the p0-weighted mean of phi elsewhere): the samplers `lookahead` and `ctl+lookahead`.
     /// Costs N teacher-forced passes of the prompt, T and c per particle at step T.
     #[arg(long, value_name = "N")]
     lookahead: Option<usize>,
