@@ -2,7 +2,7 @@
 //! tokens c after the sample (spec §1), computed with one batched scoring pass.
 
 use smc_core::batch::TokenBuffer;
-use smc_core::model::Potential;
+use smc_core::model::{LanguageModel, Potential};
 
 use crate::model::BurnLm;
 
@@ -36,11 +36,7 @@ impl Potential for InfillingPotential<'_> {
     }
 
     fn log_phi(&self, prompt: &[u32], sequences: &TokenBuffer) -> smc_core::Result<Vec<f64>> {
-        let prefixes: Vec<Vec<u32>> = sequences
-            .iter()
-            .map(|s| prompt.iter().chain(s).copied().collect())
-            .collect();
-        let conts = vec![self.continuation.clone(); prefixes.len()];
-        Ok(self.lm.score(&prefixes, &conts)?)
+        self.lm
+            .score_continuation(prompt, &sequences.to_rows(), &self.continuation)
     }
 }
