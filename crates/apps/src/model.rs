@@ -106,6 +106,13 @@ impl DecodeSession for ModelSession<'_> {
         }
     }
 
+    fn branch(&self, parents: &[usize]) -> smc_core::Result<Option<Self>> {
+        Ok(match self {
+            ModelSession::Local(s) => s.branch(parents)?.map(|b| ModelSession::Local(Box::new(b))),
+            ModelSession::Served(s) => s.branch(parents)?.map(ModelSession::Served),
+        })
+    }
+
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
         match self {
             ModelSession::Local(s) => s.reorder(ancestors),

@@ -164,6 +164,27 @@ impl ParticleCache {
         self.len += 1;
     }
 
+    /// A cache of `parents.len()` rows, row j a copy of this cache's row `parents[j]` (the
+    /// caller checks the indices), with the same capacity.
+    pub fn branch(&self, parents: &[usize]) -> Self {
+        let n = parents.len();
+        let idx: Vec<i64> = parents.iter().map(|&a| a as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.device);
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerKv {
+                    k: l.k.clone().select(0, idx.clone()),
+                    v: l.v.clone().select(0, idx.clone()),
+                })
+                .collect(),
+            particles: n,
+            device: self.device.clone(),
+            ..*self
+        }
+    }
+
     /// Reorders the particles: row k becomes old row `ancestors[k]`. Only rows whose ancestor
     /// differs from themselves are copied, in place.
     pub fn reorder(&mut self, ancestors: &[usize]) {

@@ -310,3 +310,42 @@ fn conditioning_encodings_are_the_means_they_name() {
         }
     }
 }
+
+/// A branched session continues exactly as sessions that decode each parent's prefix anew:
+/// the lookahead twist's candidates are scored on branches.
+#[test]
+fn branched_sessions_continue_like_fresh_ones() {
+    for name in ARCHS {
+        let (lm, ids, _) = load(name);
+        let prompt = &ids[..3];
+        let prefixes = [[7u32, 8], [100, 200], [3, 3]];
+        let mut session = lm.start(prompt, 3).unwrap();
+        for pos in 0..2 {
+            let column: Vec<u32> = prefixes.iter().map(|p| p[pos]).collect();
+            session.push(&column).unwrap();
+        }
+        let parents = [2usize, 0, 0, 1, 2];
+        let mut branch = session.branch(&parents).unwrap().unwrap();
+        assert_eq!(branch.num_particles(), 5);
+        let next = [9u32, 10, 11, 12, 13];
+        branch.push(&next).unwrap();
+        let got = branch.next_log_probs().unwrap();
+        let seqs: Vec<Vec<u32>> = parents
+            .iter()
+            .zip(next)
+            .map(|(&a, t)| [&prefixes[a][..], &[t, 0]].concat())
+            .collect();
+        let rows = lm.teacher_forced(prompt, &seqs).unwrap();
+        for r in 0..5 {
+            let (g, w) = (got.log_probs.row(r), rows[3].log_probs.row(r));
+            let err = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-4, "{name}: branch {r}: {err}");
+        }
+        assert!(session.branch(&[3]).is_err(), "{name}: parent out of range");
+        assert!(session.branch(&[]).is_err(), "{name}: no parents");
+    }
+}

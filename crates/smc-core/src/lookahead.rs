@@ -16,6 +16,10 @@ use crate::model::{DecodeSession, LanguageModel, Twist, TwistInput};
 /// sequence and position: 64 x 15 x 49152 f64 is 380 MB on SmolLM2).
 const SCORE_CHUNK: usize = 64;
 
+/// Branched rows decoded at once (candidates x particles), for the same reason: each step
+/// returns a row of V log-probabilities per branch.
+const BRANCH_ROWS: usize = 128;
+
 /// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top `candidates` tokens, the
 /// p0-weighted mean of those elsewhere; an inner twist (or none: psi = 1) before T.
 pub struct FinalLookahead<'a, L: LanguageModel> {
@@ -62,26 +66,70 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
         })
     }
 
-    /// p0's next-token log-probabilities after each particle's prefix (normalised).
-    fn p0_rows(&self, prompt: &[u32], prefixes: &TokenBuffer) -> Result<Vec<Vec<f64>>> {
+    /// A session of K particles that has decoded each particle's prefix, and p0's
+    /// next-token log-probabilities after it (normalised).
+    fn decode_prefixes(
+        &self,
+        prompt: &[u32],
+        prefixes: &TokenBuffer,
+    ) -> Result<(L::Session<'a>, Vec<Vec<f64>>)> {
         let k = prefixes.num_particles();
         let mut session = self.lm.start(prompt, k)?;
-        session.reserve(prefixes.len() + 1)?;
+        // Room for the candidate and the continuation too, so that branches never grow.
+        session.reserve(prefixes.len() + 1 + self.continuation.len())?;
         for pos in 0..prefixes.len() {
             let column: Vec<u32> = prefixes.iter().map(|row| row[pos]).collect();
             session.push(&column)?;
         }
         let out = session.next_log_probs()?;
-        Ok((0..k)
+        let rows = (0..k)
             .map(|p| {
                 let row = out.log_probs.row(p);
                 let lz = log_sum_exp(row);
                 row.iter().map(|x| x - lz).collect()
             })
-            .collect())
+            .collect();
+        Ok((session, rows))
     }
 
-    /// log p0(c | prompt, s) for each sequence s (all of one length), in chunks.
+    /// log p0(c | prompt, s_<T, u) for each particle's candidates u (`sets[p]`), flattened,
+    /// by branching the decoded prefixes: only the candidate and c are decoded, so a prefix is
+    /// run once, not once per candidate. `None` where the session cannot branch.
+    fn score_branched(
+        &self,
+        session: &L::Session<'a>,
+        sets: &[Vec<usize>],
+    ) -> Result<Option<Vec<f64>>> {
+        let per = self.candidates;
+        let group = (BRANCH_ROWS / per).max(1);
+        let mut out = Vec::with_capacity(sets.len() * per);
+        for (g, chunk) in sets.chunks(group).enumerate() {
+            let parents: Vec<usize> = (0..chunk.len())
+                .flat_map(|i| std::iter::repeat_n(g * group + i, per))
+                .collect();
+            let Some(mut branch) = session.branch(&parents)? else {
+                return Ok(None);
+            };
+            let first: Vec<u32> = chunk.iter().flatten().map(|&u| u as u32).collect();
+            branch.push(&first)?;
+            let mut totals = vec![0.0; parents.len()];
+            for (j, &c) in self.continuation.iter().enumerate() {
+                if j > 0 {
+                    branch.push(&vec![self.continuation[j - 1]; parents.len()])?;
+                }
+                let step = branch.next_log_probs()?;
+                for (r, total) in totals.iter_mut().enumerate() {
+                    let row = step.log_probs.row(r);
+                    *total += row[c as usize] - log_sum_exp(row);
+                }
+            }
+            out.extend(totals);
+        }
+        Ok(Some(out))
+    }
+
+    /// log p0(c | prompt, s) for each sequence s (all of one length), in chunks: the
+    /// scoring for sessions that cannot branch.
     fn score(&self, prompt: &[u32], sequences: Vec<Vec<u32>>) -> Result<Vec<f64>> {
         let mut out = Vec::with_capacity(sequences.len());
         for chunk in sequences.chunks(SCORE_CHUNK) {
@@ -108,23 +156,36 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
                 None => Ok(LogTable::filled(k, v, 0.0)),
             };
         }
-        let rows = self.p0_rows(input.prompt, input.prefixes)?;
-        let mut sets = Vec::with_capacity(k);
-        let mut sequences = Vec::with_capacity(k * self.candidates);
-        for (p, row) in rows.iter().enumerate() {
-            let mut idx: Vec<usize> = (0..v).collect();
-            if self.candidates < v {
-                idx.select_nth_unstable_by(self.candidates, |a, b| row[*b].total_cmp(&row[*a]));
-                idx.truncate(self.candidates);
+        let (session, rows) = self.decode_prefixes(input.prompt, input.prefixes)?;
+        let sets: Vec<Vec<usize>> = rows
+            .iter()
+            .map(|row| {
+                let mut idx: Vec<usize> = (0..v).collect();
+                if self.candidates < v {
+                    idx.select_nth_unstable_by(self.candidates, |a, b| row[*b].total_cmp(&row[*a]));
+                    idx.truncate(self.candidates);
+                }
+                idx
+            })
+            .collect();
+        let scores = match self.score_branched(&session, &sets)? {
+            Some(scores) => scores,
+            None => {
+                drop(session);
+                let sequences = sets
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(p, set)| {
+                        set.iter().map(move |&u| {
+                            let mut s = input.prefixes.row(p).to_vec();
+                            s.push(u as u32);
+                            s
+                        })
+                    })
+                    .collect();
+                self.score(input.prompt, sequences)?
             }
-            for &u in &idx {
-                let mut s = input.prefixes.row(p).to_vec();
-                s.push(u as u32);
-                sequences.push(s);
-            }
-            sets.push(idx);
-        }
-        let scores = self.score(input.prompt, sequences)?;
+        };
         let mut table = Vec::with_capacity(k * v);
         for (p, (row, set)) in rows.iter().zip(&sets).enumerate() {
             let f = &scores[p * self.candidates..(p + 1) * self.candidates];
@@ -245,6 +306,30 @@ mod tests {
                 .iter()
                 .all(|&x| x == 0.0)
         );
+    }
+
+    #[test]
+    fn branched_scores_equal_scores_from_the_prompt() {
+        let lm = TabularLm::random(5, 2, 2.0, 11);
+        let (prompt, c) = (vec![0u32, 2], vec![4u32, 1, 3]);
+        // 60 particles x 5 candidates: three branches of at most BRANCH_ROWS rows.
+        let look = FinalLookahead::new(&lm, c.clone(), 5, None).unwrap();
+        let rows: Vec<Vec<u32>> = (0..60u32).map(|i| vec![i % 5, (i / 5) % 5]).collect();
+        let prefixes = TokenBuffer::from_rows(&rows);
+        let (session, _) = look.decode_prefixes(&prompt, &prefixes).unwrap();
+        let sets: Vec<Vec<usize>> = (0..60).map(|i| vec![i % 5, 4, 0, 1, 3]).collect();
+        let got = look.score_branched(&session, &sets).unwrap().unwrap();
+        let seqs = rows
+            .iter()
+            .zip(&sets)
+            .flat_map(|(r, set)| set.iter().map(move |&u| [&r[..], &[u as u32]].concat()))
+            .collect::<Vec<_>>();
+        let want = look.score(&prompt, seqs.clone()).unwrap();
+        assert_eq!(got.len(), 300);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 1e-12, "row {i}: {g} vs {w}");
+            assert!((g - log_phi(&lm, &prompt, &seqs[i], &c)).abs() < 1e-12);
+        }
     }
 
     #[test]

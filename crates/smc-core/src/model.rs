@@ -101,6 +101,19 @@ pub trait DecodeSession {
     /// Implementations should copy only the rows that change.
     fn reorder(&mut self, ancestors: &[usize]) -> Result<()>;
 
+    /// A new session of `parents.len()` particles, particle j continuing from this session's
+    /// particle `parents[j]`: a lookahead scores N candidate tokens after each of K prefixes
+    /// by branching K particles into K x N, without decoding the prefixes again. `None` where
+    /// the session cannot copy its state (the default); callers then decode from the prompt.
+    /// An empty `parents` or one out of range is an error.
+    fn branch(&self, parents: &[usize]) -> Result<Option<Self>>
+    where
+        Self: Sized,
+    {
+        let _ = parents;
+        Ok(None)
+    }
+
     /// Whether every row of [`next_log_probs`](Self::next_log_probs) sums to one (up to
     /// rounding). A session that reports p0 only on a subset of the vocabulary (a serving
     /// engine's top N log-probabilities, `-inf` elsewhere) returns `false`: the base proposal

@@ -192,6 +192,24 @@ impl DecodeSession for TabularSession<'_> {
         gather(&mut self.contexts, ancestors);
         Ok(())
     }
+
+    fn branch(&self, parents: &[usize]) -> Result<Option<Self>> {
+        let k = self.contexts.len();
+        if parents.is_empty() {
+            return Err(SmcError::config("branch parents", "at least one", "none"));
+        }
+        if let Some(&a) = parents.iter().find(|&&a| a >= k) {
+            return Err(SmcError::config(
+                "branch parent",
+                format!("< {k} particles"),
+                a,
+            ));
+        }
+        Ok(Some(TabularSession {
+            lm: self.lm,
+            contexts: parents.iter().map(|&a| self.contexts[a]).collect(),
+        }))
+    }
 }
 
 /// The index of a sequence in base V, first token most significant.

@@ -61,6 +61,17 @@ impl<'a> BurnSession<'a> {
 }
 
 impl BurnSession<'_> {
+    /// Checks that every ancestor or parent index names one of the session's particles.
+    fn check_ancestors(&self, ancestors: &[usize]) -> Result<()> {
+        match ancestors.iter().find(|&&a| a >= self.particles) {
+            Some(&ancestor) => Err(LmError::AncestorOutOfRange {
+                ancestor,
+                particles: self.particles,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Number of generated tokens so far.
     pub fn generated(&self) -> usize {
         self.cache.len()
@@ -125,6 +136,29 @@ impl DecodeSession for BurnSession<'_> {
         Ok(())
     }
 
+    /// The prompt's cache is shared; the generated tokens' rows and hidden states are copied.
+    fn branch(&self, parents: &[usize]) -> smc_core::Result<Option<Self>> {
+        if parents.is_empty() {
+            return Err(LmError::EmptySequence {
+                what: "branch: parents".into(),
+            }
+            .into());
+        }
+        self.check_ancestors(parents)?;
+        let _timer = Timer::start("branch");
+        let n = parents.len();
+        let idx: Vec<i64> = parents.iter().map(|&a| a as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.lm.device);
+        Ok(Some(Self {
+            lm: self.lm,
+            prompt: self.prompt.clone(),
+            cache: self.cache.branch(parents),
+            particles: n,
+            pos: self.pos,
+            hidden: self.hidden.clone().select(0, idx),
+        }))
+    }
+
     fn reorder(&mut self, ancestors: &[usize]) -> smc_core::Result<()> {
         if ancestors.len() != self.particles {
             return Err(LmError::LengthMismatch {
@@ -134,13 +168,7 @@ impl DecodeSession for BurnSession<'_> {
             }
             .into());
         }
-        if let Some(&ancestor) = ancestors.iter().find(|&&a| a >= self.particles) {
-            return Err(LmError::AncestorOutOfRange {
-                ancestor,
-                particles: self.particles,
-            }
-            .into());
-        }
+        self.check_ancestors(ancestors)?;
         if ancestors.iter().enumerate().all(|(k, &a)| a == k) {
             return Ok(());
         }
