@@ -16,8 +16,8 @@ use crate::model::{DecodeSession, LanguageModel, Twist, TwistInput};
 /// sequence and position: 64 x 15 x 49152 f64 is 380 MB on SmolLM2).
 const SCORE_CHUNK: usize = 64;
 
-/// Branched rows decoded at once (candidates x particles), for the same reason: each step
-/// returns a row of V log-probabilities per branch.
+/// Branched (particle, candidate) rows decoded at once, for the same reason: each step
+/// returns a row of V log-probabilities per row.
 const BRANCH_ROWS: usize = 128;
 
 /// psi_T(s_<T, v) = p0(c | prompt, s_<T, v) on each particle's top `candidates` tokens, the
@@ -100,17 +100,20 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
         session: &L::Session<'a>,
         sets: &[Vec<usize>],
     ) -> Result<Option<Vec<f64>>> {
-        let per = self.candidates;
-        let group = (BRANCH_ROWS / per).max(1);
-        let mut out = Vec::with_capacity(sets.len() * per);
-        for (g, chunk) in sets.chunks(group).enumerate() {
-            let parents: Vec<usize> = (0..chunk.len())
-                .flat_map(|i| std::iter::repeat_n(g * group + i, per))
-                .collect();
+        // (particle, candidate) rows in order, so that the scores come out flattened as the
+        // sets are, and a branch never holds more than BRANCH_ROWS rows however large N is.
+        let rows: Vec<(usize, u32)> = sets
+            .iter()
+            .enumerate()
+            .flat_map(|(p, set)| set.iter().map(move |&u| (p, u as u32)))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(BRANCH_ROWS) {
+            let parents: Vec<usize> = chunk.iter().map(|&(p, _)| p).collect();
             let Some(mut branch) = session.branch(&parents)? else {
                 return Ok(None);
             };
-            let first: Vec<u32> = chunk.iter().flatten().map(|&u| u as u32).collect();
+            let first: Vec<u32> = chunk.iter().map(|&(_, u)| u).collect();
             branch.push(&first)?;
             let mut totals = vec![0.0; parents.len()];
             for (j, &c) in self.continuation.iter().enumerate() {
@@ -312,7 +315,8 @@ mod tests {
     fn branched_scores_equal_scores_from_the_prompt() {
         let lm = TabularLm::random(5, 2, 2.0, 11);
         let (prompt, c) = (vec![0u32, 2], vec![4u32, 1, 3]);
-        // 60 particles x 5 candidates: three branches of at most BRANCH_ROWS rows.
+        // 60 particles x 5 candidates: three branches of at most BRANCH_ROWS rows, one of
+        // them splitting a particle's candidates.
         let look = FinalLookahead::new(&lm, c.clone(), 5, None).unwrap();
         let rows: Vec<Vec<u32>> = (0..60u32).map(|i| vec![i % 5, (i / 5) % 5]).collect();
         let prefixes = TokenBuffer::from_rows(&rows);
