@@ -164,12 +164,10 @@ impl ParticleCache {
         self.len += 1;
     }
 
-    /// A cache of `parents.len()` rows, row j a copy of this cache's row `parents[j]` (the
-    /// caller checks the indices), with the same capacity.
-    pub fn branch(&self, parents: &[usize]) -> Self {
-        let n = parents.len();
-        let idx: Vec<i64> = parents.iter().map(|&a| a as i64).collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.device);
+    /// A cache of `parents.dims()[0]` rows, row j a copy of this cache's row `parents[j]`
+    /// (the caller checks the indices), with the same capacity.
+    pub fn branch(&self, parents: &Tensor<1, Int>) -> Self {
+        let (n, idx) = (parents.dims()[0], parents);
         Self {
             layers: self
                 .layers

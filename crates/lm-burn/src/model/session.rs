@@ -152,7 +152,7 @@ impl DecodeSession for BurnSession<'_> {
         Ok(Some(Self {
             lm: self.lm,
             prompt: self.prompt.clone(),
-            cache: self.cache.branch(parents),
+            cache: self.cache.branch(&idx),
             particles: n,
             pos: self.pos,
             hidden: self.hidden.clone().select(0, idx),
