@@ -1146,6 +1146,24 @@ fn reproduce_table_arithmetic_matches_values_computed_by_hand() {
         svg.starts_with("<svg") && svg.contains("ctl (sd 0.14)"),
         "{svg}"
     );
+    // A rebuild keeps the model the run named, not --model's default.
+    assert_eq!(summary["model"], "default", "{summary}");
+    let mut named = summary.clone();
+    named["model"] = serde_json::json!("/models/run.gguf");
+    std::fs::write(dir.path().join("summary.json"), named.to_string()).unwrap();
+    let (ok, _, stderr) = tsmc(&[
+        "reproduce",
+        "--task",
+        "toxicity",
+        "--table-only",
+        "--out-dir",
+        out_dir,
+    ]);
+    assert!(ok, "{stderr}");
+    let rebuilt: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(rebuilt["model"], "/models/run.gguf", "{rebuilt}");
 
     // Records from before the SMC rule was stored: their bounds are the tighter of SIS and
     // SMC, so they make no SMC table, and the chart still opens.

@@ -324,8 +324,9 @@ fn keep(
 }
 
 /// `--table-only`: the tables (markdown), summary (JSON) and chart rebuilt from the output directory's
-/// validated records.jsonl, keeping the run's time and rejection estimate when an earlier
-/// summary.json has them. Writes nothing.
+/// validated records.jsonl, keeping the run's time, model and rejection estimate when an earlier
+/// summary.json has them (no model runs here, so `--model` says nothing about the records).
+/// Writes nothing.
 pub fn rebuild_table(args: &ReproduceSettings) -> Result<Built> {
     let records = read_checked_records(&args.out_dir.join("records.jsonl"))?;
     let previous: serde_json::Value = std::fs::read_to_string(args.out_dir.join("summary.json"))
@@ -340,7 +341,7 @@ pub fn rebuild_table(args: &ReproduceSettings) -> Result<Built> {
         &records,
         previous["rejection_log_z"].as_f64(),
         previous["seconds"].as_f64().unwrap_or(0.0),
-        &args.model.model,
+        previous["model"].as_str().unwrap_or(&args.model.model),
     ))
 }
 
