@@ -146,6 +146,38 @@ fn sample_with_quantised_weights_gives_the_f32_answer_on_the_default_model() {
     assert!(!ok && stderr.contains("--weights"), "{stderr}");
 }
 
+/// `--lookahead N` with an infilling potential: the exact final twist, named in the summary
+/// line and the run record.
+#[test]
+fn sample_with_a_final_lookahead_on_infilling_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("look.jsonl");
+    let (ok, stdout, stderr) = tsmc(&[
+        "sample",
+        "-k",
+        "3",
+        "-t",
+        "3",
+        "--potential",
+        "infilling: the end.",
+        "--lookahead",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("final lookahead over 4 tokens"), "{stdout}");
+    let run: serde_json::Value = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["type"] == "run")
+        .unwrap();
+    assert_eq!(run["lookahead"], 4, "{run}");
+    assert!(run["twist"].is_null(), "{run}");
+    assert!(run["log_z_hat"].as_f64().unwrap().is_finite(), "{run}");
+}
+
 #[test]
 fn bad_input_is_a_clear_error_with_no_partial_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,6 +215,36 @@ fn bad_input_is_a_clear_error_with_no_partial_output() {
             "/no/such/model",
         ),
         (vec!["sample", "--criterion", "ess:3", "--out", o], "ess"),
+        (
+            vec![
+                "sample",
+                "--potential",
+                "infilling:x",
+                "--lookahead",
+                "0",
+                "--out",
+                o,
+            ],
+            "--lookahead must be at least 1",
+        ),
+        (
+            vec!["sample", "--lookahead", "4", "--out", o],
+            "--lookahead scores the continuation of an infilling:TEXT potential",
+        ),
+        (
+            vec![
+                "sample",
+                "--potential",
+                "infilling:x",
+                "--lookahead",
+                "4",
+                "--max-tokens",
+                "3",
+                "--out",
+                o,
+            ],
+            "--max-tokens",
+        ),
         (vec!["demo", "--particles", "0", "--out", o], "--particles"),
     ] {
         let (ok, _, stderr) = tsmc(&args);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 use smc_core::feynman_kac::Resampling;
@@ -70,6 +70,13 @@ pub struct SampleArgs {
     /// conditional head is conditioned on the continuation of an `infilling:TEXT` potential.
     #[arg(long)]
     twist: Option<PathBuf>,
+    /// With an `infilling:TEXT` potential and --tokens T: an exact final twist. The proposal's
+    /// last token is drawn from sigma's own conditional, the model run on TEXT after each of a
+    /// particle's top N tokens (the p0-weighted mean of phi over them for every other token).
+    /// Steps before T use --twist, or p0. About N x (1 + TEXT's tokens) more particle-tokens
+    /// at the last step.
+    #[arg(long, value_name = "N", conflicts_with = "max_tokens")]
+    lookahead: Option<usize>,
     /// Sampler: smc (resampling by --criterion; twisted when --twist is given) or sis.
     #[arg(long, value_enum, default_value_t = SamplerArg::Smc)]
     method: SamplerArg,
@@ -158,6 +165,7 @@ impl SampleArgs {
             resample_at,
             particles,
             twist,
+            lookahead,
             method,
             scheme,
             criterion,
@@ -172,6 +180,12 @@ impl SampleArgs {
         inputs.extend(twist.as_deref().map(|t| ("--twist", t)));
         if let Some(out) = &out {
             crate::output::check_outputs(&[("--out", out)], &inputs)?;
+        }
+        if lookahead.is_some() && !potential.is_infilling() {
+            bail!(
+                "--lookahead scores the continuation of an infilling:TEXT potential; \
+                 --potential {potential} has none"
+            );
         }
         let (criterion, method) = match method {
             SamplerArg::Smc => (criterion, "smc"),
@@ -194,6 +208,9 @@ impl SampleArgs {
                 .transpose()?,
             particles: at_least("--particles", particles, 1)?,
             twist,
+            lookahead: lookahead
+                .map(|n| at_least("--lookahead", n, 1))
+                .transpose()?,
             resampling: Resampling {
                 scheme: scheme.into(),
                 criterion,

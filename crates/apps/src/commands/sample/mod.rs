@@ -7,6 +7,7 @@ use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
 use smc_core::feynman_kac::{Resampling, StepRecord};
+use smc_core::lookahead::FinalLookahead;
 use smc_core::prelude::*;
 use smc_core::smc::AtMaxTokens;
 
@@ -15,8 +16,11 @@ use crate::constraints::ConstraintSpec;
 use crate::jsonl::JsonlWriter;
 use crate::model::BackendRecord;
 use crate::potentials::{PotentialSpec, Targets};
-use crate::progress::{PhaseTimes, WithProgress};
+use crate::progress::WithProgress;
 use crate::setup::{ModelSource, load_any, load_twist};
+
+mod timing;
+use timing::Timing;
 
 /// The validated settings of `tsmc sample`.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct SampleSettings {
     pub particles: usize,
     /// A twist head checkpoint: twisted SMC with its twisted proposal.
     pub twist: Option<PathBuf>,
+    /// The exact final twist's candidates per particle (infilling, fixed length only).
+    pub lookahead: Option<usize>,
     /// Resampling (criterion `never` for SIS).
     pub resampling: Resampling,
     /// The sampler's name in outputs ("smc" or "sis").
@@ -111,6 +117,9 @@ struct RunRecord<'a> {
     resample_at: Option<String>,
     prefix_twist: Option<String>,
     prefix_stride: Option<usize>,
+    /// The twist head's checkpoint, and the exact final twist's candidates per particle.
+    twist: Option<String>,
+    lookahead: Option<usize>,
     num_finished: usize,
     seed: u64,
     resampling: Resampling,
@@ -121,58 +130,24 @@ struct RunRecord<'a> {
     timing: Timing,
 }
 
-/// Where a run's wall time went: the model's phases (prefill, forward passes, output head and
-/// log-softmax, reorder) and the rest (SMC itself: twist, sampling, weights, resampling, and
-/// the potential), with particle-tokens per second (K x T / wall time, prefill included, model
-/// load excluded). A served model's requests are timed as the `head` phase (`next_log_probs`).
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Timing {
-    wall_s: f64,
-    particle_tokens_per_s: f64,
-    model: PhaseTimes,
-    smc_and_potential_s: f64,
-    #[serde(skip)]
-    served: bool,
-}
-
-impl Timing {
-    fn new(wall_s: f64, model: PhaseTimes, particles: usize, steps: usize, served: bool) -> Self {
-        let tokens = (particles * steps) as f64;
-        Self {
-            wall_s,
-            particle_tokens_per_s: tokens / wall_s.max(1e-9),
-            model,
-            smc_and_potential_s: (wall_s - model.model_s()).max(0.0),
-            served,
-        }
-    }
-}
-
-impl std::fmt::Display for Timing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = &self.model;
-        if self.served {
-            return write!(
-                f,
-                "{:.1} particle-tokens/s: {:.2} s = server requests {:.2} + SMC and potential {:.2}",
-                self.particle_tokens_per_s,
-                self.wall_s,
-                m.model_s(),
-                self.smc_and_potential_s
-            );
-        }
-        write!(
-            f,
-            "{:.1} particle-tokens/s: {:.2} s = prefill {:.2} + forward {:.2} + head and log-softmax {:.2} + reorder {:.2} + SMC and potential {:.2}",
-            self.particle_tokens_per_s,
-            self.wall_s,
-            m.prefill_s,
-            m.forward_s,
-            m.head_s,
-            m.reorder_s,
-            self.smc_and_potential_s
-        )
-    }
+/// The exact final twist of an infilling potential (`--lookahead N`), around the head if any.
+fn lookahead<'a>(
+    args: &SampleSettings,
+    local: Option<&'a lm_burn::BurnLm>,
+    tokenizer: &lm_burn::tokenizer::Tokenizer,
+    inner: Option<&'a dyn Twist>,
+) -> Result<Option<FinalLookahead<'a, lm_burn::BurnLm>>> {
+    let (Some(n), PotentialSpec::Infilling(text)) = (args.lookahead, &args.potential) else {
+        return Ok(None);
+    };
+    let Some(local) = local else {
+        bail!(
+            "--lookahead runs the model on candidate tokens, which a served model \
+             (--model http://...) does not allow: use a local --model"
+        );
+    };
+    let c = tokenizer.encode(text)?;
+    Ok(Some(FinalLookahead::new(local, c, n, inner)?))
 }
 
 /// exp(-log_z) in words, e.g. "3.2e12".
@@ -216,10 +191,20 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             path.display()
         ),
     };
+    let look = lookahead(
+        args,
+        lm.local(),
+        tokenizer,
+        head.as_ref().map(|h| h as &dyn Twist),
+    )?;
+    let twist = match &look {
+        Some(l) => Some(l as &dyn Twist),
+        None => head.as_ref().map(|h| h as &dyn Twist),
+    };
     let config = SmcConfig {
         num_particles: args.particles,
         horizon: args.length.tokens(),
-        proposal: if head.is_some() {
+        proposal: if twist.is_some() {
             Proposal::Twisted
         } else {
             Proposal::Base
@@ -232,7 +217,6 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         args.length.steps() as u64,
         &format!("{} x {} particles", args.method, args.particles),
     );
-    let twist = head.as_ref().map(|h| h as &dyn Twist);
     let started = Instant::now();
     let end = match args.length {
         Length::Exactly(_) => None,
@@ -295,7 +279,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         Length::AtMost(t, _) => format!("at most {t} tokens, {num_finished} finished"),
     };
     println!(
-        "model {}{} | potential {}{} | K = {}, {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
+        "model {}{} | potential {}{}{} | K = {}, {} | log Zhat = {:.4} | final ESS = {:.1} | {} resampling(s)",
         name,
         match lm.local().map(|l| l.weight_format()) {
             Some(w) if w != lm_burn::WeightFormat::F32 => format!(" | weights {w}"),
@@ -306,6 +290,9 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             .constraint
             .as_ref()
             .map_or(String::new(), |c| format!(" | constraint {}", c.name())),
+        args.lookahead.map_or(String::new(), |n| format!(
+            " | final lookahead over {n} tokens"
+        )),
         args.particles,
         length,
         out.log_z_hat,
@@ -363,6 +350,8 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             resample_at: args.boundaries.map(|b| b.to_string()),
             prefix_twist: prefix.as_ref().map(|(p, _)| p.name().to_string()),
             prefix_stride: args.prefix_twist.as_ref().map(|(_, s)| *s),
+            twist: args.twist.as_ref().map(|p| p.display().to_string()),
+            lookahead: args.lookahead,
             num_finished,
             seed: args.seed,
             resampling: config.resampling,
