@@ -37,6 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("c-nl", "", "\n\n"),
         ("ends-with", "The story below continues with the words \"", "\".\n\n"),
         ("tail", "...", "\n\n"),
+        // Second run (the log's second half): two chat templates, `tail` again.
+        ("chat-contains", "<|im_start|>user\nWrite a short story that begins with \"Once upon a time, there was a\" and contains the words \"", "\".<|im_end|>\n<|im_start|>assistant\n"),
+        ("chat-continues", "<|im_start|>user\nWrite the opening of a story. Its first sentence is followed, a few words later, by \"", "\".<|im_end|>\n<|im_start|>assistant\n"),
     ];
     let lams = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0];
     for (name, head, mid) in templates {
