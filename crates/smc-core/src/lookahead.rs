@@ -6,6 +6,8 @@
 //! stays normalised with full support, and its weights stay exact: only its distance to sigma
 //! depends on N. Steps before T are left to an inner twist (a learned head) or to p0.
 
+use std::collections::HashMap;
+
 use crate::batch::{LogTable, TokenBuffer};
 use crate::error::{Result, SmcError};
 use crate::logspace::log_sum_exp;
@@ -159,7 +161,11 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
                 None => Ok(LogTable::filled(k, v, 0.0)),
             };
         }
-        let (session, rows) = self.decode_prefixes(input.prompt, input.prefixes)?;
+        // Resampled particles share prefixes, and a prefix's row of psi depends on it alone:
+        // each distinct prefix is decoded and scored once.
+        let (unique, of_particle) = distinct_rows(input.prefixes);
+        let prefixes = TokenBuffer::from_rows(&unique);
+        let (session, rows) = self.decode_prefixes(input.prompt, &prefixes)?;
         let sets: Vec<Vec<usize>> = rows
             .iter()
             .map(|row| {
@@ -177,10 +183,10 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
                 drop(session);
                 let sequences = sets
                     .iter()
-                    .enumerate()
-                    .flat_map(|(p, set)| {
+                    .zip(&unique)
+                    .flat_map(|(set, prefix)| {
                         set.iter().map(move |&u| {
-                            let mut s = input.prefixes.row(p).to_vec();
+                            let mut s = prefix.clone();
                             s.push(u as u32);
                             s
                         })
@@ -189,7 +195,7 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
                 self.score(input.prompt, sequences)?
             }
         };
-        let mut table = Vec::with_capacity(k * v);
+        let mut distinct = Vec::with_capacity(unique.len());
         for (p, (row, set)) in rows.iter().zip(&sets).enumerate() {
             let f = &scores[p * self.candidates..(p + 1) * self.candidates];
             // Outside the set: log of the p0-weighted mean of phi over the set, an estimate
@@ -203,16 +209,37 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
             } else {
                 0.0
             };
-            let start = table.len();
-            table.resize(start + v, fallback);
+            let mut psi = vec![fallback; v];
             for (&u, &fu) in set.iter().zip(f) {
-                table[start + u] = fu;
+                psi[u] = fu;
             }
+            distinct.push(psi);
+        }
+        let mut table = Vec::with_capacity(k * v);
+        for &d in &of_particle {
+            table.extend_from_slice(&distinct[d]);
         }
         LogTable::from_vec(k, v, table).ok_or_else(|| {
             SmcError::config("lookahead table", format!("{k} x {v}"), "another shape")
         })
     }
+}
+
+/// The distinct rows of `prefixes`, in order of first appearance, and each particle's index
+/// among them.
+fn distinct_rows(prefixes: &TokenBuffer) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let mut index: HashMap<&[u32], usize> = HashMap::new();
+    let mut unique = Vec::new();
+    let of_particle = prefixes
+        .iter()
+        .map(|row| {
+            *index.entry(row).or_insert_with(|| {
+                unique.push(row.to_vec());
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, of_particle)
 }
 
 #[cfg(test)]
@@ -334,6 +361,41 @@ mod tests {
             assert!((g - w).abs() < 1e-12, "row {i}: {g} vs {w}");
             assert!((g - log_phi(&lm, &prompt, &seqs[i], &c)).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn particles_that_share_a_prefix_get_its_row() {
+        let lm = TabularLm::random(5, 2, 2.0, 5);
+        let (prompt, c) = (vec![1u32], vec![3u32, 0]);
+        let look = FinalLookahead::new(&lm, c, 2, None).unwrap();
+        let table = |rows: &[Vec<u32>]| {
+            let prefixes = TokenBuffer::from_rows(rows);
+            let input = TwistInput {
+                step: 3,
+                horizon: 3,
+                prompt: &prompt,
+                prefixes: &prefixes,
+                hidden: None,
+            };
+            look.log_psi(&input).unwrap()
+        };
+        let (a, b) = (vec![1u32, 2], vec![3u32, 3]);
+        let mixed = table(&[a.clone(), b.clone(), a.clone(), a.clone()]);
+        let (only_a, only_b) = (table(&[a]), table(&[b]));
+        for (p, want) in [(0, &only_a), (1, &only_b), (2, &only_a), (3, &only_a)] {
+            assert_eq!(mixed.row(p), want.row(0), "particle {p}");
+        }
+        // At T = 1 every particle has the empty prefix.
+        let first = TokenBuffer::from_rows(&[vec![], vec![]]);
+        let input = TwistInput {
+            step: 1,
+            horizon: 1,
+            prompt: &prompt,
+            prefixes: &first,
+            hidden: None,
+        };
+        let t = look.log_psi(&input).unwrap();
+        assert_eq!(t.row(0), t.row(1));
     }
 
     #[test]
