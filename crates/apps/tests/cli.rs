@@ -844,6 +844,7 @@ fn embedding_head_trains_resumes_and_drives_sample(bias: &[&str]) {
     let (ok, stdout, stderr) = tsmc(&args);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("log Zhat"), "{stdout}");
+    assert!(stdout.contains(&format!("| twist {ckpt} |")), "{stdout}");
 }
 
 #[test]

@@ -290,9 +290,12 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             .constraint
             .as_ref()
             .map_or(String::new(), |c| format!(" | constraint {}", c.name())),
-        args.lookahead.map_or(String::new(), |n| format!(
-            " | final lookahead over {n} tokens"
-        )),
+        args.twist
+            .as_ref()
+            .map_or(String::new(), |p| format!(" | twist {}", p.display()))
+            + &args.lookahead.map_or(String::new(), |n| format!(
+                " | final lookahead over {n} tokens"
+            )),
         args.particles,
         length,
         out.log_z_hat,
