@@ -234,6 +234,20 @@ fn bad_input_is_a_clear_error_with_no_partial_output() {
         (
             vec![
                 "sample",
+                "--model",
+                "http://127.0.0.1:9",
+                "--potential",
+                "infilling:x",
+                "--lookahead",
+                "4",
+                "--out",
+                o,
+            ],
+            "--lookahead runs the model on candidate tokens",
+        ),
+        (
+            vec![
+                "sample",
                 "--potential",
                 "infilling:x",
                 "--lookahead",

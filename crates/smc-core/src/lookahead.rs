@@ -68,8 +68,13 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
         })
     }
 
-    /// A session of K particles that has decoded each particle's prefix, and p0's
-    /// next-token log-probabilities after it (normalised).
+    /// The candidates scored per prefix: the N asked for, at most V.
+    pub fn candidates(&self) -> usize {
+        self.candidates
+    }
+
+    /// A session of one particle per prefix that has decoded it, and p0's next-token
+    /// log-probabilities after each (normalised).
     fn decode_prefixes(
         &self,
         prompt: &[u32],
@@ -395,7 +400,15 @@ mod tests {
             hidden: None,
         };
         let t = look.log_psi(&input).unwrap();
-        assert_eq!(t.row(0), t.row(1));
+        let one = TokenBuffer::from_rows(&[vec![]]);
+        let alone = look
+            .log_psi(&TwistInput {
+                prefixes: &one,
+                ..input
+            })
+            .unwrap();
+        assert_eq!(t.row(0), alone.row(0));
+        assert_eq!(t.row(1), alone.row(0));
     }
 
     #[test]
@@ -404,5 +417,8 @@ mod tests {
         assert!(FinalLookahead::new(&lm, vec![], 2, None).is_err());
         assert!(FinalLookahead::new(&lm, vec![3], 2, None).is_err());
         assert!(FinalLookahead::new(&lm, vec![1], 0, None).is_err());
+        // More candidates than tokens means all of them.
+        let all = FinalLookahead::new(&lm, vec![1], 99, None).unwrap();
+        assert_eq!(all.candidates(), 3);
     }
 }

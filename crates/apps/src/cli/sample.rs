@@ -15,6 +15,7 @@ use crate::boundaries::Boundary;
 use crate::commands::sample::{Length, SampleSettings};
 use crate::constraints::ConstraintSpec;
 use crate::potentials::PotentialSpec;
+use crate::setup::ModelSource;
 
 /// Arguments of `tsmc sample`.
 #[derive(Debug, Args)]
@@ -77,7 +78,8 @@ pub struct SampleArgs {
     /// at the last step.
     #[arg(long, value_name = "N", conflicts_with = "max_tokens")]
     lookahead: Option<usize>,
-    /// Sampler: smc (resampling by --criterion; twisted when --twist is given) or sis.
+    /// Sampler: smc (resampling by --criterion; twisted when --twist or --lookahead is given)
+    /// or sis.
     #[arg(long, value_enum, default_value_t = SamplerArg::Smc)]
     method: SamplerArg,
     /// Resampling scheme.
@@ -174,6 +176,12 @@ impl SampleArgs {
             show,
         } = self;
         let source = serving.source(model.clone())?;
+        if lookahead.is_some() && matches!(source, ModelSource::Served(_)) {
+            bail!(
+                "--lookahead runs the model on candidate tokens, which a served model \
+                 (--model http://...) does not allow: use a local --model"
+            );
+        }
         let read = read_files(&source, &model.model);
         let mut inputs: Vec<(&str, &std::path::Path)> =
             read.iter().map(|(o, p)| (*o, p.as_path())).collect();

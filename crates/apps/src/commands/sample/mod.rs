@@ -140,11 +140,9 @@ fn lookahead<'a>(
     let (Some(n), PotentialSpec::Infilling(text)) = (args.lookahead, &args.potential) else {
         return Ok(None);
     };
+    // The settings refuse --lookahead with a served model.
     let Some(local) = local else {
-        bail!(
-            "--lookahead runs the model on candidate tokens, which a served model \
-             (--model http://...) does not allow: use a local --model"
-        );
+        bail!("--lookahead needs a local model");
     };
     let c = tokenizer.encode(text)?;
     Ok(Some(FinalLookahead::new(local, c, n, inner)?))
@@ -293,8 +291,9 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         args.twist
             .as_ref()
             .map_or(String::new(), |p| format!(" | twist {}", p.display()))
-            + &args.lookahead.map_or(String::new(), |n| format!(
-                " | final lookahead over {n} tokens"
+            + &look.as_ref().map_or(String::new(), |l| format!(
+                " | final lookahead over {} tokens",
+                l.candidates()
             )),
         args.particles,
         length,
@@ -354,7 +353,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             prefix_twist: prefix.as_ref().map(|(p, _)| p.name().to_string()),
             prefix_stride: args.prefix_twist.as_ref().map(|(_, s)| *s),
             twist: args.twist.as_ref().map(|p| p.display().to_string()),
-            lookahead: args.lookahead,
+            lookahead: look.as_ref().map(FinalLookahead::candidates),
             num_finished,
             seed: args.seed,
             resampling: config.resampling,
