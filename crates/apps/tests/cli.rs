@@ -174,8 +174,29 @@ fn sample_with_a_final_lookahead_on_infilling_records_it() {
         .find(|l| l["type"] == "run")
         .unwrap();
     assert_eq!(run["lookahead"], 4, "{run}");
+    assert!(run["lookahead_mass"].is_null(), "{run}");
     assert!(run["twist"].is_null(), "{run}");
     assert!(run["log_z_hat"].as_f64().unwrap().is_finite(), "{run}");
+    let (ok, stdout, stderr) = tsmc(&[
+        "sample",
+        "-k",
+        "3",
+        "-t",
+        "3",
+        "--potential",
+        "infilling: the end.",
+        "--lookahead",
+        "4",
+        "--lookahead-mass",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("over 4 tokens holding 0.5 of p0"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -230,6 +251,20 @@ fn bad_input_is_a_clear_error_with_no_partial_output() {
         (
             vec!["sample", "--lookahead", "4", "--out", o],
             "--lookahead scores the continuation of an infilling:TEXT potential",
+        ),
+        (
+            vec![
+                "sample",
+                "--potential",
+                "infilling:x",
+                "--lookahead",
+                "4",
+                "--lookahead-mass",
+                "1.5",
+                "--out",
+                o,
+            ],
+            "--lookahead-mass must lie in (0, 1], found 1.5",
         ),
         (
             vec![

@@ -28,6 +28,8 @@ pub struct FinalLookahead<'a, L: LanguageModel> {
     lm: &'a L,
     continuation: Vec<u32>,
     candidates: usize,
+    /// Score only the likeliest of the N tokens that together hold this much of p0's mass.
+    mass: Option<f64>,
     inner: Option<&'a dyn Twist>,
 }
 
@@ -64,8 +66,45 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
             lm,
             continuation,
             candidates: candidates.min(lm.vocab_size()),
+            mass: None,
             inner,
         })
+    }
+
+    /// Scores, of each prefix's top N tokens, only the likeliest that together hold at least
+    /// `mass` of p0's next-token probability (at least one token): fewer candidates where p0
+    /// is peaked. `mass` must lie in (0, 1].
+    pub fn with_mass(mut self, mass: f64) -> Result<Self> {
+        if !(mass > 0.0 && mass <= 1.0) {
+            return Err(SmcError::config("lookahead mass", "in (0, 1]", mass));
+        }
+        self.mass = Some(mass);
+        Ok(self)
+    }
+
+    /// Each prefix's candidates, likeliest first: the top N tokens of its p0 row, cut where
+    /// they reach the mass (if one is set).
+    fn candidate_set(&self, row: &[f64]) -> Vec<usize> {
+        let v = row.len();
+        let mut idx: Vec<usize> = (0..v).collect();
+        let by_prob = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]);
+        if self.candidates < v {
+            idx.select_nth_unstable_by(self.candidates, by_prob);
+            idx.truncate(self.candidates);
+        }
+        if let Some(mass) = self.mass {
+            idx.sort_unstable_by(by_prob);
+            let mut held = 0.0;
+            let keep = idx
+                .iter()
+                .position(|&u| {
+                    held += row[u].exp();
+                    held >= mass
+                })
+                .map_or(idx.len(), |i| i + 1);
+            idx.truncate(keep);
+        }
+        idx
     }
 
     /// The candidates scored per prefix: the N asked for, at most V.
@@ -171,17 +210,7 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
         let (unique, of_particle) = distinct_rows(input.prefixes);
         let prefixes = TokenBuffer::from_rows(&unique);
         let (session, rows) = self.decode_prefixes(input.prompt, &prefixes)?;
-        let sets: Vec<Vec<usize>> = rows
-            .iter()
-            .map(|row| {
-                let mut idx: Vec<usize> = (0..v).collect();
-                if self.candidates < v {
-                    idx.select_nth_unstable_by(self.candidates, |a, b| row[*b].total_cmp(&row[*a]));
-                    idx.truncate(self.candidates);
-                }
-                idx
-            })
-            .collect();
+        let sets: Vec<Vec<usize>> = rows.iter().map(|row| self.candidate_set(row)).collect();
         let scores = match self.score_branched(&session, &sets)? {
             Some(scores) => scores,
             None => {
@@ -201,8 +230,10 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
             }
         };
         let mut distinct = Vec::with_capacity(unique.len());
-        for (p, (row, set)) in rows.iter().zip(&sets).enumerate() {
-            let f = &scores[p * self.candidates..(p + 1) * self.candidates];
+        let mut start = 0;
+        for (row, set) in rows.iter().zip(&sets) {
+            let f = &scores[start..start + set.len()];
+            start += set.len();
             // Outside the set: log of the p0-weighted mean of phi over the set, an estimate
             // of E_p0[phi | s_<T] (the mean of log phi lies below it by Jensen's gap, which is
             // many nats when phi spans orders of magnitude, and starves the tokens outside).
@@ -365,6 +396,61 @@ mod tests {
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!((g - w).abs() < 1e-12, "row {i}: {g} vs {w}");
             assert!((g - log_phi(&lm, &prompt, &seqs[i], &c)).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn with_a_mass_only_the_likeliest_tokens_holding_it_are_scored() {
+        let lm = TabularLm::random(6, 2, 1.0, 21);
+        let (prompt, c) = (vec![2u32], vec![5u32, 1]);
+        let prefixes = TokenBuffer::from_rows(&[vec![0, 4], vec![3, 1], vec![5, 5]]);
+        let input = TwistInput {
+            step: 3,
+            horizon: 3,
+            prompt: &prompt,
+            prefixes: &prefixes,
+            hidden: None,
+        };
+        for (n, mass) in [(6, 0.5), (6, 0.9), (3, 0.99), (4, 1.0)] {
+            let look = FinalLookahead::new(&lm, c.clone(), n, None)
+                .unwrap()
+                .with_mass(mass)
+                .unwrap();
+            let tab = look.log_psi(&input).unwrap();
+            for p in 0..3 {
+                let prefix = prefixes.row(p);
+                let ctx: Vec<u32> = prompt.iter().chain(prefix).copied().collect();
+                let row = lm.next_log_probs(&ctx).unwrap();
+                let mut order: Vec<usize> = (0..6).collect();
+                order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+                let mut set = Vec::new();
+                let mut held = 0.0;
+                for &u in order.iter().take(n) {
+                    set.push(u);
+                    held += row[u].exp();
+                    if held >= mass {
+                        break;
+                    }
+                }
+                let f = |u: usize| {
+                    let mut s = prefix.to_vec();
+                    s.push(u as u32);
+                    log_phi(&lm, &prompt, &s, &c)
+                };
+                let w: f64 = set.iter().map(|&u| row[u].exp()).sum();
+                let mean = (set.iter().map(|&u| row[u].exp() * f(u).exp()).sum::<f64>() / w).ln();
+                for u in 0..6 {
+                    let want = if set.contains(&u) { f(u) } else { mean };
+                    assert!(
+                        (tab.row(p)[u] - want).abs() < 1e-12,
+                        "N {n} mass {mass} particle {p} token {u}"
+                    );
+                }
+            }
+        }
+        let look = || FinalLookahead::new(&lm, c.clone(), 2, None).unwrap();
+        for bad in [0.0, -0.1, 1.5, f64::NAN] {
+            assert!(look().with_mass(bad).is_err(), "{bad}");
         }
     }
 

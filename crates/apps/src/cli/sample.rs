@@ -78,6 +78,10 @@ pub struct SampleArgs {
     /// at the last step.
     #[arg(long, value_name = "N", conflicts_with = "max_tokens")]
     lookahead: Option<usize>,
+    /// With --lookahead: of a particle's top N tokens, score only the likeliest that hold this
+    /// much of p0's probability: fewer candidates where p0 is sure (docs/algorithms.md).
+    #[arg(long, value_name = "P", requires = "lookahead")]
+    lookahead_mass: Option<f64>,
     /// Sampler: smc (resampling by --criterion; twisted when --twist or --lookahead is given)
     /// or sis.
     #[arg(long, value_enum, default_value_t = SamplerArg::Smc)]
@@ -168,6 +172,7 @@ impl SampleArgs {
             particles,
             twist,
             lookahead,
+            lookahead_mass,
             method,
             scheme,
             criterion,
@@ -195,6 +200,11 @@ impl SampleArgs {
                  --potential {potential} has none"
             );
         }
+        if let Some(p) = lookahead_mass
+            && !(p > 0.0 && p <= 1.0)
+        {
+            bail!("--lookahead-mass must lie in (0, 1], found {p}");
+        }
         let (criterion, method) = match method {
             SamplerArg::Smc => (criterion, "smc"),
             SamplerArg::Sis => (Criterion::Never, "sis"),
@@ -219,6 +229,7 @@ impl SampleArgs {
             lookahead: lookahead
                 .map(|n| at_least("--lookahead", n, 1))
                 .transpose()?,
+            lookahead_mass,
             resampling: Resampling {
                 scheme: scheme.into(),
                 criterion,

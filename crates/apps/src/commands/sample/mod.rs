@@ -46,6 +46,8 @@ pub struct SampleSettings {
     pub twist: Option<PathBuf>,
     /// The exact final twist's candidates per particle (infilling, fixed length only).
     pub lookahead: Option<usize>,
+    /// With `lookahead`: score only the likeliest candidates holding this much of p0's mass.
+    pub lookahead_mass: Option<f64>,
     /// Resampling (criterion `never` for SIS).
     pub resampling: Resampling,
     /// The sampler's name in outputs ("smc" or "sis").
@@ -120,6 +122,7 @@ struct RunRecord<'a> {
     /// The twist head's checkpoint, and the exact final twist's candidates per particle.
     twist: Option<String>,
     lookahead: Option<usize>,
+    lookahead_mass: Option<f64>,
     num_finished: usize,
     seed: u64,
     resampling: Resampling,
@@ -145,7 +148,11 @@ fn lookahead<'a>(
         bail!("--lookahead needs a local model");
     };
     let c = tokenizer.encode(text)?;
-    Ok(Some(FinalLookahead::new(local, c, n, inner)?))
+    let look = FinalLookahead::new(local, c, n, inner)?;
+    Ok(Some(match args.lookahead_mass {
+        Some(p) => look.with_mass(p)?,
+        None => look,
+    }))
 }
 
 /// exp(-log_z) in words, e.g. "3.2e12".
@@ -292,8 +299,10 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             .as_ref()
             .map_or(String::new(), |p| format!(" | twist {}", p.display()))
             + &look.as_ref().map_or(String::new(), |l| format!(
-                " | final lookahead over {} tokens",
-                l.candidates()
+                " | final lookahead over {} tokens{}",
+                l.candidates(),
+                args.lookahead_mass
+                    .map_or(String::new(), |p| format!(" holding {p} of p0"))
             )),
         args.particles,
         length,
@@ -354,6 +363,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
             prefix_stride: args.prefix_twist.as_ref().map(|(_, s)| *s),
             twist: args.twist.as_ref().map(|p| p.display().to_string()),
             lookahead: look.as_ref().map(FinalLookahead::candidates),
+            lookahead_mass: args.lookahead_mass,
             num_finished,
             seed: args.seed,
             resampling: config.resampling,
