@@ -177,6 +177,21 @@ fn sample_with_a_final_lookahead_on_infilling_records_it() {
     assert!(run["lookahead_mass"].is_null(), "{run}");
     assert!(run["twist"].is_null(), "{run}");
     assert!(run["log_z_hat"].as_f64().unwrap().is_finite(), "{run}");
+    // The report names what shaped the proposal.
+    let html = dir.path().join("look.html");
+    let (ok, _, stderr) = tsmc(&[
+        "report",
+        "--sample",
+        out.to_str().unwrap(),
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("final lookahead candidates <code>4</code>"),
+        "{page}"
+    );
     let (ok, stdout, stderr) = tsmc(&[
         "sample",
         "-k",

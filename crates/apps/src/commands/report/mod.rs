@@ -234,6 +234,26 @@ pub fn render(args: &ReportSettings) -> Result<String> {
             run["log_z_hat"].as_f64().unwrap_or(f64::NAN),
             run["final_ess"].as_f64().unwrap_or(f64::NAN)
         );
+        // What shaped the proposal and the targets, where the run had any of it.
+        let shaping: Vec<String> = [
+            ("constraint", "constraint"),
+            ("prefix twist", "prefix_twist"),
+            ("twist head", "twist"),
+            ("final lookahead candidates", "lookahead"),
+            ("of p0's mass", "lookahead_mass"),
+        ]
+        .iter()
+        .filter(|(_, key)| !run[*key].is_null())
+        .map(|(name, key)| {
+            let value = run[*key]
+                .as_str()
+                .map_or_else(|| run[*key].to_string(), str::to_string);
+            format!("{name} <code>{}</code>", esc(&value))
+        })
+        .collect();
+        if !shaping.is_empty() {
+            let _ = write!(body, "<p>{}</p>", shaping.join(", "));
+        }
         body.push_str(&line_chart(
             "ESS per step (before resampling)",
             "step",
