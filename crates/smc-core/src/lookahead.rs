@@ -2,7 +2,8 @@
 //! potential phi(s) = p0(c | prompt, s) (infilling), the twisted proposal's last step wants
 //! psi_T(s_<T, v) = phi(s_<T, v), which is exact for any token the model is run on. Running it
 //! on all V tokens is V passes per particle, so only each particle's top N tokens under p0 are
-//! scored; every other token gets the log of the p0-weighted mean of phi over those N. The proposal
+//! scored (with a mass P, only the likeliest of them holding P of p0's probability); every
+//! other token gets the log of the p0-weighted mean of phi over those scored. The proposal
 //! stays normalised with full support, and its weights stay exact: only its distance to sigma
 //! depends on N. Steps before T are left to an inner twist (a learned head) or to p0.
 
