@@ -147,7 +147,7 @@ fn sample_with_quantised_weights_gives_the_f32_answer_on_the_default_model() {
 }
 
 /// `--lookahead N` with an infilling potential: the exact final twist, named in the summary
-/// line and the run record.
+/// line and the run record, its model time in the timing line.
 #[test]
 fn sample_with_a_final_lookahead_on_infilling_records_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,6 +177,13 @@ fn sample_with_a_final_lookahead_on_infilling_records_it() {
     assert!(run["lookahead_mass"].is_null(), "{run}");
     assert!(run["twist"].is_null(), "{run}");
     assert!(run["log_z_hat"].as_f64().unwrap().is_finite(), "{run}");
+    // The lookahead's model runs are timed apart from the rest of the SMC.
+    assert!(stdout.contains(" + final lookahead "), "{stdout}");
+    let look_s = run["timing"]["lookahead_s"].as_f64().unwrap();
+    assert!(
+        look_s > 0.0 && look_s <= run["timing"]["wall_s"].as_f64().unwrap(),
+        "{run}"
+    );
     // The report names what shaped the proposal.
     let html = dir.path().join("look.html");
     let (ok, _, stderr) = tsmc(&[
@@ -565,13 +572,17 @@ fn reproduce_writes_a_kl_table_over_seeds_for_a_classifier_and_an_infilling_task
 }
 
 /// `--lookahead N` on an infilling task adds the samplers `lookahead` (p0 with the exact final
-/// twist) and `ctl+lookahead` for every seed, left out of the ordering's verdict; on a task
-/// without a continuation, or with no candidates, it is refused before anything runs.
+/// twist) and `ctl+lookahead` for every seed, left out of the ordering's verdict, and
+/// `--lookahead-mass` is named in the table and summary; on a task without a continuation, with
+/// no candidates, or with a mass outside (0, 1], it is refused before anything runs.
 #[test]
 fn reproduce_lookahead_adds_the_exact_final_twist_samplers_on_infilling() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, _, stderr) =
-        reproduce_small_with("infilling-short", dir.path(), &["--lookahead", "3"]);
+    let (ok, _, stderr) = reproduce_small_with(
+        "infilling-short",
+        dir.path(),
+        &["--lookahead", "3", "--lookahead-mass", "0.9"],
+    );
     assert!(ok, "{stderr}");
     let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
     for sampler in ["p0", "ctl", "lookahead", "ctl+lookahead"] {
@@ -586,14 +597,35 @@ fn reproduce_lookahead_adds_the_exact_final_twist_samplers_on_infilling() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["lookahead"], 3);
+    assert_eq!(summary["lookahead_mass"], 0.9);
+    assert!(
+        table.contains("top 3 tokens holding 0.9 of p0's mass"),
+        "{table}"
+    );
     // CTL is the only method, so there is no verdict on the ordering.
     assert!(summary["ordering"].is_null(), "{}", summary["ordering"]);
-    for (task, n, message) in [
-        ("toxicity", "2", "--lookahead scores the continuation c"),
-        ("infilling-short", "0", "at least one candidate"),
-    ] {
-        let out = dir.path().join(format!("refused-{task}-{n}"));
-        let (ok, _, stderr) = reproduce_small_with(task, &out, &["--lookahead", n]);
+    for (i, (task, extra, message)) in [
+        (
+            "toxicity",
+            &["--lookahead", "2"][..],
+            "--lookahead scores the continuation c",
+        ),
+        (
+            "infilling-short",
+            &["--lookahead", "0"][..],
+            "at least one candidate",
+        ),
+        (
+            "infilling-short",
+            &["--lookahead", "3", "--lookahead-mass", "1.5"][..],
+            "--lookahead-mass must lie in (0, 1], found 1.5",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("refused-{i}"));
+        let (ok, _, stderr) = reproduce_small_with(task, &out, extra);
         assert!(!ok && stderr.contains(message), "{task}: {stderr}");
         assert!(!out.exists(), "{task}");
     }

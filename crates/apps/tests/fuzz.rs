@@ -363,6 +363,7 @@ fn reproduce_settings(out_dir: &Path) -> ReproduceSettings {
         table_only: true,
         equal_time: false,
         lookahead: None,
+        lookahead_mass: None,
     }
 }
 

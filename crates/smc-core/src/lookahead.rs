@@ -8,6 +8,8 @@
 //! depends on N. Steps before T are left to an inner twist (a learned head) or to p0.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::batch::{LogTable, TokenBuffer};
 use crate::error::{Result, SmcError};
@@ -32,6 +34,9 @@ pub struct FinalLookahead<'a, L: LanguageModel> {
     /// Score only the likeliest of the N tokens that together hold this much of p0's mass.
     mass: Option<f64>,
     inner: Option<&'a dyn Twist>,
+    /// Wall time of the final step's scoring so far, in nanoseconds: the model runs here, not
+    /// through the caller's model wrapper, so a run's timing asks for it (`seconds`).
+    elapsed_ns: AtomicU64,
 }
 
 impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
@@ -69,6 +74,7 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
             candidates: candidates.min(lm.vocab_size()),
             mass: None,
             inner,
+            elapsed_ns: AtomicU64::new(0),
         })
     }
 
@@ -111,6 +117,12 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
     /// The candidates scored per prefix: the N asked for, at most V.
     pub fn candidates(&self) -> usize {
         self.candidates
+    }
+
+    /// Wall-clock seconds spent at the final step so far (decoding the prefixes and scoring
+    /// their candidates; the inner twist's steps are not counted).
+    pub fn seconds(&self) -> f64 {
+        self.elapsed_ns.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// A session of one particle per prefix that has decoded it, and p0's next-token
@@ -206,6 +218,17 @@ impl<L: LanguageModel> Twist for FinalLookahead<'_, L> {
                 None => Ok(LogTable::filled(k, v, 0.0)),
             };
         }
+        let started = Instant::now();
+        let table = self.final_step(input, v, k);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.elapsed_ns.fetch_add(ns, Ordering::Relaxed);
+        table
+    }
+}
+
+impl<L: LanguageModel> FinalLookahead<'_, L> {
+    /// log psi_T for every particle: the exact final twist on its candidates.
+    fn final_step(&self, input: &TwistInput<'_>, v: usize, k: usize) -> Result<LogTable> {
         // Resampled particles share prefixes, and a prefix's row of psi depends on it alone:
         // each distinct prefix is decoded and scored once.
         let (unique, of_particle) = distinct_rows(input.prefixes);
@@ -472,11 +495,22 @@ mod tests {
             look.log_psi(&input).unwrap()
         };
         let (a, b) = (vec![1u32, 2], vec![3u32, 3]);
+        // Only the final step is timed; the steps before it are the inner twist's.
+        let before = TwistInput {
+            step: 2,
+            horizon: 3,
+            prompt: &prompt,
+            prefixes: &TokenBuffer::from_rows(std::slice::from_ref(&a)),
+            hidden: None,
+        };
+        look.log_psi(&before).unwrap();
+        assert_eq!(look.seconds(), 0.0);
         let mixed = table(&[a.clone(), b.clone(), a.clone(), a.clone()]);
         let (only_a, only_b) = (table(&[a]), table(&[b]));
         for (p, want) in [(0, &only_a), (1, &only_b), (2, &only_a), (3, &only_a)] {
             assert_eq!(mixed.row(p), want.row(0), "particle {p}");
         }
+        assert!(look.seconds() > 0.0);
         // At T = 1 every particle has the empty prefix.
         let first = TokenBuffer::from_rows(&[vec![], vec![]]);
         let input = TwistInput {

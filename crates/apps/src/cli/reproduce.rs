@@ -89,6 +89,10 @@ pub struct ReproduceArgs {
     /// Costs N teacher-forced passes of the prompt, T and c per particle at step T.
     #[arg(long, value_name = "N")]
     lookahead: Option<usize>,
+    /// With --lookahead: of a particle's top N tokens, score only the likeliest that hold this
+    /// share of p0's mass (in (0, 1]; `tsmc sample --lookahead-mass`).
+    #[arg(long, value_name = "P", requires = "lookahead")]
+    lookahead_mass: Option<f64>,
     #[command(flatten)]
     model: ModelArgs,
     /// Output directory (records.jsonl, table.md, summary.json, smc.svg; default
@@ -162,6 +166,7 @@ impl ReproduceArgs {
             max_draws,
             equal_time,
             lookahead,
+            lookahead_mass,
             model,
             out_dir,
             table_only,
@@ -231,6 +236,11 @@ impl ReproduceArgs {
                 bail!("--lookahead needs at least one candidate token, found 0");
             }
         }
+        if let Some(p) = lookahead_mass
+            && !(p > 0.0 && p <= 1.0)
+        {
+            bail!("--lookahead-mass must lie in (0, 1], found {p}");
+        }
         let out_dir =
             out_dir.unwrap_or_else(|| PathBuf::from(format!("reproduce-{}", preset.name)));
         check_out_dir(&out_dir, &model.model, table_only)?;
@@ -263,6 +273,7 @@ impl ReproduceArgs {
             table_only,
             equal_time,
             lookahead,
+            lookahead_mass,
         })
     }
 }

@@ -111,7 +111,13 @@ pub(super) fn evaluate(
         let tw = twist.as_deref().map(|t| t as &dyn Twist);
         // The exact final twist wraps the head (or p0) on infilling's continuation c.
         let look = match (lookahead, &task.conditioning) {
-            (Some(n), Some(c)) => Some(FinalLookahead::new(ctx.lm, c.clone(), n, tw)?),
+            (Some(n), Some(c)) => {
+                let look = FinalLookahead::new(ctx.lm, c.clone(), n, tw)?;
+                Some(match a.lookahead_mass {
+                    Some(p) => look.with_mass(p)?,
+                    None => look,
+                })
+            }
             _ => None,
         };
         let tw = look.as_ref().map(|l| l as &dyn Twist).or(tw);

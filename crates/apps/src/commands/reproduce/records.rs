@@ -66,6 +66,8 @@ pub struct ReproduceSettings {
     /// Infilling: also evaluate p0 and every head with the exact final lookahead twist over
     /// this many candidates.
     pub lookahead: Option<usize>,
+    /// With `lookahead`: score only the likeliest candidates holding this share of p0's mass.
+    pub lookahead_mass: Option<f64>,
 }
 
 /// One sampler's evaluation for one seed (infilling: averaged over the seed's tasks, with the

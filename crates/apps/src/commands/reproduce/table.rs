@@ -87,7 +87,7 @@ pub(super) fn build(
         "task": preset.name, "tokens": horizon, "cond_tokens": cond_len, "seeds": args.seeds,
         "steps": args.steps, "particles": args.particles, "lr": args.lr, "head": args.head.kind_name(), "init": args.head.init_name(),
         "eval_particles": args.eval_particles, "fq_samples": args.fq_samples,
-        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "fit_epochs": args.fit.map(|f| f.epochs), "fit_lr": args.fit.map(|f| f.lr), "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "cond_encoding": args.head.cond_encoding_name(), "equal_time": args.equal_time, "lookahead": args.lookahead, "log_z_per_task": log_z, "bound_rules": rules,
+        "exact_samples": args.exact_samples, "replay_samples": args.replay_samples, "replay_form": format!("{:?}", args.replay_form).to_lowercase(), "replay_shared": args.replay_shared, "fit_epochs": args.fit.map(|f| f.epochs), "fit_lr": args.fit.map(|f| f.lr), "bias_lr": args.head.bias_lr, "bias_optim": args.head.bias_optim_name(), "bias_gate": args.head.bias_gate_name(), "gate_lr": args.head.gate_lr, "cond_encoding": args.head.cond_encoding_name(), "equal_time": args.equal_time, "lookahead": args.lookahead, "lookahead_mass": args.lookahead_mass, "log_z_per_task": log_z, "bound_rules": rules,
         "rejection_log_z": rejection_log_z, "rows": rows, "ordering": order, "smc_rows": smc,
         "seconds": seconds, "model": model,
     });
@@ -314,7 +314,11 @@ fn markdown(
             })
         } else {
             String::new()
-        },
+        } + &args.lookahead.map_or(String::new(), |n| format!(
+            "; `lookahead` samplers: the exact final twist on the top {n} tokens{}",
+            args.lookahead_mass
+                .map_or(String::new(), |p| format!(" holding {p} of p0's mass"))
+        )),
         seconds
     );
     let lower = Estimate::from_values(&log_z.iter().map(|z| z.lower).collect::<Vec<_>>());

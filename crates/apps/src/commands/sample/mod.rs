@@ -263,6 +263,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     let timing = Timing::new(
         started.elapsed().as_secs_f64(),
         with_bar.times(),
+        look.as_ref().map(FinalLookahead::seconds),
         args.particles,
         out.steps.len(),
         lm.local().is_none(),

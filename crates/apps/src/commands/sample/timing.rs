@@ -5,14 +5,18 @@ use serde::Serialize;
 use crate::progress::PhaseTimes;
 
 /// Where a run's wall time went: the model's phases (prefill, forward passes, output head and
-/// log-softmax, reorder) and the rest (SMC itself: twist, sampling, weights, resampling, and
-/// the potential), with particle-tokens per second (K x T / wall time, prefill included, model
-/// load excluded). A served model's requests are timed as the `head` phase (`next_log_probs`).
+/// log-softmax, reorder), the final lookahead's model runs (`--lookahead`; they do not pass
+/// through the timed model wrapper) and the rest (SMC itself: twist, sampling, weights,
+/// resampling, and the potential), with particle-tokens per second (K x T / wall time, prefill
+/// included, model load excluded). A served model's requests are timed as the `head` phase
+/// (`next_log_probs`).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(super) struct Timing {
     wall_s: f64,
     particle_tokens_per_s: f64,
     model: PhaseTimes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lookahead_s: Option<f64>,
     smc_and_potential_s: f64,
     #[serde(skip)]
     served: bool,
@@ -22,6 +26,7 @@ impl Timing {
     pub(super) fn new(
         wall_s: f64,
         model: PhaseTimes,
+        lookahead_s: Option<f64>,
         particles: usize,
         steps: usize,
         served: bool,
@@ -31,7 +36,8 @@ impl Timing {
             wall_s,
             particle_tokens_per_s: tokens / wall_s.max(1e-9),
             model,
-            smc_and_potential_s: (wall_s - model.model_s()).max(0.0),
+            lookahead_s,
+            smc_and_potential_s: (wall_s - model.model_s() - lookahead_s.unwrap_or(0.0)).max(0.0),
             served,
         }
     }
@@ -52,13 +58,15 @@ impl std::fmt::Display for Timing {
         }
         write!(
             f,
-            "{:.1} particle-tokens/s: {:.2} s = prefill {:.2} + forward {:.2} + head and log-softmax {:.2} + reorder {:.2} + SMC and potential {:.2}",
+            "{:.1} particle-tokens/s: {:.2} s = prefill {:.2} + forward {:.2} + head and log-softmax {:.2} + reorder {:.2}{} + SMC and potential {:.2}",
             self.particle_tokens_per_s,
             self.wall_s,
             m.prefill_s,
             m.forward_s,
             m.head_s,
             m.reorder_s,
+            self.lookahead_s
+                .map_or(String::new(), |s| format!(" + final lookahead {s:.2}")),
             self.smc_and_potential_s
         )
     }
