@@ -8,13 +8,14 @@
 //! depends on N. Steps before T are left to an inner twist (a learned head) or to p0.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::batch::{LogTable, TokenBuffer};
 use crate::error::{Result, SmcError};
 use crate::logspace::log_sum_exp;
-use crate::model::{DecodeSession, LanguageModel, Twist, TwistInput};
+use crate::model::{DecodeSession, LanguageModel, Potential, Twist, TwistInput};
 
 /// Candidate sequences scored per call, so that memory stays bounded however many particles
 /// and candidates there are (the default scoring returns a row of V log probabilities per
@@ -37,6 +38,16 @@ pub struct FinalLookahead<'a, L: LanguageModel> {
     /// Wall time of the final step's scoring so far, in nanoseconds: the model runs here, not
     /// through the caller's model wrapper, so a run's timing asks for it (`seconds`).
     elapsed_ns: AtomicU64,
+    /// The last final step's scores: its prompt, and log p0(c | prompt, s) for each scored
+    /// sequence s (prefix and candidate), which `potential()` reuses.
+    scored: Mutex<Scored>,
+}
+
+/// The sequences one final step scored, for the prompt it ran on.
+#[derive(Default)]
+struct Scored {
+    prompt: Vec<u32>,
+    log_phi: HashMap<Vec<u32>, f64>,
 }
 
 impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
@@ -75,6 +86,7 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
             mass: None,
             inner,
             elapsed_ns: AtomicU64::new(0),
+            scored: Mutex::new(Scored::default()),
         })
     }
 
@@ -117,6 +129,15 @@ impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
     /// The candidates scored per prefix: the N asked for, at most V.
     pub fn candidates(&self) -> usize {
         self.candidates
+    }
+
+    /// The potential phi(s) = p0(c | prompt, s) for this lookahead's continuation c, reusing
+    /// the values its last final step computed for the candidates: a particle that drew a
+    /// scored token needs no second pass (its weight's phi / psi_T is then exactly 1). Other
+    /// sequences are scored afresh (`LanguageModel::score_continuation`), as an infilling
+    /// potential scores them.
+    pub fn potential(&self) -> ContinuationPotential<'_, 'a, L> {
+        ContinuationPotential { look: self }
     }
 
     /// Wall-clock seconds spent at the final step so far (decoding the prefixes and scoring
@@ -253,6 +274,7 @@ impl<L: LanguageModel> FinalLookahead<'_, L> {
                 self.score(input.prompt, sequences)?
             }
         };
+        self.remember(input.prompt, &unique, &sets, &scores);
         let mut distinct = Vec::with_capacity(unique.len());
         let mut start = 0;
         for (row, set) in rows.iter().zip(&sets) {
@@ -282,6 +304,62 @@ impl<L: LanguageModel> FinalLookahead<'_, L> {
         LogTable::from_vec(k, v, table).ok_or_else(|| {
             SmcError::config("lookahead table", format!("{k} x {v}"), "another shape")
         })
+    }
+}
+
+impl<'a, L: LanguageModel> FinalLookahead<'a, L> {
+    /// Keeps this final step's scores for `potential()`, in place of the last step's.
+    fn remember(&self, prompt: &[u32], prefixes: &[Vec<u32>], sets: &[Vec<usize>], scores: &[f64]) {
+        let mut log_phi = HashMap::with_capacity(scores.len());
+        let mut flat = scores.iter();
+        for (prefix, set) in prefixes.iter().zip(sets) {
+            for (&u, &f) in set.iter().zip(&mut flat) {
+                let mut s = prefix.clone();
+                s.push(u as u32);
+                log_phi.insert(s, f);
+            }
+        }
+        // A poisoned lock only means another thread panicked mid-update; the cache is
+        // replaced whole, so it is safe to take over.
+        let mut scored = self.scored.lock().unwrap_or_else(|e| e.into_inner());
+        *scored = Scored {
+            prompt: prompt.to_vec(),
+            log_phi,
+        };
+    }
+}
+
+/// phi(s) = p0(c | prompt, s) through a `FinalLookahead`: its last final step's scores where
+/// it has them (`FinalLookahead::potential`).
+pub struct ContinuationPotential<'l, 'a, L: LanguageModel> {
+    look: &'l FinalLookahead<'a, L>,
+}
+
+impl<L: LanguageModel> Potential for ContinuationPotential<'_, '_, L> {
+    fn name(&self) -> &str {
+        "infilling (final lookahead's scores reused)"
+    }
+
+    fn log_phi(&self, prompt: &[u32], sequences: &TokenBuffer) -> Result<Vec<f64>> {
+        let mut out = vec![0.0; sequences.num_particles()];
+        let mut missing = Vec::new();
+        {
+            let scored = self.look.scored.lock().unwrap_or_else(|e| e.into_inner());
+            let same_prompt = scored.prompt == prompt;
+            for (i, row) in sequences.iter().enumerate() {
+                match scored.log_phi.get(row).filter(|_| same_prompt) {
+                    Some(&f) => out[i] = f,
+                    None => missing.push(i),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let rows = missing.iter().map(|&i| sequences.row(i).to_vec()).collect();
+            for (&i, f) in missing.iter().zip(self.look.score(prompt, rows)?) {
+                out[i] = f;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -530,6 +608,76 @@ mod tests {
             .unwrap();
         assert_eq!(t.row(0), alone.row(0));
         assert_eq!(t.row(1), alone.row(0));
+    }
+
+    #[test]
+    fn the_potential_reuses_the_final_steps_scores_and_scores_the_rest() {
+        let lm = TabularLm::random(5, 2, 2.0, 11);
+        let (prompt, c) = (vec![2u32], vec![4u32, 1]);
+        let look = FinalLookahead::new(&lm, c.clone(), 2, None).unwrap();
+        let prefixes = TokenBuffer::from_rows(&[vec![0u32, 3], vec![1, 1]]);
+        let input = TwistInput {
+            step: 3,
+            horizon: 3,
+            prompt: &prompt,
+            prefixes: &prefixes,
+            hidden: None,
+        };
+        look.log_psi(&input).unwrap();
+        // Two prefixes times two candidates kept, keyed by prefix and candidate.
+        let kept: Vec<Vec<u32>> = {
+            let scored = look.scored.lock().unwrap();
+            assert_eq!(scored.prompt, prompt);
+            scored.log_phi.keys().cloned().collect()
+        };
+        assert_eq!(kept.len(), 4);
+        // Kept sequences, sequences outside the candidates and another prompt all get phi.
+        let mut rows = kept.clone();
+        rows.extend((0..5u32).map(|v| vec![0, 3, v]));
+        let phi = look.potential();
+        for pr in [prompt.clone(), vec![3u32, 0]] {
+            let got = phi.log_phi(&pr, &TokenBuffer::from_rows(&rows)).unwrap();
+            for (row, g) in rows.iter().zip(got) {
+                let want = log_phi(&lm, &pr, row, &c);
+                assert!((g - want).abs() < 1e-12, "{pr:?} {row:?}: {g} vs {want}");
+            }
+        }
+    }
+
+    /// With every token a candidate and psi* before T, q = sigma and the final weights are all
+    /// Z: through the reused scores phi / psi_T is exactly 1, so log Zhat = log Z.
+    #[test]
+    fn smc_with_the_reused_scores_is_exact_when_q_is_sigma() {
+        use crate::feynman_kac::Resampling;
+        use crate::resampling::{Criterion, Scheme};
+        use crate::smc::{SmcConfig, run_smc};
+        let lm = TabularLm::random(4, 2, 1.5, 3);
+        let (prompt, c, horizon) = (vec![0u32, 2], vec![1u32, 3], 3);
+        let phi = FnPotential::new("continuation", |pr: &[u32], s: &[u32]| {
+            log_phi(&lm, pr, s, &c)
+        });
+        let e = Enumeration::new(&lm, &prompt, horizon, &phi).unwrap();
+        let optimal = e.optimal_twist();
+        let look = FinalLookahead::new(&lm, c.clone(), 4, Some(&optimal)).unwrap();
+        for seed in 0..5 {
+            let config = SmcConfig {
+                num_particles: 8,
+                horizon,
+                proposal: Proposal::Twisted,
+                resampling: Resampling {
+                    scheme: Scheme::Systematic,
+                    criterion: Criterion::Always,
+                },
+                seed,
+            };
+            let out = run_smc(&lm, Some(&look), &look.potential(), &prompt, &config).unwrap();
+            assert!(
+                (out.log_z_hat - e.log_z()).abs() < 1e-10,
+                "seed {seed}: {} vs {}",
+                out.log_z_hat,
+                e.log_z()
+            );
+        }
     }
 
     #[test]

@@ -121,7 +121,13 @@ pub(super) fn evaluate(
             _ => None,
         };
         let tw = look.as_ref().map(|l| l as &dyn Twist).or(tw);
-        let sampler = sampler(ctx.lm, ctx.prompt, ctx.horizon, task.potential.as_ref(), tw);
+        // With the lookahead, phi is its continuation's, with its scores reused.
+        let reused = look.as_ref().map(FinalLookahead::potential);
+        let phi: &dyn Potential = match &reused {
+            Some(p) => p,
+            None => task.potential.as_ref(),
+        };
+        let sampler = sampler(ctx.lm, ctx.prompt, ctx.horizon, phi, tw);
         // One plan per (seed, task), shared by every sampler: common random numbers, so the
         // samplers' differences are paired. The bounds are the SMC pair declared in advance
         // (BoundRule::Smc); the upper bounds' references are the first exact samples in the

@@ -180,7 +180,6 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     if let Some(note) = &targets.note {
         eprintln!("note: {note}");
     }
-    let potential = &targets.potential;
     let conditioning = match &args.potential {
         PotentialSpec::Infilling(text) => Some(text.as_str()),
         _ => None,
@@ -205,6 +204,12 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     let twist = match &look {
         Some(l) => Some(l as &dyn Twist),
         None => head.as_ref().map(|h| h as &dyn Twist),
+    };
+    // The lookahead has scored phi for the likeliest last tokens already: reuse those scores.
+    let reused = look.as_ref().map(FinalLookahead::potential);
+    let potential: &dyn Potential = match &reused {
+        Some(p) => p,
+        None => targets.potential.as_ref(),
     };
     let config = SmcConfig {
         num_particles: args.particles,
@@ -251,15 +256,16 @@ pub fn run(args: &SampleSettings) -> Result<()> {
     if let Some((p, stride)) = &prefix {
         options = options.with_prefix_twist(p.as_ref(), *stride);
     }
-    let out = run_smc_with(&with_bar, potential.as_ref(), &options, prompt, &config).map_err(
-        |e| match (&e, args.length) {
-            (SmcError::Constraint { .. }, Length::Exactly(t)) => anyhow!(
-                "{e}\nhint: every output has exactly T = {t} tokens; --max-tokens N lets outputs \
+    let out = run_smc_with(&with_bar, potential, &options, prompt, &config).map_err(|e| match (
+        &e,
+        args.length,
+    ) {
+        (SmcError::Constraint { .. }, Length::Exactly(t)) => anyhow!(
+            "{e}\nhint: every output has exactly T = {t} tokens; --max-tokens N lets outputs \
                  end at the end-of-sequence token once the constraint accepts them"
-            ),
-            _ => anyhow!(e),
-        },
-    )?;
+        ),
+        _ => anyhow!(e),
+    })?;
     let timing = Timing::new(
         started.elapsed().as_secs_f64(),
         with_bar.times(),
