@@ -604,6 +604,38 @@ fn reproduce_lookahead_adds_the_exact_final_twist_samplers_on_infilling() {
     );
     // CTL is the only method, so there is no verdict on the ordering.
     assert!(summary["ordering"].is_null(), "{}", summary["ordering"]);
+    // The report shows both tables, with the intervals and the bounds charted.
+    let html = dir.path().join("reproduce.html");
+    let summary_path = dir.path().join("summary.json");
+    let (ok, _, stderr) = tsmc(&[
+        "report",
+        "--reproduce",
+        summary_path.to_str().unwrap(),
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    for want in [
+        "Reproduction: <code>infilling-short</code>",
+        "<td>ctl+lookahead</td>",
+        "Twisted SMC against bootstrap SMC",
+        "ΔKL(σ‖q) against p0, 95% intervals over seeds",
+        "<th>sd of log Zhat (df)</th>",
+    ] {
+        assert!(page.contains(want), "{want}: {page}");
+    }
+    // Two KL charts and the bounds; one lower-bound run gives no spread to chart.
+    assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    // Another file in its place is refused, naming it.
+    let (ok, _, stderr) = tsmc(&[
+        "report",
+        "--reproduce",
+        dir.path().join("records.jsonl").to_str().unwrap(),
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("records.jsonl"), "{stderr}");
     for (i, (task, extra, message)) in [
         (
             "toxicity",

@@ -209,6 +209,19 @@ fn estimate(mean: f64) -> Value {
     json!({ "mean": mean, "se": 0.1, "n": 16, "df": 15.0 })
 }
 
+/// A KL row of a reproduction's summary.json.
+fn summary_row(sampler: &str) -> Value {
+    json!({ "sampler": sampler, "kl_q_sigma": estimate(1.0), "kl_sigma_q": estimate(1.0),
+        "delta_kl_q_sigma": estimate(0.0), "delta_kl_sigma_q": estimate(0.0) })
+}
+
+/// An SMC row of a reproduction's summary.json.
+fn summary_smc_row(sampler: &str) -> Value {
+    json!({ "sampler": sampler, "lower": estimate(-3.0), "upper": estimate(-1.0),
+        "width": estimate(2.0), "width_vs_p0": estimate(0.0), "width_vs_equal_time": null,
+        "particles": [4, 4], "seconds_per_run": estimate(1.0), "sd_log_zhat": [0.5, 2] })
+}
+
 /// Known-good files of each kind, as records.
 fn jsonl_seeds() -> Vec<Vec<Value>> {
     let particle = |i: usize| {
@@ -257,6 +270,12 @@ fn jsonl_seeds() -> Vec<Vec<Value>> {
             record(1, "p0"),
             record(1, "ctl"),
         ],
+        // A reproduction's summary.json: one JSON object, read by `tsmc report --reproduce`.
+        vec![json!({
+            "task": "t", "tokens": 2, "seeds": 2, "steps": 1, "model": "m", "seconds": 1.0,
+            "rows": [summary_row("p0"), summary_row("ctl")],
+            "smc_rows": [summary_smc_row("p0"), summary_smc_row("ctl")],
+        })],
     ]
 }
 
@@ -378,7 +397,8 @@ fn fuzz_jsonl_readers() {
         let ok = match i {
             0..=2 => render(&report(i, &path)).is_ok(),
             3 => tsmc_apps::jsonl::read_exact(&path, 2).is_ok(),
-            _ => rebuild_table(&reproduce_settings(dir.path())).is_ok(),
+            4 => rebuild_table(&reproduce_settings(dir.path())).is_ok(),
+            _ => render(&report(3, &path)).is_ok(),
         };
         assert!(ok, "seed {i}");
     }
@@ -404,7 +424,7 @@ fn fuzz_jsonl_readers() {
                 }
                 Err(_) => Ok(()),
             };
-            for kind in 0..3 {
+            for kind in 0..4 {
                 check(render(&report(kind, &path)).map(drop))?;
             }
             check(tsmc_apps::jsonl::read_exact(&path, 2).map(drop))?;
@@ -414,13 +434,14 @@ fn fuzz_jsonl_readers() {
     );
 }
 
-/// The report of `path` as a sample (0), bounds (1) or curve (2) file.
+/// The report of `path` as a sample (0), bounds (1), curve (2) or reproduction summary (3) file.
 fn report(kind: usize, path: &Path) -> ReportSettings {
     let p = Some(path.to_path_buf());
     ReportSettings {
         sample: if kind == 0 { p.clone() } else { None },
         bounds: if kind == 1 { p.clone() } else { None },
-        curve: if kind == 2 { p } else { None },
+        curve: if kind == 2 { p.clone() } else { None },
+        reproduce: if kind == 3 { p } else { None },
         out: path.with_extension("html"),
     }
 }

@@ -19,6 +19,9 @@ pub struct ReportArgs {
     /// Output of `tsmc train --out` (KL over training).
     #[arg(long)]
     curve: Option<PathBuf>,
+    /// The summary.json of a `tsmc reproduce` run (its KL and SMC tables, with charts).
+    #[arg(long, value_name = "SUMMARY_JSON")]
+    reproduce: Option<PathBuf>,
     /// The HTML file to write.
     #[arg(long, default_value = "report.html")]
     out: PathBuf,
@@ -31,15 +34,19 @@ impl ReportArgs {
             sample,
             bounds,
             curve,
+            reproduce,
             out,
         } = self;
-        if sample.is_none() && bounds.is_none() && curve.is_none() {
-            bail!("nothing to report: give at least one of --sample, --bounds, --curve");
+        if sample.is_none() && bounds.is_none() && curve.is_none() && reproduce.is_none() {
+            bail!(
+                "nothing to report: give at least one of --sample, --bounds, --curve, --reproduce"
+            );
         }
         let inputs: Vec<(&str, &std::path::Path)> = [
             ("--sample", &sample),
             ("--bounds", &bounds),
             ("--curve", &curve),
+            ("--reproduce", &reproduce),
         ]
         .into_iter()
         .filter_map(|(o, p)| p.as_deref().map(|p| (o, p)))
@@ -49,6 +56,7 @@ impl ReportArgs {
             sample,
             bounds,
             curve,
+            reproduce,
             out,
         })
     }

@@ -1,6 +1,7 @@
 //! `tsmc report`: one self-contained HTML page (inline SVG, no scripts, no CDN) from the JSONL
-//! files of `tsmc sample`, `tsmc bounds` and `tsmc train`: ESS per step, the particle genealogy,
-//! bounds on log Z against K, and KL over training.
+//! files of `tsmc sample`, `tsmc bounds` and `tsmc train` and the summary of `tsmc reproduce`:
+//! ESS per step, the particle genealogy, bounds on log Z against K, KL over training, and a
+//! reproduction's KL and SMC tables with their charts.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::jsonl::read_numbered;
-
 use crate::svg::{esc, genealogy, line_chart};
+
+mod read;
+mod reproduce;
+
+use read::{count, num, read_checked};
 
 /// The validated settings of `tsmc report`.
 #[derive(Debug, Clone)]
@@ -21,64 +25,10 @@ pub struct ReportSettings {
     pub bounds: Option<PathBuf>,
     /// Output of `tsmc train --out`.
     pub curve: Option<PathBuf>,
+    /// The `summary.json` of a `tsmc reproduce` run.
+    pub reproduce: Option<PathBuf>,
     /// The HTML file to write.
     pub out: PathBuf,
-}
-
-/// A field of record `v` on line `line` of `path` as a number.
-fn num(path: &Path, line: usize, v: &Value, field: &str) -> Result<f64> {
-    let mut x = v;
-    for key in field.split('.') {
-        x = &x[key];
-    }
-    x.as_f64().with_context(|| {
-        format!(
-            "{}: line {line}: field `{field}` must be a number, found {x}",
-            path.display()
-        )
-    })
-}
-
-/// A field as a count.
-fn count(path: &Path, line: usize, v: &Value, field: &str) -> Result<usize> {
-    v[field]
-        .as_u64()
-        .and_then(|n| usize::try_from(n).ok())
-        .with_context(|| {
-            format!(
-                "{}: line {line}: field `{field}` must be a non-negative integer, found {}",
-                path.display(),
-                v[field]
-            )
-        })
-}
-
-/// Reads a JSONL file of ours, refusing an empty one and records whose `type` is not one of
-/// `types` (when given); `what` names the command that writes it.
-fn read_checked(path: &Path, what: &str, types: &[&str]) -> Result<Vec<(usize, Value)>> {
-    let lines: Vec<(usize, Value)> = read_numbered(path)?;
-    if lines.is_empty() {
-        bail!(
-            "{}: no records (expected the output of {what})",
-            path.display()
-        );
-    }
-    for (line, v) in &lines {
-        if !v.is_object() {
-            bail!(
-                "{}: line {line}: not a JSON object (expected the output of {what})",
-                path.display()
-            );
-        }
-        if !types.is_empty() && !types.iter().any(|t| v["type"] == *t) {
-            bail!(
-                "{}: line {line}: record type {} is not one of {types:?} (expected the output of {what})",
-                path.display(),
-                v["type"]
-            );
-        }
-    }
-    Ok(lines)
 }
 
 /// The run record and particles of a `tsmc sample --out` file, checked: one run record, as many
@@ -385,6 +335,9 @@ pub fn render(args: &ReportSettings) -> Result<String> {
             ],
             false,
         ));
+    }
+    if let Some(path) = &args.reproduce {
+        body.push_str(&reproduce::section(path)?);
     }
     Ok(format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>tsmc report</title><style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}} table{{border-collapse:collapse}} td,th{{border:1px solid #ddd;padding:2px 6px;font-size:12px}}</style></head><body><h1>tsmc report</h1>{body}</body></html>"
