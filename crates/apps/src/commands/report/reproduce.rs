@@ -21,6 +21,34 @@ fn estimate(path: &Path, v: &Value, key: &str) -> Result<Estimate> {
     })
 }
 
+/// An estimate that a summary may leave out (`null` or absent: no such comparison, or no
+/// timings in older records).
+fn optional(path: &Path, v: &Value, key: &str) -> Result<Option<Estimate>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => estimate(path, v, key).map(Some),
+    }
+}
+
+/// A header field as the page shows it: escaped text, a number, or "?" where it is missing.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(x) => esc(x),
+        Value::Number(n) => n.to_string(),
+        _ => "?".to_string(),
+    }
+}
+
+/// A row's sampler name; every row of ours has one.
+fn sampler(path: &Path, r: &Value) -> Result<String> {
+    r["sampler"].as_str().map(str::to_string).with_context(|| {
+        format!(
+            "{}: a row has no sampler name (expected the summary.json of `tsmc reproduce`)",
+            path.display()
+        )
+    })
+}
+
 /// "mean ± 95% half-width".
 fn pm(e: &Estimate) -> String {
     format!("{:.3} ± {:.3}", e.mean, e.ci95())
@@ -53,24 +81,27 @@ pub(super) fn section(path: &Path) -> Result<String> {
             path.display()
         )
     })?;
-    let (Some(rows), Some(task)) = (s["rows"].as_array(), s["task"].as_str()) else {
-        bail!(
-            "{}: no `task` and `rows` (expected the summary.json of `tsmc reproduce`)",
-            path.display()
-        );
+    let expected = "expected the summary.json of `tsmc reproduce`";
+    let Some(task) = s["task"].as_str() else {
+        bail!("{}: no `task` name ({expected})", path.display());
+    };
+    let Some(rows) = s["rows"].as_array() else {
+        bail!("{}: no `rows` array ({expected})", path.display());
     };
     let mut body = String::new();
     let _ = write!(
         body,
         "<h2>Reproduction: <code>{}</code></h2><p>T = {}, {} seeds, {} updates per method, \
-         model <code>{}</code>, {:.0} s. Mean ± 95% Student t half-width over seeds; Δ columns \
+         model <code>{}</code>, {} s. Mean ± 95% Student t half-width over seeds; Δ columns \
          paired against p0 by seed (negative: better than p0).</p>",
         esc(task),
-        s["tokens"],
-        s["seeds"],
-        s["steps"],
-        esc(s["model"].as_str().unwrap_or("")),
-        s["seconds"].as_f64().unwrap_or(f64::NAN)
+        shown(&s["tokens"]),
+        shown(&s["seeds"]),
+        shown(&s["steps"]),
+        shown(&s["model"]),
+        s["seconds"]
+            .as_f64()
+            .map_or("?".to_string(), |x| format!("{x:.0}"))
     );
     body.push_str(
         "<table><tr><th>sampler</th><th>KL(q‖σ)</th><th>KL(σ‖q)</th><th>ΔKL(q‖σ)</th>\
@@ -78,7 +109,7 @@ pub(super) fn section(path: &Path) -> Result<String> {
     );
     let (mut dq, mut ds) = (Vec::new(), Vec::new());
     for r in rows {
-        let name = r["sampler"].as_str().unwrap_or("?").to_string();
+        let name = sampler(path, r)?;
         let [kq, ks, dkq, dks] = [
             "kl_q_sigma",
             "kl_sigma_q",
@@ -123,15 +154,14 @@ pub(super) fn section(path: &Path) -> Result<String> {
     );
     let (mut bounds, mut spread) = (Vec::new(), Vec::new());
     for (i, r) in smc.iter().enumerate() {
-        let name = r["sampler"].as_str().unwrap_or("?").to_string();
-        let [lower, upper, width, vs_p0, seconds] =
-            ["lower", "upper", "width", "width_vs_p0", "seconds_per_run"]
-                .map(|k| estimate(path, r, k));
+        let name = sampler(path, r)?;
+        let [lower, upper, width, vs_p0] =
+            ["lower", "upper", "width", "width_vs_p0"].map(|k| estimate(path, r, k));
         let (lower, upper) = (lower?, upper?);
-        let vs_equal = match r["width_vs_equal_time"].is_null() {
-            true => "-".to_string(),
-            false => pm(&estimate(path, r, "width_vs_equal_time")?),
-        };
+        let vs_equal =
+            optional(path, r, "width_vs_equal_time")?.map_or("-".to_string(), |e| pm(&e));
+        let seconds = optional(path, r, "seconds_per_run")?
+            .map_or("-".to_string(), |e| format!("{:.2}", e.mean));
         let k = match (r["particles"][0].as_u64(), r["particles"][1].as_u64()) {
             (Some(a), Some(b)) if a == b => a.to_string(),
             (Some(a), Some(b)) => format!("{a}-{b}"),
@@ -146,10 +176,9 @@ pub(super) fn section(path: &Path) -> Result<String> {
         };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{k}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td>{}</td><td>{k}</td><td>{seconds}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{vs_equal}</td><td>{sd}</td></tr>",
             esc(&name),
-            seconds?.mean,
             pm(&lower),
             pm(&upper),
             pm(&width?),
@@ -220,12 +249,25 @@ mod tests {
         assert_eq!(page.matches("<svg").count(), 4);
         let page = render(&summary(Value::Null)).unwrap();
         assert_eq!(page.matches("<svg").count(), 3);
+        // Older summaries have no timings; a header field that is not a number is escaped.
+        let mut old = summary(Value::Null);
+        old["smc_rows"][0]["seconds_per_run"] = Value::Null;
+        old["smc_rows"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("seconds_per_run");
+        old["tokens"] = serde_json::json!("<b>");
+        let page = render(&old).unwrap();
+        assert!(page.contains("<td>16-30</td><td>-</td>"), "{page}");
+        assert!(page.contains("T = &lt;b&gt;,"), "{page}");
     }
 
     #[test]
     fn other_files_are_refused_naming_the_problem() {
         let e = render(&serde_json::json!({ "rows": [] })).unwrap_err();
-        assert!(format!("{e:#}").contains("no `task` and `rows`"), "{e:#}");
+        assert!(format!("{e:#}").contains("no `task` name"), "{e:#}");
+        let e = render(&serde_json::json!({ "task": "t" })).unwrap_err();
+        assert!(format!("{e:#}").contains("no `rows` array"), "{e:#}");
         let mut bad = summary(Value::Null);
         bad["rows"][1]["delta_kl_sigma_q"] = serde_json::json!("x");
         let e = render(&bad).unwrap_err();

@@ -121,7 +121,7 @@ pub(super) fn evaluate(
             _ => None,
         };
         let tw = look.as_ref().map(|l| l as &dyn Twist).or(tw);
-        // With the lookahead, phi is its continuation's, with its scores reused.
+        // The lookahead's final step has already scored phi for the candidates drawn.
         let reused = look.as_ref().map(FinalLookahead::potential);
         let phi: &dyn Potential = match &reused {
             Some(p) => p,

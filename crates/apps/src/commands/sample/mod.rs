@@ -205,7 +205,7 @@ pub fn run(args: &SampleSettings) -> Result<()> {
         Some(l) => Some(l as &dyn Twist),
         None => head.as_ref().map(|h| h as &dyn Twist),
     };
-    // The lookahead has scored phi for the likeliest last tokens already: reuse those scores.
+    // The lookahead's final step has already scored phi for the candidates drawn.
     let reused = look.as_ref().map(FinalLookahead::potential);
     let potential: &dyn Potential = match &reused {
         Some(p) => p,
