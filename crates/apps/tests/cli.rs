@@ -89,15 +89,7 @@ fn sample_on_the_default_model_writes_particles_and_a_run_record() {
     assert!(stdout.contains("particle-tokens/s"), "{stdout}");
     // The report renders it as a self-contained page: inline SVG, nothing fetched.
     let html = dir.path().join("r.html");
-    let (ok, _, stderr) = tsmc(&[
-        "report",
-        "--sample",
-        out.to_str().unwrap(),
-        "--out",
-        html.to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
-    let page = std::fs::read_to_string(&html).unwrap();
+    let page = report_page("--sample", out.to_str().unwrap(), html.to_str().unwrap());
     assert!(page.contains("<svg") && page.contains("Genealogy") && page.contains("ESS per step"));
     assert!(
         !page.contains("<script") && !page.contains("src=\"http"),
@@ -186,15 +178,7 @@ fn sample_with_a_final_lookahead_on_infilling_records_it() {
     );
     // The report names what shaped the proposal.
     let html = dir.path().join("look.html");
-    let (ok, _, stderr) = tsmc(&[
-        "report",
-        "--sample",
-        out.to_str().unwrap(),
-        "--out",
-        html.to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
-    let page = std::fs::read_to_string(&html).unwrap();
+    let page = report_page("--sample", out.to_str().unwrap(), html.to_str().unwrap());
     assert!(
         page.contains("final lookahead candidates <code>4</code>"),
         "{page}"
@@ -380,6 +364,13 @@ fn tasks_lists_the_paper_presets() {
     ] {
         assert!(stdout.contains(name), "{name} missing from {stdout}");
     }
+}
+
+/// `tsmc report FLAG INPUT --out OUT`, which must succeed, and the page it wrote.
+fn report_page(flag: &str, input: &str, out: &str) -> String {
+    let (ok, _, stderr) = tsmc(&["report", flag, input, "--out", out]);
+    assert!(ok, "{stderr}");
+    std::fs::read_to_string(out).unwrap()
 }
 
 fn reproduce_small(task: &str, dir: &std::path::Path) -> (bool, String, String) {
@@ -607,15 +598,11 @@ fn reproduce_lookahead_adds_the_exact_final_twist_samplers_on_infilling() {
     // The report shows both tables, with the intervals and the bounds charted.
     let html = dir.path().join("reproduce.html");
     let summary_path = dir.path().join("summary.json");
-    let (ok, _, stderr) = tsmc(&[
-        "report",
+    let page = report_page(
         "--reproduce",
         summary_path.to_str().unwrap(),
-        "--out",
         html.to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
-    let page = std::fs::read_to_string(&html).unwrap();
+    );
     for want in [
         "Reproduction: <code>infilling-short</code>",
         "<td>ctl+lookahead</td>",

@@ -398,11 +398,44 @@ mod tests {
         total
     }
 
+    /// The twist's input at the final step T = `horizon`.
+    fn final_step<'a>(
+        prompt: &'a [u32],
+        prefixes: &'a TokenBuffer,
+        horizon: usize,
+    ) -> TwistInput<'a> {
+        TwistInput {
+            step: horizon,
+            horizon,
+            prompt,
+            prefixes,
+            hidden: None,
+        }
+    }
+
+    /// Twisted SMC with K particles, resampling by `scheme` after every step.
+    fn twisted_smc(
+        num_particles: usize,
+        horizon: usize,
+        scheme: crate::resampling::Scheme,
+        seed: u64,
+    ) -> crate::smc::SmcConfig {
+        crate::smc::SmcConfig {
+            num_particles,
+            horizon,
+            proposal: Proposal::Twisted,
+            resampling: crate::feynman_kac::Resampling {
+                scheme,
+                criterion: crate::resampling::Criterion::Always,
+            },
+            seed,
+        }
+    }
+
     #[test]
     fn with_every_token_and_the_optimal_inner_twist_q_is_sigma() {
-        use crate::feynman_kac::Resampling;
-        use crate::resampling::{Criterion, Scheme};
-        use crate::smc::{SmcConfig, run_smc};
+        use crate::resampling::Scheme;
+        use crate::smc::run_smc;
         let lm = TabularLm::random(4, 2, 1.5, 7);
         let (prompt, c, horizon) = (vec![1u32, 3], vec![2u32, 0], 3);
         let phi = FnPotential::new("continuation", |pr: &[u32], s: &[u32]| {
@@ -423,16 +456,7 @@ mod tests {
         // SMC through the reused scores: phi / psi_T is exactly 1 and every final weight is
         // Z, so log Zhat = log Z at every seed.
         for seed in 0..5 {
-            let config = SmcConfig {
-                num_particles: 8,
-                horizon,
-                proposal: Proposal::Twisted,
-                resampling: Resampling {
-                    scheme: Scheme::Systematic,
-                    criterion: Criterion::Always,
-                },
-                seed,
-            };
+            let config = twisted_smc(8, horizon, Scheme::Systematic, seed);
             let out = run_smc(&lm, Some(&look), &look.potential(), &prompt, &config).unwrap();
             assert!(
                 (out.log_z_hat - e.log_z()).abs() < 1e-10,
@@ -459,13 +483,7 @@ mod tests {
         let (prompt, c) = (vec![0u32], vec![4u32]);
         let look = FinalLookahead::new(&lm, c.clone(), 2, None).unwrap();
         let prefixes = TokenBuffer::from_rows(&[vec![1, 2], vec![3, 3]]);
-        let input = TwistInput {
-            step: 3,
-            horizon: 3,
-            prompt: &prompt,
-            prefixes: &prefixes,
-            hidden: None,
-        };
+        let input = final_step(&prompt, &prefixes, 3);
         let tab = look.log_psi(&input).unwrap();
         for p in 0..2 {
             let prefix = prefixes.row(p);
@@ -530,13 +548,7 @@ mod tests {
         let lm = TabularLm::random(6, 2, 1.0, 21);
         let (prompt, c) = (vec![2u32], vec![5u32, 1]);
         let prefixes = TokenBuffer::from_rows(&[vec![0, 4], vec![3, 1], vec![5, 5]]);
-        let input = TwistInput {
-            step: 3,
-            horizon: 3,
-            prompt: &prompt,
-            prefixes: &prefixes,
-            hidden: None,
-        };
+        let input = final_step(&prompt, &prefixes, 3);
         for (n, mass) in [(6, 0.5), (6, 0.9), (3, 0.99), (4, 1.0)] {
             let look = FinalLookahead::new(&lm, c.clone(), n, None)
                 .unwrap()
@@ -587,23 +599,14 @@ mod tests {
         let look = FinalLookahead::new(&lm, c, 2, None).unwrap();
         let table = |rows: &[Vec<u32>]| {
             let prefixes = TokenBuffer::from_rows(rows);
-            let input = TwistInput {
-                step: 3,
-                horizon: 3,
-                prompt: &prompt,
-                prefixes: &prefixes,
-                hidden: None,
-            };
-            look.log_psi(&input).unwrap()
+            look.log_psi(&final_step(&prompt, &prefixes, 3)).unwrap()
         };
         let (a, b) = (vec![1u32, 2], vec![3u32, 3]);
         // Only the final step is timed; the steps before it are the inner twist's.
+        let early = TokenBuffer::from_rows(std::slice::from_ref(&a));
         let before = TwistInput {
             step: 2,
-            horizon: 3,
-            prompt: &prompt,
-            prefixes: &TokenBuffer::from_rows(std::slice::from_ref(&a)),
-            hidden: None,
+            ..final_step(&prompt, &early, 3)
         };
         look.log_psi(&before).unwrap();
         assert_eq!(look.seconds(), 0.0);
@@ -615,13 +618,7 @@ mod tests {
         assert!(look.seconds() > 0.0);
         // At T = 1 every particle has the empty prefix.
         let first = TokenBuffer::from_rows(&[vec![], vec![]]);
-        let input = TwistInput {
-            step: 1,
-            horizon: 1,
-            prompt: &prompt,
-            prefixes: &first,
-            hidden: None,
-        };
+        let input = final_step(&prompt, &first, 1);
         let t = look.log_psi(&input).unwrap();
         let one = TokenBuffer::from_rows(&[vec![]]);
         let alone = look
@@ -640,13 +637,7 @@ mod tests {
         let (prompt, c) = (vec![2u32], vec![4u32, 1]);
         let look = FinalLookahead::new(&lm, c.clone(), 2, None).unwrap();
         let prefixes = TokenBuffer::from_rows(&[vec![0u32, 3], vec![1, 1]]);
-        let input = TwistInput {
-            step: 3,
-            horizon: 3,
-            prompt: &prompt,
-            prefixes: &prefixes,
-            hidden: None,
-        };
+        let input = final_step(&prompt, &prefixes, 3);
         look.log_psi(&input).unwrap();
         // Two prefixes times two candidates kept, keyed by prefix and candidate.
         let kept: Vec<Vec<u32>> = {
@@ -672,9 +663,8 @@ mod tests {
     /// unbiased: over 4000 runs its mean is within 4 standard errors of the enumerated Z.
     #[test]
     fn zhat_is_unbiased_with_few_candidates_and_the_reused_scores() {
-        use crate::feynman_kac::Resampling;
-        use crate::resampling::{Criterion, Scheme};
-        use crate::smc::{SmcConfig, run_smc};
+        use crate::resampling::Scheme;
+        use crate::smc::run_smc;
         let lm = TabularLm::random(5, 2, 1.0, 21);
         let (prompt, c, horizon) = (vec![3u32], vec![1u32, 4], 3);
         let phi = FnPotential::new("continuation", |pr: &[u32], s: &[u32]| {
@@ -688,16 +678,7 @@ mod tests {
         let runs = 4000;
         let zhat: Vec<f64> = (0..runs)
             .map(|seed| {
-                let config = SmcConfig {
-                    num_particles: 4,
-                    horizon,
-                    proposal: Proposal::Twisted,
-                    resampling: Resampling {
-                        scheme: Scheme::Multinomial,
-                        criterion: Criterion::Always,
-                    },
-                    seed,
-                };
+                let config = twisted_smc(4, horizon, Scheme::Multinomial, seed);
                 run_smc(&lm, Some(&look), &look.potential(), &prompt, &config)
                     .unwrap()
                     .log_z_hat
