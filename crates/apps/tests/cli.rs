@@ -144,19 +144,25 @@ fn sample_with_quantised_weights_gives_the_f32_answer_on_the_default_model() {
 fn sample_with_a_final_lookahead_on_infilling_records_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("look.jsonl");
-    let (ok, stdout, stderr) = tsmc(&[
-        "sample",
-        "-k",
-        "3",
-        "-t",
-        "3",
-        "--potential",
-        "infilling: the end.",
-        "--lookahead",
-        "4",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // Three particles, three tokens, the lookahead over 4 candidates, and `extra`.
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "-k",
+            "3",
+            "-t",
+            "3",
+            "--potential",
+            "infilling: the end.",
+            "--lookahead",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tsmc(&args)
+    };
+    let (ok, stdout, stderr) = sample(&[]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("final lookahead over 4 tokens"), "{stdout}");
     let run: serde_json::Value = std::fs::read_to_string(&out)
@@ -183,21 +189,7 @@ fn sample_with_a_final_lookahead_on_infilling_records_it() {
         page.contains("final lookahead candidates <code>4</code>"),
         "{page}"
     );
-    let (ok, stdout, stderr) = tsmc(&[
-        "sample",
-        "-k",
-        "3",
-        "-t",
-        "3",
-        "--potential",
-        "infilling: the end.",
-        "--lookahead",
-        "4",
-        "--lookahead-mass",
-        "0.5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, stdout, stderr) = sample(&["--lookahead-mass", "0.5"]);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("over 4 tokens holding 0.5 of p0"),
