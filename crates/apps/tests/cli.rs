@@ -606,6 +606,13 @@ fn reproduce_lookahead_adds_the_exact_final_twist_samplers_on_infilling() {
     }
     // Two KL charts and the bounds; one lower-bound run gives no spread to chart.
     assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    // The run's directory names its summary.
+    let from_dir = report_page(
+        "--reproduce",
+        dir.path().to_str().unwrap(),
+        dir.path().join("from-dir.html").to_str().unwrap(),
+    );
+    assert!(from_dir.contains("<td>ctl+lookahead</td>"), "{from_dir}");
     // Another file in its place is refused, naming it.
     let (ok, _, stderr) = tsmc(&[
         "report",

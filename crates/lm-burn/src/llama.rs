@@ -331,6 +331,47 @@ impl Llama {
         quant: Option<&QuantWeights>,
     ) -> Result<(Tensor<3>, Vec<LayerKv>)> {
         let c = &self.config;
+        let (h, kvs) = self.forward_layers(tokens, batch, seq, quant, c.num_layers)?;
+        Ok((rms_norm(h, &self.norm, c.rms_norm_eps), kvs))
+    }
+
+    /// The residual stream [batch, S, d] of `batch` sequences of equal length S (`tokens` holds
+    /// them one after another) after their first `layers` layers, before any norm: the input of
+    /// layer `layers`, for heads that retrain the top layers on a frozen base (`layers` is
+    /// clamped to the model's depth).
+    pub fn residual_stream(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        layers: usize,
+    ) -> Result<Tensor<3>> {
+        if tokens.is_empty() {
+            return Err(LmError::EmptySequence {
+                what: "residual_stream: the sequences".into(),
+            });
+        }
+        if batch == 0 || tokens.len() % batch != 0 {
+            return Err(LmError::LengthMismatch {
+                what: format!("residual_stream: {batch} sequences of equal length, tokens"),
+                expected: batch.max(1) * (tokens.len() / batch.max(1)),
+                found: tokens.len(),
+            });
+        }
+        let layers = layers.min(self.config.num_layers);
+        let seq = tokens.len() / batch;
+        Ok(self.forward_layers(tokens, batch, seq, None, layers)?.0)
+    }
+
+    /// The first `layers` layers of [`Llama::forward`], without the final norm.
+    fn forward_layers(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+        quant: Option<&QuantWeights>,
+        layers: usize,
+    ) -> Result<(Tensor<3>, Vec<LayerKv>)> {
+        let c = &self.config;
         self.dims()
             .check_context(seq, || format!("a forward pass over {seq} tokens"))?;
         let (hq, hkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -340,7 +381,7 @@ impl Llama {
         let mut kvs = Vec::with_capacity(c.num_layers);
         let rows = batch * seq;
         let d = c.hidden_size;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().enumerate().take(layers) {
             let lq = quant.map(|q| &q.layers[i]);
             let x = rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps);
             let as_heads = |t: Tensor<2>, n| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
@@ -385,7 +426,7 @@ impl Llama {
                 };
             kvs.push(LayerKv { k, v });
         }
-        Ok((rms_norm(h, &self.norm, c.rms_norm_eps), kvs))
+        Ok((h, kvs))
     }
 
     /// The MLP of x [rows, d] with quantised weights; `None` when a kernel declines.

@@ -349,3 +349,56 @@ fn branched_sessions_continue_like_fresh_ones() {
         assert!(session.branch(&[]).is_err(), "{name}: no parents");
     }
 }
+
+/// The residual stream before the last layer is what a retrained top layer reads: run through
+/// every layer and normed, it gives transformers' logits; batched, each row is its sequence's.
+#[test]
+fn residual_stream_through_every_layer_gives_the_reference_logits() {
+    use lm_burn::config::JsonConfig;
+    use lm_burn::llama::{Llama, LlamaConfig};
+    use lm_burn::weights::{Loader, SafetensorsDir};
+    let dir = reference_dir().join("tiny-models").join("llama-tied");
+    let (_, ids, expected) = load("llama-tied");
+    let dev = default_device();
+    let cfg = LlamaConfig::from_json(&JsonConfig::read(&dir.join("config.json")).unwrap()).unwrap();
+    let source = SafetensorsDir::open(&dir).unwrap();
+    let mut loader = Loader::new(&source, &dev);
+    let model = Llama::load(cfg.clone(), &mut loader).unwrap();
+    let mut loader = Loader::new(&source, &dev);
+    let norm = loader
+        .tensor::<1>("model.norm.weight", [cfg.hidden_size])
+        .unwrap();
+    let embed = loader
+        .tensor::<2>(
+            "model.embed_tokens.weight",
+            [cfg.vocab_size, cfg.hidden_size],
+        )
+        .unwrap();
+    let h = model.residual_stream(&ids, 1, cfg.num_layers).unwrap();
+    let h = lm_burn::ops::rms_norm(h, &norm, cfg.rms_norm_eps);
+    let logits: Vec<f64> = h
+        .reshape([ids.len(), cfg.hidden_size])
+        .matmul(embed.transpose())
+        .into_data()
+        .iter::<f32>()
+        .map(f64::from)
+        .collect();
+    let diff = max_abs_diff(&logits, &expected);
+    assert!(diff < 1e-4, "max |logit diff| = {diff}");
+
+    let flat = |t: burn::tensor::Tensor<3>| -> Vec<f64> {
+        t.into_data().iter::<f32>().map(f64::from).collect()
+    };
+    let both = flat(model.residual_stream(&ids, 2, 1).unwrap());
+    let first = flat(model.residual_stream(&ids[..6], 1, 1).unwrap());
+    let second = flat(model.residual_stream(&ids[6..], 1, 1).unwrap());
+    assert!(max_abs_diff(&both[..first.len()], &first) < 1e-5);
+    assert!(max_abs_diff(&both[first.len()..], &second) < 1e-5);
+    for (tokens, batch) in [(&ids[..], 0), (&ids[..], 5), (&ids[..0], 1)] {
+        let e = model
+            .residual_stream(tokens, batch, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("residual_stream"), "{e}");
+    }
+}

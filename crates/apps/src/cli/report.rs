@@ -19,8 +19,9 @@ pub struct ReportArgs {
     /// Output of `tsmc train --out` (KL over training).
     #[arg(long)]
     curve: Option<PathBuf>,
-    /// The summary.json of a `tsmc reproduce` run (its KL and SMC tables, with charts).
-    #[arg(long, value_name = "SUMMARY_JSON")]
+    /// The summary.json of a `tsmc reproduce` run, or its output directory (its KL and SMC
+    /// tables, with charts).
+    #[arg(long, value_name = "SUMMARY_JSON|DIR")]
     reproduce: Option<PathBuf>,
     /// The HTML file to write.
     #[arg(long, default_value = "report.html")]
@@ -42,6 +43,14 @@ impl ReportArgs {
                 "nothing to report: give at least one of --sample, --bounds, --curve, --reproduce"
             );
         }
+        // A reproduction is one directory; its summary is the file the report reads.
+        let reproduce = reproduce.map(|p| {
+            if p.is_dir() {
+                p.join("summary.json")
+            } else {
+                p
+            }
+        });
         let inputs: Vec<(&str, &std::path::Path)> = [
             ("--sample", &sample),
             ("--bounds", &bounds),
