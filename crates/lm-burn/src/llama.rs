@@ -350,7 +350,7 @@ impl Llama {
                 what: "residual_stream: the sequences".into(),
             });
         }
-        if batch == 0 || tokens.len() % batch != 0 {
+        if batch == 0 || !tokens.len().is_multiple_of(batch) {
             return Err(LmError::LengthMismatch {
                 what: format!("residual_stream: {batch} sequences of equal length, tokens"),
                 expected: batch.max(1) * (tokens.len() / batch.max(1)),
