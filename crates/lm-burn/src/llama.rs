@@ -352,7 +352,10 @@ impl Llama {
         }
         if batch == 0 || !tokens.len().is_multiple_of(batch) {
             return Err(LmError::LengthMismatch {
-                what: format!("residual_stream: {batch} sequences of equal length, tokens"),
+                what: format!(
+                    "residual_stream: {batch} sequences of equal length need a multiple of \
+                     {batch} tokens (the nearest at most as many as given)"
+                ),
                 expected: batch.max(1) * (tokens.len() / batch.max(1)),
                 found: tokens.len(),
             });
