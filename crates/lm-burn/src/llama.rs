@@ -43,6 +43,11 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     /// Maximum positions.
     pub max_position_embeddings: usize,
+    /// The sliding attention window where the config turns one on (Mistral's `sliding_window`
+    /// unless null; Qwen2's only with `use_sliding_window`). Windowed attention is not
+    /// implemented: within the window it equals the global attention computed here, so the
+    /// context is capped at the window and a longer sequence is an error, not another model.
+    pub sliding_window: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -103,7 +108,32 @@ impl LlamaConfig {
             tie_word_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
             attention_bias: cfg.bool_or("attention_bias", model_type.contains("qwen2"))?,
             max_position_embeddings: cfg.usize_or("max_position_embeddings", 4096)?,
+            sliding_window: sliding_window(cfg, &model_type)?,
         })
+    }
+
+    /// The longest sequence this model computes as its config means it: the position table,
+    /// capped at the sliding window if there is one.
+    pub fn context_length(&self) -> usize {
+        self.sliding_window
+            .map_or(self.max_position_embeddings, |w| {
+                w.min(self.max_position_embeddings)
+            })
+    }
+}
+
+/// The window of `sliding_window`, where the config turns it on: Qwen2 configs carry the field
+/// with `use_sliding_window: false`, Mistral's mean it unless it is null (v0.2 on).
+fn sliding_window(cfg: &JsonConfig, model_type: &str) -> Result<Option<usize>> {
+    let on = if model_type.contains("qwen2") {
+        cfg.bool_or("use_sliding_window", false)?
+    } else {
+        true
+    };
+    if on && cfg.value("sliding_window").is_some() {
+        cfg.usize("sliding_window").map(Some)
+    } else {
+        Ok(None)
     }
 }
 
@@ -465,7 +495,7 @@ impl CausalLm for Llama {
             layers: c.num_layers,
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
-            context: c.max_position_embeddings,
+            context: c.context_length(),
         }
     }
 

@@ -184,3 +184,47 @@ fn non_positive_floats_are_errors_not_defaults() {
     });
     BurnLm::from_hf_dir(&dir, &default_device()).unwrap();
 }
+
+#[test]
+fn a_sliding_window_caps_the_context_instead_of_being_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let context = |dir: &Path| {
+        BurnLm::from_hf_dir(dir, &default_device())
+            .unwrap()
+            .context_length()
+    };
+    // Mistral's window: a longer sequence would need windowed attention, which is not
+    // implemented, so it is refused rather than computed as another model.
+    let dir = tiny_with(tmp.path(), "llama", |c| {
+        c["model_type"] = json!("mistral");
+        c["sliding_window"] = json!(16);
+    });
+    let lm = BurnLm::from_hf_dir(&dir, &default_device()).unwrap();
+    assert_eq!(lm.context_length(), 16);
+    lm.forward_logits(&[1; 16]).unwrap();
+    let e = lm.forward_logits(&[1; 17]).unwrap_err();
+    assert!(
+        matches!(e, LmError::PositionOutOfRange { max: 16, .. }),
+        "{e}"
+    );
+    // null (Mistral from v0.2 on): no window, the position table's 128.
+    let dir = tiny_with(tmp.path(), "llama", |c| {
+        c["model_type"] = json!("mistral");
+        c["sliding_window"] = Value::Null;
+    });
+    assert_eq!(context(&dir), 128);
+    // Qwen2 configs carry the field and turn it on with use_sliding_window only.
+    let dir = tiny_with(tmp.path(), "qwen2", |c| c["sliding_window"] = json!(16));
+    assert_eq!(context(&dir), 128);
+    let dir = tiny_with(tmp.path(), "qwen2", |c| {
+        c["sliding_window"] = json!(16);
+        c["use_sliding_window"] = json!(true);
+    });
+    assert_eq!(context(&dir), 16);
+    // A window that is not a positive integer is an error naming it.
+    let dir = tiny_with(tmp.path(), "llama", |c| {
+        c["model_type"] = json!("mistral");
+        c["sliding_window"] = json!(0);
+    });
+    assert_config_err(&dir, "sliding_window", &["positive integer"]);
+}

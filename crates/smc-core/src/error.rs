@@ -97,11 +97,9 @@ impl SmcError {
         }
     }
 
-    pub(crate) fn config(
-        field: &'static str,
-        expected: impl Into<String>,
-        found: impl ToString,
-    ) -> Self {
+    /// An out-of-range configuration value, naming the field, what it must satisfy and what
+    /// was given; for potentials, twists and models implemented outside this crate too.
+    pub fn config(field: &'static str, expected: impl Into<String>, found: impl ToString) -> Self {
         SmcError::InvalidConfig {
             field,
             expected: expected.into(),
